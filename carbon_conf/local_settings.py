@@ -1,0 +1,36 @@
+"""graphite-web settings for DSAT stacks (GRAPHITE_SETTINGS_MODULE=carbon_conf.local_settings).
+
+Paths and peers come from the environment so one file serves the local
+``make demo`` stack and the containers:
+
+``GRAPHITE_STORAGE_DIR``  where the sqlite database, logs and index live
+``DSAT_WHISPER_DIR``      the Whisper tree carbon-cache writes
+``DSAT_CARBONLINK_HOSTS`` comma-separated ``host:port[:instance]`` of carbon-caches' query ports,
+                          so points still in carbon's cache are visible
+``DSAT_SECRET_KEY``       Django's secret key (a random one is made when unset)
+"""
+
+import os
+import secrets
+
+STORAGE_DIR = os.environ["GRAPHITE_STORAGE_DIR"]
+WHISPER_DIR = os.environ["DSAT_WHISPER_DIR"]
+STANDARD_DIRS = [WHISPER_DIR]
+LOG_DIR = os.path.join(STORAGE_DIR, "log")
+INDEX_FILE = os.path.join(STORAGE_DIR, "index")
+STATIC_ROOT = os.path.join(STORAGE_DIR, "static")
+DATABASES = {
+    "default": {
+        "NAME": os.path.join(STORAGE_DIR, "graphite.db"),
+        "ENGINE": "django.db.backends.sqlite3",
+    }
+}
+CARBONLINK_HOSTS = [h for h in os.environ.get("DSAT_CARBONLINK_HOSTS", "").split(",") if h]
+CARBONLINK_TIMEOUT = 1.0
+SECRET_KEY = os.environ.get("DSAT_SECRET_KEY") or secrets.token_hex(32)
+TIME_ZONE = os.environ.get("DSAT_TIME_ZONE", "UTC")
+ALLOWED_HOSTS = ["*"]
+# graphite-web serves its own UI files through WhiteNoise, found in the apps.
+WHITENOISE_USE_FINDERS = True
+LOG_RENDERING_PERFORMANCE = False
+LOG_CACHE_PERFORMANCE = False

@@ -1,0 +1,258 @@
+"""The carbon egress: batches of clean datapoints to one or more carbon-caches.
+
+Speaks carbon's pickle protocol (4-byte big-endian length, then a pickled
+list of ``(path, (timestamp, value))``) or its plaintext protocol.  Each
+destination is a :class:`twisted.application.internet.ClientService` that
+reconnects with backoff; while a destination is down its batches wait in a
+bounded queue (oldest dropped and counted when full; the disk spool replaces
+the drop in a later version).  With several destinations each path is placed
+with carbon's own ``carbon_ch`` consistent-hash ring, so DSAT and a
+carbon-relay agree on where a metric lives.
+
+A batch's ``on_written`` callback fires once all its datapoints are written
+to the carbon socket: that is where a batch's journey ends (HAPPY_END).
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from carbon.hashing import ConsistentHashRing
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet import endpoints
+from twisted.internet.interfaces import IPushProducer, IReactorTCP, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from dsat.errors import ConfigError
+
+#: carbon-cache's pickle receiver refuses messages over 1 MiB; 500 points a
+#: message is carbon's own MAX_DATAPOINTS_PER_MESSAGE default.
+POINTS_PER_MESSAGE = 500
+#: Datapoints a destination holds while it is down before dropping the oldest.
+DEFAULT_MAX_QUEUE = 1_000_000
+
+Point = tuple[str, float, float]
+
+
+def encode_pickle(points: Sequence[Point]) -> bytes:
+    """Encode points as carbon pickle messages of at most POINTS_PER_MESSAGE each."""
+    out = []
+    for start in range(0, len(points), POINTS_PER_MESSAGE):
+        body = pickle.dumps(
+            [(path, (ts, value)) for path, ts, value in points[start : start + POINTS_PER_MESSAGE]],
+            protocol=2,
+        )
+        out.append(struct.pack("!L", len(body)))
+        out.append(body)
+    return b"".join(out)
+
+
+def encode_plaintext(points: Sequence[Point]) -> bytes:
+    """Encode points as carbon plaintext lines ``path value timestamp``."""
+    return "".join([f"{path} {value!r} {int(ts)}\n" for path, ts, value in points]).encode()
+
+
+ENCODERS: dict[str, Callable[[Sequence[Point]], bytes]] = {
+    "pickle": encode_pickle,
+    "plaintext": encode_plaintext,
+}
+
+
+@dataclass
+class _Pending:
+    data: bytes
+    points: int
+    on_written: Callable[[], None] | None
+
+
+@implementer(IPushProducer)
+class _CarbonProtocol(Protocol):
+    """One connection to a carbon-cache; writes while the socket keeps up."""
+
+    destination: Destination
+
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
+        self.paused = False
+        self.transport.registerProducer(self, True)
+        self.destination.connected(self)
+
+    def connectionLost(self, reason: object = None) -> None:  # noqa: N802
+        self.destination.disconnected(self)
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.paused = False
+        self.destination.drain()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.paused = True
+
+
+class Destination:
+    """One carbon-cache: a reconnecting client and the bounded queue in front of it."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        host: str,
+        port: int,
+        *,
+        protocol: str = "pickle",
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        timeout: float = 10.0,
+    ) -> None:
+        self.host, self.port = host, port
+        self.encode = ENCODERS[protocol]
+        self.max_queue = max_queue
+        self.queue: deque[_Pending] = deque()
+        self.queued_points = 0
+        self.dropped = 0
+        self.written = 0
+        self._proto: _CarbonProtocol | None = None
+        factory = Factory.forProtocol(_CarbonProtocol)
+        factory.protocol = type("_Bound", (_CarbonProtocol,), {"destination": self})
+        endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+        self.service = ClientService(
+            endpoint,
+            factory,
+            retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
+            clock=reactor,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Destination {self.host}:{self.port}>"
+
+    def start(self) -> None:
+        self.service.startService()
+
+    def stop(self) -> object:
+        return self.service.stopService()
+
+    def send(self, points: Sequence[Point], on_written: Callable[[], None] | None = None) -> None:
+        """Queue one batch for this destination and write what the socket takes."""
+        self.queue.append(_Pending(self.encode(points), len(points), on_written))
+        self.queued_points += len(points)
+        while self.queued_points > self.max_queue and len(self.queue) > 1:
+            old = self.queue.popleft()
+            self.queued_points -= old.points
+            self.dropped += old.points
+            self.log.warn(
+                "carbon {host}:{port} queue full: dropped {points} datapoints",
+                host=self.host,
+                port=self.port,
+                points=old.points,
+            )
+        self.drain()
+
+    def connected(self, proto: _CarbonProtocol) -> None:
+        self.log.info("connected to carbon {host}:{port}", host=self.host, port=self.port)
+        self._proto = proto
+        self.drain()
+
+    def disconnected(self, proto: _CarbonProtocol) -> None:
+        if self._proto is proto:
+            self._proto = None
+
+    @property
+    def is_connected(self) -> bool:
+        return self._proto is not None
+
+    def drain(self) -> None:
+        proto = self._proto
+        while proto is not None and self.queue and not proto.paused:
+            item = self.queue.popleft()
+            self.queued_points -= item.points
+            proto.transport.write(item.data)
+            self.written += item.points
+            if item.on_written is not None:
+                item.on_written()
+
+
+class CarbonEgress:
+    """All carbon destinations; places each datapoint with carbon_ch when there are several."""
+
+    def __init__(
+        self,
+        reactor: IReactorTCP | IReactorTime,
+        destinations: Sequence[tuple[str, int]],
+        *,
+        protocol: str = "pickle",
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        timeout: float = 10.0,
+    ) -> None:
+        if not destinations:
+            raise ConfigError("carbon: at least one destination is needed")
+        if protocol not in ENCODERS:
+            raise ConfigError(f"carbon.protocol: {protocol!r} is not one of {sorted(ENCODERS)}")
+        self.destinations = [
+            Destination(reactor, host, port, protocol=protocol, max_queue=max_queue, timeout=timeout)
+            for host, port in destinations
+        ]
+        self._ring: ConsistentHashRing | None = None
+        self._placement: dict[str, int] = {}
+        if len(self.destinations) > 1:
+            # carbon-relay hashes (server, instance) and ignores the port; with
+            # no instance names, DSAT names each destination by its port so two
+            # caches on one host stay apart.
+            nodes = [(host, str(port)) for host, port in destinations]
+            self._ring = ConsistentHashRing(nodes)
+            self._index = {node: i for i, node in enumerate(nodes)}
+
+    def start(self) -> None:
+        for dest in self.destinations:
+            dest.start()
+
+    def stop(self) -> list[object]:
+        return [dest.stop() for dest in self.destinations]
+
+    @property
+    def queued_points(self) -> int:
+        return sum(d.queued_points for d in self.destinations)
+
+    @property
+    def dropped(self) -> int:
+        return sum(d.dropped for d in self.destinations)
+
+    def place(self, path: str) -> int:
+        """Index of the destination that owns *path* (carbon_ch)."""
+        if self._ring is None:
+            return 0
+        index = self._placement.get(path)
+        if index is None:
+            if len(self._placement) > 200_000:
+                self._placement.clear()
+            index = self._placement[path] = self._index[self._ring.get_node(path)]
+        return index
+
+    def send(self, points: Sequence[Point], on_written: Callable[[], None] | None = None) -> None:
+        """Send one batch; ``on_written`` fires once every part is written to its socket."""
+        if not points:
+            if on_written is not None:
+                on_written()
+            return
+        if self._ring is None:
+            self.destinations[0].send(points, on_written)
+            return
+        parts: dict[int, list[Point]] = {}
+        place = self.place
+        for point in points:
+            parts.setdefault(place(point[0]), []).append(point)
+        remaining = [len(parts)]
+
+        def part_written() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0 and on_written is not None:
+                on_written()
+
+        for index, part in parts.items():
+            self.destinations[index].send(part, part_written)

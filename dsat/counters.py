@@ -1,0 +1,40 @@
+"""Counting what a step rejects or drops, and logging it without flooding.
+
+Bad input is never silent: every rejection is counted by reason (the counts
+become DSAT's own metrics) and logged with the fields an operator needs.  A
+flood of bad input is counted in full, but only the first ten of each reason
+and then every power of two reach the log.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from twisted.logger import Logger
+
+
+def should_log(count: int) -> bool:
+    """True for the 1st..10th, then the 16th, 32nd, 64th... occurrence."""
+    return count <= 10 or count & (count - 1) == 0
+
+
+class Rejections(Counter[str]):
+    """Counts rejections by reason and logs a bounded sample of them."""
+
+    log = Logger()
+
+    def __init__(self, owner: str) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def reject(self, reason: str, error: object, count: int = 1) -> None:
+        self[reason] += count
+        total = self[reason]
+        if should_log(total):
+            self.log.warn(
+                "{owner}: rejected ({reason}): {error}; {total} so far",
+                owner=self.owner,
+                reason=reason,
+                error=error,
+                total=total,
+            )

@@ -1,0 +1,165 @@
+"""The orchester: receives every batch, routes it by ``type``, egresses to Carbon.
+
+It is the one place where data from satellites (and, later, from external
+Graphite and statsd clients) becomes Carbon datapoints: each envelope is
+routed with the topology's ``[orchester.routes]`` (``type`` -> steps, where
+``carbon`` is the egress), and every datapoint bound for Carbon is checked
+here once: its path made safe by :class:`dsat.naming.PathCleaner`, its value
+and timestamp finite.  A rejected datapoint is counted by reason and logged;
+the rest of its batch goes on.
+
+The orchester writes its own metrics (``<prefix>.<where>.self.orchester.*``)
+straight into the egress every ``metrics_every`` seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from dsat import naming
+from dsat.carbon import CarbonEgress, Point
+from dsat.counters import Rejections
+from dsat.envelope import Datapoint, Envelope, decode, encode
+from dsat.errors import BadName, EnvelopeError
+from dsat.events import Reporter
+from dsat.topology import Topology
+from dsat.transport import Sender
+
+STEP = "orchester"
+
+
+class Orchester:
+    """Routes envelopes and sends clean datapoints to Carbon."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        clock: IReactorTime,
+        egress: CarbonEgress,
+        senders: Mapping[str, Sender],
+        reporter: Reporter,
+        where: str,
+    ) -> None:
+        self.topology = topology
+        self.clock = clock
+        self.egress = egress
+        self.senders = senders
+        self.reporter = reporter
+        self.where = where
+        self.clean_path = naming.PathCleaner()
+        self.rejected = Rejections(STEP)
+        self.points_in = 0
+        self.points_out = 0
+        self._reported: dict[str, int] = {}
+        self._loops: list[LoopingCall] = []
+
+    def start(self) -> None:
+        self.egress.start()
+        for fn, every in (
+            (self.reporter.heartbeat, 5.0),
+            (self.write_own_metrics, self.topology.tracker.metrics_every),
+        ):
+            loop = LoopingCall(fn)
+            loop.clock = self.clock
+            loop.start(every, now=False)
+            self._loops.append(loop)
+
+    def stop(self) -> None:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
+
+    # -- the data path -----------------------------------------------------
+
+    def on_frame(self, frame: bytes) -> None:
+        """Handle one frame from the input link: decode, route, egress."""
+        try:
+            env = decode(frame)
+        except EnvelopeError as exc:
+            self.rejected.reject(exc.reason, exc)
+            return
+        if env.channel != "data":
+            self.rejected.reject("wrong_channel", f"channel {env.channel!r} on the data link")
+            return
+        self.route(env)
+
+    def route(self, env: Envelope) -> None:
+        """Send one envelope to every step its type is routed to."""
+        self.reporter.ack(env)
+        self.points_in += len(env.points)
+        targets = self.topology.routes_for(env.type)
+        if not targets:
+            self.rejected.reject("no_route", f"no route for type {env.type!r} (batch {env.task_id})")
+            self.reporter.error(env, f"no route for type {env.type!r}")
+            return
+        if len(targets) > 1 or targets[0] != "carbon":
+            self.reporter.sent(env, legs=len(targets))
+        for target in targets:
+            if target == "carbon":
+                self.to_carbon(env)
+            else:
+                out = env.evolve(step=STEP, where=self.where, next=(target,))
+                self.senders[target].send(encode(out, self.topology.codec))
+
+    def clean(self, points: tuple[Datapoint, ...]) -> list[Point]:
+        """The datapoints of a batch that Carbon may store; the others are counted."""
+        clean_path, reject = self.clean_path, self.rejected.reject
+        isfinite = math.isfinite
+        out: list[Point] = []
+        append = out.append
+        for path, ts, value in points:
+            try:
+                safe = clean_path(path)
+            except BadName as exc:
+                reject("bad_name", exc)
+                continue
+            if not isfinite(value):
+                reject("nan", f"{safe}: value {value!r} is not a finite number")
+            elif not isfinite(ts) or ts <= 0:
+                reject("bad_timestamp", f"{safe}: timestamp {ts!r} is not a positive finite number")
+            else:
+                append((safe, ts, value))
+        return out
+
+    def to_carbon(self, env: Envelope) -> None:
+        points = self.clean(env.points)
+        rejected = len(env.points) - len(points)
+
+        def written() -> None:
+            self.points_out += len(points)
+            self.reporter.ended(env, points=len(points), rejected=rejected)
+
+        self.egress.send(points, written)
+
+    # -- DSAT's own metrics --------------------------------------------------
+
+    def own_metrics(self) -> list[Point]:
+        """``self.orchester.*``: counts since the last call, and the queue depth now."""
+        now = int(self.clock.seconds())
+        totals = {
+            "points_in": self.points_in,
+            "points_out": self.points_out,
+            "dropped": self.egress.dropped,
+            **{f"rejected.{reason}": n for reason, n in self.rejected.items()},
+        }
+        path = naming.metric_path
+        points: list[Point] = []
+        for name, total in totals.items():
+            points.append((path(self.topology.prefix, self.where, "self", f"orchester.{name}"), now,
+                           total - self._reported.get(name, 0)))
+            self._reported[name] = total
+        points.append((path(self.topology.prefix, self.where, "self", "orchester.queue_depth"), now,
+                       self.egress.queued_points))
+        return points
+
+    def write_own_metrics(self) -> None:
+        self.egress.send(self.own_metrics())

@@ -1,0 +1,134 @@
+"""One step as one OS process: ``dsat run TOPOLOGY STEP``.
+
+Installs Twisted's asyncio reactor (once, here, so ``zmq.asyncio`` and
+Twisted share one loop), opens the step's links from the topology, builds the
+tracker, the orchester or a satellite runtime around them, and runs until
+SIGTERM or SIGINT.  Stopping is graceful: the input links close first, then
+the process waits (up to ``DRAIN_SECONDS``) for what is in flight to be handed
+to the next links and to Carbon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+#: How long a stopping step waits for its queues to drain.
+DRAIN_SECONDS = 5.0
+
+
+def install_reactor() -> Any:
+    """Install the asyncio reactor (idempotent) and return it."""
+    from twisted.internet import asyncioreactor
+
+    if "twisted.internet.reactor" not in sys.modules:
+        asyncioreactor.install(asyncio.new_event_loop())
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def start_logging() -> None:
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+
+
+def run(topology_path: str | Path, step: str) -> int:
+    """Run one step of a topology until stopped; returns the exit status."""
+    reactor = install_reactor()
+    start_logging()
+
+    from twisted.internet import defer
+
+    from dsat import topology as topo_mod
+    from dsat.events import Reporter
+    from dsat.transport import Sender, ZmqReceiver, ZmqSender
+
+    topo = topo_mod.load(topology_path)
+    where = topo.where
+    pid = os.getpid()
+    senders: list[Sender] = []
+    receivers: list[ZmqReceiver] = []
+    stop_hooks: list[Callable[[], object]] = []
+
+    def sender_to(name: str) -> ZmqSender:
+        link = topo.input_of(name)
+        sender = ZmqSender(link.sender_pattern, link.address)
+        senders.append(sender)
+        return sender
+
+    events = ZmqSender("push", topo.tracker.events)
+    senders.append(events)
+    reporter = Reporter(events, step=step, where=where, pid=pid)
+
+    if step == "tracker":
+        from dsat.tracker import TrackerService
+
+        publisher = ZmqSender("pub", topo.tracker.states, bind=True)
+        senders.append(publisher)
+        svc = TrackerService(topo, clock=reactor, where=where, publisher=publisher,
+                             orchester=sender_to("orchester"), pid=pid)
+        receivers.append(ZmqReceiver("pull", topo.tracker.events, svc.on_event))
+        receivers.append(ZmqReceiver("rep", topo.tracker.status, svc.on_status_request))
+        svc.start()
+        stop_hooks.append(svc.stop)
+    elif step == "orchester":
+        from dsat.carbon import CarbonEgress
+        from dsat.orchester import Orchester
+
+        egress = CarbonEgress(reactor, topo.carbon.destinations, protocol=topo.carbon.protocol,
+                              max_queue=topo.orchester.max_queue, timeout=topo.carbon.timeout)
+        targets = {t for ts in topo.orchester.routes.values() for t in ts if t != "carbon"}
+        orch = Orchester(topo, clock=reactor, egress=egress, reporter=reporter, where=where,
+                         senders={name: sender_to(name) for name in targets})
+        link = topo.orchester.listen
+        receivers.append(ZmqReceiver(link.pattern, link.address, orch.on_frame))
+        orch.start()
+        stop_hooks.append(orch.stop)
+
+        async def drain_carbon() -> None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + DRAIN_SECONDS
+            while egress.queued_points and loop.time() < deadline:
+                await asyncio.sleep(0.05)
+
+        stop_hooks.append(lambda: defer.Deferred.fromFuture(asyncio.ensure_future(drain_carbon())))
+        stop_hooks.append(lambda: defer.gatherResults(egress.stop()))
+    else:
+        from satellites import REGISTRY
+
+        from dsat.satellite import SatelliteRuntime
+
+        conf = topo.satellites[step]
+        runtime = SatelliteRuntime(conf, REGISTRY.get_spec(conf.use), clock=reactor, prefix=topo.prefix,
+                                   where=where, senders={name: sender_to(name) for name in conf.next},
+                                   reporter=reporter, pid=pid)
+        if conf.listen is not None:
+            receivers.append(ZmqReceiver(conf.listen.pattern, conf.listen.address, runtime.on_frame))
+        runtime.start()
+        stop_hooks.insert(0, runtime.stop)
+
+    @defer.inlineCallbacks
+    def graceful_stop() -> Any:
+        for receiver in receivers:
+            receiver.close()
+        for hook in stop_hooks:
+            yield hook()
+        for sender in senders:
+            yield defer.Deferred.fromFuture(asyncio.ensure_future(sender.flush(DRAIN_SECONDS)))
+        for sender in senders:
+            sender.close()
+
+    reactor.addSystemEventTrigger("before", "shutdown", graceful_stop)
+    if os.environ.get("DSAT_SUPERVISED"):
+        # Ctrl-C in a terminal reaches the whole process group; under `dsat up`
+        # the supervisor alone decides when a step stops (with SIGTERM).
+        reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
+    reactor.run()
+    return 0

@@ -1,0 +1,68 @@
+"""``dsat status``: ask the running tracker what it knows and print it.
+
+The tracker answers on its REP socket (``[tracker] status``) with a JSON
+snapshot: batches per FSM state, per-step counters, and how long ago each step
+last sent a heartbeat.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import zmq
+
+from dsat.errors import DsatError
+
+COLUMNS = (
+    ("received", "batches_received"),
+    ("sent", "batches_sent"),
+    ("ended", "batches_ended"),
+    ("failed", "batches_failed"),
+    ("timed out", "batches_timed_out"),
+    ("points in", "points_received"),
+    ("points out", "points_sent"),
+)
+
+
+def fetch(address: str, timeout: float = 3.0) -> dict[str, Any]:
+    """One request to the tracker's status socket; raises DsatError when it does not answer."""
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+    try:
+        sock.connect(address)
+        sock.send(b"status")
+        reply = sock.recv()
+    except zmq.Again:
+        raise DsatError(
+            f"the tracker at {address} did not answer within {timeout:g}s; is the topology running (dsat up)?"
+        ) from None
+    finally:
+        sock.close()
+    return json.loads(reply)
+
+
+def format_status(snap: dict[str, Any]) -> str:
+    """A plain-text table of a tracker snapshot."""
+    tasks = snap["tasks"]
+    lines = [
+        "batches: " + ", ".join(f"{name} {tasks[name]}" for name in sorted(tasks)),
+        "",
+    ]
+    steps = sorted(set(snap["steps"]) | set(snap.get("heartbeats", {})))
+    header = ["step", *(title for title, _ in COLUMNS), "heartbeat"]
+    rows = [header]
+    for step in steps:
+        counters = snap["steps"].get(step, {})
+        beat = snap.get("heartbeats", {}).get(step)
+        rows.append(
+            [step, *(str(counters.get(key, 0)) for _, key in COLUMNS), f"{beat['age']:.0f}s ago" if beat else "-"]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
+    if snap.get("rejected"):
+        lines += ["", "tracker rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(snap["rejected"].items()))]
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""Test helpers, shipped as public API (as ``structlog.testing`` is).
+
+:class:`FakeSender` stands in for a ZeroMQ link and keeps every frame sent
+(``envelopes()`` reads them back); :class:`CaptureEgress` stands
+in for the carbon egress.  Use them with ``twisted.internet.task.Clock`` as
+the clock, so timers run with ``clock.advance()`` instead of sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from dsat.envelope import Envelope, decode
+
+
+class FakeSender:
+    """A sending link that keeps what it is given, in memory."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.dropped = 0
+        self.closed = False
+
+    def send(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def pending(self) -> int:
+        return 0
+
+    async def flush(self, timeout: float) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def envelopes(self) -> list[Envelope]:
+        return [decode(frame) for frame in self.frames]
+
+
+class CaptureEgress:
+    """Stands in for :class:`dsat.carbon.CarbonEgress`: keeps batches, acknowledges at once
+    (or later, with ``hold=True`` and :meth:`release`)."""
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.batches: list[list[tuple[str, float, float]]] = []
+        self.hold = hold
+        self._held: list[Callable[[], None]] = []
+        self.dropped = 0
+        self.queued_points = 0
+        self.started = False
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> list[object]:
+        return []
+
+    def send(self, points: Sequence[tuple[str, float, float]], on_written: Callable[[], None] | None = None) -> None:
+        self.batches.append(list(points))
+        if on_written is not None:
+            if self.hold:
+                self._held.append(on_written)
+            else:
+                on_written()
+
+    def release(self) -> None:
+        held, self._held = self._held, []
+        for callback in held:
+            callback()
+
+    @property
+    def points(self) -> list[tuple[str, float, float]]:
+        return [p for batch in self.batches for p in batch]

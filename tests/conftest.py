@@ -1,0 +1,93 @@
+"""Shared fixtures: real DSAT processes started from topologies written per test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
+    """Poll *predicate* until it returns something truthy; fail the test with *what* after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Processes:
+    """Starts ``dsat`` commands as real processes and makes sure none outlives the test."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
+
+    def dsat(self, *args: str, name: str = "dsat") -> subprocess.Popen[bytes]:
+        log = self.log_dir / f"{name}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dsat", *args],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.started.append((proc, log))
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
+        """SIGTERM, then wait; returns the exit status."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout)
+
+    def cleanup(self) -> list[str]:
+        """Kill whatever is left (and say so); returns what had to be killed."""
+        leftovers = []
+        for proc, _log in self.started:
+            try:
+                family = psutil.Process(proc.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                family = []
+            if proc.poll() is None:
+                proc.kill()
+                leftovers.append(f"pid {proc.pid}")
+            for child in family:
+                if child.is_running():
+                    leftovers.append(f"child {child.pid} {' '.join(child.cmdline()[:6])}")
+                    child.kill()
+        return leftovers
+
+    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
+        for p, log in self.started:
+            if p is proc:
+                return log.read_text(errors="replace")
+        return ""
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    procs = Processes(tmp_path)
+    yield procs
+    procs.cleanup()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A temporary folder with a short path: unix socket paths are limited to 107 bytes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dsat-") as name:
+        yield Path(name)

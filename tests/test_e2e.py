@@ -1,0 +1,154 @@
+"""End to end: the demo topology with a real carbon-cache, real Whisper files and real graphite-web.
+
+``dsat demo`` starts everything as real processes on free ports; the tests
+read Whisper files from disk and ask graphite-web over HTTP.  Collectors run
+every second here (the demo's 10 s would only make the test slower).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+import whisper
+
+from dsat import naming
+from dsat.stack import free_port
+from tests.conftest import ROOT, Processes, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+def demo_topology(directory: Path, pickle_port: int) -> Path:
+    """The packaged demo topology with fast intervals and this test's carbon port."""
+    text = (ROOT / "dsat" / "demo.toml").read_text()
+    text = text.replace('"127.0.0.1:2004"', f'"127.0.0.1:{pickle_port}"')
+    text = re.sub(r'every = "\d+s"', 'every = "1s"', text)
+    text = text.replace('metrics_every = "10s"', 'metrics_every = "1s"')
+    path = directory / "demo.toml"
+    path.write_text(text)
+    return path
+
+
+def render(url: str, target: str) -> list[dict]:
+    query = urllib.parse.urlencode({"target": target, "format": "json", "from": "-10min"})
+    with urllib.request.urlopen(f"{url}render?{query}", timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def non_null_series(url: str, target: str) -> list[str]:
+    try:
+        series = render(url, target)
+    except OSError:
+        return []
+    return [s["target"] for s in series if any(v is not None for v, _ts in s["datapoints"])]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):
+    """One running demo stack shared by the tests of this module."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="dsat-e2e-"))
+    procs = Processes(tmp_path_factory.mktemp("logs"))
+    topo = demo_topology(base, free_port())
+    http_port = free_port()
+    proc = procs.dsat("demo", "--topology", str(topo), "--state-dir", str(base / "state"),
+                      "--http-port", str(http_port), name="demo")
+    url = f"http://127.0.0.1:{http_port}/"
+    where = naming.component(socket.gethostname())
+    whisper_dir = base / "state" / "whisper"
+    try:
+        wait_for(lambda: proc.poll() is not None or "dsat demo is up" in procs.log_of(proc), 90,
+                 "the demo to announce graphite-web")
+        assert proc.poll() is None, procs.log_of(proc)
+        yield {"proc": proc, "procs": procs, "url": url, "where": where, "whisper": whisper_dir,
+               "topology": topo, "base": base}
+    finally:
+        leftovers = procs.cleanup()
+        assert not leftovers, f"processes left running: {leftovers}"
+
+
+def test_whisper_files_appear_at_the_documented_paths(demo) -> None:
+    """Every path docs/naming.rst lists for the demo stack becomes a Whisper file inside the Whisper dir."""
+    documented = documented_demo_paths()
+    assert len(documented) > 20
+    where = demo["where"]
+
+    def missing() -> list[str]:
+        return [p for p in documented if not (demo["whisper"] / (p.replace("<where>", where).replace(".", "/") + ".wsp")).exists()]
+
+    wait_for(lambda: not missing(), 60, "the documented Whisper files", interval=1)
+    for wsp in demo["whisper"].rglob("*.wsp"):
+        assert wsp.resolve().is_relative_to(demo["whisper"].resolve())
+    cpu_user = demo["whisper"] / "dsat" / where / "cpu" / "total" / "user.wsp"
+    info = whisper.info(str(cpu_user))
+    assert info["archives"][0]["secondsPerPoint"] == 10
+
+
+def test_graphite_web_renders_host_and_dsat_metrics(demo) -> None:
+    """graphite-web's /render?format=json returns non-null points for cpu rates and DSAT's own metrics."""
+    url, where = demo["url"], demo["where"]
+    cpu = wait_for(lambda: non_null_series(url, f"dsat.{where}.cpu.total.*"), 60, "cpu rates in graphite-web")
+    assert f"dsat.{where}.cpu.total.user" in cpu
+    own = wait_for(lambda: non_null_series(url, f"dsat.{where}.self.steps.*.batches_sent"), 60,
+                   "DSAT's own metrics in graphite-web")
+    assert f"dsat.{where}.self.steps.cpu.batches_sent" in own
+    memory = wait_for(lambda: non_null_series(url, f"dsat.{where}.memory.virtual.used"), 30, "memory gauge")
+    assert memory
+
+
+def test_rates_are_plausible(demo) -> None:
+    """cpu seconds become per-second rates: user+system+idle of all cores is about the core count."""
+    url, where = demo["url"], demo["where"]
+    target = f"sumSeries(dsat.{where}.cpu.total.{{user,system,idle,iowait,nice}})"
+    wait_for(lambda: non_null_series(url, target), 60, "summed cpu rates")
+    values = [v for v, _ in render(url, target)[0]["datapoints"] if v is not None]
+    cores = psutil.cpu_count()
+    assert all(0.5 * cores < v < 1.5 * cores for v in values[-3:]), values
+
+
+def test_status_reports_happy_ends_per_step(demo) -> None:
+    """`dsat status` reads the running tracker: batches end well and every step has counters and heartbeats."""
+    def happy() -> dict | None:
+        out = subprocess.run([sys.executable, "-m", "dsat", "status", "--json", str(demo["topology"])],
+                             capture_output=True, text=True, timeout=20)
+        if out.returncode != 0:
+            return None
+        snap = json.loads(out.stdout)
+        return snap if snap["tasks"]["happy_end"] >= 10 else None
+
+    snap = wait_for(happy, 60, "happy ends in dsat status")
+    assert snap["steps"]["cpu"]["batches_sent"] > 0
+    assert snap["steps"]["rate"]["batches_received"] > 0
+    assert snap["steps"]["orchester"]["batches_ended"] > 0
+    assert {"cpu", "rate", "orchester", "tracker"} <= set(snap["heartbeats"]) | {"tracker"}
+    text = subprocess.run([sys.executable, "-m", "dsat", "status", str(demo["topology"])],
+                          capture_output=True, text=True, timeout=20, check=True).stdout
+    assert "orchester" in text and "received" in text
+
+
+def test_sigterm_stops_everything(demo) -> None:
+    """SIGTERM to `dsat demo` stops every process it started, cleanly, with nothing left running."""
+    proc = demo["proc"]
+    children = psutil.Process(proc.pid).children(recursive=True)
+    names = " ".join(" ".join(c.cmdline()) for c in children)
+    assert "carbon-cache" in names and "graphite.wsgi" in names and " run " in names
+    status = demo["procs"].stop(proc, timeout=30)
+    assert status == 0, demo["procs"].log_of(proc)[-3000:]
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, [c.pid for c in alive]
+
+
+def documented_demo_paths() -> list[str]:
+    """The literal paths in docs/naming.rst's demo tree (``dsat.<where>....``, no wildcards)."""
+    text = (ROOT / "docs" / "naming.rst").read_text()
+    block = text.split(".. demo-tree-start", 1)[1].split(".. demo-tree-end", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip().startswith("dsat.<where>.")]

@@ -1,0 +1,146 @@
+"""The orchester, in memory: routing by type, the one check of every datapoint, its own metrics."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from twisted.internet.task import Clock
+
+from dsat import topology
+from dsat.envelope import Envelope, encode
+from dsat.events import Reporter
+from dsat.orchester import Orchester
+from dsat.plugins import Registry, SatelliteSpec
+from dsat.testing import CaptureEgress, FakeSender
+
+TOPOLOGY = """
+[dsat]
+where = "h"
+run_dir = "/tmp/dsat-orchester-test"
+
+[tracker]
+metrics_every = "10s"
+
+[orchester.routes]
+"*" = ["carbon"]
+"audit" = ["archive", "carbon"]
+"cold" = ["archive"]
+
+[carbon]
+destinations = ["127.0.0.1:2004"]
+
+[satellites.c]
+use = "c"
+every = "1s"
+
+[satellites.archive]
+use = "s"
+"""
+
+REGISTRY = Registry([
+    SatelliteSpec(name="c", kind="collector", factory=lambda o: lambda: [], type="gauge"),
+    SatelliteSpec(name="s", kind="sink", factory=lambda o: lambda batch: None),
+])
+
+
+def make(hold: bool = False) -> tuple[Orchester, CaptureEgress, FakeSender, FakeSender, Clock]:
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    topo = topology.loads(TOPOLOGY, path=Path("/tmp/t.toml"), registry=REGISTRY)
+    egress = CaptureEgress(hold=hold)
+    events, archive = FakeSender(), FakeSender()
+    orch = Orchester(topo, clock=clock, egress=egress, senders={"archive": archive},  # type: ignore[arg-type]
+                     reporter=Reporter(events, step="orchester", where="h", pid=1), where="h")
+    return orch, egress, events, archive, clock
+
+
+def frame(points: tuple, type: str = "gauge") -> tuple[Envelope, bytes]:
+    env = Envelope.new_batch(points, type=type, emitter="c", where="h", seq=1).evolve(next=("orchester",))
+    return env, encode(env)
+
+
+def test_default_route_sends_to_carbon_and_ends_when_written() -> None:
+    """A batch routed only to carbon is ACKed, then HAPPY_END once the egress has written it."""
+    orch, egress, events, _, _ = make(hold=True)
+    env, data = frame((("a.b", 1_700_000_000, 1.0), ("a.c", 1_700_000_000, 2)))
+    orch.on_frame(data)
+    assert egress.points == [("a.b", 1_700_000_000, 1.0), ("a.c", 1_700_000_000, 2)]
+    assert [e.event for e in events.envelopes()] == ["ACK"]
+    egress.release()
+    ended = events.envelopes()[-1]
+    assert ended.event == "HAPPY_END" and ended.task_id == env.task_id and ended.meta["points"] == 2
+
+
+def test_type_routes_fan_out_to_satellites_and_carbon() -> None:
+    """A type routed to [archive, carbon] is SENT with two legs: forwarded to archive, written to carbon."""
+    orch, egress, events, archive, _ = make()
+    env, data = frame((("a.b", 1_700_000_000, 1.0),), type="audit")
+    orch.on_frame(data)
+    [forwarded] = archive.envelopes()
+    assert forwarded.task_id == env.task_id and forwarded.step == "orchester" and forwarded.next == ("archive",)
+    assert egress.points == [("a.b", 1_700_000_000, 1.0)]
+    assert [(e.event, e.meta.get("legs")) for e in events.envelopes()] == [
+        ("ACK", None), ("SEND", 2), ("HAPPY_END", None)]
+
+
+def test_route_without_carbon_only_forwards() -> None:
+    """A type routed only to a satellite never reaches carbon."""
+    orch, egress, events, archive, _ = make()
+    orch.on_frame(frame((("a.b", 1, 1.0),), type="cold")[1])
+    assert len(archive.frames) == 1 and egress.batches == []
+
+
+def test_every_datapoint_is_checked_once_and_bad_ones_are_counted() -> None:
+    """Hostile names, NaN, inf and bad timestamps are rejected by reason; the rest of the batch goes on."""
+    orch, egress, events, _, _ = make()
+    points = (
+        ("good.one", 1_700_000_000, 1.0),
+        ("../../etc/passwd", 1_700_000_000, 1.0),
+        ("nul\x00name", 1_700_000_000, 1.0),
+        ("x" * 5000, 1_700_000_000, 1.0),
+        ("nan.value", 1_700_000_000, math.nan),
+        ("inf.value", 1_700_000_000, math.inf),
+        ("old.time", -5, 1.0),
+        ("a..b", 1_700_000_000, 3),
+    )
+    orch.on_frame(frame(points)[1])
+    sent = [p[0] for p in egress.points]
+    assert sent[0] == "good.one" and sent[-1] == "a.b"
+    assert all("/" not in p and ".." not in p and "\x00" not in p for p in sent)
+    assert orch.rejected["bad_name"] == 2
+    assert orch.rejected["nan"] == 2
+    assert orch.rejected["bad_timestamp"] == 1
+    assert events.envelopes()[-1].meta["rejected"] == 5
+
+
+def test_garbage_frames_are_counted_and_do_not_stop_routing() -> None:
+    """Frames that do not decode are rejected by reason and the next good frame is routed."""
+    orch, egress, _, _, _ = make()
+    for garbage in (b"", b"DS", b"DS\x09\x01", b"\xff" * 40):
+        orch.on_frame(garbage)
+    orch.on_frame(frame((("a.b", 1, 1.0),))[1])
+    assert sum(orch.rejected.values()) == 4
+    assert len(egress.points) == 1
+
+
+def test_own_metrics_are_counts_since_last_time() -> None:
+    """self.orchester.* carries points in/out and rejections as deltas, and the queue depth as a level."""
+    orch, egress, _, _, _ = make()
+    orch.on_frame(frame((("a.b", 1, 1.0), ("bad\x00", 1, 1.0)))[1])
+    first = {p: v for p, _, v in orch.own_metrics()}
+    assert first["dsat.h.self.orchester.points_in"] == 2
+    assert first["dsat.h.self.orchester.points_out"] == 1
+    assert first["dsat.h.self.orchester.rejected.bad_name"] == 1
+    assert first["dsat.h.self.orchester.queue_depth"] == 0
+    second = {p: v for p, _, v in orch.own_metrics()}
+    assert second["dsat.h.self.orchester.points_in"] == 0
+
+
+def test_own_metrics_are_written_on_the_clock() -> None:
+    """start() writes the orchester's own metrics to the egress every metrics_every seconds."""
+    orch, egress, _, _, clock = make()
+    orch.start()
+    clock.advance(10)
+    assert any(p[0] == "dsat.h.self.orchester.points_in" for p in egress.points)
+    orch.stop()

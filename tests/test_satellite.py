@@ -1,0 +1,178 @@
+"""The satellite runtime, in memory: fake links, a fake clock, tiny satellites."""
+
+from __future__ import annotations
+
+import math
+from types import MappingProxyType
+from typing import Any
+
+from twisted.internet.task import Clock
+
+from dsat.envelope import Batches, Envelope, encode
+from dsat.events import Reporter
+from dsat.plugins import SatelliteSpec
+from dsat.satellite import HEARTBEAT_EVERY, SatelliteRuntime
+from dsat.testing import FakeSender
+from dsat.topology import Link, Step
+
+
+def make_step(name: str, kind: str, *, next: tuple[str, ...] = ("orchester",), every: float | None = None,
+              codec: str = "msgpack") -> Step:
+    return Step(
+        name=name, use=name, kind=kind, type=None, every=every, next=next,
+        options=MappingProxyType({}), host="", codec=codec,
+        listen=None if kind == "collector" else Link(f"ipc:///tmp/{name}", "pull"),
+    )
+
+
+def make_runtime(kind: str, fn: Any, *, next: tuple[str, ...] = ("orchester",), type: str | None = None,
+                 every: float | None = None) -> tuple[SatelliteRuntime, dict[str, FakeSender], FakeSender, Clock]:
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    senders = {name: FakeSender() for name in next}
+    events = FakeSender()
+    step = make_step("s1", kind, next=next, every=every if kind == "collector" else None)
+    spec = SatelliteSpec(name="s1", kind=kind, factory=lambda options: fn, type=type)
+    runtime = SatelliteRuntime(step, spec, clock=clock, prefix="dsat", where="host1", senders=senders,
+                               reporter=Reporter(events, step="s1", where="host1", pid=7), pid=7)
+    return runtime, senders, events, clock
+
+
+def data_events(events: FakeSender) -> list[Envelope]:
+    return [e for e in events.envelopes() if e.channel == "event"]
+
+
+def test_collector_builds_paths_stamps_time_and_sends_to_every_next() -> None:
+    """A collector's (metric, value) pairs become one batch with full paths, sent once per `next`."""
+    runtime, senders, events, clock = make_runtime(
+        "collector", lambda: [("a.b", 1.5), ("c", 2, 1_600_000_000)], next=("x", "y"), type="gauge", every=10)
+    env = runtime.collect_once()
+    assert env is not None
+    assert env.points == (("dsat.host1.s1.a.b", 1_700_000_000, 1.5), ("dsat.host1.s1.c", 1_600_000_000, 2))
+    for name in ("x", "y"):
+        [sent] = senders[name].envelopes()
+        assert sent.next == (name,) and sent.points == env.points and sent.type == "gauge"
+        assert sent.emitter == "s1" and sent.task_id == env.task_id
+    [send] = data_events(events)
+    assert (send.event, send.meta["legs"], send.meta["points"]) == ("SEND", 2, 2)
+
+
+def test_collector_rejects_bad_values_and_names_and_keeps_the_rest() -> None:
+    """NaN, booleans, strings and malformed items are counted by reason; good points still go."""
+    runtime, senders, _, _ = make_runtime(
+        "collector", lambda: [("ok", 1), ("nan", math.nan), ("flag", True), ("s", "x"), ("short",), ("", 3)],
+        every=10)
+    env = runtime.collect_once()
+    assert env is not None and [p[0] for p in env.points] == ["dsat.host1.s1.ok"]
+    assert runtime.rejected["bad_value"] == 3
+    assert runtime.rejected["bad_datapoint"] == 1
+    assert runtime.rejected["bad_name"] == 1
+
+
+def test_collector_that_raises_is_counted_and_keeps_its_schedule() -> None:
+    """An exception in collect() is counted; the next tick runs again."""
+    calls = []
+
+    def collect() -> list[tuple[str, float]]:
+        calls.append(1)
+        raise RuntimeError("boom")
+
+    runtime, senders, _, clock = make_runtime("collector", collect, every=10)
+    runtime.start()
+    clock.advance(10)
+    clock.advance(10)
+    assert len(calls) == 3
+    assert runtime.rejected["collect_failed"] == 3
+    assert senders["orchester"].frames == []
+    runtime.stop()
+
+
+def test_heartbeats_go_to_the_tracker_on_schedule() -> None:
+    """The runtime sends a heartbeat at start and every HEARTBEAT_EVERY seconds."""
+    runtime, _, events, clock = make_runtime("transform", lambda batch: batch)
+    runtime.start()
+    clock.advance(HEARTBEAT_EVERY * 2)
+    beats = [e for e in events.envelopes() if e.channel == "control"]
+    assert len(beats) == 3 and all(b.type == "heartbeat" and b.step == "s1" for b in beats)
+    runtime.stop()
+
+
+def batch_frame(points: tuple[tuple[str, float, float], ...], type: str = "counter") -> tuple[Envelope, bytes]:
+    env = Envelope.new_batch(points, type=type, emitter="c", where="h", seq=1).evolve(next=("s1",))
+    return env, encode(env)
+
+
+def test_transform_output_goes_on_with_the_same_task_and_is_reported() -> None:
+    """A transform's batch keeps the task id, takes the step's name and is ACKed then SENT."""
+    runtime, senders, events, _ = make_runtime("transform", lambda batch: [(p, t, v * 2) for p, t, v in batch])
+    env, frame = batch_frame((("m", 1, 2.0),))
+    runtime.on_frame(frame)
+    [out] = senders["orchester"].envelopes()
+    assert out.points == (("m", 1, 4.0),) and out.task_id == env.task_id and out.step == "s1"
+    assert out.type == "counter"
+    assert [(e.event, e.meta.get("legs")) for e in data_events(events)] == [("ACK", None), ("SEND", 1)]
+
+
+def test_transform_returning_nothing_ends_the_batch() -> None:
+    """None (or an empty batch) drops the batch: HAPPY_END, nothing sent on."""
+    runtime, senders, events, _ = make_runtime("transform", lambda batch: None)
+    runtime.on_frame(batch_frame((("m", 1, 2.0),))[1])
+    assert senders["orchester"].frames == []
+    assert [e.event for e in data_events(events)] == ["ACK", "HAPPY_END"]
+
+
+def test_transform_returning_several_batches_sends_each_and_counts_legs() -> None:
+    """Batches([...]) fans out: every batch to every next; SEND carries batches x nexts legs."""
+    runtime, senders, events, _ = make_runtime(
+        "transform", lambda batch: Batches([batch, [], batch]), next=("a", "b"), type="rate")
+    runtime.on_frame(batch_frame((("m", 1, 2.0),))[1])
+    assert len(senders["a"].frames) == 2 and len(senders["b"].frames) == 2
+    assert all(e.type == "rate" for e in senders["a"].envelopes())
+    send = data_events(events)[-1]
+    assert (send.event, send.meta["legs"], send.meta["points"]) == ("SEND", 4, 2)
+
+
+def test_transform_that_raises_reports_an_error_and_keeps_going() -> None:
+    """An exception in transform() is an ERROR event with the reason; the next frame is handled."""
+    state = {"fail": True}
+
+    def transform(batch: Any) -> Any:
+        if state["fail"]:
+            raise ValueError("bad input")
+        return batch
+
+    runtime, senders, events, _ = make_runtime("transform", transform)
+    runtime.on_frame(batch_frame((("m", 1, 2.0),))[1])
+    error = data_events(events)[-1]
+    assert error.event == "ERROR" and "ValueError: bad input" in error.meta["reason"]
+    state["fail"] = False
+    runtime.on_frame(batch_frame((("m", 1, 2.0),))[1])
+    assert len(senders["orchester"].frames) == 1
+
+
+def test_garbage_frames_are_counted_and_do_not_stop_the_step() -> None:
+    """Undecodable frames and event frames on a data link are rejected by reason."""
+    runtime, senders, events, _ = make_runtime("transform", lambda batch: batch)
+    runtime.on_frame(b"")
+    runtime.on_frame(b"nonsense")
+    runtime.on_frame(encode(Envelope(channel="event", event="ACK", task_id="t")))
+    runtime.on_frame(batch_frame((("m", 1, 2.0),))[1])
+    assert runtime.rejected["truncated"] == 1 and runtime.rejected["bad_magic"] == 1
+    assert runtime.rejected["wrong_channel"] == 1
+    assert len(senders["orchester"].frames) == 1
+
+
+def test_sink_consumes_and_ends_the_batch() -> None:
+    """A sink gets the points and the leg ends with HAPPY_END; a failing sink reports ERROR."""
+    got: list[Any] = []
+    runtime, _, events, _ = make_runtime("sink", got.append, next=())
+    runtime.on_frame(batch_frame((("m", 1, 2.0),))[1])
+    assert got == [(("m", 1, 2.0),)]
+    assert [e.event for e in data_events(events)] == ["ACK", "HAPPY_END"]
+
+    def broken(batch: Any) -> None:
+        raise OSError("disk full")
+
+    runtime, _, events, _ = make_runtime("sink", broken, next=())
+    runtime.on_frame(batch_frame((("m", 1, 2.0),))[1])
+    assert data_events(events)[-1].event == "ERROR" and runtime.rejected["sink_failed"] == 1
