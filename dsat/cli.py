@@ -105,8 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a topology without starting anything")
     p.add_argument("topology")
-    p.add_argument("--no-environment", dest="environment", action="store_false",
-                   help="skip the checks of this machine (ports free, run_dir writable)")
+    p.add_argument(
+        "--no-environment",
+        dest="environment",
+        action="store_false",
+        help="skip the checks of this machine (ports free, run_dir writable)",
+    )
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("up", help="run every process of a topology, supervised, until Ctrl-C")

@@ -154,11 +154,21 @@ class Orchester:
         path = naming.metric_path
         points: list[Point] = []
         for name, total in totals.items():
-            points.append((path(self.topology.prefix, self.where, "self", f"orchester.{name}"), now,
-                           total - self._reported.get(name, 0)))
+            points.append(
+                (
+                    path(self.topology.prefix, self.where, "self", f"orchester.{name}"),
+                    now,
+                    total - self._reported.get(name, 0),
+                )
+            )
             self._reported[name] = total
-        points.append((path(self.topology.prefix, self.where, "self", "orchester.queue_depth"), now,
-                       self.egress.queued_points))
+        points.append(
+            (
+                path(self.topology.prefix, self.where, "self", "orchester.queue_depth"),
+                now,
+                self.egress.queued_points,
+            )
+        )
         return points
 
     def write_own_metrics(self) -> None:

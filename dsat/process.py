@@ -72,8 +72,9 @@ def run(topology_path: str | Path, step: str) -> int:
 
         publisher = ZmqSender("pub", topo.tracker.states, bind=True)
         senders.append(publisher)
-        svc = TrackerService(topo, clock=reactor, where=where, publisher=publisher,
-                             orchester=sender_to("orchester"), pid=pid)
+        svc = TrackerService(
+            topo, clock=reactor, where=where, publisher=publisher, orchester=sender_to("orchester"), pid=pid
+        )
         receivers.append(ZmqReceiver("pull", topo.tracker.events, svc.on_event))
         receivers.append(ZmqReceiver("rep", topo.tracker.status, svc.on_status_request))
         svc.start()
@@ -82,11 +83,22 @@ def run(topology_path: str | Path, step: str) -> int:
         from dsat.carbon import CarbonEgress
         from dsat.orchester import Orchester
 
-        egress = CarbonEgress(reactor, topo.carbon.destinations, protocol=topo.carbon.protocol,
-                              max_queue=topo.orchester.max_queue, timeout=topo.carbon.timeout)
+        egress = CarbonEgress(
+            reactor,
+            topo.carbon.destinations,
+            protocol=topo.carbon.protocol,
+            max_queue=topo.orchester.max_queue,
+            timeout=topo.carbon.timeout,
+        )
         targets = {t for ts in topo.orchester.routes.values() for t in ts if t != "carbon"}
-        orch = Orchester(topo, clock=reactor, egress=egress, reporter=reporter, where=where,
-                         senders={name: sender_to(name) for name in targets})
+        orch = Orchester(
+            topo,
+            clock=reactor,
+            egress=egress,
+            reporter=reporter,
+            where=where,
+            senders={name: sender_to(name) for name in targets},
+        )
         link = topo.orchester.listen
         receivers.append(ZmqReceiver(link.pattern, link.address, orch.on_frame))
         orch.start()
@@ -101,14 +113,20 @@ def run(topology_path: str | Path, step: str) -> int:
         stop_hooks.append(lambda: defer.Deferred.fromFuture(asyncio.ensure_future(drain_carbon())))
         stop_hooks.append(lambda: defer.gatherResults(egress.stop()))
     else:
+        from dsat.satellite import SatelliteRuntime
         from satellites import REGISTRY
 
-        from dsat.satellite import SatelliteRuntime
-
         conf = topo.satellites[step]
-        runtime = SatelliteRuntime(conf, REGISTRY.get_spec(conf.use), clock=reactor, prefix=topo.prefix,
-                                   where=where, senders={name: sender_to(name) for name in conf.next},
-                                   reporter=reporter, pid=pid)
+        runtime = SatelliteRuntime(
+            conf,
+            REGISTRY.get_spec(conf.use),
+            clock=reactor,
+            prefix=topo.prefix,
+            where=where,
+            senders={name: sender_to(name) for name in conf.next},
+            reporter=reporter,
+            pid=pid,
+        )
         if conf.listen is not None:
             receivers.append(ZmqReceiver(conf.listen.pattern, conf.listen.address, runtime.on_frame))
         runtime.start()

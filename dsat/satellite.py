@@ -23,8 +23,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dsat import naming
-from dsat.envelope import Batches, Datapoint, Envelope, decode, encode
 from dsat.counters import Rejections
+from dsat.envelope import Batches, Datapoint, Envelope, decode, encode
 from dsat.errors import BadName, EnvelopeError
 from dsat.events import Reporter
 from dsat.plugins import SatelliteSpec
@@ -164,7 +164,9 @@ class SatelliteRuntime:
         batches = list(result) if isinstance(result, Batches) else [result]
         out_type = self.spec.type or env.type
         outs = [
-            env.evolve(points=tuple(batch), type=out_type, step=self.step.name, where=self.where, pid=self.pid)
+            env.evolve(
+                points=tuple(batch), type=out_type, step=self.step.name, where=self.where, pid=self.pid
+            )
             for batch in batches
             if batch
         ]

@@ -114,8 +114,16 @@ class LocalStack:
 
     def graphite_command(self) -> list[str]:
         listen = f"tcp:{self.http_port}:interface={self.interface}"
-        return [sys.executable, "-m", "twisted", "web", "--wsgi", "graphite.wsgi.application",
-                "--listen", listen]
+        return [
+            sys.executable,
+            "-m",
+            "twisted",
+            "web",
+            "--wsgi",
+            "graphite.wsgi.application",
+            "--listen",
+            listen,
+        ]
 
     def add_to(self, supervisor: object) -> None:
         """Add carbon-cache and graphite-web to a :class:`dsat.supervisor.Supervisor`."""

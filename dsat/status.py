@@ -58,11 +58,22 @@ def format_status(snap: dict[str, Any]) -> str:
         counters = snap["steps"].get(step, {})
         beat = snap.get("heartbeats", {}).get(step)
         rows.append(
-            [step, *(str(counters.get(key, 0)) for _, key in COLUMNS), f"{beat['age']:.0f}s ago" if beat else "-"]
+            [
+                step,
+                *(str(counters.get(key, 0)) for _, key in COLUMNS),
+                f"{beat['age']:.0f}s ago" if beat else "-",
+            ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
-        lines.append("  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)))
+        lines.append(
+            "  ".join(
+                cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
+            )
+        )
     if snap.get("rejected"):
-        lines += ["", "tracker rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(snap["rejected"].items()))]
+        lines += [
+            "",
+            "tracker rejected: " + ", ".join(f"{k} {v}" for k, v in sorted(snap["rejected"].items())),
+        ]
     return "\n".join(lines)

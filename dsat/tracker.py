@@ -116,7 +116,8 @@ class TrackerService:
         snap = self.fsm.snapshot()
         now = self.clock.seconds()
         snap["heartbeats"] = {
-            step: {**beat, "age": round(now - beat["at"], 1)} for step, beat in sorted(self.heartbeats.items())
+            step: {**beat, "age": round(now - beat["at"], 1)}
+            for step, beat in sorted(self.heartbeats.items())
         }
         snap["rejected"] = dict(self.rejected)
         return snap
@@ -145,5 +146,6 @@ class TrackerService:
             self.own_metrics(), type="self", emitter=STEP, where=self.where, seq=self.seq, pid=self.pid
         ).evolve(next=("orchester",))
         self.orchester.send(encode(env))
-        self.fsm.handle(env.event_for("SEND", step=STEP, where=self.where, pid=self.pid, legs=1,
-                                      points=len(env.points)))
+        self.fsm.handle(
+            env.event_for("SEND", step=STEP, where=self.where, pid=self.pid, legs=1, points=len(env.points))
+        )

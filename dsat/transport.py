@@ -139,7 +139,7 @@ class ZmqSender:
         """Wait until every queued frame is handed to ZeroMQ; False on timeout."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
         return True
 
@@ -187,4 +187,3 @@ class ZmqReceiver:
     def close(self) -> None:
         self._loop.cancel()
         self._sock.close(linger=0)
-

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import struct
 
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -88,8 +87,9 @@ def test_placement_matches_carbon_relay_consistent_hashing() -> None:
     class Settings(dict):
         __getattr__ = dict.__getitem__
 
-    router = ConsistentHashingRouter(Settings(REPLICATION_FACTOR=1, DIVERSE_REPLICAS=False,
-                                              ROUTER_HASH_TYPE="carbon_ch"))
+    router = ConsistentHashingRouter(
+        Settings(REPLICATION_FACTOR=1, DIVERSE_REPLICAS=False, ROUTER_HASH_TYPE="carbon_ch")
+    )
     destinations = [("127.0.0.1", 2004), ("127.0.0.1", 2104), ("10.0.0.2", 2004)]
     for host, port in destinations:
         router.addDestination((host, port, str(port)))

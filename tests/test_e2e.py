@@ -60,17 +60,35 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
     procs = Processes(tmp_path_factory.mktemp("logs"))
     topo = demo_topology(base, free_port())
     http_port = free_port()
-    proc = procs.dsat("demo", "--topology", str(topo), "--state-dir", str(base / "state"),
-                      "--http-port", str(http_port), name="demo")
+    proc = procs.dsat(
+        "demo",
+        "--topology",
+        str(topo),
+        "--state-dir",
+        str(base / "state"),
+        "--http-port",
+        str(http_port),
+        name="demo",
+    )
     url = f"http://127.0.0.1:{http_port}/"
     where = naming.component(socket.gethostname())
     whisper_dir = base / "state" / "whisper"
     try:
-        wait_for(lambda: proc.poll() is not None or "dsat demo is up" in procs.log_of(proc), 90,
-                 "the demo to announce graphite-web")
+        wait_for(
+            lambda: proc.poll() is not None or "dsat demo is up" in procs.log_of(proc),
+            90,
+            "the demo to announce graphite-web",
+        )
         assert proc.poll() is None, procs.log_of(proc)
-        yield {"proc": proc, "procs": procs, "url": url, "where": where, "whisper": whisper_dir,
-               "topology": topo, "base": base}
+        yield {
+            "proc": proc,
+            "procs": procs,
+            "url": url,
+            "where": where,
+            "whisper": whisper_dir,
+            "topology": topo,
+            "base": base,
+        }
     finally:
         leftovers = procs.cleanup()
         assert not leftovers, f"processes left running: {leftovers}"
@@ -83,7 +101,11 @@ def test_whisper_files_appear_at_the_documented_paths(demo) -> None:
     where = demo["where"]
 
     def missing() -> list[str]:
-        return [p for p in documented if not (demo["whisper"] / (p.replace("<where>", where).replace(".", "/") + ".wsp")).exists()]
+        return [
+            p
+            for p in documented
+            if not (demo["whisper"] / (p.replace("<where>", where).replace(".", "/") + ".wsp")).exists()
+        ]
 
     wait_for(lambda: not missing(), 60, "the documented Whisper files", interval=1)
     for wsp in demo["whisper"].rglob("*.wsp"):
@@ -98,8 +120,11 @@ def test_graphite_web_renders_host_and_dsat_metrics(demo) -> None:
     url, where = demo["url"], demo["where"]
     cpu = wait_for(lambda: non_null_series(url, f"dsat.{where}.cpu.total.*"), 60, "cpu rates in graphite-web")
     assert f"dsat.{where}.cpu.total.user" in cpu
-    own = wait_for(lambda: non_null_series(url, f"dsat.{where}.self.steps.*.batches_sent"), 60,
-                   "DSAT's own metrics in graphite-web")
+    own = wait_for(
+        lambda: non_null_series(url, f"dsat.{where}.self.steps.*.batches_sent"),
+        60,
+        "DSAT's own metrics in graphite-web",
+    )
     assert f"dsat.{where}.self.steps.cpu.batches_sent" in own
     memory = wait_for(lambda: non_null_series(url, f"dsat.{where}.memory.virtual.used"), 30, "memory gauge")
     assert memory
@@ -116,10 +141,15 @@ def test_rates_are_plausible(demo) -> None:
 
 
 def test_status_reports_happy_ends_per_step(demo) -> None:
-    """`dsat status` reads the running tracker: batches end well and every step has counters and heartbeats."""
+    """`dsat status` reads the running tracker: batches end well; each step has counters and heartbeats."""
+
     def happy() -> dict | None:
-        out = subprocess.run([sys.executable, "-m", "dsat", "status", "--json", str(demo["topology"])],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            [sys.executable, "-m", "dsat", "status", "--json", str(demo["topology"])],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         if out.returncode != 0:
             return None
         snap = json.loads(out.stdout)
@@ -130,8 +160,13 @@ def test_status_reports_happy_ends_per_step(demo) -> None:
     assert snap["steps"]["rate"]["batches_received"] > 0
     assert snap["steps"]["orchester"]["batches_ended"] > 0
     assert {"cpu", "rate", "orchester", "tracker"} <= set(snap["heartbeats"]) | {"tracker"}
-    text = subprocess.run([sys.executable, "-m", "dsat", "status", str(demo["topology"])],
-                          capture_output=True, text=True, timeout=20, check=True).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "dsat", "status", str(demo["topology"])],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    ).stdout
     assert "orchester" in text and "received" in text
 
 

@@ -38,10 +38,12 @@ every = "1s"
 use = "s"
 """
 
-REGISTRY = Registry([
-    SatelliteSpec(name="c", kind="collector", factory=lambda o: lambda: [], type="gauge"),
-    SatelliteSpec(name="s", kind="sink", factory=lambda o: lambda batch: None),
-])
+REGISTRY = Registry(
+    [
+        SatelliteSpec(name="c", kind="collector", factory=lambda o: lambda: [], type="gauge"),
+        SatelliteSpec(name="s", kind="sink", factory=lambda o: lambda batch: None),
+    ]
+)
 
 
 def make(hold: bool = False) -> tuple[Orchester, CaptureEgress, FakeSender, FakeSender, Clock]:
@@ -50,8 +52,14 @@ def make(hold: bool = False) -> tuple[Orchester, CaptureEgress, FakeSender, Fake
     topo = topology.loads(TOPOLOGY, path=Path("/tmp/t.toml"), registry=REGISTRY)
     egress = CaptureEgress(hold=hold)
     events, archive = FakeSender(), FakeSender()
-    orch = Orchester(topo, clock=clock, egress=egress, senders={"archive": archive},  # type: ignore[arg-type]
-                     reporter=Reporter(events, step="orchester", where="h", pid=1), where="h")
+    orch = Orchester(
+        topo,
+        clock=clock,
+        egress=egress,
+        senders={"archive": archive},  # type: ignore[arg-type]
+        reporter=Reporter(events, step="orchester", where="h", pid=1),
+        where="h",
+    )
     return orch, egress, events, archive, clock
 
 
@@ -78,10 +86,15 @@ def test_type_routes_fan_out_to_satellites_and_carbon() -> None:
     env, data = frame((("a.b", 1_700_000_000, 1.0),), type="audit")
     orch.on_frame(data)
     [forwarded] = archive.envelopes()
-    assert forwarded.task_id == env.task_id and forwarded.step == "orchester" and forwarded.next == ("archive",)
+    assert (
+        forwarded.task_id == env.task_id and forwarded.step == "orchester" and forwarded.next == ("archive",)
+    )
     assert egress.points == [("a.b", 1_700_000_000, 1.0)]
     assert [(e.event, e.meta.get("legs")) for e in events.envelopes()] == [
-        ("ACK", None), ("SEND", 2), ("HAPPY_END", None)]
+        ("ACK", None),
+        ("SEND", 2),
+        ("HAPPY_END", None),
+    ]
 
 
 def test_route_without_carbon_only_forwards() -> None:

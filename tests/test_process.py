@@ -62,7 +62,9 @@ def test_collector_to_orchester_to_capturing_sink(short_tmp: Path, processes: Pr
     topo.write_text(TOPOLOGY.format(carbon_port=free_port(), capture=capture))
     up = processes.dsat("up", str(topo), name="up")
 
-    wait_for(lambda: any(".load.load1 " in line for line in lines(capture)), 30, "load datapoints at the sink")
+    wait_for(
+        lambda: any(".load.load1 " in line for line in lines(capture)), 30, "load datapoints at the sink"
+    )
     wait_for(lambda: any(".memory.virtual.used " in line for line in lines(capture)), 30, "memory datapoints")
     for line in lines(capture):
         path, value, ts = line.split(" ")
@@ -81,12 +83,19 @@ def test_collector_to_orchester_to_capturing_sink(short_tmp: Path, processes: Pr
     wait_for(lambda: len(lines(capture)) > before + 20, 20, "more datapoints after the garbage")
 
     def status() -> dict | None:
-        out = subprocess.run([sys.executable, "-m", "dsat", "status", "--json", str(topo)],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            [sys.executable, "-m", "dsat", "status", "--json", str(topo)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         return json.loads(out.stdout) if out.returncode == 0 else None
 
-    snap = wait_for(lambda: (s := status()) and s["steps"].get("capture", {}).get("batches_ended", 0) > 5 and s,
-                    30, "happy ends at the sink in dsat status")
+    snap = wait_for(
+        lambda: (s := status()) and s["steps"].get("capture", {}).get("batches_ended", 0) > 5 and s,
+        30,
+        "happy ends at the sink in dsat status",
+    )
     assert snap["tasks"]["happy_end"] > 5
     assert snap["tasks"]["error"] == 0
     assert processes.stop(up) == 0, processes.log_of(up)[-3000:]
@@ -96,9 +105,13 @@ def test_collector_to_orchester_to_capturing_sink(short_tmp: Path, processes: Pr
 def test_up_refuses_an_invalid_topology(short_tmp: Path) -> None:
     """`dsat up` validates first: a topology with an unknown `next` does not start, exit status 2."""
     topo = short_tmp / "bad.toml"
-    topo.write_text(TOPOLOGY.format(carbon_port=free_port(), capture=short_tmp / "c.txt").replace(
-        'every = "250ms"\ncodec', 'every = "250ms"\nnext = ["nowhere"]\ncodec'))
-    out = subprocess.run([sys.executable, "-m", "dsat", "up", str(topo)], capture_output=True, text=True,
-                         timeout=30)
+    topo.write_text(
+        TOPOLOGY.format(carbon_port=free_port(), capture=short_tmp / "c.txt").replace(
+            'every = "250ms"\ncodec', 'every = "250ms"\nnext = ["nowhere"]\ncodec'
+        )
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "dsat", "up", str(topo)], capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 2
     assert "satellites.memory.next[0]" in out.stderr and "nowhere" in out.stderr

@@ -16,25 +16,52 @@ from dsat.testing import FakeSender
 from dsat.topology import Link, Step
 
 
-def make_step(name: str, kind: str, *, next: tuple[str, ...] = ("orchester",), every: float | None = None,
-              codec: str = "msgpack") -> Step:
+def make_step(
+    name: str,
+    kind: str,
+    *,
+    next: tuple[str, ...] = ("orchester",),
+    every: float | None = None,
+    codec: str = "msgpack",
+) -> Step:
     return Step(
-        name=name, use=name, kind=kind, type=None, every=every, next=next,
-        options=MappingProxyType({}), host="", codec=codec,
+        name=name,
+        use=name,
+        kind=kind,
+        type=None,
+        every=every,
+        next=next,
+        options=MappingProxyType({}),
+        host="",
+        codec=codec,
         listen=None if kind == "collector" else Link(f"ipc:///tmp/{name}", "pull"),
     )
 
 
-def make_runtime(kind: str, fn: Any, *, next: tuple[str, ...] = ("orchester",), type: str | None = None,
-                 every: float | None = None) -> tuple[SatelliteRuntime, dict[str, FakeSender], FakeSender, Clock]:
+def make_runtime(
+    kind: str,
+    fn: Any,
+    *,
+    next: tuple[str, ...] = ("orchester",),
+    type: str | None = None,
+    every: float | None = None,
+) -> tuple[SatelliteRuntime, dict[str, FakeSender], FakeSender, Clock]:
     clock = Clock()
     clock.advance(1_700_000_000)
     senders = {name: FakeSender() for name in next}
     events = FakeSender()
     step = make_step("s1", kind, next=next, every=every if kind == "collector" else None)
     spec = SatelliteSpec(name="s1", kind=kind, factory=lambda options: fn, type=type)
-    runtime = SatelliteRuntime(step, spec, clock=clock, prefix="dsat", where="host1", senders=senders,
-                               reporter=Reporter(events, step="s1", where="host1", pid=7), pid=7)
+    runtime = SatelliteRuntime(
+        step,
+        spec,
+        clock=clock,
+        prefix="dsat",
+        where="host1",
+        senders=senders,
+        reporter=Reporter(events, step="s1", where="host1", pid=7),
+        pid=7,
+    )
     return runtime, senders, events, clock
 
 
@@ -45,7 +72,8 @@ def data_events(events: FakeSender) -> list[Envelope]:
 def test_collector_builds_paths_stamps_time_and_sends_to_every_next() -> None:
     """A collector's (metric, value) pairs become one batch with full paths, sent once per `next`."""
     runtime, senders, events, clock = make_runtime(
-        "collector", lambda: [("a.b", 1.5), ("c", 2, 1_600_000_000)], next=("x", "y"), type="gauge", every=10)
+        "collector", lambda: [("a.b", 1.5), ("c", 2, 1_600_000_000)], next=("x", "y"), type="gauge", every=10
+    )
     env = runtime.collect_once()
     assert env is not None
     assert env.points == (("dsat.host1.s1.a.b", 1_700_000_000, 1.5), ("dsat.host1.s1.c", 1_600_000_000, 2))
@@ -60,8 +88,10 @@ def test_collector_builds_paths_stamps_time_and_sends_to_every_next() -> None:
 def test_collector_rejects_bad_values_and_names_and_keeps_the_rest() -> None:
     """NaN, booleans, strings and malformed items are counted by reason; good points still go."""
     runtime, senders, _, _ = make_runtime(
-        "collector", lambda: [("ok", 1), ("nan", math.nan), ("flag", True), ("s", "x"), ("short",), ("", 3)],
-        every=10)
+        "collector",
+        lambda: [("ok", 1), ("nan", math.nan), ("flag", True), ("s", "x"), ("short",), ("", 3)],
+        every=10,
+    )
     env = runtime.collect_once()
     assert env is not None and [p[0] for p in env.points] == ["dsat.host1.s1.ok"]
     assert runtime.rejected["bad_value"] == 3
@@ -97,14 +127,18 @@ def test_heartbeats_go_to_the_tracker_on_schedule() -> None:
     runtime.stop()
 
 
-def batch_frame(points: tuple[tuple[str, float, float], ...], type: str = "counter") -> tuple[Envelope, bytes]:
+def batch_frame(
+    points: tuple[tuple[str, float, float], ...], type: str = "counter"
+) -> tuple[Envelope, bytes]:
     env = Envelope.new_batch(points, type=type, emitter="c", where="h", seq=1).evolve(next=("s1",))
     return env, encode(env)
 
 
 def test_transform_output_goes_on_with_the_same_task_and_is_reported() -> None:
     """A transform's batch keeps the task id, takes the step's name and is ACKed then SENT."""
-    runtime, senders, events, _ = make_runtime("transform", lambda batch: [(p, t, v * 2) for p, t, v in batch])
+    runtime, senders, events, _ = make_runtime(
+        "transform", lambda batch: [(p, t, v * 2) for p, t, v in batch]
+    )
     env, frame = batch_frame((("m", 1, 2.0),))
     runtime.on_frame(frame)
     [out] = senders["orchester"].envelopes()
@@ -124,7 +158,8 @@ def test_transform_returning_nothing_ends_the_batch() -> None:
 def test_transform_returning_several_batches_sends_each_and_counts_legs() -> None:
     """Batches([...]) fans out: every batch to every next; SEND carries batches x nexts legs."""
     runtime, senders, events, _ = make_runtime(
-        "transform", lambda batch: Batches([batch, [], batch]), next=("a", "b"), type="rate")
+        "transform", lambda batch: Batches([batch, [], batch]), next=("a", "b"), type="rate"
+    )
     runtime.on_frame(batch_frame((("m", 1, 2.0),))[1])
     assert len(senders["a"].frames) == 2 and len(senders["b"].frames) == 2
     assert all(e.type == "rate" for e in senders["a"].envelopes())

@@ -1,0 +1,16 @@
+"""Sphinx configuration for DSAT's documentation."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dsat import __version__  # noqa: E402
+
+project = "DSAT"
+author = "DSAT developers"
+release = __version__
+version = ".".join(__version__.split(".")[:2])
+extensions = ["sphinx.ext.autodoc"]
+exclude_patterns = ["_build"]
+html_theme = "alabaster"
