@@ -8,17 +8,21 @@ Paths and peers come from the environment so one file serves the local
 ``DSAT_CARBONLINK_HOSTS`` comma-separated ``host:port[:instance]`` of carbon-caches' query ports,
                           so points still in carbon's cache are visible
 ``DSAT_SECRET_KEY``       Django's secret key (a random one is made when unset)
+``DSAT_GRAPHITE_STATIC``  graphite-web's UI files (default: where pip puts them)
 """
 
 import os
 import secrets
+import sys
 
 STORAGE_DIR = os.environ["GRAPHITE_STORAGE_DIR"]
 WHISPER_DIR = os.environ["DSAT_WHISPER_DIR"]
 STANDARD_DIRS = [WHISPER_DIR]
 LOG_DIR = os.path.join(STORAGE_DIR, "log")
 INDEX_FILE = os.path.join(STORAGE_DIR, "index")
-STATIC_ROOT = os.path.join(STORAGE_DIR, "static")
+# pip installs graphite-web's UI files under <prefix>/webapp/content; WhiteNoise
+# serves STATIC_ROOT at /static/ without a collectstatic step.
+STATIC_ROOT = os.environ.get("DSAT_GRAPHITE_STATIC") or os.path.join(sys.prefix, "webapp", "content")
 DATABASES = {
     "default": {
         "NAME": os.path.join(STORAGE_DIR, "graphite.db"),
@@ -30,7 +34,5 @@ CARBONLINK_TIMEOUT = 1.0
 SECRET_KEY = os.environ.get("DSAT_SECRET_KEY") or secrets.token_hex(32)
 TIME_ZONE = os.environ.get("DSAT_TIME_ZONE", "UTC")
 ALLOWED_HOSTS = ["*"]
-# graphite-web serves its own UI files through WhiteNoise, found in the apps.
-WHITENOISE_USE_FINDERS = True
 LOG_RENDERING_PERFORMANCE = False
 LOG_CACHE_PERFORMANCE = False

@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -170,6 +171,24 @@ def test_status_reports_happy_ends_per_step(demo) -> None:
     assert "orchester" in text and "received" in text
 
 
+def documented_demo_paths() -> list[str]:
+    """The literal paths in docs/naming.rst's demo tree (``dsat.<where>....``, no wildcards)."""
+    text = (ROOT / "docs" / "naming.rst").read_text()
+    block = text.split(".. demo-tree-start", 1)[1].split(".. demo-tree-end", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip().startswith("dsat.<where>.")]
+
+
+def test_graphite_web_serves_its_ui(demo) -> None:
+    """The graphite-web UI and its static files are served by the WSGI server (no development server)."""
+    url = demo["url"]
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200 and b"Graphite" in resp.read()
+    with urllib.request.urlopen(f"{url}static/js/composer_widgets.js", timeout=10) as resp:
+        assert resp.status == 200 and len(resp.read()) > 1000
+    with urllib.request.urlopen(f"{url}metrics/find?query=dsat.*", timeout=10) as resp:
+        assert json.loads(resp.read())[0]["text"] == demo["where"]
+
+
 def test_sigterm_stops_everything(demo) -> None:
     """SIGTERM to `dsat demo` stops every process it started, cleanly, with nothing left running."""
     proc = demo["proc"]
@@ -180,10 +199,3 @@ def test_sigterm_stops_everything(demo) -> None:
     assert status == 0, demo["procs"].log_of(proc)[-3000:]
     gone, alive = psutil.wait_procs(children, timeout=5)
     assert not alive, [c.pid for c in alive]
-
-
-def documented_demo_paths() -> list[str]:
-    """The literal paths in docs/naming.rst's demo tree (``dsat.<where>....``, no wildcards)."""
-    text = (ROOT / "docs" / "naming.rst").read_text()
-    block = text.split(".. demo-tree-start", 1)[1].split(".. demo-tree-end", 1)[0]
-    return [line.strip() for line in block.splitlines() if line.strip().startswith("dsat.<where>.")]
