@@ -121,7 +121,8 @@ def test_heartbeats_go_to_the_tracker_on_schedule() -> None:
     """The runtime sends a heartbeat at start and every HEARTBEAT_EVERY seconds."""
     runtime, _, events, clock = make_runtime("transform", lambda batch: batch)
     runtime.start()
-    clock.advance(HEARTBEAT_EVERY * 2)
+    clock.advance(HEARTBEAT_EVERY)
+    clock.advance(HEARTBEAT_EVERY)
     beats = [e for e in events.envelopes() if e.channel == "control"]
     assert len(beats) == 3 and all(b.type == "heartbeat" and b.step == "s1" for b in beats)
     runtime.stop()
