@@ -121,6 +121,7 @@ class Destination:
         self._proto: _CarbonProtocol | None = None
         factory = Factory.forProtocol(_CarbonProtocol)
         factory.protocol = type("_Bound", (_CarbonProtocol,), {"destination": self})
+        factory.noisy = False
         endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
         self.service = ClientService(
             endpoint,

@@ -27,7 +27,9 @@ def install_reactor() -> Any:
     from twisted.internet import asyncioreactor
 
     if "twisted.internet.reactor" not in sys.modules:
-        asyncioreactor.install(asyncio.new_event_loop())
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)  # zmq.asyncio and ensure_future find the reactor's loop
+        asyncioreactor.install(loop)
     from twisted.internet import reactor
 
     return reactor
@@ -138,8 +140,8 @@ def run(topology_path: str | Path, step: str) -> int:
             receiver.close()
         for hook in stop_hooks:
             yield hook()
-        for sender in senders:
-            yield defer.Deferred.fromFuture(asyncio.ensure_future(sender.flush(DRAIN_SECONDS)))
+        flushes = [sender.flush(DRAIN_SECONDS) for sender in senders]
+        yield defer.Deferred.fromFuture(asyncio.ensure_future(asyncio.gather(*flushes)))
         for sender in senders:
             sender.close()
 
