@@ -20,8 +20,6 @@ WHISPER_DIR = os.environ["DSAT_WHISPER_DIR"]
 STANDARD_DIRS = [WHISPER_DIR]
 LOG_DIR = os.path.join(STORAGE_DIR, "log")
 INDEX_FILE = os.path.join(STORAGE_DIR, "index")
-# pip installs graphite-web's UI files under <prefix>/webapp/content; WhiteNoise
-# serves STATIC_ROOT at /static/ without a collectstatic step.
 STATIC_ROOT = os.environ.get("DSAT_GRAPHITE_STATIC") or os.path.join(sys.prefix, "webapp", "content")
 DATABASES = {
     "default": {

@@ -69,7 +69,7 @@ class Orchester:
         ):
             loop = LoopingCall(fn)
             loop.clock = self.clock
-            loop.start(every, now=False)
+            loop.start(every, now=fn == self.reporter.heartbeat)
             self._loops.append(loop)
 
     def stop(self) -> None:

@@ -1,8 +1,8 @@
 """The local Graphite stack ``dsat demo`` runs beside a topology.
 
 carbon-cache (from the ``carbon`` package) and graphite-web (from the
-``graphite-web`` package, served by Twisted's WSGI server, ``twist web
---wsgi``) run as supervised processes next to the topology's own, from one
+``graphite-web`` package, served by Twisted's WSGI container, see
+:mod:`dsat.graphite_web`) run as supervised processes next to the topology's own, from one
 state directory: configuration rendered from :mod:`carbon_conf`, the Whisper
 tree, graphite-web's sqlite database and the logs.  carbon-cache listens for
 pickle on the port of the topology's first carbon destination.
@@ -113,17 +113,7 @@ class LocalStack:
         return [sys.executable, script, f"--config={conf}", "--debug", "start"]
 
     def graphite_command(self) -> list[str]:
-        listen = f"tcp:{self.http_port}:interface={self.interface}"
-        return [
-            sys.executable,
-            "-m",
-            "twisted",
-            "web",
-            "--wsgi",
-            "graphite.wsgi.application",
-            "--listen",
-            listen,
-        ]
+        return [sys.executable, "-m", "dsat.graphite_web", f"--port={self.http_port}", f"--interface={self.interface}"]
 
     def add_to(self, supervisor: object) -> None:
         """Add carbon-cache and graphite-web to a :class:`dsat.supervisor.Supervisor`."""

@@ -16,15 +16,25 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
-    """Poll *predicate* until it returns something truthy; fail the test with *what* after *timeout*."""
+def wait_for(
+    predicate: Callable[[], object],
+    timeout: float,
+    what: str,
+    interval: float = 0.2,
+    detail: Callable[[], object] | None = None,
+) -> object:
+    """Poll *predicate* until it returns something truthy; fail the test with *what* after *timeout*.
+
+    *detail*, when given, is called on failure and its result shown (e.g. what is still missing).
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+            shown = f": {detail()}" if detail is not None else ""
+            pytest.fail(f"timed out after {timeout:g}s waiting for {what}{shown}")
         time.sleep(interval)
 
 

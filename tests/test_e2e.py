@@ -91,6 +91,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory):
             "base": base,
         }
     finally:
+        if proc.poll() is None:
+            procs.stop(proc)
         leftovers = procs.cleanup()
         assert not leftovers, f"processes left running: {leftovers}"
 
@@ -108,7 +110,7 @@ def test_whisper_files_appear_at_the_documented_paths(demo) -> None:
             if not (demo["whisper"] / (p.replace("<where>", where).replace(".", "/") + ".wsp")).exists()
         ]
 
-    wait_for(lambda: not missing(), 60, "the documented Whisper files", interval=1)
+    wait_for(lambda: not missing(), 60, "the documented Whisper files", interval=1, detail=missing)
     for wsp in demo["whisper"].rglob("*.wsp"):
         assert wsp.resolve().is_relative_to(demo["whisper"].resolve())
     cpu_user = demo["whisper"] / "dsat" / where / "cpu" / "total" / "user.wsp"
@@ -175,7 +177,7 @@ def documented_demo_paths() -> list[str]:
     """The literal paths in docs/naming.rst's demo tree (``dsat.<where>....``, no wildcards)."""
     text = (ROOT / "docs" / "naming.rst").read_text()
     block = text.split(".. demo-tree-start", 1)[1].split(".. demo-tree-end", 1)[0]
-    return [line.strip() for line in block.splitlines() if line.strip().startswith("dsat.<where>.")]
+    return [line.split()[0] for line in block.splitlines() if line.strip().startswith("dsat.<where>.")]
 
 
 def test_graphite_web_serves_its_ui(demo) -> None:
@@ -194,7 +196,7 @@ def test_sigterm_stops_everything(demo) -> None:
     proc = demo["proc"]
     children = psutil.Process(proc.pid).children(recursive=True)
     names = " ".join(" ".join(c.cmdline()) for c in children)
-    assert "carbon-cache" in names and "graphite.wsgi" in names and " run " in names
+    assert "carbon-cache" in names and "dsat.graphite_web" in names and " run " in names
     status = demo["procs"].stop(proc, timeout=30)
     assert status == 0, demo["procs"].log_of(proc)[-3000:]
     gone, alive = psutil.wait_procs(children, timeout=5)
