@@ -20,11 +20,12 @@ import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from carbon.hashing import ConsistentHashRing
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import endpoints
-from twisted.internet.interfaces import IPushProducer, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -79,7 +80,8 @@ class _CarbonProtocol(Protocol):
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
         self.paused = False
-        self.transport.registerProducer(self, True)
+        assert self.transport is not None
+        self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self.destination.connected(self)
 
     def connectionLost(self, reason: object = None) -> None:  # noqa: N802
@@ -103,7 +105,7 @@ class Destination:
 
     def __init__(
         self,
-        reactor: IReactorTCP,
+        reactor: Any,
         host: str,
         port: int,
         *,
@@ -173,7 +175,7 @@ class Destination:
         while proto is not None and self.queue and not proto.paused:
             item = self.queue.popleft()
             self.queued_points -= item.points
-            proto.transport.write(item.data)
+            proto.transport.write(item.data)  # type: ignore[union-attr]
             self.written += item.points
             if item.on_written is not None:
                 item.on_written()
@@ -184,7 +186,7 @@ class CarbonEgress:
 
     def __init__(
         self,
-        reactor: IReactorTCP | IReactorTime,
+        reactor: Any,
         destinations: Sequence[tuple[str, int]],
         *,
         protocol: str = "pickle",

@@ -13,6 +13,7 @@ import shutil
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from dsat import __version__
 from dsat.errors import ConfigError, DsatError
@@ -73,7 +74,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return supervisor.up(topo_path, extra=add_stack)
 
 
-def announce_when_listening(reactor: object, stack: object, topo: object) -> None:
+def announce_when_listening(reactor: Any, stack: Any, topo: Any) -> None:
     """Print graphite-web's URL once it accepts connections."""
     import socket
 
@@ -81,21 +82,21 @@ def announce_when_listening(reactor: object, stack: object, topo: object) -> Non
 
     def poll() -> None:
         try:
-            socket.create_connection((stack.interface, stack.http_port), timeout=0.2).close()  # type: ignore[attr-defined]
+            socket.create_connection((stack.interface, stack.http_port), timeout=0.2).close()
         except OSError:
             return
         loop.stop()
         print(
-            f"\ndsat demo is up: graphite-web at {stack.url}\n"  # type: ignore[attr-defined]
-            f"  metrics arrive under {topo.prefix}.{topo.where}.<satellite>.* within 30 s;"  # type: ignore[attr-defined]
-            f" Whisper files in {stack.whisper_dir}\n"  # type: ignore[attr-defined]
-            f"  dsat status {topo.path}   shows the tracker's counts; Ctrl-C stops everything.\n",  # type: ignore[attr-defined]
+            f"\ndsat demo is up: graphite-web at {stack.url}\n"
+            f"  metrics arrive under {topo.prefix}.{topo.where}.<satellite>.* within 30 s;"
+            f" Whisper files in {stack.whisper_dir}\n"
+            f"  dsat status {topo.path}   shows the tracker's counts; Ctrl-C stops everything.\n",
             flush=True,
         )
 
     loop = LoopingCall(poll)
     loop.clock = reactor
-    reactor.callWhenRunning(loop.start, 0.5)  # type: ignore[attr-defined]
+    reactor.callWhenRunning(loop.start, 0.5)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,13 +39,20 @@ TERMINAL = frozenset({State.HAPPY_END, State.ERROR, State.TIMEOUT, State.FAILURE
 class Event(Protocol):
     """What the FSM reads from a tracker event (an envelope on the ``event`` channel)."""
 
-    task_id: str
-    emitter: str
-    type: str
-    seq: int
-    step: str
-    event: str
-    meta: Any
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def emitter(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def step(self) -> str: ...
+    @property
+    def event(self) -> str: ...
+    @property
+    def meta(self) -> Any: ...
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ class GraphiteRoot(Resource):
         self.wsgi = wsgi
         self.static = static
 
-    def getChild(self, path: bytes, request: Any) -> Resource:  # noqa: N802 (Twisted API)
+    def getChild(self, path: bytes, request: Any) -> Any:  # noqa: N802 (Twisted API)
         if path == b"static":
             return self.static
         # Give the whole path back to Django.
@@ -51,17 +51,16 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "graphite.settings")
     os.environ.setdefault("GRAPHITE_SETTINGS_MODULE", "carbon_conf.local_settings")
+    from graphite.wsgi import application
     from twisted.internet import reactor
     from twisted.python.log import startLogging
     from twisted.web.server import Site
 
-    from graphite.wsgi import application
-
     startLogging(sys.stdout)
-    pool = reactor.getThreadPool()  # type: ignore[attr-defined]
-    root = GraphiteRoot(WSGIResource(reactor, pool, application), File(str(static_dir())))
-    reactor.listenTCP(args.port, Site(root), interface=args.interface)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    r: Any = reactor
+    root = GraphiteRoot(WSGIResource(r, r.getThreadPool(), application), File(str(static_dir())))
+    r.listenTCP(args.port, Site(root), interface=args.interface)
+    r.run()
     return 0
 
 

@@ -113,7 +113,7 @@ def run(topology_path: str | Path, step: str) -> int:
                 await asyncio.sleep(0.05)
 
         stop_hooks.append(lambda: defer.Deferred.fromFuture(asyncio.ensure_future(drain_carbon())))
-        stop_hooks.append(lambda: defer.gatherResults(egress.stop()))
+        stop_hooks.append(lambda: defer.gatherResults(egress.stop()))  # type: ignore[arg-type]
     else:
         from dsat.satellite import SatelliteRuntime
         from satellites import REGISTRY

@@ -27,7 +27,7 @@ COLUMNS = (
 
 def fetch(address: str, timeout: float = 3.0) -> dict[str, Any]:
     """One request to the tracker's status socket; raises DsatError when it does not answer."""
-    ctx = zmq.Context.instance()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))

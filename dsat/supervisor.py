@@ -23,10 +23,10 @@ from twisted.internet import defer, task
 from twisted.runner.procmon import ProcessMonitor
 
 #: Seconds a child has to stop after SIGTERM before it is killed.
-KILL_AFTER = 10.0
+KILL_AFTER = 10
 #: The restart delay doubles from MIN to MAX while a process keeps dying young.
-MIN_RESTART_DELAY = 1.0
-MAX_RESTART_DELAY = 30.0
+MIN_RESTART_DELAY = 1
+MAX_RESTART_DELAY = 30
 
 
 def step_command(topology_path: Path, step: str) -> list[str]:

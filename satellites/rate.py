@@ -55,8 +55,8 @@ class Rate:
             previous[path] = (ts, value)
             increase = value - last_value
             if increase < 0:
-                wrapped = value + wrap - last_value if wrap else None
-                increase = wrapped if wrapped is not None and 0 <= wrapped < wrap / 2 else value
+                wrapped = value + wrap - last_value if wrap else -1.0
+                increase = wrapped if wrap and 0 <= wrapped < wrap / 2 else value
             rate = increase / dt
             if max_rate is not None and rate > max_rate:
                 self.skipped["over_max_rate"] += 1
