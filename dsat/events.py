@@ -42,7 +42,5 @@ class Reporter:
 
     def heartbeat(self) -> None:
         self.sender.send(
-            encode(
-                Envelope(channel="control", type="heartbeat", step=self.step, where=self.where, pid=self.pid)
-            )
+            encode(Envelope(channel="control", type="heartbeat", step=self.step, where=self.where, pid=self.pid))
         )

@@ -44,9 +44,7 @@ def _safe_chars(text: str) -> str:
 
 def _check_length(part: str, whole: str) -> str:
     if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
-        raise BadName(
-            f"{whole[:60]!r}...: a path component is over {MAX_COMPONENT_BYTES} bytes", reason="bad_name"
-        )
+        raise BadName(f"{whole[:60]!r}...: a path component is over {MAX_COMPONENT_BYTES} bytes", reason="bad_name")
     return part
 
 

@@ -164,9 +164,7 @@ class SatelliteRuntime:
         batches = list(result) if isinstance(result, Batches) else [result]
         out_type = self.spec.type or env.type
         outs = [
-            env.evolve(
-                points=tuple(batch), type=out_type, step=self.step.name, where=self.where, pid=self.pid
-            )
+            env.evolve(points=tuple(batch), type=out_type, step=self.step.name, where=self.where, pid=self.pid)
             for batch in batches
             if batch
         ]

@@ -51,9 +51,7 @@ class Supervisor:
         self.monitor.minRestartDelay = MIN_RESTART_DELAY
         self.monitor.maxRestartDelay = MAX_RESTART_DELAY
 
-    def add(
-        self, name: str, args: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | None = None
-    ) -> None:
+    def add(self, name: str, args: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | None = None) -> None:
         self.monitor.addProcess(name, list(args), env={**self.env, **(env or {})}, cwd=cwd)
 
     def add_topology(self, topology: Any) -> None:

@@ -55,9 +55,7 @@ class CaptureEgress:
     def stop(self) -> list[object]:
         return []
 
-    def send(
-        self, points: Sequence[tuple[str, float, float]], on_written: Callable[[], None] | None = None
-    ) -> None:
+    def send(self, points: Sequence[tuple[str, float, float]], on_written: Callable[[], None] | None = None) -> None:
         self.batches.append(list(points))
         if on_written is not None:
             if self.hold:

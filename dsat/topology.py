@@ -1,17 +1,20 @@
 """The topology: one TOML file describing every step, loaded into frozen dataclasses.
 
-Validation runs before anything starts, in three stages, each reporting every
-problem it finds: the schema (keys, types, durations, addresses, known
-satellites), the graph (every ``next`` and route resolves, no cycles, a
-source and a sink, no two binds on one address, unix socket paths short
-enough), and, when asked, this machine (``run_dir`` writable, tcp ports
-free).  A problem reads ``<file>: <key path>: <what is wrong>; <how to fix>``.
-The file format is documented in ``docs/topology.rst``.
+Validation runs before anything starts, in three stages; each reports every
+problem it finds, and a stage that found problems stops the next: the schema
+(keys, types, durations, addresses, known satellites), the graph (every
+``next`` and route resolves, no cycles, a source and a sink, no two binds on
+one address, unix socket paths short enough), and, when asked, this machine
+(``run_dir`` writable, tcp ports free).  A problem reads
+``<file>: <key path>: <what is wrong>; <how to fix>``.  The file format is
+documented in ``docs/topology.rst``.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
+import math
 import os
 import re
 import socket
@@ -28,30 +31,34 @@ from dsat.plugins import SatelliteSpec
 
 #: Receiving pattern -> the pattern its senders use.
 PATTERNS = {"pull": "push", "sub": "pub", "pair": "pair", "rep": "req"}
+#: Step names a satellite cannot take.
 RESERVED = ("orchester", "carbon", "tracker", "self")
 PROTOCOLS = ("pickle", "plaintext")
 #: sun_path is 108 bytes including the terminating NUL.
 MAX_IPC_PATH = 107
 
+_TABLES = ("dsat", "tracker", "orchester", "carbon", "satellites")
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True)
 class Link:
-    """A receiving socket: its address and pattern."""
+    """A receiving socket: the address it binds and its pattern (pull, sub, pair or rep)."""
 
     address: str
     pattern: str
 
     @property
     def sender_pattern(self) -> str:
+        """The pattern of the sockets that connect to this one (push, pub, pair or req)."""
         return PATTERNS[self.pattern]
 
 
 @dataclass(frozen=True)
 class Step:
-    """One satellite of the topology."""
+    """One satellite of the topology; ``kind`` and ``type`` come from its registry spec."""
 
     name: str
     use: str
@@ -67,6 +74,8 @@ class Step:
 
 @dataclass(frozen=True)
 class TrackerConf:
+    """The tracker's three bound addresses, the batch deadline and its metrics period (seconds)."""
+
     events: str
     states: str
     status: str
@@ -76,6 +85,8 @@ class TrackerConf:
 
 @dataclass(frozen=True)
 class OrchesterConf:
+    """The orchester's input link, control channel, routes (type -> steps) and carbon queue bound."""
+
     listen: Link
     control: str
     routes: Mapping[str, tuple[str, ...]]
@@ -84,6 +95,8 @@ class OrchesterConf:
 
 @dataclass(frozen=True)
 class CarbonConf:
+    """Where the carbon egress sends: (host, port) destinations, protocol, connect timeout."""
+
     destinations: tuple[tuple[str, int], ...]
     protocol: str
     timeout: float
@@ -91,6 +104,8 @@ class CarbonConf:
 
 @dataclass(frozen=True)
 class Topology:
+    """A validated topology file; addresses have ``{run_dir}`` expanded."""
+
     path: Path
     prefix: str
     where: str
@@ -102,7 +117,7 @@ class Topology:
     carbon: CarbonConf
 
     def input_of(self, step: str) -> Link:
-        """The receiving link of ``orchester`` or a satellite."""
+        """The receiving link of ``orchester`` or a satellite; KeyError for a collector."""
         if step == "orchester":
             return self.orchester.listen
         listen = self.satellites[step].listen
@@ -111,28 +126,60 @@ class Topology:
         return listen
 
     def routes_for(self, type: str) -> tuple[str, ...]:
-        """The steps the orchester sends envelopes of *type* to."""
+        """The steps the orchester sends envelopes of *type* to: exact type, else ``"*"``, else none."""
         routes = self.orchester.routes
-        return routes.get(type) or routes.get("*") or ()
+        if type in routes:
+            return routes[type]
+        return routes.get("*", ())
+
+    def binds(self) -> list[tuple[str, str]]:
+        """Every address some process binds, as ``(key path, address)``."""
+        return [
+            ("tracker.events", self.tracker.events),
+            ("tracker.states", self.tracker.states),
+            ("tracker.status", self.tracker.status),
+            ("orchester.listen", self.orchester.listen.address),
+            ("orchester.control", self.orchester.control),
+            *(
+                (f"satellites.{_key(name)}.listen", step.listen.address)
+                for name, step in self.satellites.items()
+                if step.listen is not None
+            ),
+        ]
 
 
 # -- helpers -----------------------------------------------------------------
 
+_DURATION_HINT = 'write a duration like "250ms", "10s", "5m", "1h" or a number of seconds'
 
-def parse_duration(value: Any, *, where: str) -> float:
-    """Seconds from ``"250ms"``, ``"10s"``, ``"5m"``, ``"1h"`` or a positive number."""
-    hint = 'write a duration like "250ms", "10s", "5m" or "1h"'
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: {value!r} is not a duration; {hint}")
-    if isinstance(value, int | float):
+
+def _duration_seconds(value: Any) -> float:
+    """Seconds from a duration value; ValueError says what is wrong with it."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
     else:
-        raise ConfigError(f"{where}: {value!r} is not a duration; {hint}")
-    if not seconds > 0:
-        raise ConfigError(f"{where}: {value!r} must be longer than zero; {hint}")
+        raise ValueError(f"{value!r} is not a duration")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{value!r} is not a duration longer than zero")
     return seconds
+
+
+def parse_duration(value: Any, *, where: str) -> float:
+    """Seconds from ``"250ms"``, ``"10s"``, ``"5m"``, ``"1h"`` or a positive number.
+
+    *where* (a key path) starts the :class:`ConfigError` message for anything else.
+    """
+    try:
+        return _duration_seconds(value)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}; {_DURATION_HINT}") from None
+
+
+def _key(name: str) -> str:
+    """A key path component, quoted as TOML would need it."""
+    return name if _NAME.fullmatch(name) else json.dumps(name)
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -154,29 +201,47 @@ class _Problems:
         if self.items:
             count = len(self.items)
             summary = f"{self.file}: {count} problem{'s' if count > 1 else ''} found"
-            raise ConfigError("\n".join([summary, *(f"  {p}" for p in self.items)]), problems=self.items)
+            raise ConfigError("\n".join([summary, *self.items]), problems=self.items)
 
 
-_SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "dsat": {"prefix": str, "where": str, "run_dir": str, "codec": str},
-    "tracker": {
-        "events": str,
-        "states": str,
-        "status": str,
-        "timeout": (str, int, float),
-        "metrics_every": (str, int, float),
+_DURATION_TYPES = (str, int, float)
+
+#: table -> key -> (accepted types, an example to show in the fix).
+_SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
+    "dsat": {
+        "prefix": ((str,), 'prefix = "dsat"'),
+        "where": ((str,), 'where = "web01"'),
+        "run_dir": ((str,), 'run_dir = ".dsat/run"'),
+        "codec": ((str,), 'codec = "msgpack"'),
     },
-    "orchester": {"listen": str, "pattern": str, "control": str, "max_queue": int, "routes": dict},
-    "carbon": {"destinations": list, "protocol": str, "timeout": (str, int, float)},
+    "tracker": {
+        "events": ((str,), 'events = "ipc://{run_dir}/tracker-events"'),
+        "states": ((str,), 'states = "ipc://{run_dir}/tracker-states"'),
+        "status": ((str,), 'status = "ipc://{run_dir}/tracker-status"'),
+        "timeout": (_DURATION_TYPES, 'timeout = "30s"'),
+        "metrics_every": (_DURATION_TYPES, 'metrics_every = "10s"'),
+    },
+    "orchester": {
+        "listen": ((str,), 'listen = "ipc://{run_dir}/orchester"'),
+        "pattern": ((str,), 'pattern = "pull"'),
+        "control": ((str,), 'control = "ipc://{run_dir}/orchester-control"'),
+        "max_queue": ((int,), "max_queue = 1000000"),
+        "routes": ((dict,), '[orchester.routes] then "*" = ["carbon"]'),
+    },
+    "carbon": {
+        "destinations": ((list,), 'destinations = ["127.0.0.1:2004"]'),
+        "protocol": ((str,), 'protocol = "pickle"'),
+        "timeout": (_DURATION_TYPES, 'timeout = "10s"'),
+    },
     "satellite": {
-        "use": str,
-        "every": (str, int, float),
-        "next": list,
-        "options": dict,
-        "host": str,
-        "listen": str,
-        "pattern": str,
-        "codec": str,
+        "use": ((str,), 'use = "cpu"'),
+        "every": (_DURATION_TYPES, 'every = "10s"'),
+        "next": ((list,), 'next = ["orchester"]'),
+        "options": ((dict,), "options = { percpu = true }"),
+        "host": ((str,), 'host = "localhost"'),
+        "listen": ((str,), 'listen = "ipc://{run_dir}/sat-NAME"'),
+        "pattern": ((str,), 'pattern = "pull"'),
+        "codec": ((str,), 'codec = "msgpack"'),
     },
 }
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table"}
@@ -185,22 +250,24 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a l
 def _check_table(problems: _Problems, key: str, table: Any, schema: str) -> dict[str, Any]:
     """Unknown keys and wrong types in one table; returns the well-typed entries."""
     if not isinstance(table, dict):
-        problems.add(key, f"must be a table, not {type(table).__name__}; write [{key}]")
+        problems.add(key, f"must be a table, not {type(table).__name__}; write it as [{key}]")
         return {}
     allowed = _SCHEMA[schema]
     good: dict[str, Any] = {}
     for name, value in table.items():
         if name not in allowed:
             problems.add(
-                f"{key}.{name}",
+                f"{key}.{_key(name)}",
                 f"unknown key; {_suggest(name, list(allowed))}valid keys are: {', '.join(allowed)}",
             )
             continue
-        expected = allowed[name]
-        types = expected if isinstance(expected, tuple) else (expected,)
+        types, example = allowed[name]
         if isinstance(value, bool) or not isinstance(value, types):
-            want = " or ".join(_TYPE_NAMES[t] for t in types)
-            problems.add(f"{key}.{name}", f"must be {want}, not {type(value).__name__} {value!r:.40}")
+            want = 'a duration like "10s" or a number' if types == _DURATION_TYPES else _TYPE_NAMES[types[0]]
+            problems.add(
+                f"{key}.{name}",
+                f"must be {want}, not {type(value).__name__} {value!r:.40}; write e.g. {example}",
+            )
             continue
         good[name] = value
     return good
@@ -214,9 +281,9 @@ def _address(problems: _Problems, key: str, value: str, run_dir: Path) -> str:
     elif address.startswith("tcp://"):
         host, _, port = address[len("tcp://") :].rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            problems.add(key, f"{value!r} is not tcp://host:port with a port from 1 to 65535")
+            problems.add(key, f"{value!r} is not a tcp address; write tcp://HOST:PORT with a port from 1 to 65535")
     elif address.startswith("inproc://"):
-        problems.add(key, f"{value!r}: inproc:// does not cross processes; use ipc:// or tcp://")
+        problems.add(key, f"{value!r}: inproc:// does not cross processes; use ipc://PATH or tcp://HOST:PORT")
     else:
         problems.add(key, f"{value!r} has no valid scheme; write ipc://PATH or tcp://HOST:PORT")
     return address
@@ -224,15 +291,13 @@ def _address(problems: _Problems, key: str, value: str, run_dir: Path) -> str:
 
 def _pattern(problems: _Problems, key: str, value: str) -> str:
     if value not in PATTERNS:
-        problems.add(key, f"{value!r} is not a receiving pattern; use one of {', '.join(PATTERNS)}")
-        return "pull"
+        problems.add(key, f"{value!r} is not a receiving pattern; use one of: {', '.join(PATTERNS)}")
     return value
 
 
 def _codec(problems: _Problems, key: str, value: str) -> str:
     if value not in CODECS:
-        problems.add(key, f"unknown codec {value!r}; valid codecs are: {', '.join(CODECS)}")
-        return "msgpack"
+        problems.add(key, f'unknown codec "{value}"; {_suggest(value, list(CODECS))}valid: {", ".join(CODECS)}')
     return value
 
 
@@ -240,9 +305,9 @@ def _duration(problems: _Problems, key: str, value: Any, default: float) -> floa
     if value is None:
         return default
     try:
-        return parse_duration(value, where=key)
-    except ConfigError as exc:
-        problems.add(key, str(exc).split(": ", 1)[1])
+        return _duration_seconds(value)
+    except ValueError as exc:
+        problems.add(key, f"{exc}; {_DURATION_HINT}")
         return default
 
 
@@ -255,9 +320,9 @@ def load(
     """Read and validate a topology file; raises ConfigError listing every problem found."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the topology: {exc.strerror}") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the topology: {exc}") from None
     return loads(text, path=path, registry=registry, check_environment=check_environment)
 
 
@@ -268,7 +333,7 @@ def loads(
     registry: Mapping[str, SatelliteSpec] | None = None,
     check_environment: bool = False,
 ) -> Topology:
-    """Validate a topology given as text (*path* names it in messages and anchors ``run_dir``)."""
+    """Validate a topology given as text; *path* names it in messages and anchors a relative ``run_dir``."""
     if registry is None:
         from satellites import REGISTRY
 
@@ -279,12 +344,10 @@ def loads(
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         problems.add("(syntax)", f"{exc}; fix the TOML syntax there")
-        problems.raise_if_any()
-        raise AssertionError("unreachable") from None
-
+        doc = {}
+    problems.raise_if_any()
     topo = _schema(problems, doc, path, registry)
     problems.raise_if_any()
-    assert topo is not None
     _graph(problems, topo)
     problems.raise_if_any()
     if check_environment:
@@ -293,23 +356,22 @@ def loads(
     return topo
 
 
-def _schema(
-    problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapping[str, SatelliteSpec]
-) -> Topology | None:
+def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapping[str, SatelliteSpec]) -> Topology:
     for name in doc:
-        if name not in ("dsat", "tracker", "orchester", "carbon", "satellites"):
-            valid = ["dsat", "tracker", "orchester", "carbon", "satellites"]
-            problems.add(name, f"unknown table; {_suggest(name, valid)}valid tables are: {', '.join(valid)}")
+        if name not in _TABLES:
+            problems.add(
+                _key(name),
+                f"unknown table; {_suggest(name, list(_TABLES))}valid tables are: {', '.join(_TABLES)}",
+            )
     top = _check_table(problems, "dsat", doc.get("dsat", {}), "dsat")
     run_dir = Path(top.get("run_dir", ".dsat/run"))
     if not run_dir.is_absolute():
         run_dir = path.parent / run_dir
     run_dir = Path(os.path.normpath(run_dir))
     codec = _codec(problems, "dsat.codec", top.get("codec", "msgpack"))
-    where = top.get("where") or socket.gethostname()
     prefix = top.get("prefix", "dsat")
-    if not prefix or "." in prefix:
-        problems.add("dsat.prefix", f"{prefix!r} must be one non-empty path component (no dots)")
+    if not _NAME.fullmatch(prefix):
+        problems.add("dsat.prefix", f"{prefix!r} is not one path component; use letters, digits, '_' and '-'")
 
     def addr(key: str, value: str) -> str:
         return _address(problems, key, value, run_dir)
@@ -324,16 +386,21 @@ def _schema(
     )
 
     orc = _check_table(problems, "orchester", doc.get("orchester", {}), "orchester")
+    raw_routes = orc.get("routes", {"*": ["carbon"]})
+    if not raw_routes:
+        problems.add("orchester.routes", 'no route: the orchester would drop everything; add "*" = ["carbon"]')
     routes: dict[str, tuple[str, ...]] = {}
-    for type_name, targets in orc.get("routes", {"*": ["carbon"]}).items():
-        key = f"orchester.routes.{type_name}"
+    for type_name, targets in raw_routes.items():
         if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
-            problems.add(key, 'must be a non-empty list of step names, e.g. ["carbon"]')
+            problems.add(
+                f"orchester.routes.{_key(type_name)}",
+                'must be a non-empty list of step names; e.g. ["carbon"]',
+            )
             continue
         routes[type_name] = tuple(targets)
     max_queue = orc.get("max_queue", 1_000_000)
     if max_queue < 1:
-        problems.add("orchester.max_queue", f"{max_queue} must be at least 1")
+        problems.add("orchester.max_queue", f"{max_queue} holds nothing; set it to at least 1")
     orchester = OrchesterConf(
         listen=Link(
             addr("orchester.listen", orc.get("listen", "ipc://{run_dir}/orchester")),
@@ -344,26 +411,30 @@ def _schema(
         max_queue=max_queue,
     )
 
-    car = _check_table(problems, "carbon", doc.get("carbon", {}), "carbon")
+    raw_carbon = doc.get("carbon", {})
+    car = _check_table(problems, "carbon", raw_carbon, "carbon")
     destinations: list[tuple[str, int]] = []
-    raw_dest = car.get("destinations")
-    if not raw_dest:
+    mistyped = isinstance(raw_carbon, dict) and "destinations" in raw_carbon and "destinations" not in car
+    if not car.get("destinations") and not mistyped:
         problems.add("carbon.destinations", 'at least one is needed; write destinations = ["127.0.0.1:2004"]')
-    for i, dest in enumerate(raw_dest or []):
-        host, _, port = str(dest).rpartition(":")
-        if not isinstance(dest, str) or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            problems.add(f"carbon.destinations[{i}]", f"{dest!r} is not \"host:port\" (port 1-65535)")
+    for i, dest in enumerate(car.get("destinations", [])):
+        host, _, port = dest.rpartition(":") if isinstance(dest, str) else ("", "", "")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            problems.add(
+                f"carbon.destinations[{i}]",
+                f'{dest!r} is not "host:port"; write e.g. "127.0.0.1:2004" (port 1-65535)',
+            )
             continue
         destinations.append((host.strip("[]"), int(port)))
     protocol = car.get("protocol", "pickle")
     if protocol not in PROTOCOLS:
-        problems.add("carbon.protocol", f"{protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        problems.add("carbon.protocol", f'unknown protocol "{protocol}"; use one of: {", ".join(PROTOCOLS)}')
     carbon = CarbonConf(tuple(destinations), protocol, _duration(problems, "carbon.timeout", car.get("timeout"), 10.0))
 
     satellites: dict[str, Step] = {}
     raw_sats = doc.get("satellites", {})
     if not isinstance(raw_sats, dict):
-        problems.add("satellites", "must be tables, one per satellite: [satellites.NAME]")
+        problems.add("satellites", "must be tables, one per satellite; write [satellites.NAME]")
         raw_sats = {}
     for name, raw in raw_sats.items():
         step = _satellite(problems, name, raw, registry, run_dir, codec)
@@ -372,7 +443,7 @@ def _schema(
     return Topology(
         path=path,
         prefix=prefix,
-        where=where,
+        where=top.get("where") or socket.gethostname(),
         run_dir=run_dir,
         codec=codec,
         satellites=MappingProxyType(satellites),
@@ -390,12 +461,12 @@ def _satellite(
     run_dir: Path,
     default_codec: str,
 ) -> Step | None:
-    key = f"satellites.{name}"
+    key = f"satellites.{_key(name)}"
     if name in RESERVED:
-        problems.add(key, f"{name!r} is a reserved step name ({', '.join(RESERVED)}); rename the satellite")
+        problems.add(key, f'"{name}" is a reserved step name ({", ".join(RESERVED)}); rename the satellite')
         return None
-    if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
-        problems.add(key, "a step name may only hold letters, digits, '_' and '-'; rename it")
+    if not _NAME.fullmatch(name):
+        problems.add(key, "a step name holds only letters, digits, '_' and '-'; rename the satellite")
         return None
     sat = _check_table(problems, key, raw, "satellite")
     use = sat.get("use")
@@ -410,27 +481,27 @@ def _satellite(
         return None
     every = None
     if spec.kind == "collector":
-        if "every" not in sat:
-            problems.add(f"{key}.every", f'missing; a collector needs a schedule, e.g. every = "10s" ({use})')
-        else:
+        if "every" not in raw:
+            problems.add(f"{key}.every", f'missing; collector "{use}" needs a schedule, e.g. every = "10s"')
+        elif "every" in sat:
             every = _duration(problems, f"{key}.every", sat["every"], 10.0)
     elif "every" in sat:
-        problems.add(f"{key}.every", f"a {spec.kind} runs on each batch it receives; remove `every`")
+        problems.add(f"{key}.every", f'a {spec.kind} runs on each batch it receives; remove "every"')
+    nexts: tuple[str, ...] = ()
     if spec.kind == "sink":
         if "next" in sat:
-            problems.add(f"{key}.next", "a sink sends nothing on; remove `next`")
-        nexts: tuple[str, ...] = ()
+            problems.add(f"{key}.next", 'a sink sends nothing on; remove "next"')
     else:
         raw_next = sat.get("next", ["orchester"])
         if not raw_next or not all(isinstance(n, str) for n in raw_next):
-            problems.add(f"{key}.next", 'must be a non-empty list of step names, e.g. ["orchester"]')
-            raw_next = ["orchester"]
-        nexts = tuple(raw_next)
+            problems.add(f"{key}.next", 'must be a non-empty list of step names; e.g. next = ["orchester"]')
+        else:
+            nexts = tuple(raw_next)
     listen = None
     if spec.kind == "collector":
         for k in ("listen", "pattern"):
             if k in sat:
-                problems.add(f"{key}.{k}", "a collector receives nothing; remove it")
+                problems.add(f"{key}.{k}", f'a collector receives nothing; remove "{k}"')
     else:
         listen = Link(
             _address(problems, f"{key}.listen", sat.get("listen", f"ipc://{{run_dir}}/sat-{name}"), run_dir),
@@ -452,78 +523,75 @@ def _satellite(
 
 def _graph(problems: _Problems, topo: Topology) -> None:
     sats = topo.satellites
-    steps = ", ".join([*sats, "orchester"])
-    edges: dict[str, list[str]] = {name: [] for name in [*sats, "orchester"]}
+    names = [*sats, "orchester"]
+    receivers = [n for n, s in sats.items() if s.kind != "collector"]
+    edges: dict[str, list[str]] = {name: [] for name in names}
     for name, step in sats.items():
         for i, target in enumerate(step.next):
             key = f"satellites.{name}.next[{i}]"
-            if target == "orchester" or target in sats and sats[target].kind != "collector":
+            if target == "orchester" or target in receivers:
                 edges[name].append(target)
             elif target in sats:
-                problems.add(key, f'"{target}" is a collector and receives nothing; send to a transform or sink')
+                problems.add(
+                    key,
+                    f'"{target}" is a collector and receives nothing; '
+                    f"send to one of: {', '.join([*receivers, 'orchester'])}",
+                )
             else:
-                problems.add(key, f'unknown step "{target}"; {_suggest(target, [*sats, "orchester"])}Steps are: {steps}')
+                problems.add(key, f'unknown step "{target}"; {_suggest(target, names)}Steps are: {", ".join(names)}')
     for type_name, targets in topo.orchester.routes.items():
         for i, target in enumerate(targets):
-            key = f"orchester.routes.{type_name}[{i}]"
             if target == "carbon":
                 continue
-            if target in sats and sats[target].kind != "collector":
+            if target in receivers:
                 edges["orchester"].append(target)
             else:
-                choices = [*(n for n, s in sats.items() if s.kind != "collector"), "carbon"]
+                routable = [*receivers, "carbon"]
                 problems.add(
-                    key, f'"{target}" is not a transform, a sink or carbon; {_suggest(target, choices)}'
-                    f"use one of: {', '.join(choices)}"
+                    f"orchester.routes.{_key(type_name)}[{i}]",
+                    f'"{target}" is not a transform, a sink or carbon; {_suggest(target, routable)}'
+                    f"use one of: {', '.join(routable)}",
                 )
     cycle = _find_cycle(edges)
     if cycle:
         problems.add(
-            f"satellites.{cycle[0]}.next" if cycle[0] != "orchester" else "orchester.routes",
-            f"cycle {' -> '.join(cycle)}; a batch would loop forever, break the cycle",
+            "orchester.routes" if cycle[0] == "orchester" else f"satellites.{cycle[0]}.next",
+            f"cycle {' -> '.join(cycle)}: a batch would loop forever; break the cycle",
         )
     if not any(s.kind == "collector" for s in sats.values()):
-        problems.add("satellites", "no collector: nothing produces data; add a satellite with `every`")
-    has_sink = any(s.kind == "sink" for s in sats.values()) or any(
-        "carbon" in t for t in topo.orchester.routes.values()
-    )
-    if not has_sink:
-        problems.add("orchester.routes", 'nothing ends a batch: route a type to "carbon" or add a sink satellite')
-    binds: dict[str, str] = {}
-    for key, address in [
-        ("tracker.events", topo.tracker.events),
-        ("tracker.states", topo.tracker.states),
-        ("tracker.status", topo.tracker.status),
-        ("orchester.listen", topo.orchester.listen.address),
-        ("orchester.control", topo.orchester.control),
-        *((f"satellites.{n}.listen", s.listen.address) for n, s in sats.items() if s.listen is not None),
-    ]:
-        if address in binds:
-            problems.add(key, f"{address} is already bound by {binds[address]}; give each a different address")
+        problems.add("satellites", 'no collector, nothing produces data; add one, e.g. [satellites.cpu] use = "cpu"')
+    if not any("orchester" in s.next or s.kind == "sink" for s in sats.values()):
+        problems.add("satellites", 'no sink, nothing ends a batch; send a step to "orchester" or add a sink satellite')
+    bound: dict[str, str] = {}
+    for key, address in topo.binds():
+        if address in bound:
+            problems.add(key, f"{address} is already bound by {bound[address]}; give each a different address")
         else:
-            binds[address] = key
-        if address.startswith("ipc://") and len(address[len("ipc://") :].encode()) > MAX_IPC_PATH:
+            bound[address] = key
+        path = address[len("ipc://") :]
+        if address.startswith("ipc://") and len(path.encode()) > MAX_IPC_PATH:
             problems.add(
                 key,
-                f"the unix socket path {address[6:]!r} is over the OS limit of {MAX_IPC_PATH} bytes;"
-                " use a shorter [dsat] run_dir",
+                f"the unix socket path {path!r} is {len(path.encode())} bytes, over the OS limit of"
+                f" {MAX_IPC_PATH}; use a shorter [dsat] run_dir or address",
             )
 
 
 def _find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
-    state: dict[str, int] = {}
+    """The first cycle found by depth-first search, as a path ending where it starts."""
+    state: dict[str, str] = {}
     stack: list[str] = []
 
     def visit(node: str) -> list[str] | None:
-        state[node] = 1
+        state[node] = "open"
         stack.append(node)
-        for nxt in edges.get(node, []):
-            if state.get(nxt) == 1:
+        for nxt in edges[node]:
+            if state.get(nxt) == "open":
                 return [*stack[stack.index(nxt) :], nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
-        state[node] = 2
+        state[node] = "done"
         return None
 
     for node in edges:
@@ -536,26 +604,20 @@ def _environment(problems: _Problems, topo: Topology) -> None:
     try:
         topo.run_dir.mkdir(parents=True, exist_ok=True)
         probe = topo.run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
+        probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         problems.add("dsat.run_dir", f"{topo.run_dir} is not a writable folder ({exc.strerror}); pick another")
-    binds = [
-        ("tracker.events", topo.tracker.events),
-        ("tracker.states", topo.tracker.states),
-        ("tracker.status", topo.tracker.status),
-        ("orchester.listen", topo.orchester.listen.address),
-        ("orchester.control", topo.orchester.control),
-        *((f"satellites.{n}.listen", s.listen.address) for n, s in topo.satellites.items() if s.listen),
-    ]
-    for key, address in binds:
+    for key, address in topo.binds():
         if not address.startswith("tcp://"):
             continue
         host, _, port = address[len("tcp://") :].rpartition(":")
         host = host.strip("[]")
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as sock:
+            # ZeroMQ binds with SO_REUSEADDR: only a live socket on the port makes its bind fail.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("" if host == "*" else host, int(port)))
             except OSError as exc:
-                problems.add(key, f"cannot bind {address}: {exc.strerror}; stop what uses it or pick another port")
+                problems.add(key, f"cannot bind {address} ({exc.strerror}); stop what uses it or pick another port")

@@ -116,8 +116,7 @@ class TrackerService:
         snap = self.fsm.snapshot()
         now = self.clock.seconds()
         snap["heartbeats"] = {
-            step: {**beat, "age": round(now - beat["at"], 1)}
-            for step, beat in sorted(self.heartbeats.items())
+            step: {**beat, "age": round(now - beat["at"], 1)} for step, beat in sorted(self.heartbeats.items())
         }
         snap["rejected"] = dict(self.rejected)
         return snap

@@ -86,9 +86,7 @@ def test_type_routes_fan_out_to_satellites_and_carbon() -> None:
     env, data = frame((("a.b", 1_700_000_000, 1.0),), type="audit")
     orch.on_frame(data)
     [forwarded] = archive.envelopes()
-    assert (
-        forwarded.task_id == env.task_id and forwarded.step == "orchester" and forwarded.next == ("archive",)
-    )
+    assert forwarded.task_id == env.task_id and forwarded.step == "orchester" and forwarded.next == ("archive",)
     assert egress.points == [("a.b", 1_700_000_000, 1.0)]
     assert [(e.event, e.meta.get("legs")) for e in events.envelopes()] == [
         ("ACK", None),

@@ -62,9 +62,7 @@ def test_collector_to_orchester_to_capturing_sink(short_tmp: Path, processes: Pr
     topo.write_text(TOPOLOGY.format(carbon_port=free_port(), capture=capture))
     up = processes.dsat("up", str(topo), name="up")
 
-    wait_for(
-        lambda: any(".load.load1 " in line for line in lines(capture)), 30, "load datapoints at the sink"
-    )
+    wait_for(lambda: any(".load.load1 " in line for line in lines(capture)), 30, "load datapoints at the sink")
     wait_for(lambda: any(".memory.virtual.used " in line for line in lines(capture)), 30, "memory datapoints")
     for line in lines(capture):
         path, value, ts = line.split(" ")
@@ -110,8 +108,6 @@ def test_up_refuses_an_invalid_topology(short_tmp: Path) -> None:
             'every = "250ms"\ncodec', 'every = "250ms"\nnext = ["nowhere"]\ncodec'
         )
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "dsat", "up", str(topo)], capture_output=True, text=True, timeout=30
-    )
+    out = subprocess.run([sys.executable, "-m", "dsat", "up", str(topo)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "satellites.memory.next[0]" in out.stderr and "nowhere" in out.stderr

@@ -128,18 +128,14 @@ def test_heartbeats_go_to_the_tracker_on_schedule() -> None:
     runtime.stop()
 
 
-def batch_frame(
-    points: tuple[tuple[str, float, float], ...], type: str = "counter"
-) -> tuple[Envelope, bytes]:
+def batch_frame(points: tuple[tuple[str, float, float], ...], type: str = "counter") -> tuple[Envelope, bytes]:
     env = Envelope.new_batch(points, type=type, emitter="c", where="h", seq=1).evolve(next=("s1",))
     return env, encode(env)
 
 
 def test_transform_output_goes_on_with_the_same_task_and_is_reported() -> None:
     """A transform's batch keeps the task id, takes the step's name and is ACKed then SENT."""
-    runtime, senders, events, _ = make_runtime(
-        "transform", lambda batch: [(p, t, v * 2) for p, t, v in batch]
-    )
+    runtime, senders, events, _ = make_runtime("transform", lambda batch: [(p, t, v * 2) for p, t, v in batch])
     env, frame = batch_frame((("m", 1, 2.0),))
     runtime.on_frame(frame)
     [out] = senders["orchester"].envelopes()

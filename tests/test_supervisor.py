@@ -59,9 +59,7 @@ def children_by_step(pid: int) -> dict[str, psutil.Process]:
 
 
 @pytest.mark.integration
-def test_a_crashed_satellite_is_restarted_and_stop_leaves_nothing(
-    short_tmp: Path, processes: Processes
-) -> None:
+def test_a_crashed_satellite_is_restarted_and_stop_leaves_nothing(short_tmp: Path, processes: Processes) -> None:
     """kill -9 of a satellite: the supervisor starts it again; SIGTERM to `dsat up` stops every child."""
     topo = short_tmp / "t.toml"
     capture = short_tmp / "c.txt"
@@ -81,9 +79,7 @@ def test_a_crashed_satellite_is_restarted_and_stop_leaves_nothing(
     )
     assert new.is_running()
     before = capture.stat().st_size if capture.exists() else 0
-    wait_for(
-        lambda: capture.exists() and capture.stat().st_size > before, 20, "data from the restarted satellite"
-    )
+    wait_for(lambda: capture.exists() and capture.stat().st_size > before, 20, "data from the restarted satellite")
     everyone = list(children_by_step(up.pid).values())
     assert processes.stop(up) == 0, processes.log_of(up)[-3000:]
     _gone, alive = psutil.wait_procs(everyone, timeout=5)

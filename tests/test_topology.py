@@ -1,0 +1,559 @@
+"""The topology file: loading into frozen dataclasses, and the three validation stages."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from pathlib import Path
+
+import pytest
+
+from dsat import topology
+from dsat.errors import ConfigError
+from dsat.plugins import Registry, SatelliteSpec
+from dsat.topology import CarbonConf, Link, OrchesterConf, Step, Topology, TrackerConf
+
+REGISTRY = Registry(
+    [
+        SatelliteSpec(name="c", kind="collector", factory=lambda o: lambda: [], type="gauge"),
+        SatelliteSpec(name="t", kind="transform", factory=lambda o: lambda batch: batch),
+        SatelliteSpec(name="s", kind="sink", factory=lambda o: lambda batch: None),
+    ]
+)
+
+PATH = Path("/tmp/dsat-topo/demo.toml")
+
+#: The smallest valid topology: a collector into a transform into the orchester, on to carbon.
+BASE = """
+[carbon]
+destinations = ["127.0.0.1:2004"]
+
+[satellites.cpu]
+use = "c"
+every = "10s"
+next = ["rate"]
+
+[satellites.rate]
+use = "t"
+"""
+
+
+def load(text: str, check_environment: bool = False) -> Topology:
+    return topology.loads(text, path=PATH, registry=REGISTRY, check_environment=check_environment)
+
+
+def problems(text: str, check_environment: bool = False) -> list[str]:
+    """The problems loading *text* reports (the test fails if it loads)."""
+    with pytest.raises(ConfigError) as info:
+        load(text, check_environment)
+    return info.value.problems
+
+
+def only_problem(text: str, check_environment: bool = False) -> str:
+    """The one problem loading *text* reports."""
+    found = problems(text, check_environment)
+    assert len(found) == 1, found
+    return found[0]
+
+
+# -- loading -------------------------------------------------------------------
+
+
+def test_minimal_file_loads_with_every_default_expanded() -> None:
+    """Keys left out take their documented defaults, with {run_dir} expanded to the absolute run_dir."""
+    topo = load(BASE)
+    run = "/tmp/dsat-topo/.dsat/run"
+    assert topo.path == PATH
+    assert (topo.prefix, topo.where, topo.run_dir, topo.codec) == (
+        "dsat",
+        socket.gethostname(),
+        Path(run),
+        "msgpack",
+    )
+    assert topo.tracker == TrackerConf(
+        events=f"ipc://{run}/tracker-events",
+        states=f"ipc://{run}/tracker-states",
+        status=f"ipc://{run}/tracker-status",
+        timeout=30.0,
+        metrics_every=10.0,
+    )
+    assert topo.orchester == OrchesterConf(
+        listen=Link(f"ipc://{run}/orchester", "pull"),
+        control=f"ipc://{run}/orchester-control",
+        routes={"*": ("carbon",)},
+        max_queue=1_000_000,
+    )
+    assert topo.carbon == CarbonConf(destinations=(("127.0.0.1", 2004),), protocol="pickle", timeout=10.0)
+    assert topo.satellites["cpu"] == Step(
+        name="cpu",
+        use="c",
+        kind="collector",
+        type="gauge",
+        every=10.0,
+        next=("rate",),
+        options={},
+        host="",
+        listen=None,
+        codec="msgpack",
+    )
+    assert topo.satellites["rate"] == Step(
+        name="rate",
+        use="t",
+        kind="transform",
+        type=None,
+        every=None,
+        next=("orchester",),
+        options={},
+        host="",
+        listen=Link(f"ipc://{run}/sat-rate", "pull"),
+        codec="msgpack",
+    )
+
+
+FULL = """
+[dsat]
+prefix = "metrics"
+where = "web01"
+run_dir = "run"
+codec = "json"
+
+[tracker]
+events = "tcp://127.0.0.1:5501"
+states = "tcp://127.0.0.1:5502"
+status = "ipc://{run_dir}/status"
+timeout = "1m"
+metrics_every = 5
+
+[orchester]
+listen = "tcp://*:5500"
+pattern = "sub"
+control = "ipc://{run_dir}/control"
+max_queue = 500
+[orchester.routes]
+"*" = ["carbon"]
+"audit" = ["archive", "carbon"]
+
+[carbon]
+destinations = ["10.0.0.1:2004", "[::1]:2104"]
+protocol = "plaintext"
+timeout = "250ms"
+
+[satellites.cpu]
+use = "c"
+every = 2.5
+next = ["rate", "orchester"]
+options = { percpu = true }
+host = "web01"
+codec = "msgpack"
+
+[satellites.rate]
+use = "t"
+listen = "ipc://{run_dir}/rate-in"
+pattern = "pair"
+
+[satellites.archive]
+use = "s"
+"""
+
+
+def test_full_example_loads_every_key() -> None:
+    """Every key of the format lands in its dataclass field, converted (durations, addresses, hosts)."""
+    topo = load(FULL)
+    run = "/tmp/dsat-topo/run"
+    assert (topo.prefix, topo.where, topo.run_dir, topo.codec) == ("metrics", "web01", Path(run), "json")
+    assert topo.tracker == TrackerConf("tcp://127.0.0.1:5501", "tcp://127.0.0.1:5502", f"ipc://{run}/status", 60.0, 5.0)
+    assert topo.orchester == OrchesterConf(
+        Link("tcp://*:5500", "sub"),
+        f"ipc://{run}/control",
+        {"*": ("carbon",), "audit": ("archive", "carbon")},
+        500,
+    )
+    assert topo.carbon == CarbonConf((("10.0.0.1", 2004), ("::1", 2104)), "plaintext", 0.25)
+    cpu, rate, archive = (topo.satellites[n] for n in ("cpu", "rate", "archive"))
+    assert (cpu.every, cpu.next, dict(cpu.options), cpu.host, cpu.codec) == (
+        2.5,
+        ("rate", "orchester"),
+        {"percpu": True},
+        "web01",
+        "msgpack",
+    )
+    assert (rate.listen, rate.codec) == (Link(f"ipc://{run}/rate-in", "pair"), "json")
+    assert (archive.kind, archive.next, archive.listen) == (
+        "sink",
+        (),
+        Link(f"ipc://{run}/sat-archive", "pull"),
+    )
+
+
+def test_topology_is_frozen_and_options_read_only() -> None:
+    """Nothing in a loaded topology can be changed in place."""
+    topo = load(FULL)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        topo.prefix = "x"  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        topo.satellites["cpu"].options["percpu"] = False  # type: ignore[index]
+    with pytest.raises(TypeError):
+        topo.orchester.routes["*"] = ()  # type: ignore[index]
+
+
+def test_links_routes_and_inputs() -> None:
+    """input_of finds a step's receiving link, routes_for falls back to "*", sender_pattern pairs patterns."""
+    topo = load(FULL)
+    assert topo.input_of("orchester") == Link("tcp://*:5500", "sub")
+    assert topo.input_of("rate").sender_pattern == "pair"
+    assert [Link("x", p).sender_pattern for p in ("pull", "sub", "pair", "rep")] == [
+        "push",
+        "pub",
+        "pair",
+        "req",
+    ]
+    with pytest.raises(KeyError):
+        topo.input_of("cpu")
+    assert topo.routes_for("audit") == ("archive", "carbon")
+    assert topo.routes_for("gauge") == ("carbon",)
+    no_default = load(BASE + '[orchester.routes]\n"audit" = ["carbon"]\n')
+    assert no_default.routes_for("gauge") == ()
+
+
+def test_load_reads_the_file_and_anchors_a_relative_run_dir_at_its_folder(tmp_path: Path) -> None:
+    """load() reads from disk; a relative run_dir is relative to the TOML file, not the working directory."""
+    path = tmp_path / "t.toml"
+    path.write_text('[dsat]\nrun_dir = "r"\n' + BASE)
+    topo = topology.load(path, REGISTRY)
+    assert topo.run_dir == tmp_path / "r"
+    assert topo.path == path
+
+
+def test_load_of_a_missing_file_names_it(tmp_path: Path) -> None:
+    """A topology that cannot be read is a ConfigError naming the path."""
+    with pytest.raises(ConfigError, match="nope.toml: cannot read the topology"):
+        topology.load(tmp_path / "nope.toml", REGISTRY)
+
+
+def test_default_registry_is_the_built_in_satellites() -> None:
+    """Without a registry, `use` names are looked up among the built-in satellites (the demo loads)."""
+    demo = Path(topology.__file__).with_name("demo.toml")
+    topo = topology.load(demo)
+    assert topo.satellites["cpu"].kind == "collector"
+
+
+def test_the_documented_full_example_loads() -> None:
+    """The full example in docs/topology.rst is a valid topology for the built-in satellites."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "topology.rst").read_text()
+    block = doc.split(".. code-block:: toml\n", 1)[1].split("\nEvery key", 1)[0]
+    text = "\n".join(line.removeprefix("   ") for line in block.splitlines())
+    topo = topology.loads(text, path=PATH)
+    assert sorted(topo.satellites) == ["archive", "cpu", "memory", "rate"]
+    assert topo.routes_for("audit") == ("archive", "carbon")
+
+
+# -- durations -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("250ms", 0.25),
+        ("10s", 10.0),
+        ("5m", 300.0),
+        ("1h", 3600.0),
+        ("1.5s", 1.5),
+        (" 2 s ", 2.0),
+        (3, 3.0),
+        (0.5, 0.5),
+    ],
+)
+def test_durations_parse_to_seconds(value: object, seconds: float) -> None:
+    """Durations take ms/s/m/h suffixes or a bare positive number of seconds."""
+    assert topology.parse_duration(value, where="k") == seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["10", "10sec", "1d", "-1s", "0s", "", "s", 0, -2, 0.0, True, float("inf"), float("nan"), None, [1]],
+)
+def test_bad_durations_are_config_errors(value: object) -> None:
+    """Anything but a positive finite duration is a ConfigError naming the key and the accepted forms."""
+    with pytest.raises(ConfigError, match=r'^satellites\.cpu\.every: .*; write a duration like "250ms"'):
+        topology.parse_duration(value, where="satellites.cpu.every")
+
+
+# -- stage 1: schema -----------------------------------------------------------
+
+
+def test_toml_syntax_error_gives_line_and_column() -> None:
+    """A TOML syntax error is reported with tomllib's line and column."""
+    problem = only_problem("[dsat]\nprefix = \n")
+    assert problem.startswith("demo.toml: (syntax): ")
+    assert "line 2, column" in problem and "fix the TOML syntax" in problem
+
+
+def test_unknown_key_suggests_the_close_one() -> None:
+    """An unknown key is named with its path, a did-you-mean and the valid keys."""
+    problem = only_problem(BASE.replace('use = "t"', 'use = "t"\ncodek = "json"'))
+    assert problem == (
+        'demo.toml: satellites.rate.codek: unknown key; did you mean "codec"? '
+        "valid keys are: use, every, next, options, host, listen, pattern, codec"
+    )
+
+
+def test_unknown_table_suggests_the_close_one() -> None:
+    """An unknown top-level table is named with a did-you-mean."""
+    problem = only_problem(BASE + "[orchestre]\nmax_queue = 1\n")
+    assert problem.startswith('demo.toml: orchestre: unknown table; did you mean "orchester"?')
+
+
+def test_wrong_type_names_the_expected_type_and_an_example() -> None:
+    """A value of the wrong type names the key, what was expected and an example to copy."""
+    problem = only_problem(BASE.replace('next = ["rate"]', 'next = "rate"'))
+    assert problem == (
+        "demo.toml: satellites.cpu.next: must be a list, not str 'rate'; write e.g. next = [\"orchester\"]"
+    )
+    assert "orchester.max_queue: must be an integer" in only_problem(BASE + '[orchester]\nmax_queue = "lots"\n')
+
+
+def test_missing_use() -> None:
+    """A satellite without `use` is reported with how to write it."""
+    problem = only_problem(BASE + "[satellites.archive]\nhost = 'x'\n")
+    assert problem == 'demo.toml: satellites.archive.use: missing; say which satellite runs here, e.g. use = "archive"'
+
+
+def test_unknown_use_lists_the_valid_satellites() -> None:
+    """An unknown `use` suggests the close name and lists every registered one."""
+    problem = only_problem(BASE.replace('use = "t"', 'use = "tt"'))
+    assert problem == 'demo.toml: satellites.rate.use: unknown satellite "tt"; did you mean "t"? valid: c, s, t'
+
+
+def test_bad_duration_in_the_file() -> None:
+    """A bad duration is reported at its key with the accepted forms."""
+    problem = only_problem(BASE.replace('every = "10s"', 'every = "10 seconds"'))
+    assert problem.startswith("demo.toml: satellites.cpu.every: '10 seconds' is not a duration; write a duration")
+
+
+def test_collector_needs_every() -> None:
+    """A collector without `every` is told to add a schedule."""
+    problem = only_problem(BASE.replace('every = "10s"\n', ""))
+    assert problem == 'demo.toml: satellites.cpu.every: missing; collector "c" needs a schedule, e.g. every = "10s"'
+
+
+@pytest.mark.parametrize("use", ["t", "s"])
+def test_transforms_and_sinks_forbid_every(use: str) -> None:
+    """`every` on a transform or a sink is an error telling to remove it."""
+    problem = only_problem(BASE + f'[satellites.x]\nuse = "{use}"\nevery = "1s"\n')
+    assert problem.startswith("demo.toml: satellites.x.every: a ")
+    assert problem.endswith('runs on each batch it receives; remove "every"')
+
+
+def test_sink_forbids_next() -> None:
+    """A sink has no `next`."""
+    problem = only_problem(BASE + '[satellites.x]\nuse = "s"\nnext = ["orchester"]\n')
+    assert problem == 'demo.toml: satellites.x.next: a sink sends nothing on; remove "next"'
+
+
+def test_collector_forbids_listen() -> None:
+    """A collector has no input link."""
+    problem = only_problem(BASE.replace('use = "c"', 'use = "c"\npattern = "pull"'))
+    assert problem == 'demo.toml: satellites.cpu.pattern: a collector receives nothing; remove "pattern"'
+
+
+def test_bad_pattern_lists_the_receiving_patterns() -> None:
+    """A pattern must be a receiving one; sender patterns are refused with the valid list."""
+    problem = only_problem(BASE + '[orchester]\npattern = "push"\n')
+    assert (
+        problem == "demo.toml: orchester.pattern: 'push' is not a receiving pattern; use one of: pull, sub, pair, rep"
+    )
+
+
+def test_bad_codec_lists_the_codecs() -> None:
+    """A codec must come from the fixed table."""
+    problem = only_problem(BASE.replace('use = "t"', 'use = "t"\ncodec = "pickle"'))
+    assert problem == 'demo.toml: satellites.rate.codec: unknown codec "pickle"; valid: msgpack, json'
+
+
+@pytest.mark.parametrize(
+    ("address", "says"),
+    [
+        ("inproc://x", "inproc:// does not cross processes; use ipc://PATH or tcp://HOST:PORT"),
+        ("http://x:1", "has no valid scheme; write ipc://PATH or tcp://HOST:PORT"),
+        ("tcp://host", "is not a tcp address; write tcp://HOST:PORT with a port from 1 to 65535"),
+        ("tcp://host:0", "is not a tcp address"),
+        ("ipc://", "ipc:// address has no path"),
+    ],
+)
+def test_bad_address(address: str, says: str) -> None:
+    """Only ipc://PATH and tcp://HOST:PORT are addresses; the problem names the key and the fix."""
+    problem = only_problem(BASE.replace('use = "t"', f'use = "t"\nlisten = "{address}"'))
+    assert problem.startswith("demo.toml: satellites.rate.listen: ")
+    assert says in problem
+
+
+def test_bad_carbon_destination_and_protocol() -> None:
+    """Carbon destinations are host:port and the protocol pickle or plaintext; both reported together."""
+    found = problems(BASE.replace('"127.0.0.1:2004"]', '"127.0.0.1:2004", "carbon", "h:99999"]\nprotocol = "line"'))
+    assert found == [
+        'demo.toml: carbon.destinations[1]: \'carbon\' is not "host:port"; write e.g. "127.0.0.1:2004" (port 1-65535)',
+        'demo.toml: carbon.destinations[2]: \'h:99999\' is not "host:port"; write e.g. "127.0.0.1:2004" (port 1-65535)',
+        'demo.toml: carbon.protocol: unknown protocol "line"; use one of: pickle, plaintext',
+    ]
+
+
+@pytest.mark.parametrize("carbon", ["", "[carbon]\ndestinations = []\n"])
+def test_carbon_needs_a_destination(carbon: str) -> None:
+    """At least one carbon destination is required."""
+    text = BASE.replace('[carbon]\ndestinations = ["127.0.0.1:2004"]\n', carbon)
+    problem = only_problem(text)
+    assert problem == 'demo.toml: carbon.destinations: at least one is needed; write destinations = ["127.0.0.1:2004"]'
+
+
+def test_empty_routes_are_refused() -> None:
+    """An orchester with no route would drop everything."""
+    problem = only_problem(BASE + "[orchester.routes]\n")
+    assert problem.startswith("demo.toml: orchester.routes: no route") and '"*" = ["carbon"]' in problem
+
+
+@pytest.mark.parametrize("name", ["orchester", "carbon", "tracker", "self"])
+def test_reserved_step_names(name: str) -> None:
+    """The reserved step names cannot name a satellite."""
+    problem = only_problem(BASE + f'[satellites.{name}]\nuse = "s"\n')
+    assert problem.startswith(f'demo.toml: satellites.{name}: "{name}" is a reserved step name')
+    assert problem.endswith("rename the satellite")
+
+
+def test_every_schema_problem_is_reported_at_once() -> None:
+    """Validation lists every problem, and the message is a count followed by one problem per line."""
+    text = BASE.replace('every = "10s"', 'every = "often"').replace('use = "t"', 'use = "x"') + "[dsat]\nprefx = 'a'\n"
+    with pytest.raises(ConfigError) as info:
+        load(text)
+    assert len(info.value.problems) == 3
+    lines = str(info.value).splitlines()
+    assert lines[0] == "demo.toml: 3 problems found"
+    assert lines[1:] == info.value.problems
+    assert [p.split(": ")[1] for p in lines[1:]] == [
+        "dsat.prefx",
+        "satellites.cpu.every",
+        "satellites.rate.use",
+    ]
+
+
+def test_schema_problems_stop_before_the_graph_stage() -> None:
+    """A stage that found problems stops validation: graph problems are not reported with schema ones."""
+    found = problems(BASE.replace('next = ["rate"]', 'next = ["nowhere"]').replace('use = "t"', 'use = "x"'))
+    assert len(found) == 1 and "satellites.rate.use" in found[0]
+
+
+# -- stage 2: graph --------------------------------------------------------------
+
+
+def test_unknown_next_suggests_the_close_step() -> None:
+    """An unknown `next` names the key path, a did-you-mean and every step."""
+    problem = only_problem(BASE.replace('next = ["rate"]', 'next = ["rat"]'))
+    assert problem == (
+        'demo.toml: satellites.cpu.next[0]: unknown step "rat"; did you mean "rate"? Steps are: cpu, rate, orchester'
+    )
+
+
+def test_unknown_route_target() -> None:
+    """A route target must be a transform, a sink or carbon."""
+    problem = only_problem(BASE + '[orchester.routes]\n"*" = ["carbon", "carbn"]\n')
+    assert problem == (
+        'demo.toml: orchester.routes."*"[1]: "carbn" is not a transform, a sink or carbon; '
+        'did you mean "carbon"? use one of: rate, carbon'
+    )
+
+
+def test_a_collector_cannot_be_a_next_target() -> None:
+    """Sending to a collector is refused: it has no input."""
+    problem = only_problem(BASE + '[satellites.mem]\nuse = "c"\nevery = "1s"\nnext = ["cpu"]\n')
+    assert problem == (
+        'demo.toml: satellites.mem.next[0]: "cpu" is a collector and receives nothing; send to one of: rate, orchester'
+    )
+
+
+def test_cycle_is_reported_with_its_path() -> None:
+    """A cycle among satellites is reported as the path a batch would loop along."""
+    text = (
+        BASE.replace('use = "t"', 'use = "t"\nnext = ["norm"]')
+        + '[satellites.norm]\nuse = "t"\nnext = ["orchester", "rate"]\n'
+    )
+    problem = only_problem(text)
+    assert problem == (
+        "demo.toml: satellites.rate.next: cycle rate -> norm -> rate: a batch would loop forever; break the cycle"
+    )
+
+
+def test_cycle_through_the_orchester() -> None:
+    """A route to a transform that sends back to the orchester is a cycle."""
+    problem = only_problem(BASE + '[orchester.routes]\n"*" = ["rate"]\n')
+    assert problem == (
+        "demo.toml: satellites.rate.next: cycle rate -> orchester -> rate: a batch would loop forever; break the cycle"
+    )
+
+
+def test_needs_a_source_and_a_sink() -> None:
+    """Without satellites there is nothing producing data and nothing ending a batch."""
+    found = problems('[carbon]\ndestinations = ["127.0.0.1:2004"]\n')
+    assert found == [
+        'demo.toml: satellites: no collector, nothing produces data; add one, e.g. [satellites.cpu] use = "cpu"',
+        'demo.toml: satellites: no sink, nothing ends a batch; send a step to "orchester" or add a sink satellite',
+    ]
+
+
+def test_a_sink_satellite_alone_ends_batches() -> None:
+    """A collector sending only to a sink satellite is a complete topology."""
+    topo = load(BASE.replace('use = "t"', 'use = "s"'))
+    assert topo.satellites["rate"].kind == "sink"
+
+
+def test_two_binds_on_one_address() -> None:
+    """Two receiving sockets on one address are refused, naming both keys."""
+    problem = only_problem(BASE + '[orchester]\ncontrol = "ipc://{run_dir}/tracker-events"\n')
+    assert problem == (
+        "demo.toml: orchester.control: ipc:///tmp/dsat-topo/.dsat/run/tracker-events is already bound by "
+        "tracker.events; give each a different address"
+    )
+
+
+def test_ipc_path_over_the_os_limit() -> None:
+    """A unix socket path longer than 107 bytes is refused with the limit and the fix."""
+    long_dir = "/tmp/" + "d" * 100
+    problem = only_problem(BASE + f'[orchester]\nlisten = "ipc://{long_dir}/orchester"\n')
+    assert problem.startswith("demo.toml: orchester.listen: the unix socket path ")
+    assert "over the OS limit of 107; use a shorter [dsat] run_dir or address" in problem
+
+
+# -- stage 3: environment --------------------------------------------------------
+
+
+def test_port_in_use(short_tmp: Path) -> None:
+    """With check_environment, a tcp bind address whose port is taken is reported."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        text = f'[dsat]\nrun_dir = "{short_tmp}"\n' + BASE + f'[orchester]\nlisten = "tcp://127.0.0.1:{port}"\n'
+        load(text)  # not checked unless asked
+        problem = only_problem(text, check_environment=True)
+    assert problem.startswith(f"demo.toml: orchester.listen: cannot bind tcp://127.0.0.1:{port} (")
+    assert problem.endswith("stop what uses it or pick another port")
+
+
+def test_free_tcp_port_and_writable_run_dir_pass(short_tmp: Path) -> None:
+    """check_environment creates run_dir and accepts free ports."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run_dir = short_tmp / "run"
+    text = f'[dsat]\nrun_dir = "{run_dir}"\n' + BASE + f'[orchester]\nlisten = "tcp://127.0.0.1:{port}"\n'
+    load(text, check_environment=True)
+    assert run_dir.is_dir() and list(run_dir.iterdir()) == []
+
+
+def test_unwritable_run_dir(short_tmp: Path) -> None:
+    """With check_environment, a run_dir that cannot be created is reported; without it, it is not checked."""
+    plain = short_tmp / "plain"
+    plain.write_text("")
+    text = f'[dsat]\nrun_dir = "{plain}/run"\n' + BASE
+    load(text)
+    problem = only_problem(text, check_environment=True)
+    assert problem.startswith(f"demo.toml: dsat.run_dir: {plain}/run is not a writable folder (")
+    assert problem.endswith("pick another")
