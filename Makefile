@@ -20,12 +20,12 @@ demo: $(STAMP)
 	$(BIN)/dsat demo
 
 test: $(STAMP)
-	$(BIN)/ruff check dsat satellites tests bench
+	$(BIN)/ruff check dsat satellites tests carbon_conf
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check dsat satellites tests bench
+	$(BIN)/ruff check dsat satellites tests carbon_conf
 	$(BIN)/mypy
 
 docs: $(STAMP)
