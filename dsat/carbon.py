@@ -27,16 +27,22 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import endpoints
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from dsat.errors import ConfigError
+from dsat.spool import Spool
 
 #: carbon-cache's pickle receiver refuses messages over 1 MiB; 500 points a
 #: message is carbon's own MAX_DATAPOINTS_PER_MESSAGE default.
 POINTS_PER_MESSAGE = 500
-#: Datapoints a destination holds while it is down before dropping the oldest.
+#: Datapoints a destination holds in memory before spooling (or, with no spool, dropping) the oldest.
 DEFAULT_MAX_QUEUE = 1_000_000
+#: Datapoints a second replayed from the spool, at most, beside live traffic.
+DEFAULT_REPLAY_RATE = 50_000.0
+#: Seconds between two slices of replay.
+REPLAY_TICK = 0.1
 
 Point = tuple[str, float, float]
 
@@ -99,7 +105,15 @@ class _CarbonProtocol(Protocol):
 
 
 class Destination:
-    """One carbon-cache: a reconnecting client and the bounded queue in front of it."""
+    """One carbon-cache: a reconnecting client, a bounded memory queue, and the spool behind it.
+
+    While the destination is connected and keeps up, batches are written at
+    once.  While it is down, or while more than ``max_queue`` datapoints wait
+    in memory (it is slow), new batches go to the spool when there is one
+    (and are counted as ended: the spool holds them durably), else the oldest
+    are dropped and counted.  Once connected again, the spool is replayed in
+    order at ``replay_rate`` datapoints a second at most, beside live traffic.
+    """
 
     log = Logger()
 
@@ -112,15 +126,26 @@ class Destination:
         protocol: str = "pickle",
         max_queue: int = DEFAULT_MAX_QUEUE,
         timeout: float = 10.0,
+        spool: Spool | None = None,
+        replay_rate: float = DEFAULT_REPLAY_RATE,
     ) -> None:
         self.host, self.port = host, port
+        self.name = f"{host}:{port}"
+        self.clock = reactor
         self.encode = ENCODERS[protocol]
         self.max_queue = max_queue
         self.queue: deque[_Pending] = deque()
         self.queued_points = 0
         self.dropped = 0
         self.written = 0
+        self.spool = spool
+        self.spooled = 0
+        self.replayed = 0
+        self.replay_rate = replay_rate
+        self.spool_pending = spool.pending(self.name) if spool is not None else 0
         self._proto: _CarbonProtocol | None = None
+        self._replay_loop = LoopingCall(self.replay)
+        self._replay_loop.clock = reactor
         factory = Factory.forProtocol(_CarbonProtocol)
         factory.protocol = type("_Bound", (_CarbonProtocol,), {"destination": self})
         factory.noisy = False
@@ -133,38 +158,65 @@ class Destination:
         )
 
     def __repr__(self) -> str:
-        return f"<Destination {self.host}:{self.port}>"
+        return f"<Destination {self.name}>"
 
     def start(self) -> None:
         self.service.startService()
+        if self.spool is not None:
+            self._replay_loop.start(REPLAY_TICK, now=False)
 
     def stop(self) -> object:
+        """Stop connecting; what still waits in memory goes to the spool (if any)."""
+        if self._replay_loop.running:
+            self._replay_loop.stop()
+        self.spool_queue()
         return self.service.stopService()
 
     def send(self, points: Sequence[Point], on_written: Callable[[], None] | None = None) -> None:
-        """Queue one batch for this destination and write what the socket takes."""
-        self.queue.append(_Pending(self.encode(points), len(points), on_written))
-        self.queued_points += len(points)
+        """Take one batch: write it, queue it, spool it, or (no spool, queue full) drop the oldest."""
+        item = _Pending(self.encode(points), len(points), on_written)
+        if self.spool is not None and (self._proto is None or self.queued_points + item.points > self.max_queue):
+            if self._to_spool(item):
+                return
+        self.queue.append(item)
+        self.queued_points += item.points
         while self.queued_points > self.max_queue and len(self.queue) > 1:
             old = self.queue.popleft()
             self.queued_points -= old.points
             self.dropped += old.points
-            self.log.warn(
-                "carbon {host}:{port} queue full: dropped {points} datapoints",
-                host=self.host,
-                port=self.port,
-                points=old.points,
-            )
+            self.log.warn("carbon {name} queue full: dropped {points} datapoints", name=self.name, points=old.points)
         self.drain()
 
+    def _to_spool(self, item: _Pending) -> bool:
+        assert self.spool is not None
+        if not self.spool.put(self.name, item.data, item.points):
+            return False
+        self.spooled += item.points
+        self.spool_pending += item.points
+        if item.on_written is not None:
+            item.on_written()
+        return True
+
+    def spool_queue(self) -> None:
+        """Move every batch waiting in memory to the spool (on disconnect and on stop)."""
+        if self.spool is None:
+            return
+        while self.queue:
+            item = self.queue[0]
+            if not self._to_spool(item):
+                return
+            self.queue.popleft()
+            self.queued_points -= item.points
+
     def connected(self, proto: _CarbonProtocol) -> None:
-        self.log.info("connected to carbon {host}:{port}", host=self.host, port=self.port)
+        self.log.info("connected to carbon {name}", name=self.name)
         self._proto = proto
         self.drain()
 
     def disconnected(self, proto: _CarbonProtocol) -> None:
         if self._proto is proto:
             self._proto = None
+            self.spool_queue()
 
     @property
     def is_connected(self) -> bool:
@@ -180,6 +232,20 @@ class Destination:
             if item.on_written is not None:
                 item.on_written()
 
+    def replay(self) -> None:
+        """Write the next slice of the spool, oldest first, within the replay rate."""
+        proto = self._proto
+        if self.spool is None or proto is None or proto.paused or self.queue or not self.spool_pending:
+            return
+        batches = self.spool.peek(self.name, max(1, int(self.replay_rate * REPLAY_TICK)))
+        for batch in batches:
+            proto.transport.write(batch.data)  # type: ignore[union-attr]
+        self.spool.delete(batches)
+        points = sum(b.points for b in batches)
+        self.replayed += points
+        self.written += points
+        self.spool_pending -= points
+
 
 class CarbonEgress:
     """All carbon destinations; places each datapoint with carbon_ch when there are several."""
@@ -192,13 +258,24 @@ class CarbonEgress:
         protocol: str = "pickle",
         max_queue: int = DEFAULT_MAX_QUEUE,
         timeout: float = 10.0,
+        spool: Spool | None = None,
+        replay_rate: float = DEFAULT_REPLAY_RATE,
     ) -> None:
         if not destinations:
             raise ConfigError("carbon: at least one destination is needed")
         if protocol not in ENCODERS:
             raise ConfigError(f"carbon.protocol: {protocol!r} is not one of {sorted(ENCODERS)}")
         self.destinations = [
-            Destination(reactor, host, port, protocol=protocol, max_queue=max_queue, timeout=timeout)
+            Destination(
+                reactor,
+                host,
+                port,
+                protocol=protocol,
+                max_queue=max_queue,
+                timeout=timeout,
+                spool=spool,
+                replay_rate=replay_rate,
+            )
             for host, port in destinations
         ]
         self._ring: ConsistentHashRing | None = None
@@ -224,7 +301,21 @@ class CarbonEgress:
 
     @property
     def dropped(self) -> int:
-        return sum(d.dropped for d in self.destinations)
+        """Datapoints dropped unsent: memory queues full with no spool, and the spool's drop_oldest."""
+        spool = self.destinations[0].spool
+        return sum(d.dropped for d in self.destinations) + (spool.dropped if spool is not None else 0)
+
+    @property
+    def spooled(self) -> int:
+        return sum(d.spooled for d in self.destinations)
+
+    @property
+    def replayed(self) -> int:
+        return sum(d.replayed for d in self.destinations)
+
+    @property
+    def spool_pending(self) -> int:
+        return sum(d.spool_pending for d in self.destinations)
 
     def place(self, path: str) -> int:
         """Index of the destination that owns *path* (carbon_ch)."""

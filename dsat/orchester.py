@@ -143,12 +143,15 @@ class Orchester:
     # -- DSAT's own metrics --------------------------------------------------
 
     def own_metrics(self) -> list[Point]:
-        """``self.orchester.*``: counts since the last call, and the queue depth now."""
+        """``self.orchester.*``: counts since the last call, and the queue and spool depths now."""
         now = int(self.clock.seconds())
+        egress = self.egress
         totals = {
             "points_in": self.points_in,
             "points_out": self.points_out,
-            "dropped": self.egress.dropped,
+            "dropped": egress.dropped,
+            "spooled": egress.spooled,
+            "replayed": egress.replayed,
             **{f"rejected.{reason}": n for reason, n in self.rejected.items()},
         }
         path = naming.metric_path
@@ -162,13 +165,8 @@ class Orchester:
                 )
             )
             self._reported[name] = total
-        points.append(
-            (
-                path(self.topology.prefix, self.where, "self", "orchester.queue_depth"),
-                now,
-                self.egress.queued_points,
-            )
-        )
+        for name, level in (("queue_depth", egress.queued_points), ("spool_depth", egress.spool_pending)):
+            points.append((path(self.topology.prefix, self.where, "self", f"orchester.{name}"), now, level))
         return points
 
     def write_own_metrics(self) -> None:

@@ -84,13 +84,21 @@ def run(topology_path: str | Path, step: str) -> int:
     elif step == "orchester":
         from dsat.carbon import CarbonEgress
         from dsat.orchester import Orchester
+        from dsat.spool import Spool
 
+        spool = None
+        if topo.spool.path is not None:
+            spool = Spool(
+                topo.spool.path, max_bytes=topo.spool.max_bytes, policy=topo.spool.policy, sync=topo.spool.sync
+            )
         egress = CarbonEgress(
             reactor,
             topo.carbon.destinations,
             protocol=topo.carbon.protocol,
             max_queue=topo.orchester.max_queue,
             timeout=topo.carbon.timeout,
+            spool=spool,
+            replay_rate=topo.spool.replay_rate,
         )
         targets = {t for ts in topo.orchester.routes.values() for t in ts if t != "carbon"}
         orch = Orchester(

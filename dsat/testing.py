@@ -47,6 +47,9 @@ class CaptureEgress:
         self._held: list[Callable[[], None]] = []
         self.dropped = 0
         self.queued_points = 0
+        self.spooled = 0
+        self.replayed = 0
+        self.spool_pending = 0
         self.started = False
 
     def start(self) -> None:

@@ -37,7 +37,9 @@ PROTOCOLS = ("pickle", "plaintext")
 #: sun_path is 108 bytes including the terminating NUL.
 MAX_IPC_PATH = 107
 
-_TABLES = ("dsat", "tracker", "orchester", "carbon", "satellites")
+_TABLES = ("dsat", "tracker", "orchester", "carbon", "spool", "satellites")
+SPOOL_POLICIES = ("drop_oldest", "block")
+SPOOL_SYNC = ("full", "normal")
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -103,6 +105,17 @@ class CarbonConf:
 
 
 @dataclass(frozen=True)
+class SpoolConf:
+    """The disk spool in front of Carbon: file (None = no spool), size bound, overflow policy, replay rate."""
+
+    path: Path | None
+    max_bytes: int
+    policy: str
+    sync: str
+    replay_rate: float
+
+
+@dataclass(frozen=True)
 class Topology:
     """A validated topology file; addresses have ``{run_dir}`` expanded."""
 
@@ -115,6 +128,7 @@ class Topology:
     tracker: TrackerConf
     orchester: OrchesterConf
     carbon: CarbonConf
+    spool: SpoolConf
 
     def input_of(self, step: str) -> Link:
         """The receiving link of ``orchester`` or a satellite; KeyError for a collector."""
@@ -232,6 +246,13 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "destinations": ((list,), 'destinations = ["127.0.0.1:2004"]'),
         "protocol": ((str,), 'protocol = "pickle"'),
         "timeout": (_DURATION_TYPES, 'timeout = "10s"'),
+    },
+    "spool": {
+        "path": ((str,), 'path = "spool/carbon.db"'),
+        "max_mb": ((int,), "max_mb = 1024"),
+        "policy": ((str,), 'policy = "drop_oldest"'),
+        "sync": ((str,), 'sync = "full"'),
+        "replay_rate": ((int, float), "replay_rate = 50000"),
     },
     "satellite": {
         "use": ((str,), 'use = "cpu"'),
@@ -431,6 +452,24 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         problems.add("carbon.protocol", f'unknown protocol "{protocol}"; use one of: {", ".join(PROTOCOLS)}')
     carbon = CarbonConf(tuple(destinations), protocol, _duration(problems, "carbon.timeout", car.get("timeout"), 10.0))
 
+    sp = _check_table(problems, "spool", doc.get("spool", {}), "spool")
+    spool_path: Path | None = None
+    if sp.get("path", "spool/carbon.db"):
+        spool_path = Path(sp.get("path", "spool/carbon.db"))
+        spool_path = Path(os.path.normpath(spool_path if spool_path.is_absolute() else path.parent / spool_path))
+    max_mb = sp.get("max_mb", 1024)
+    if max_mb < 1:
+        problems.add("spool.max_mb", f"{max_mb} must be at least 1 (megabytes)")
+    for key, valid in (("policy", SPOOL_POLICIES), ("sync", SPOOL_SYNC)):
+        if sp.get(key, valid[0]) not in valid:
+            problems.add(f"spool.{key}", f'unknown {key} "{sp[key]}"; use one of: {", ".join(valid)}')
+    replay_rate = float(sp.get("replay_rate", 50_000))
+    if not replay_rate > 0:
+        problems.add("spool.replay_rate", f"{replay_rate:g} must be more than 0 (datapoints a second)")
+    spool = SpoolConf(
+        spool_path, max_mb * 1024 * 1024, sp.get("policy", "drop_oldest"), sp.get("sync", "full"), replay_rate
+    )
+
     satellites: dict[str, Step] = {}
     raw_sats = doc.get("satellites", {})
     if not isinstance(raw_sats, dict):
@@ -450,6 +489,7 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         tracker=tracker,
         orchester=orchester,
         carbon=carbon,
+        spool=spool,
     )
 
 
@@ -601,13 +641,17 @@ def _find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
 
 
 def _environment(problems: _Problems, topo: Topology) -> None:
-    try:
-        topo.run_dir.mkdir(parents=True, exist_ok=True)
-        probe = topo.run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        problems.add("dsat.run_dir", f"{topo.run_dir} is not a writable folder ({exc.strerror}); pick another")
+    folders = [("dsat.run_dir", topo.run_dir)]
+    if topo.spool.path is not None:
+        folders.append(("spool.path", topo.spool.path.parent))
+    for key, folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            problems.add(key, f"{folder} is not a writable folder ({exc.strerror}); pick another")
     for key, address in topo.binds():
         if not address.startswith("tcp://"):
             continue

@@ -119,3 +119,76 @@ def test_split_batch_ends_once_every_part_is_written() -> None:
     assert done == []
     egress.destinations[1].connected(protos[1])  # type: ignore[arg-type]
     assert done == [1]
+
+
+def spooled_destination(tmp_path, **kw) -> tuple[Destination, MemoryReactorClock]:  # type: ignore[no-untyped-def]
+    from dsat.spool import Spool
+
+    reactor = MemoryReactorClock()
+    dest = Destination(reactor, "127.0.0.1", 2004, spool=Spool(tmp_path / "s.db"), **kw)
+    dest.start()
+    return dest, reactor
+
+
+def test_while_down_batches_go_to_the_spool_and_end_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With carbon down a batch is spooled durably and its callback fires (HAPPY_END) right away."""
+    dest, _ = spooled_destination(tmp_path)
+    done: list[int] = []
+    dest.send([("a", 1, 1.0)], lambda: done.append(1))
+    assert done == [1] and dest.spooled == 1 and dest.spool_pending == 1 and dest.queued_points == 0
+
+
+def test_spool_is_replayed_in_order_within_the_rate_after_reconnect(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On reconnection spooled batches are written oldest first, at most replay_rate points a second."""
+    dest, reactor = spooled_destination(tmp_path, replay_rate=200)
+    for i in range(10):
+        dest.send([(f"m{i}.{j}", i, float(j)) for j in range(10)])
+    proto = FakeProto()
+    dest.connected(proto)  # type: ignore[arg-type]
+    reactor.advance(0.1)
+    assert dest.replayed == 20  # 200 points/s x 0.1 s
+    for _ in range(10):
+        reactor.advance(0.1)
+    assert dest.replayed == 100 and dest.spool_pending == 0
+    got = [p for m in unpickle_messages(proto.transport.value()) for p in m]
+    assert [p[1][0] for p in got] == [i for i in range(10) for _ in range(10)]
+
+
+def test_live_traffic_flows_beside_replay(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A live batch sent while the spool replays is written at once, not after the whole spool."""
+    dest, reactor = spooled_destination(tmp_path, replay_rate=10)
+    for i in range(5):
+        dest.send([(f"old{i}", 1, 1.0)])
+    proto = FakeProto()
+    dest.connected(proto)  # type: ignore[arg-type]
+    dest.send([("live", 2, 2.0)])
+    assert b"live" in proto.transport.value() and dest.spool_pending == 5
+
+
+def test_disconnect_and_stop_move_waiting_batches_to_the_spool(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Batches still in memory when the connection drops, or when stopping, are spooled, not lost."""
+    dest, _ = spooled_destination(tmp_path)
+    proto = FakeProto()
+    dest.connected(proto)  # type: ignore[arg-type]
+    proto.paused = True
+    done: list[int] = []
+    dest.send([("a", 1, 1.0)], lambda: done.append(1))
+    assert done == [] and dest.queued_points == 1
+    dest.disconnected(proto)  # type: ignore[arg-type]
+    assert done == [1] and dest.spool_pending == 1 and dest.queued_points == 0
+    dest.connected(FakeProto())  # type: ignore[arg-type]
+    dest._proto.paused = True  # type: ignore[union-attr]
+    dest.send([("b", 1, 1.0)])
+    dest.stop()
+    assert dest.spool_pending == 2
+
+
+def test_a_slow_destination_spills_to_the_spool_past_max_queue(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Connected but paused (slow): past max_queue in memory, batches are spooled instead of dropped."""
+    dest, _ = spooled_destination(tmp_path, max_queue=10)
+    proto = FakeProto()
+    dest.connected(proto)  # type: ignore[arg-type]
+    proto.paused = True
+    for i in range(5):
+        dest.send([(f"m{i}.{j}", 1, 1.0) for j in range(4)])
+    assert dest.dropped == 0 and dest.queued_points + dest.spool_pending == 20
