@@ -6,12 +6,52 @@ or dropped on purpose by a transform) and ``ERROR``.  Events are envelopes on
 the ``event`` channel with no points; they travel on a PUSH link to the
 tracker's PULL socket.  Heartbeats travel the same way on the ``control``
 channel, so the tracker knows a step is alive even when it has no batch.
+
+A retried batch carries its attempt number in ``meta["attempt"]``; every
+event about it repeats that number, so the tracker can tell the events of the
+current attempt from late ones.
+
+The other way, the tracker publishes on its PUB socket: every batch state
+change under the topic ``<emitter>\0`` (an emitter subscribes to its own
+name and learns which of its batches ended, must be sent again, or failed),
+and every circuit-breaker change under ``breaker\0``.  The body after the
+topic is a msgpack map.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgpack
+
 from dsat.envelope import Envelope, encode
 from dsat.transport import Sender
+
+#: Topic of circuit-breaker changes on the tracker's PUB socket.
+BREAKER_TOPIC = b"breaker\0"
+
+
+def topic_for(emitter: str) -> bytes:
+    """The PUB topic of an emitter's batch state changes."""
+    return emitter.encode() + b"\0"
+
+
+def published(topic: bytes, body: dict[str, Any]) -> bytes:
+    return topic + msgpack.packb(body)
+
+
+def parse_published(frame: bytes) -> tuple[bytes, dict[str, Any]]:
+    """Split a frame from the tracker's PUB socket into (topic, body)."""
+    topic, sep, body = frame.partition(b"\0")
+    if not sep:
+        raise ValueError("no topic in the frame")
+    try:
+        value = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several types for bad input; all mean the same here
+        raise ValueError(f"the body does not decode: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError("the body is not a map")
+    return topic + sep, value
 
 
 class Reporter:
@@ -26,6 +66,8 @@ class Reporter:
     def _emit(self, env: Envelope, event: str, **meta: str | int | float) -> None:
         if not env.task_id:
             return
+        if "attempt" in env.meta:
+            meta["attempt"] = env.meta["attempt"]
         self.sender.send(encode(env.event_for(event, step=self.step, where=self.where, pid=self.pid, **meta)))
 
     def ack(self, env: Envelope) -> None:

@@ -8,14 +8,16 @@ machine keeps a **leg balance** instead of a strict sequence: the emitter's
 the leg it received), ``HAPPY_END`` removes one; the batch is ``HAPPY_END``
 once the emitter's ``SEND`` was seen and the balance is zero.  ``ERROR`` ends
 it in ``ERROR``; a batch still in flight at its deadline is ``TIMEOUT``.
-Everything is bounded: in-flight batches, remembered finished ones.
+Everything is bounded: in-flight batches, remembered finished ones.  Odd
+input (an unknown event, a missing task id, ``legs`` or ``points`` that are
+not whole numbers) is counted in ``bad_events`` and ignored, never raised.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -23,17 +25,20 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 
 class State(enum.Enum):
+    """Where a batch is.  ``HAPPY_END`` and ``FAILURE`` are final; ``ERROR`` and ``TIMEOUT`` lead to
+    ``RETRY`` (the emitter sends the batch again) until the retries are spent."""
+
     IN_FLIGHT = "IN_FLIGHT"
     HAPPY_END = "HAPPY_END"
     ERROR = "ERROR"
     TIMEOUT = "TIMEOUT"
-    #: Reserved for tracker-driven retries: a timed-out batch being re-sent.
+    #: The emitter sends the batch again (attempt 2, 3...).
     RETRY = "RETRY"
-    #: Reserved for tracker-driven retries: retries exhausted.
+    #: Retries spent: the batch is given up, and the tracker alerts.
     FAILURE = "FAILURE"
 
 
-TERMINAL = frozenset({State.HAPPY_END, State.ERROR, State.TIMEOUT, State.FAILURE})
+_KINDS = frozenset({"ACK", "SEND", "HAPPY_END", "ERROR"})
 
 
 class Event(Protocol):
@@ -52,12 +57,12 @@ class Event(Protocol):
     @property
     def event(self) -> str: ...
     @property
-    def meta(self) -> Any: ...
+    def meta(self) -> Mapping[str, object]: ...
 
 
 @dataclass(frozen=True)
 class Change:
-    """One state transition of one batch."""
+    """One state transition of one batch (``old`` is ``None`` when the batch is first seen)."""
 
     task_id: str
     emitter: str
@@ -68,10 +73,13 @@ class Change:
     step: str
     reason: str
     at: float
+    attempt: int = 1
 
 
 @dataclass
 class StepCounters:
+    """What one step reported, and the batches that timed out after it last reported."""
+
     batches_received: int = 0
     batches_sent: int = 0
     batches_ended: int = 0
@@ -85,8 +93,27 @@ class StepCounters:
         return asdict(self)
 
 
+def _whole(meta: Mapping[str, object], key: str, default: int | None) -> int | None:
+    """``meta[key]`` if it is a whole number >= 0 (``default`` if absent), else ``None``."""
+    value = meta.get(key, default)
+    if type(value) is int and value >= 0:
+        return value
+    return None
+
+
 class _Task:
-    __slots__ = ("task_id", "emitter", "type", "seq", "balance", "emitter_seen", "state", "last_step", "timer")
+    __slots__ = (
+        "task_id",
+        "emitter",
+        "type",
+        "seq",
+        "balance",
+        "emitter_seen",
+        "state",
+        "last_step",
+        "timer",
+        "attempt",
+    )
 
     def __init__(self, event: Event) -> None:
         self.task_id = event.task_id
@@ -98,10 +125,11 @@ class _Task:
         self.state = State.IN_FLIGHT
         self.last_step = event.step
         self.timer: IDelayedCall | None = None
+        self.attempt = 1
 
 
 class BatchTracker:
-    """Follows every batch from its emitter's SEND to its end."""
+    """Follows every batch from the first event about it to its end."""
 
     def __init__(
         self,
@@ -111,16 +139,30 @@ class BatchTracker:
         on_change: Callable[[Change], None] | None = None,
         max_in_flight: int = 100_000,
         max_finished: int = 10_000,
+        max_retries: int = 3,
+        backoff: float = 2.0,
     ) -> None:
         self.clock = clock
         self.timeout = timeout
         self.on_change = on_change
         self.max_in_flight = max_in_flight
         self.max_finished = max_finished
+        self.max_retries = max_retries
+        self.backoff = backoff
+        #: In-flight batches, oldest first (the first evicted when full).
         self.in_flight: OrderedDict[str, _Task] = OrderedDict()
+        #: Final state of recently finished batches, least recently used first.
         self.finished: OrderedDict[str, State] = OrderedDict()
         self.steps: dict[str, StepCounters] = {}
-        self.totals = {"happy_end": 0, "error": 0, "timeout": 0, "evicted": 0, "bad_events": 0}
+        self.totals = {
+            "happy_end": 0,
+            "error": 0,
+            "timeout": 0,
+            "retry": 0,
+            "failure": 0,
+            "evicted": 0,
+            "bad_events": 0,
+        }
 
     def _counters(self, step: str) -> StepCounters:
         counters = self.steps.get(step)
@@ -129,86 +171,132 @@ class BatchTracker:
         return counters
 
     def handle(self, event: Event) -> None:
-        """Apply one hop event."""
+        """Apply one hop event; raises nothing, odd events are counted in ``bad_events``."""
         kind = event.event
         meta = event.meta
-        counters = self._counters(event.step)
-        if kind == "ACK":
-            counters.batches_received += 1
-            counters.points_received += int(meta.get("points", 0))
-        elif kind == "SEND":
-            counters.batches_sent += 1
-            counters.points_sent += int(meta.get("points", 0))
-        elif kind == "HAPPY_END":
-            counters.batches_ended += 1
-        elif kind == "ERROR":
-            counters.batches_failed += 1
-        else:
+        points = _whole(meta, "points", 0)
+        legs = _whole(meta, "legs", None) if kind == "SEND" else 0
+        attempt = _whole(meta, "attempt", 1)
+        if kind not in _KINDS or not event.task_id or points is None or legs is None or not attempt:
             self.totals["bad_events"] += 1
             return
-        if not event.task_id:
-            return
-        if event.task_id in self.finished:
+        step = event.step
+        counters = self._counters(step)
+        if kind == "ACK":
+            counters.batches_received += 1
+            counters.points_received += points
+        elif kind == "SEND":
+            counters.batches_sent += 1
+            counters.points_sent += points
+        elif kind == "HAPPY_END":
+            counters.batches_ended += 1
+        else:
+            counters.batches_failed += 1
+
+        task_id = event.task_id
+        if task_id in self.finished:
+            self.finished.move_to_end(task_id)
             counters.late += 1
             return
-        task = self.in_flight.get(event.task_id)
+        task = self.in_flight.get(task_id)
         if task is None:
-            task = self._start(event)
-        task.last_step = event.step
+            task = self._start(event, attempt)
+        elif attempt < task.attempt:
+            counters.late += 1  # an event of an attempt already given up
+            return
+        elif attempt > task.attempt:
+            self._restart(task, attempt)
+        task.last_step = step
+        if kind == "ERROR":
+            self._failed(task, State.ERROR, step, str(meta.get("reason", "")))
+            return
         if kind == "SEND":
-            legs = int(meta.get("legs", 1))
-            if event.step == task.emitter and not task.emitter_seen:
+            if step == task.emitter:
                 task.emitter_seen = True
                 task.balance += legs
             else:
                 task.balance += legs - 1
         elif kind == "HAPPY_END":
             task.balance -= 1
-        elif kind == "ERROR":
-            self._finish(task, State.ERROR, event.step, str(meta.get("reason", "")))
-            return
-        if task.emitter_seen and task.balance <= 0:
-            self._finish(task, State.HAPPY_END, event.step, "")
+        if task.emitter_seen and task.balance == 0:
+            self._finish(task, State.HAPPY_END, step, "")
 
-    def _start(self, event: Event) -> _Task:
+    def _start(self, event: Event, attempt: int) -> _Task:
         if len(self.in_flight) >= self.max_in_flight:
             _, oldest = self.in_flight.popitem(last=False)
-            if oldest.timer is not None and oldest.timer.active():
+            if oldest.timer is not None:
                 oldest.timer.cancel()
             self.totals["evicted"] += 1
         task = _Task(event)
+        task.attempt = attempt
         self.in_flight[task.task_id] = task
-        task.timer = self.clock.callLater(self.timeout, self._expire, task.task_id)
+        task.timer = self.clock.callLater(self._deadline(task), self._expire, task)
         self._changed(task, None, State.IN_FLIGHT, event.step, "")
         return task
 
-    def _expire(self, task_id: str) -> None:
-        task = self.in_flight.get(task_id)
-        if task is None:
-            return
+    def _deadline(self, task: _Task) -> float:
+        """Seconds the current attempt has: ``timeout``, times ``backoff`` for each retry."""
+        return self.timeout * self.backoff ** (task.attempt - 1)
+
+    def _restart(self, task: _Task, attempt: int) -> None:
+        """Begin attempt *attempt* of *task*: a new journey with a new deadline."""
+        task.attempt = attempt
+        task.balance = 0
+        task.emitter_seen = False
+        if task.timer is not None:
+            task.timer.cancel()
+        task.timer = self.clock.callLater(self._deadline(task), self._expire, task)
+
+    def _expire(self, task: _Task) -> None:
         task.timer = None
         self._counters(task.last_step).batches_timed_out += 1
-        self._finish(task, State.TIMEOUT, task.last_step, f"no end within {self.timeout:g}s")
+        self._failed(task, State.TIMEOUT, task.last_step, f"not ended within {self._deadline(task):g}s")
+
+    def _failed(self, task: _Task, state: State, step: str, reason: str) -> None:
+        """ERROR or TIMEOUT: retry the batch, or give it up when the retries are spent."""
+        self.totals[state.value.lower()] += 1
+        old, task.state = task.state, state
+        self._changed(task, old, state, step, reason)
+        if task.attempt > self.max_retries:
+            self._finish(task, State.FAILURE, step, f"gave up after {task.attempt} attempts; last: {reason}")
+            return
+        self.totals["retry"] += 1
+        self._restart(task, task.attempt + 1)
+        task.state = State.RETRY
+        self._changed(task, state, State.RETRY, step, reason)
 
     def _finish(self, task: _Task, state: State, step: str, reason: str) -> None:
-        if task.timer is not None and task.timer.active():
+        if task.timer is not None:
             task.timer.cancel()
-        task.timer = None
+            task.timer = None
         del self.in_flight[task.task_id]
         self.finished[task.task_id] = state
         if len(self.finished) > self.max_finished:
             self.finished.popitem(last=False)
-        self.totals[state.value.lower()] += 1
+        if state is State.HAPPY_END or state is State.FAILURE:
+            self.totals[state.value.lower()] += 1
         old, task.state = task.state, state
         self._changed(task, old, state, step, reason)
 
     def _changed(self, task: _Task, old: State | None, new: State, step: str, reason: str) -> None:
         if self.on_change is not None:
             self.on_change(
-                Change(task.task_id, task.emitter, task.type, task.seq, old, new, step, reason, self.clock.seconds())
+                Change(
+                    task.task_id,
+                    task.emitter,
+                    task.type,
+                    task.seq,
+                    old,
+                    new,
+                    step,
+                    reason,
+                    self.clock.seconds(),
+                    task.attempt,
+                )
             )
 
     def state_of(self, task_id: str) -> State | None:
+        """The batch's state, or ``None`` if it was never seen, evicted or forgotten."""
         task = self.in_flight.get(task_id)
         if task is not None:
             return task.state

@@ -22,11 +22,12 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dsat import naming
+from dsat.breaker import Circuits
 from dsat.carbon import CarbonEgress, Point
 from dsat.counters import Rejections
 from dsat.envelope import Datapoint, Envelope, decode, encode
 from dsat.errors import BadName, EnvelopeError
-from dsat.events import Reporter
+from dsat.events import Reporter, parse_published
 from dsat.topology import Topology
 from dsat.transport import Sender
 
@@ -56,6 +57,7 @@ class Orchester:
         self.where = where
         self.clean_path = naming.PathCleaner()
         self.rejected = Rejections(STEP)
+        self.circuits = Circuits()
         self.points_in = 0
         self.points_out = 0
         self._reported: dict[str, int] = {}
@@ -106,9 +108,19 @@ class Orchester:
         for target in targets:
             if target == "carbon":
                 self.to_carbon(env)
-            else:
+            elif self.circuits.allow(target):
+                # A leg held back by an open circuit times out; its emitter sends the batch again.
                 out = env.evolve(step=STEP, where=self.where, next=(target,))
                 self.senders[target].send(encode(out, self.topology.codec))
+
+    def on_published(self, frame: bytes) -> None:
+        """Circuit changes from the tracker's PUB socket."""
+        try:
+            topic, body = parse_published(frame)
+        except ValueError as exc:
+            self.rejected.reject("bad_state", exc)
+            return
+        self.circuits.take(topic, body)
 
     def clean(self, points: tuple[Datapoint, ...]) -> list[Point]:
         """The datapoints of a batch that Carbon may store; the others are counted."""

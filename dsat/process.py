@@ -49,7 +49,7 @@ def run(topology_path: str | Path, step: str) -> int:
     from twisted.internet import defer
 
     from dsat import topology as topo_mod
-    from dsat.events import Reporter
+    from dsat.events import BREAKER_TOPIC, Reporter, topic_for
     from dsat.transport import Sender, ZmqReceiver, ZmqSender
 
     topo = topo_mod.load(topology_path)
@@ -111,6 +111,9 @@ def run(topology_path: str | Path, step: str) -> int:
         )
         link = topo.orchester.listen
         receivers.append(ZmqReceiver(link.pattern, link.address, orch.on_frame))
+        receivers.append(
+            ZmqReceiver("sub", topo.tracker.states, orch.on_published, bind=False, topics=(BREAKER_TOPIC,))
+        )
         orch.start()
         stop_hooks.append(orch.stop)
 
@@ -124,12 +127,11 @@ def run(topology_path: str | Path, step: str) -> int:
         stop_hooks.append(lambda: defer.gatherResults(egress.stop()))  # type: ignore[arg-type]
     else:
         from dsat.satellite import SatelliteRuntime
-        from satellites import REGISTRY
 
         conf = topo.satellites[step]
         runtime = SatelliteRuntime(
             conf,
-            REGISTRY.get_spec(conf.use),
+            topo.registry[conf.use],
             clock=reactor,
             prefix=topo.prefix,
             where=where,
@@ -139,6 +141,11 @@ def run(topology_path: str | Path, step: str) -> int:
         )
         if conf.listen is not None:
             receivers.append(ZmqReceiver(conf.listen.pattern, conf.listen.address, runtime.on_frame))
+        receivers.append(
+            ZmqReceiver(
+                "sub", topo.tracker.states, runtime.on_published, bind=False, topics=(topic_for(step), BREAKER_TOPIC)
+            )
+        )
         runtime.start()
         stop_hooks.insert(0, runtime.stop)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,16 +24,67 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dsat import naming
-from dsat.counters import Rejections
+from dsat.breaker import Circuits
+from dsat.counters import Rejections, should_log
 from dsat.envelope import Batches, Datapoint, Envelope, decode, encode
 from dsat.errors import BadName, EnvelopeError
-from dsat.events import Reporter
+from dsat.events import Reporter, parse_published
 from dsat.plugins import SatelliteSpec
 from dsat.topology import Step
 from dsat.transport import Sender
 
 #: Seconds between two heartbeats of a step.
 HEARTBEAT_EVERY = 5.0
+#: Batches an emitter keeps for retries until the tracker says they ended.
+RETRY_WINDOW = 1_000
+
+
+class RetryWindow:
+    """The batches an emitter created, kept until the tracker says they ended or failed.
+
+    Bounded: past ``max_batches`` the oldest is forgotten (counted in
+    ``evicted`` and logged), and can no longer be sent again.
+    """
+
+    log = Logger()
+
+    def __init__(self, max_batches: int = RETRY_WINDOW) -> None:
+        self.max_batches = max_batches
+        self.batches: OrderedDict[str, Envelope] = OrderedDict()
+        self.evicted = 0
+        self.retried = 0
+        self.failed = 0
+
+    def keep(self, env: Envelope) -> None:
+        self.batches[env.task_id] = env
+        if len(self.batches) > self.max_batches:
+            task_id, _ = self.batches.popitem(last=False)
+            self.evicted += 1
+            if should_log(self.evicted):
+                self.log.warn(
+                    "retry window full ({max} batches): batch {task_id} can no longer be retried; {n} so far",
+                    max=self.max_batches,
+                    task_id=task_id,
+                    n=self.evicted,
+                )
+
+    def on_change(self, change: Mapping[str, Any]) -> Envelope | None:
+        """Apply one published state change; returns the envelope to send again, if any."""
+        task_id = change.get("task_id")
+        new = change.get("new")
+        if not isinstance(task_id, str) or task_id not in self.batches:
+            return None
+        if new == "HAPPY_END":
+            del self.batches[task_id]
+        elif new == "FAILURE":
+            del self.batches[task_id]
+            self.failed += 1
+        elif new == "RETRY":
+            env = self.batches[task_id]
+            env = self.batches[task_id] = env.evolve(meta={**env.meta, "attempt": int(change.get("attempt", 2))})
+            self.retried += 1
+            return env
+        return None
 
 
 class SatelliteRuntime:
@@ -62,6 +114,8 @@ class SatelliteRuntime:
         self.pid = os.getpid() if pid is None else pid
         self.seq = 0
         self.rejected = Rejections(f"step {step.name}")
+        self.window = RetryWindow()
+        self.circuits = Circuits()
         self.fn: Callable[..., Any] = spec.factory(step.options)
         self._paths: dict[str, str] = {}
         self._loops: list[LoopingCall] = []
@@ -130,6 +184,7 @@ class SatelliteRuntime:
             seq=self.seq,
             pid=self.pid,
         )
+        self.window.keep(env)
         self._send_on(env, [env])
         return env
 
@@ -176,9 +231,28 @@ class SatelliteRuntime:
     # -- shared ------------------------------------------------------------
 
     def _send_on(self, tracked: Envelope, outs: list[Envelope]) -> None:
+        """Send every output to every next step whose circuit allows it.
+
+        A leg not sent because its circuit is open still counts: the tracker
+        times it out and the emitter sends the batch again later, with backoff.
+        """
         nexts = self.step.next
         codec = self.step.codec
+        allowed = [name for name in nexts if self.circuits.allow(name)]
         for out in outs:
-            for name in nexts:
+            for name in allowed:
                 self.senders[name].send(encode(out.evolve(next=(name,)), codec))
         self.reporter.sent(tracked, legs=len(outs) * len(nexts), points=sum(len(out.points) for out in outs))
+
+    def on_published(self, frame: bytes) -> None:
+        """Handle one frame from the tracker's PUB socket: retries and circuit changes."""
+        try:
+            topic, body = parse_published(frame)
+        except ValueError as exc:
+            self.rejected.reject("bad_state", exc)
+            return
+        if self.circuits.take(topic, body):
+            return
+        env = self.window.on_change(body)
+        if env is not None:
+            self._send_on(env, [env])

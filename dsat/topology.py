@@ -13,6 +13,7 @@ documented in ``docs/topology.rst``.
 from __future__ import annotations
 
 import difflib
+import importlib
 import json
 import math
 import os
@@ -76,13 +77,20 @@ class Step:
 
 @dataclass(frozen=True)
 class TrackerConf:
-    """The tracker's three bound addresses, the batch deadline and its metrics period (seconds)."""
+    """The tracker's three bound addresses, batch deadline, retries, alerts, circuit breakers (seconds)."""
 
     events: str
     states: str
     status: str
     timeout: float
     metrics_every: float
+    max_retries: int = 3
+    backoff: float = 2.0
+    alert_command: str = ""
+    breaker_window: float = 30.0
+    breaker_threshold: float = 0.5
+    breaker_min_failures: int = 5
+    breaker_cooldown: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,8 @@ class Topology:
     orchester: OrchesterConf
     carbon: CarbonConf
     spool: SpoolConf
+    #: The satellites this topology may use: the built-in ones plus ``[dsat] plugins``.
+    registry: Mapping[str, SatelliteSpec]
 
     def input_of(self, step: str) -> Link:
         """The receiving link of ``orchester`` or a satellite; KeyError for a collector."""
@@ -227,6 +237,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "where": ((str,), 'where = "web01"'),
         "run_dir": ((str,), 'run_dir = ".dsat/run"'),
         "codec": ((str,), 'codec = "msgpack"'),
+        "plugins": ((list,), 'plugins = ["mycompany.satellites"]'),
     },
     "tracker": {
         "events": ((str,), 'events = "ipc://{run_dir}/tracker-events"'),
@@ -234,6 +245,13 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "status": ((str,), 'status = "ipc://{run_dir}/tracker-status"'),
         "timeout": (_DURATION_TYPES, 'timeout = "30s"'),
         "metrics_every": (_DURATION_TYPES, 'metrics_every = "10s"'),
+        "max_retries": ((int,), "max_retries = 3"),
+        "backoff": ((int, float), "backoff = 2.0"),
+        "alert_command": ((str,), 'alert_command = "/usr/local/bin/page-oncall"'),
+        "breaker_window": (_DURATION_TYPES, 'breaker_window = "30s"'),
+        "breaker_threshold": ((int, float), "breaker_threshold = 0.5"),
+        "breaker_min_failures": ((int,), "breaker_min_failures = 5"),
+        "breaker_cooldown": (_DURATION_TYPES, 'breaker_cooldown = "30s"'),
     },
     "orchester": {
         "listen": ((str,), 'listen = "ipc://{run_dir}/orchester"'),
@@ -354,11 +372,11 @@ def loads(
     registry: Mapping[str, SatelliteSpec] | None = None,
     check_environment: bool = False,
 ) -> Topology:
-    """Validate a topology given as text; *path* names it in messages and anchors a relative ``run_dir``."""
-    if registry is None:
-        from satellites import REGISTRY
+    """Validate a topology given as text; *path* names it in messages and anchors a relative ``run_dir``.
 
-        registry = REGISTRY
+    Without a *registry*, the built-in satellites are used, plus those of the
+    modules listed in ``[dsat] plugins``.
+    """
     path = path.absolute()
     problems = _Problems(path)
     try:
@@ -367,6 +385,11 @@ def loads(
         problems.add("(syntax)", f"{exc}; fix the TOML syntax there")
         doc = {}
     problems.raise_if_any()
+    if registry is None:
+        registry = _registry(
+            problems, doc.get("dsat", {}).get("plugins", []) if isinstance(doc.get("dsat"), dict) else []
+        )
+        problems.raise_if_any()
     topo = _schema(problems, doc, path, registry)
     problems.raise_if_any()
     _graph(problems, topo)
@@ -375,6 +398,33 @@ def loads(
         _environment(problems, topo)
         problems.raise_if_any()
     return topo
+
+
+def _registry(problems: _Problems, plugins: Any) -> Mapping[str, SatelliteSpec]:
+    """The built-in satellites plus the ``SPECS`` of every module in ``[dsat] plugins``."""
+    from dsat.plugins import Registry
+    from satellites import REGISTRY
+
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        problems.add("dsat.plugins", 'must be a list of module names, e.g. plugins = ["mycompany.satellites"]')
+        return REGISTRY
+    specs = list(REGISTRY.values())
+    for i, module_name in enumerate(plugins):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            problems.add(f"dsat.plugins[{i}]", f"cannot import {module_name!r} ({exc}); install it or fix the name")
+            continue
+        extra = getattr(module, "SPECS", None)
+        if not isinstance(extra, list | tuple) or not all(isinstance(spec, SatelliteSpec) for spec in extra):
+            problems.add(f"dsat.plugins[{i}]", f"{module_name} has no SPECS (a list of dsat.plugins.SatelliteSpec)")
+            continue
+        specs.extend(extra)
+    try:
+        return Registry(specs)
+    except ValueError as exc:
+        problems.add("dsat.plugins", f"{exc}; rename the plugin's satellite")
+        return REGISTRY
 
 
 def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapping[str, SatelliteSpec]) -> Topology:
@@ -404,7 +454,22 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         status=addr("tracker.status", tr.get("status", "ipc://{run_dir}/tracker-status")),
         timeout=_duration(problems, "tracker.timeout", tr.get("timeout"), 30.0),
         metrics_every=_duration(problems, "tracker.metrics_every", tr.get("metrics_every"), 10.0),
+        max_retries=tr.get("max_retries", 3),
+        backoff=float(tr.get("backoff", 2.0)),
+        alert_command=tr.get("alert_command", ""),
+        breaker_window=_duration(problems, "tracker.breaker_window", tr.get("breaker_window"), 30.0),
+        breaker_threshold=float(tr.get("breaker_threshold", 0.5)),
+        breaker_min_failures=tr.get("breaker_min_failures", 5),
+        breaker_cooldown=_duration(problems, "tracker.breaker_cooldown", tr.get("breaker_cooldown"), 30.0),
     )
+    if tracker.max_retries < 0:
+        problems.add("tracker.max_retries", f"{tracker.max_retries} must be 0 or more")
+    if tracker.backoff < 1:
+        problems.add("tracker.backoff", f"{tracker.backoff:g} must be 1 or more (each retry waits longer)")
+    if not 0 <= tracker.breaker_threshold <= 1:
+        problems.add("tracker.breaker_threshold", f"{tracker.breaker_threshold:g} is a share of failures: 0 to 1")
+    if tracker.breaker_min_failures < 1:
+        problems.add("tracker.breaker_min_failures", f"{tracker.breaker_min_failures} must be at least 1")
 
     orc = _check_table(problems, "orchester", doc.get("orchester", {}), "orchester")
     raw_routes = orc.get("routes", {"*": ["carbon"]})
@@ -490,6 +555,7 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         orchester=orchester,
         carbon=carbon,
         spool=spool,
+        registry=registry,
     )
 
 

@@ -7,27 +7,57 @@ the current counts are answered on a REP socket for ``dsat status``; and
 every ``metrics_every`` seconds the tracker sends DSAT's own metrics
 (``<prefix>.<where>.self.tracker.*`` and ``.self.steps.<step>.*``) to the
 orchester as an ordinary tracked batch.
+
+It also keeps a circuit breaker per step (:mod:`dsat.breaker`), fed by the
+steps' outcomes, and raises **alerts** when a batch is given up (FAILURE) or
+a circuit opens: a critical log line, the ``self.tracker.alerts`` count, and,
+when ``[tracker] alert_command`` is set, that command run with the alert as a
+JSON object on its standard input.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
-import msgpack
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dsat import naming
-from dsat.counters import Rejections
+from dsat.breaker import Breaker, Circuit
+from dsat.counters import Rejections, should_log
 from dsat.envelope import Envelope, decode, encode
 from dsat.errors import EnvelopeError
-from dsat.fsm import BatchTracker, Change
+from dsat.events import BREAKER_TOPIC, published, topic_for
+from dsat.fsm import BatchTracker, Change, State
 from dsat.topology import Topology
 from dsat.transport import Sender
 
 STEP = "tracker"
+#: Alert commands running at once, at most; alerts past that are logged and counted only.
+MAX_ALERT_HOOKS = 4
+
+
+class _AlertHook(ProcessProtocol):
+    """Feeds one alert to the alert command's standard input."""
+
+    def __init__(self, payload: bytes, done: Callable[[], None]) -> None:
+        self.payload = payload
+        self.done = done
+
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
+        assert self.transport is not None
+        self.transport.write(self.payload)
+        self.transport.closeStdin()
+
+    def processEnded(self, reason: object) -> None:  # noqa: N802
+        self.done()
+
 
 #: Per-step counters that are sent as counts per interval (summed in Carbon).
 STEP_COUNTERS = (
@@ -39,7 +69,7 @@ STEP_COUNTERS = (
     "points_received",
     "points_sent",
 )
-TASK_COUNTERS = ("happy_end", "error", "timeout")
+TASK_COUNTERS = ("happy_end", "error", "timeout", "retry", "failure")
 
 
 class TrackerService:
@@ -63,7 +93,25 @@ class TrackerService:
         self.pid = pid
         self.publisher = publisher
         self.orchester = orchester
-        self.fsm = BatchTracker(clock, timeout=topology.tracker.timeout, on_change=self.publish)
+        conf = topology.tracker
+        self.fsm = BatchTracker(
+            clock, timeout=conf.timeout, on_change=self.publish, max_retries=conf.max_retries, backoff=conf.backoff
+        )
+        self.breakers = {
+            step: Breaker(
+                step,
+                clock,
+                on_change=self.on_breaker,
+                window=conf.breaker_window,
+                threshold=conf.breaker_threshold,
+                min_failures=conf.breaker_min_failures,
+                cooldown=conf.breaker_cooldown,
+            )
+            for step in [*topology.satellites, "orchester"]
+        }
+        self.alerts: Counter[str] = Counter()
+        self.alert_hook = shlex.split(conf.alert_command) if conf.alert_command else []
+        self._hooks_running = 0
         self.rejected = Rejections(STEP)
         self.heartbeats: dict[str, dict[str, Any]] = {}
         self.seq = 0
@@ -78,6 +126,8 @@ class TrackerService:
     def stop(self) -> None:
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        for breaker in self.breakers.values():
+            breaker.stop()
 
     def on_event(self, frame: bytes) -> None:
         """Handle one frame from the events socket."""
@@ -88,28 +138,63 @@ class TrackerService:
             return
         if env.channel == "event":
             self.fsm.handle(env)
+            breaker = self.breakers.get(env.step)
+            if breaker is not None and env.event != "ACK":
+                breaker.record(env.event != "ERROR")
         elif env.channel == "control" and env.type == "heartbeat":
             self.heartbeats[env.step] = {"where": env.where, "pid": env.pid, "at": self.clock.seconds()}
         else:
             self.rejected.reject("wrong_channel", f"{env.channel!r}/{env.type!r} from {env.step!r}")
 
     def publish(self, change: Change) -> None:
-        """Publish one state change: a msgpack map on the PUB socket."""
-        self.publisher.send(
-            msgpack.packb(
-                {
-                    "task_id": change.task_id,
-                    "emitter": change.emitter,
-                    "type": change.type,
-                    "seq": change.seq,
-                    "old": change.old.value if change.old else None,
-                    "new": change.new.value,
-                    "step": change.step,
-                    "reason": change.reason,
-                    "at": change.at,
-                }
+        """Publish one state change under its emitter's topic; alert on FAILURE.
+
+        A batch's first sighting (IN_FLIGHT) is not published: nobody acts on it,
+        and it would double the traffic.
+        """
+        if change.old is None:
+            return
+        body = {
+            "task_id": change.task_id,
+            "emitter": change.emitter,
+            "type": change.type,
+            "seq": change.seq,
+            "old": change.old.value,
+            "new": change.new.value,
+            "step": change.step,
+            "reason": change.reason,
+            "at": change.at,
+            "attempt": change.attempt,
+        }
+        self.publisher.send(published(topic_for(change.emitter), body))
+        if change.new is State.FAILURE:
+            self.alert("batch_failure", body)
+
+    def on_breaker(self, step: str, state: Circuit, reason: str) -> None:
+        """Publish a circuit change to the steps upstream; alert when one opens."""
+        body = {"step": step, "state": state.value, "reason": reason, "at": self.clock.seconds()}
+        self.publisher.send(published(BREAKER_TOPIC, body))
+        if state is Circuit.OPEN:
+            self.alert("circuit_open", body)
+        else:
+            self.log.info("circuit of {step} is {state}: {reason}", step=step, state=state.value, reason=reason)
+
+    def alert(self, kind: str, details: dict[str, Any]) -> None:
+        """An operator must know: log it, count it, and run the alert command if there is one."""
+        self.alerts[kind] += 1
+        if should_log(self.alerts[kind]):
+            self.log.critical(
+                "ALERT {kind}: {details} ({count} so far)", kind=kind, details=details, count=self.alerts[kind]
             )
-        )
+        if self.alert_hook and self._hooks_running < MAX_ALERT_HOOKS:
+            payload = json.dumps({"alert": kind, "where": self.where, **details}).encode()
+            self._hooks_running += 1
+            self.clock.spawnProcess(  # type: ignore[attr-defined]
+                _AlertHook(payload, self._hook_done), self.alert_hook[0], self.alert_hook, env=None
+            )
+
+    def _hook_done(self) -> None:
+        self._hooks_running -= 1
 
     def status(self) -> dict[str, Any]:
         """What ``dsat status`` shows: FSM counts, per-step counters, heartbeat ages."""
@@ -119,6 +204,8 @@ class TrackerService:
             step: {**beat, "age": round(now - beat["at"], 1)} for step, beat in sorted(self.heartbeats.items())
         }
         snap["rejected"] = dict(self.rejected)
+        snap["circuits"] = {step: b.state.value for step, b in self.breakers.items() if b.opened}
+        snap["alerts"] = dict(self.alerts)
         return snap
 
     def on_status_request(self, frame: bytes) -> bytes:
@@ -133,6 +220,9 @@ class TrackerService:
         for step, counters in snap["steps"].items():
             for name in STEP_COUNTERS:
                 deltas[f"steps.{naming.component(step)}.{name}"] = counters[name]
+        deltas["tracker.alerts"] = sum(self.alerts.values())
+        for step, breaker in self.breakers.items():
+            values[f"steps.{naming.component(step)}.circuit_open"] = float(breaker.state is not Circuit.CLOSED)
         for name, total in deltas.items():
             values[name] = total - self._reported.get(name, 0)
             self._reported[name] = total

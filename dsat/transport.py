@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import zmq
@@ -63,13 +63,14 @@ def context() -> zmq.asyncio.Context:
     return _context
 
 
-def _socket(kind: int, address: str, *, bind: bool) -> zmq.asyncio.Socket:
+def _socket(kind: int, address: str, *, bind: bool, topics: Sequence[bytes] = (b"",)) -> zmq.asyncio.Socket:
     sock = context().socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, DEFAULT_HWM)
     sock.setsockopt(zmq.RCVHWM, DEFAULT_HWM)
     if kind == zmq.SUB:
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        for topic in topics:
+            sock.setsockopt(zmq.SUBSCRIBE, topic)
     if bind:
         sock.bind(address)
     else:
@@ -152,8 +153,9 @@ class ZmqReceiver:
     """A receiving link: calls ``on_frame(frame)`` for every message.
 
     A REP link answers each frame with the bytes ``on_frame`` returns (or an
-    empty frame).  An exception from ``on_frame`` is logged with the peer
-    link's address and the loop goes on: one bad frame never stops a step.
+    empty frame); a SUB link receives only the *topics* (frame prefixes) asked.
+    An exception from ``on_frame`` is logged with the link's address and the
+    loop goes on: one bad frame never stops a step.
     """
 
     log = Logger()
@@ -165,10 +167,11 @@ class ZmqReceiver:
         on_frame: Callable[[bytes], bytes | None],
         *,
         bind: bool = True,
+        topics: Sequence[bytes] = (b"",),
     ) -> None:
         self.address = address
         self._rep = pattern == "rep"
-        self._sock = _socket(RECEIVE_TYPES[pattern], address, bind=bind)
+        self._sock = _socket(RECEIVE_TYPES[pattern], address, bind=bind, topics=topics)
         self._on_frame = on_frame
         self._loop = asyncio.ensure_future(self._run())
 

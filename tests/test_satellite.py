@@ -208,3 +208,61 @@ def test_sink_consumes_and_ends_the_batch() -> None:
     runtime, _, events, _ = make_runtime("sink", broken, next=())
     runtime.on_frame(batch_frame((("m", 1, 2.0),))[1])
     assert data_events(events)[-1].event == "ERROR" and runtime.rejected["sink_failed"] == 1
+
+
+def published_change(task_id: str, new: str, emitter: str = "s1", attempt: int = 1) -> bytes:
+    from dsat.events import published, topic_for
+
+    return published(topic_for(emitter), {"task_id": task_id, "new": new, "attempt": attempt})
+
+
+def test_emitter_sends_a_batch_again_on_retry_with_its_attempt() -> None:
+    """A RETRY published for one of its batches makes the collector send it again, marked attempt 2."""
+    runtime, senders, events, _ = make_runtime("collector", lambda: [("m", 1.0)], every=10)
+    env = runtime.collect_once()
+    assert env is not None
+    runtime.on_published(published_change(env.task_id, "RETRY", attempt=2))
+    first, again = senders["orchester"].envelopes()
+    assert again.task_id == env.task_id and again.points == env.points and again.meta["attempt"] == 2
+    sends = [e for e in data_events(events) if e.event == "SEND"]
+    assert [e.meta.get("attempt") for e in sends] == [None, 2]
+
+
+def test_emitter_forgets_ended_and_failed_batches() -> None:
+    """HAPPY_END and FAILURE remove a batch from the retry window; a later RETRY for it does nothing."""
+    runtime, senders, _, _ = make_runtime("collector", lambda: [("m", 1.0)], every=10)
+    a, b = runtime.collect_once(), runtime.collect_once()
+    assert a is not None and b is not None
+    runtime.on_published(published_change(a.task_id, "HAPPY_END"))
+    runtime.on_published(published_change(b.task_id, "FAILURE"))
+    runtime.on_published(published_change(a.task_id, "RETRY", attempt=2))
+    assert len(senders["orchester"].frames) == 2 and runtime.window.failed == 1 and not runtime.window.batches
+
+
+def test_retry_window_is_bounded() -> None:
+    """Past its size the window forgets the oldest batch and counts it."""
+    from dsat.satellite import RetryWindow
+
+    window = RetryWindow(max_batches=2)
+    envs = [Envelope.new_batch((), type="g", emitter="e", where="h", seq=i) for i in range(3)]
+    for env in envs:
+        window.keep(env)
+    assert list(window.batches) == [envs[1].task_id, envs[2].task_id] and window.evicted == 1
+
+
+def test_open_circuit_holds_the_leg_and_half_open_sends_one_probe() -> None:
+    """No frame goes to a step whose circuit is open (the leg still counts); half-open lets one through."""
+    from dsat.events import BREAKER_TOPIC, published
+
+    runtime, senders, events, _ = make_runtime("collector", lambda: [("m", 1.0)], next=("t", "u"), every=10)
+    runtime.on_published(published(BREAKER_TOPIC, {"step": "t", "state": "OPEN"}))
+    runtime.collect_once()
+    assert senders["t"].frames == [] and len(senders["u"].frames) == 1
+    assert data_events(events)[-1].meta["legs"] == 2
+    runtime.on_published(published(BREAKER_TOPIC, {"step": "t", "state": "HALF_OPEN"}))
+    runtime.collect_once()
+    runtime.collect_once()
+    assert len(senders["t"].frames) == 1 and runtime.circuits.diverted == 2
+    runtime.on_published(b"no topic")
+    runtime.on_published(BREAKER_TOPIC + b"\xc1")
+    assert runtime.rejected["bad_state"] == 2

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import msgpack
 from twisted.internet.task import Clock
 
 from dsat import topology
 from dsat.envelope import Envelope, encode
-from dsat.events import Reporter
+from dsat.events import BREAKER_TOPIC, Reporter, parse_published
 from dsat.plugins import Registry, SatelliteSpec
 from dsat.testing import FakeSender
 from dsat.tracker import TrackerService
@@ -58,9 +57,9 @@ def test_a_full_journey_is_published_and_counted() -> None:
     """Events from two hops end the batch well; state changes go out on PUB as msgpack maps."""
     svc, publisher, _, _ = make()
     env = journey(svc)
-    changes = [msgpack.unpackb(f) for f in publisher.frames]
-    assert [c["new"] for c in changes] == ["IN_FLIGHT", "HAPPY_END"]
-    assert changes[-1]["task_id"] == env.task_id
+    topics, changes = zip(*[parse_published(f) for f in publisher.frames], strict=True)
+    assert [c["new"] for c in changes] == ["HAPPY_END"]
+    assert topics == (b"c\0",) and changes[-1]["task_id"] == env.task_id
     status = svc.status()
     assert status["tasks"]["happy_end"] == 1
     assert status["steps"]["orchester"]["batches_received"] == 1
@@ -72,7 +71,8 @@ def test_a_batch_that_never_ends_times_out_on_the_clock() -> None:
     env = Envelope.new_batch((("a", 1, 1.0),), type="gauge", emitter="c", where="h", seq=1)
     svc.on_event(encode(env.event_for("SEND", step="c", where="h", legs=1, points=1)))
     clock.advance(30)
-    assert msgpack.unpackb(publisher.frames[-1])["new"] == "TIMEOUT"
+    published_states = [parse_published(f)[1] for f in publisher.frames]
+    assert [(c["new"], c["attempt"]) for c in published_states] == [("TIMEOUT", 1), ("RETRY", 2)]
     assert svc.status()["tasks"]["timeout"] == 1
 
 
@@ -107,3 +107,50 @@ def test_own_metrics_go_to_the_orchester_as_a_tracked_batch() -> None:
     values = {p: v for p, _, v in orchester.envelopes()[-1].points}
     assert values["dsat.h.self.tracker.tasks.happy_end"] == 0
     svc.stop()
+
+
+class SpawningClock(Clock):
+    """A Clock that records the processes it is asked to spawn."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[tuple[object, str, list[str]]] = []
+
+    def spawnProcess(self, protocol: object, executable: str, args: list[str], env: object = None) -> None:  # noqa: N802
+        self.spawned.append((protocol, executable, args))
+
+
+def test_failure_after_the_last_retry_raises_an_alert_and_runs_the_hook() -> None:
+    """A batch given up (FAILURE) is an alert: counted, and fed as JSON to the alert command."""
+    clock = SpawningClock()
+    topo = topology.loads(
+        TOPOLOGY.replace('timeout = "30s"', 'timeout = "1s"\nmax_retries = 1\nalert_command = "/bin/cat -"'),
+        path=Path("/tmp/t.toml"),
+        registry=REGISTRY,
+    )
+    svc = TrackerService(topo, clock=clock, where="h", publisher=FakeSender(), orchester=FakeSender())
+    env = Envelope.new_batch((("a", 1, 1.0),), type="gauge", emitter="c", where="h", seq=1)
+    svc.on_event(encode(env.event_for("SEND", step="c", where="h", legs=1, points=1)))
+    clock.advance(1)
+    clock.advance(2)
+    assert svc.status()["tasks"]["failure"] == 1 and svc.alerts["batch_failure"] == 1
+    [(hook, executable, args)] = clock.spawned
+    assert executable == "/bin/cat" and args == ["/bin/cat", "-"]
+    alert = json.loads(hook.payload)  # type: ignore[attr-defined]
+    assert alert["alert"] == "batch_failure" and alert["task_id"] == env.task_id and alert["new"] == "FAILURE"
+
+
+def test_a_failing_step_opens_its_circuit_publishes_it_and_alerts() -> None:
+    """ERRORs from one step open its breaker: published under the breaker topic, alerted, shown in status."""
+    svc, publisher, _, clock = make()
+    for i in range(5):
+        env = Envelope.new_batch((("a", 1, 1.0),), type="gauge", emitter="c", where="h", seq=i)
+        svc.on_event(encode(env.event_for("ERROR", step="c", where="h", reason="boom")))
+    breaker_msgs = [body for topic, body in map(parse_published, publisher.frames) if topic == BREAKER_TOPIC]
+    assert breaker_msgs[-1]["step"] == "c" and breaker_msgs[-1]["state"] == "OPEN"
+    assert svc.alerts["circuit_open"] == 1
+    assert svc.status()["circuits"] == {"c": "OPEN"}
+    clock.advance(30)
+    assert svc.status()["circuits"] == {"c": "HALF_OPEN"}
+    values = {p: v for p, _, v in svc.own_metrics()}
+    assert values["dsat.h.self.steps.c.circuit_open"] == 1.0 and values["dsat.h.self.tracker.alerts"] == 1
