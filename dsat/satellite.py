@@ -226,7 +226,11 @@ class SatelliteRuntime:
         if not outs:
             self.reporter.ended(env, dropped=1)
             return
-        self._send_on(env, outs)
+        try:
+            self._send_on(env, outs)
+        except EnvelopeError as exc:  # the transform returned something no codec can carry
+            self.reporter.error(env, f"transform output: {exc}")
+            self.rejected.reject(exc.reason, exc)
 
     # -- shared ------------------------------------------------------------
 

@@ -81,7 +81,16 @@ class LocalStack:
         }
 
     def prepare(self) -> None:
-        """Write the configuration and create graphite-web's database (idempotent)."""
+        """Write carbon's configuration and create graphite-web's database (idempotent)."""
+        self.prepare_carbon()
+        subprocess.run(
+            [sys.executable, "-m", "django", "migrate", "--run-syncdb", "--noinput", "-v", "0"],
+            env={**os.environ, **self.graphite_env()},
+            check=True,
+        )
+
+    def prepare_carbon(self, schemas: str | None = None) -> None:
+        """Write carbon-cache's configuration; *schemas* replaces carbon_conf's storage-schemas.conf."""
         conf_dir = self.state_dir / "conf"
         for sub in ("conf", "whisper", "log", "lists", "graphite/log"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -97,13 +106,8 @@ class LocalStack:
                 QUERY_PORT=self.query_port,
             )
         )
-        for name in ("storage-schemas.conf", "storage-aggregation.conf"):
-            (conf_dir / name).write_text(conf_text(name))
-        subprocess.run(
-            [sys.executable, "-m", "django", "migrate", "--run-syncdb", "--noinput", "-v", "0"],
-            env={**os.environ, **self.graphite_env()},
-            check=True,
-        )
+        (conf_dir / "storage-schemas.conf").write_text(schemas or conf_text("storage-schemas.conf"))
+        (conf_dir / "storage-aggregation.conf").write_text(conf_text("storage-aggregation.conf"))
 
     def carbon_command(self) -> list[str]:
         script = shutil.which("carbon-cache.py", path=str(Path(sys.executable).parent))

@@ -6,9 +6,12 @@ Each step (tracker, orchester, every satellite) runs as its own process,
 restarted, with a delay that doubles while it keeps dying young.  Their output
 is logged line by line under the step's name.
 
-Stopping (Ctrl-C, SIGTERM) sends SIGTERM to every child and waits until all
-have exited, killing any that are still alive after ``KILL_AFTER`` seconds:
-nothing is left running.
+Stopping (Ctrl-C, SIGTERM) goes downstream in stages: the collectors first,
+then the transforms, the sinks, the orchester, the tracker, and last any
+extra process (carbon-cache, graphite-web).  Each stage gets SIGTERM and is
+waited for (killed after ``KILL_AFTER`` seconds) before the next, so what a
+stopping step hands on still finds its next step running, and the orchester
+can put it in the spool.  Nothing is left running.
 """
 
 from __future__ import annotations
@@ -50,26 +53,42 @@ class Supervisor:
         self.monitor.killTime = KILL_AFTER
         self.monitor.minRestartDelay = MIN_RESTART_DELAY
         self.monitor.maxRestartDelay = MAX_RESTART_DELAY
+        #: Names in the order they stop: one list per stage.
+        self.stages: list[list[str]] = []
+        self._extras: list[str] = []
 
     def add(self, name: str, args: Sequence[str], *, env: dict[str, str] | None = None, cwd: str | None = None) -> None:
+        """Supervise one more process; it stops after the topology's steps."""
         self.monitor.addProcess(name, list(args), env={**self.env, **(env or {})}, cwd=cwd)
+        self._extras.append(name)
 
     def add_topology(self, topology: Any) -> None:
         env = {"DSAT_SUPERVISED": "1", "PYTHONUNBUFFERED": "1"}
         for step in step_names(topology):
-            self.add(step, step_command(topology.path, step), env=env)
+            self.monitor.addProcess(step, step_command(topology.path, step), env={**self.env, **env})
+        kinds = {name: sat.kind for name, sat in topology.satellites.items()}
+        self.stages = [
+            [name for name, kind in kinds.items() if kind == stage] for stage in ("collector", "transform", "sink")
+        ] + [["orchester"], ["tracker"]]
 
     def start(self) -> None:
         self.monitor.startService()
 
     @defer.inlineCallbacks
     def stop(self) -> Any:
-        """Stop every child; fires when none is left."""
-        if self.monitor.running:
-            self.monitor.stopService()
-        deadline = self.reactor.seconds() + KILL_AFTER + 2
-        while self.monitor.protocols and self.reactor.seconds() < deadline:
-            yield task.deferLater(self.reactor, 0.1, lambda: None)
+        """Stop every child, stage by stage downstream; fires when none is left."""
+        monitor = self.monitor
+        monitor.running = False  # no restarts from now on
+        for delayed in monitor.restart.values():
+            if delayed.active():
+                delayed.cancel()
+        for stage in [*self.stages, self._extras]:
+            alive = [name for name in stage if name in monitor.protocols]
+            for name in alive:
+                monitor.stopProcess(name)
+            deadline = self.reactor.seconds() + KILL_AFTER + 2
+            while any(name in monitor.protocols for name in alive) and self.reactor.seconds() < deadline:
+                yield task.deferLater(self.reactor, 0.05, lambda: None)
 
 
 def up(topology_path: str | Path, *, extra: Any = None) -> int:

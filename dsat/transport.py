@@ -30,6 +30,8 @@ SEND_TYPES = {"push": zmq.PUSH, "pub": zmq.PUB, "pair": zmq.PAIR, "req": zmq.REQ
 DEFAULT_MAX_QUEUE = 10_000
 #: ZeroMQ high-water mark (messages) on every socket.
 DEFAULT_HWM = 1_000
+#: Milliseconds a closing sender's socket keeps trying to deliver queued frames.
+LINGER_MS = 2_000
 
 
 class Sender(Protocol):
@@ -145,8 +147,9 @@ class ZmqSender:
         return True
 
     def close(self) -> None:
+        """Stop the pump; ZeroMQ keeps trying to deliver what it holds for LINGER_MS."""
         self._pump.cancel()
-        self._sock.close(linger=0)
+        self._sock.close(linger=LINGER_MS)
 
 
 class ZmqReceiver:
