@@ -20,12 +20,12 @@ demo: $(STAMP)
 	$(BIN)/dsat demo
 
 test: $(STAMP)
-	$(BIN)/ruff check dsat satellites tests carbon_conf
+	$(BIN)/ruff check dsat satellites tests carbon_conf bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check dsat satellites tests carbon_conf
+	$(BIN)/ruff check dsat satellites tests carbon_conf bench
 	$(BIN)/mypy
 
 docs: $(STAMP)

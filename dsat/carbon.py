@@ -173,11 +173,20 @@ class Destination:
         return self.service.stopService()
 
     def send(self, points: Sequence[Point], on_written: Callable[[], None] | None = None) -> None:
-        """Take one batch: write it, queue it, spool it, or (no spool, queue full) drop the oldest."""
+        """Take one batch: write it, queue it, spool it, or (no spool, queue full) drop the oldest.
+
+        A spool full under the ``block`` policy refuses the batch: it is kept in
+        memory past ``max_queue`` and :attr:`full` tells the orchester to stop
+        reading its input until there is room again.
+        """
         item = _Pending(self.encode(points), len(points), on_written)
         if self.spool is not None and (self._proto is None or self.queued_points + item.points > self.max_queue):
             if self._to_spool(item):
                 return
+            self.queue.append(item)
+            self.queued_points += item.points
+            self.drain()
+            return
         self.queue.append(item)
         self.queued_points += item.points
         while self.queued_points > self.max_queue and len(self.queue) > 1:
@@ -221,6 +230,11 @@ class Destination:
     @property
     def is_connected(self) -> bool:
         return self._proto is not None
+
+    @property
+    def full(self) -> bool:
+        """True while this destination cannot take more: upstream should wait."""
+        return self.queued_points >= self.max_queue
 
     def drain(self) -> None:
         proto = self._proto
@@ -304,6 +318,11 @@ class CarbonEgress:
         """Datapoints dropped unsent: memory queues full with no spool, and the spool's drop_oldest."""
         spool = self.destinations[0].spool
         return sum(d.dropped for d in self.destinations) + (spool.dropped if spool is not None else 0)
+
+    @property
+    def full(self) -> bool:
+        """True while a destination cannot take more (a blocking spool is full): stop reading input."""
+        return any(d.full for d in self.destinations)
 
     @property
     def spooled(self) -> int:

@@ -82,7 +82,12 @@ class Reporter:
     def error(self, env: Envelope, reason: str) -> None:
         self._emit(env, "ERROR", reason=reason)
 
-    def heartbeat(self) -> None:
+    def heartbeat(self, **counters: int) -> None:
+        """I am alive; *counters* (totals since start) travel along for DSAT's own metrics."""
         self.sender.send(
-            encode(Envelope(channel="control", type="heartbeat", step=self.step, where=self.where, pid=self.pid))
+            encode(
+                Envelope(
+                    channel="control", type="heartbeat", step=self.step, where=self.where, pid=self.pid, meta=counters
+                )
+            )
         )

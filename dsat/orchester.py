@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -32,6 +33,12 @@ from dsat.topology import Topology
 from dsat.transport import Sender
 
 STEP = "orchester"
+
+
+class Pausable(Protocol):
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
 
 
 class Orchester:
@@ -56,6 +63,8 @@ class Orchester:
         self.reporter = reporter
         self.where = where
         self.clean_path = naming.PathCleaner()
+        self.input_link: Pausable | None = None
+        self.paused = False
         self.rejected = Rejections(STEP)
         self.circuits = Circuits()
         self.points_in = 0
@@ -63,16 +72,25 @@ class Orchester:
         self._reported: dict[str, int] = {}
         self._loops: list[LoopingCall] = []
 
-    def start(self) -> None:
+    def start(self, input_link: Pausable | None = None) -> None:
+        """Start the egress and the timers; *input_link* is paused while Carbon cannot take more."""
+        self.input_link = input_link
         self.egress.start()
         for fn, every in (
-            (self.reporter.heartbeat, 5.0),
+            (self.heartbeat, 5.0),
             (self.write_own_metrics, self.topology.tracker.metrics_every),
+            (self.check_backpressure, 0.2),
         ):
             loop = LoopingCall(fn)
             loop.clock = self.clock
-            loop.start(every, now=fn == self.reporter.heartbeat)
+            loop.start(every, now=fn == self.heartbeat)
             self._loops.append(loop)
+
+    def heartbeat(self) -> None:
+        """Alive, with the frames its links to satellites dropped and the legs held by open circuits."""
+        self.reporter.heartbeat(
+            link_dropped=sum(sender.dropped for sender in self.senders.values()), diverted=self.circuits.diverted
+        )
 
     def stop(self) -> None:
         for loop in self._loops:
@@ -93,6 +111,17 @@ class Orchester:
             self.rejected.reject("wrong_channel", f"channel {env.channel!r} on the data link")
             return
         self.route(env)
+        if self.egress.full and self.input_link is not None and not self.paused:
+            self.paused = True
+            self.input_link.pause()
+            self.log.warn("carbon cannot take more (spool full, policy block): input paused")
+
+    def check_backpressure(self) -> None:
+        """Resume reading once Carbon can take more again."""
+        if self.paused and not self.egress.full and self.input_link is not None:
+            self.paused = False
+            self.input_link.resume()
+            self.log.info("carbon takes data again: input resumed")
 
     def route(self, env: Envelope) -> None:
         """Send one envelope to every step its type is routed to."""

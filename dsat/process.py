@@ -110,11 +110,12 @@ def run(topology_path: str | Path, step: str) -> int:
             senders={name: sender_to(name) for name in targets},
         )
         link = topo.orchester.listen
-        receivers.append(ZmqReceiver(link.pattern, link.address, orch.on_frame))
+        orchester_input = ZmqReceiver(link.pattern, link.address, orch.on_frame)
+        receivers.append(orchester_input)
         receivers.append(
             ZmqReceiver("sub", topo.tracker.states, orch.on_published, bind=False, topics=(BREAKER_TOPIC,))
         )
-        orch.start()
+        orch.start(orchester_input)
         stop_hooks.append(orch.stop)
 
         async def drain_carbon() -> None:

@@ -127,7 +127,7 @@ class SatelliteRuntime:
         if self.step.kind == "collector":
             assert self.step.every is not None
             self._loop(self.collect_once, self.step.every, now=True)
-        self._loop(self.reporter.heartbeat, HEARTBEAT_EVERY, now=True)
+        self._loop(self.heartbeat, HEARTBEAT_EVERY, now=True)
 
     def _loop(self, fn: Callable[[], object], every: float, *, now: bool) -> None:
         loop = LoopingCall(fn)
@@ -136,6 +136,15 @@ class SatelliteRuntime:
             lambda failure: self.log.failure("{step}: scheduled call failed", failure, step=self.step.name)
         )
         self._loops.append(loop)
+
+    def heartbeat(self) -> None:
+        """Tell the tracker this step is alive, with what it dropped, diverted or rejected so far."""
+        self.reporter.heartbeat(
+            link_dropped=sum(sender.dropped for sender in self.senders.values()),
+            window_evicted=self.window.evicted,
+            diverted=self.circuits.diverted,
+            rejected=sum(self.rejected.values()),
+        )
 
     def stop(self) -> None:
         """Stop scheduling; what was already sent stays queued on the links."""

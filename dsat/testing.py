@@ -50,6 +50,7 @@ class CaptureEgress:
         self.spooled = 0
         self.replayed = 0
         self.spool_pending = 0
+        self.full = False
         self.started = False
 
     def start(self) -> None:

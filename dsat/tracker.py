@@ -70,6 +70,8 @@ STEP_COUNTERS = (
     "points_sent",
 )
 TASK_COUNTERS = ("happy_end", "error", "timeout", "retry", "failure")
+#: Totals a step sends in its heartbeats, written as counts per interval.
+HEARTBEAT_COUNTERS = ("link_dropped", "window_evicted", "diverted", "rejected")
 
 
 class TrackerService:
@@ -142,7 +144,12 @@ class TrackerService:
             if breaker is not None and env.event != "ACK":
                 breaker.record(env.event != "ERROR")
         elif env.channel == "control" and env.type == "heartbeat":
-            self.heartbeats[env.step] = {"where": env.where, "pid": env.pid, "at": self.clock.seconds()}
+            self.heartbeats[env.step] = {
+                "where": env.where,
+                "pid": env.pid,
+                "at": self.clock.seconds(),
+                "counters": {k: v for k, v in env.meta.items() if k in HEARTBEAT_COUNTERS and isinstance(v, int)},
+            }
         else:
             self.rejected.reject("wrong_channel", f"{env.channel!r}/{env.type!r} from {env.step!r}")
 
@@ -221,6 +228,9 @@ class TrackerService:
             for name in STEP_COUNTERS:
                 deltas[f"steps.{naming.component(step)}.{name}"] = counters[name]
         deltas["tracker.alerts"] = sum(self.alerts.values())
+        for step, beat in self.heartbeats.items():
+            for name, total in beat["counters"].items():
+                deltas[f"steps.{naming.component(step)}.{name}"] = total
         for step, breaker in self.breakers.items():
             values[f"steps.{naming.component(step)}.circuit_open"] = float(breaker.state is not Circuit.CLOSED)
         for name, total in deltas.items():

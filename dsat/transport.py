@@ -176,11 +176,21 @@ class ZmqReceiver:
         self._rep = pattern == "rep"
         self._sock = _socket(RECEIVE_TYPES[pattern], address, bind=bind, topics=topics)
         self._on_frame = on_frame
+        self._reading = asyncio.Event()
+        self._reading.set()
         self._loop = asyncio.ensure_future(self._run())
+
+    def pause(self) -> None:
+        """Stop taking frames: they wait in ZeroMQ, then in the senders' bounded queues."""
+        self._reading.clear()
+
+    def resume(self) -> None:
+        self._reading.set()
 
     async def _run(self) -> None:
         sock = self._sock
         while True:
+            await self._reading.wait()
             frame = await sock.recv(copy=True)
             try:
                 reply = self._on_frame(frame)

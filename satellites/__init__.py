@@ -2,14 +2,27 @@
 
 :data:`REGISTRY` is the explicit registry a topology's ``use = "..."`` is
 looked up in (see :mod:`dsat.plugins`); every built-in satellite is listed
-here by hand.
+here by hand, one module each (``disk`` holds both ``disk`` and
+``disk_usage``).
 """
 
 from __future__ import annotations
 
 from dsat.plugins import Registry, SatelliteSpec
-from satellites import capture, host, rate
+from satellites import capture, cpu, disk, load, memory, network, rate, synthetic
 
-REGISTRY = Registry([*host.SPECS, rate.SPEC, capture.SPEC])
+REGISTRY = Registry(
+    [
+        cpu.SPEC,
+        memory.SPEC,
+        load.SPEC,
+        disk.SPEC,
+        disk.USAGE_SPEC,
+        network.SPEC,
+        rate.SPEC,
+        capture.SPEC,
+        synthetic.SPEC,
+    ]
+)
 
 __all__ = ["REGISTRY", "SatelliteSpec"]

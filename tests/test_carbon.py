@@ -192,3 +192,21 @@ def test_a_slow_destination_spills_to_the_spool_past_max_queue(tmp_path) -> None
     for i in range(5):
         dest.send([(f"m{i}.{j}", 1, 1.0) for j in range(4)])
     assert dest.dropped == 0 and dest.queued_points + dest.spool_pending == 20
+
+
+def test_a_full_blocking_spool_keeps_the_batch_and_says_full(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Under `block`, a batch the spool refuses is kept in memory (not dropped) and the egress reports full."""
+    from dsat.spool import Spool
+
+    reactor = MemoryReactorClock()
+    spool = Spool(tmp_path / "s.db", max_bytes=400, policy="block")
+    egress = CarbonEgress(reactor, [("127.0.0.1", 2004)], spool=spool, max_queue=5)
+    done: list[int] = []
+    for i in range(10):
+        egress.send([(f"m{i}.{j}", 1, 1.0) for j in range(5)], lambda: done.append(1))
+    assert egress.full and egress.dropped == 0
+    assert spool.pending() + egress.queued_points == 50
+    assert len(done) == spool.pending() // 5  # only spooled batches have ended
+    proto = FakeProto()
+    egress.destinations[0].connected(proto)  # type: ignore[arg-type]
+    assert not egress.full and len(done) == 10

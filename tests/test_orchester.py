@@ -155,3 +155,30 @@ def test_own_metrics_are_written_on_the_clock() -> None:
     clock.advance(10)
     assert any(p[0] == "dsat.h.self.orchester.points_in" for p in egress.points)
     orch.stop()
+
+
+class FakeInput:
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+
+def test_input_pauses_while_carbon_is_full_and_resumes_after() -> None:
+    """Backpressure: a full egress pauses the orchester's input link; room again resumes it."""
+    orch, egress, _, _, clock = make()
+    link = FakeInput()
+    orch.start(link)
+    egress.full = True
+    orch.on_frame(frame((("a.b", 1, 1.0),))[1])
+    assert link.paused
+    clock.advance(0.2)
+    assert link.paused
+    egress.full = False
+    clock.advance(0.2)
+    assert not link.paused
+    orch.stop()

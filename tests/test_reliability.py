@@ -235,13 +235,8 @@ def test_kill_9_of_the_orchester_loses_nothing_that_reached_the_spool(
     wait_for(lambda: spool_rows(short_tmp) == 0, 120, "the spool to be replayed")
     time.sleep(2)
     assert processes.stop(up) == 0, processes.log_of(up)[-3000:]
-    wait_for(
-        lambda: (r := carbon.runs("flow", metrics)) and all(len(x) == max(len(y) for y in r) for x in r),
-        60,
-        "carbon-cache to write every run",
-        interval=1,
-    )
-    last = assert_every_run_stored(carbon.runs("flow", metrics))
+    runs = settled_runs(carbon, "flow", metrics)
+    last = assert_every_run_stored(runs)
     assert last >= 20
     record(
         "orchester_kill_9",
@@ -260,7 +255,7 @@ def test_a_transform_killed_mid_batch_is_retried_and_lands_once(
         short_tmp,
         carbon,
         f'[satellites.src]\nuse = "synthetic"\nevery = "1s"\nnext = ["slow"]\noptions = {{ metrics = {metrics} }}\n'
-        '[satellites.slow]\nuse = "chaos"\noptions = { delay = 0.8 }\n',
+        f'[satellites.slow]\nuse = "chaos"\noptions = {{ delay = 0.8, busy_file = "{short_tmp}/busy" }}\n',
         timeout='"3s"',
     )
     carbon.start()
@@ -268,18 +263,12 @@ def test_a_transform_killed_mid_batch_is_retried_and_lands_once(
     wait_for(lambda: len(carbon.runs("src", 1)[0]) >= 3, 60, "the first runs in Whisper")
     slow = step_pid(up, "slow")
     assert slow is not None
-    time.sleep(0.3)  # inside the transform's 0.8 s of work on a batch
+    wait_for(lambda: (short_tmp / "busy").exists(), 10, "the transform to be working on a batch", interval=0.01)
     os.kill(slow, signal.SIGKILL)
     wait_for(lambda: (s := status(topo)) and s["tasks"]["retry"] >= 1, 30, "a retry")
     time.sleep(8)
     assert processes.stop(up) == 0, processes.log_of(up)[-3000:]
-    wait_for(
-        lambda: (r := carbon.runs("src", metrics)) and all(len(x) == len(r[0]) for x in r),
-        30,
-        "carbon-cache to write every run",
-        interval=1,
-    )
-    last = assert_every_run_stored(carbon.runs("src", metrics))
+    last = assert_every_run_stored(settled_runs(carbon, "src", metrics))
     assert last >= 8
 
 
@@ -358,13 +347,7 @@ def test_a_full_spool_drops_oldest_and_counts_every_dropped_datapoint(
     wait_for(lambda: spool_rows(short_tmp) == 0, 60, "the spool to be replayed")
     time.sleep(2)
     assert processes.stop(again) == 0
-    wait_for(
-        lambda: (r := carbon.runs("fill", metrics)) and all(len(x) == len(r[0]) for x in r),
-        30,
-        "carbon-cache to write every run",
-        interval=1,
-    )
-    runs = carbon.runs("fill", metrics)
+    runs = settled_runs(carbon, "fill", metrics)
     last = max(max(r) for r in runs if r)
     sent = last * metrics
     stored = sum(len(r) for r in runs)
