@@ -262,43 +262,51 @@ class Destination:
 
 
 class CarbonEgress:
-    """All carbon destinations; places each datapoint with carbon_ch when there are several."""
+    """All carbon destinations; places each datapoint with carbon_ch when there are several.
+
+    Placement is carbon-relay's ``ConsistentHashingRouter``: the ring holds
+    ``(host, instance)`` for each destination (``"host:port:instance"``; no
+    instance is ``None``), and a path goes to the first ``replication``
+    distinct nodes after its position, so DSAT and a carbon-relay configured
+    with the same DESTINATIONS and REPLICATION_FACTOR agree.
+    """
 
     def __init__(
         self,
         reactor: Any,
-        destinations: Sequence[tuple[str, int]],
+        destinations: Sequence[tuple[str, int] | tuple[str, int, str | None]],
         *,
         protocol: str = "pickle",
         max_queue: int = DEFAULT_MAX_QUEUE,
         timeout: float = 10.0,
         spool: Spool | None = None,
         replay_rate: float = DEFAULT_REPLAY_RATE,
+        replication: int = 1,
     ) -> None:
         if not destinations:
             raise ConfigError("carbon: at least one destination is needed")
         if protocol not in ENCODERS:
             raise ConfigError(f"carbon.protocol: {protocol!r} is not one of {sorted(ENCODERS)}")
+        if not 1 <= replication <= len(destinations):
+            raise ConfigError(f"carbon.replication: {replication} must be from 1 to {len(destinations)}")
+        self.replication = replication
         self.destinations = [
             Destination(
                 reactor,
-                host,
-                port,
+                dest[0],
+                dest[1],
                 protocol=protocol,
                 max_queue=max_queue,
                 timeout=timeout,
                 spool=spool,
                 replay_rate=replay_rate,
             )
-            for host, port in destinations
+            for dest in destinations
         ]
         self._ring: ConsistentHashRing | None = None
-        self._placement: dict[str, int] = {}
+        self._placement: dict[str, tuple[int, ...]] = {}
         if len(self.destinations) > 1:
-            # carbon-relay hashes (server, instance) and ignores the port; with
-            # no instance names, DSAT names each destination by its port so two
-            # caches on one host stay apart.
-            nodes = [(host, str(port)) for host, port in destinations]
+            nodes = [(dest[0], dest[2] if len(dest) > 2 else None) for dest in destinations]
             self._ring = ConsistentHashRing(nodes)
             self._index = {node: i for i, node in enumerate(nodes)}
 
@@ -336,19 +344,21 @@ class CarbonEgress:
     def spool_pending(self) -> int:
         return sum(d.spool_pending for d in self.destinations)
 
-    def place(self, path: str) -> int:
-        """Index of the destination that owns *path* (carbon_ch)."""
+    def place(self, path: str) -> tuple[int, ...]:
+        """Indexes of the destinations that hold *path* (carbon_ch, ``replication`` of them)."""
         if self._ring is None:
-            return 0
-        index = self._placement.get(path)
-        if index is None:
+            return (0,)
+        indexes = self._placement.get(path)
+        if indexes is None:
             if len(self._placement) > 200_000:
                 self._placement.clear()
-            index = self._placement[path] = self._index[self._ring.get_node(path)]
-        return index
+            nodes = self._ring.get_nodes(path)
+            indexes = tuple(self._index[next(nodes)] for _ in range(self.replication))
+            self._placement[path] = indexes
+        return indexes
 
     def send(self, points: Sequence[Point], on_written: Callable[[], None] | None = None) -> None:
-        """Send one batch; ``on_written`` fires once every part is written to its socket."""
+        """Send one batch; ``on_written`` fires once every part is written (or spooled) at every destination."""
         if not points:
             if on_written is not None:
                 on_written()
@@ -359,7 +369,11 @@ class CarbonEgress:
         parts: dict[int, list[Point]] = {}
         place = self.place
         for point in points:
-            parts.setdefault(place(point[0]), []).append(point)
+            for index in place(point[0]):
+                part = parts.get(index)
+                if part is None:
+                    part = parts[index] = []
+                part.append(point)
         remaining = [len(parts)]
 
         def part_written() -> None:

@@ -62,7 +62,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         with resources.as_file(resources.files("dsat").joinpath("demo.toml")) as packaged:
             shutil.copyfile(packaged, topo_path)
     topo = topology.load(topo_path)
-    host, port = topo.carbon.destinations[0]
+    host, port, _instance = topo.carbon.destinations[0]
     stack = LocalStack(state_dir, pickle_port=port, http_port=args.http_port, interface=host)
     print(f"dsat demo: preparing carbon-cache and graphite-web in {state_dir}", flush=True)
     stack.prepare()

@@ -8,6 +8,13 @@ here once: its path made safe by :class:`dsat.naming.PathCleaner`, its value
 and timestamp finite.  A rejected datapoint is counted by reason and logged;
 the rest of its batch goes on.
 
+Datapoints from Graphite and statsd clients (:mod:`dsat.ingress`,
+:mod:`dsat.statsd`) arrive already checked through :meth:`Orchester.ingest`.
+Every datapoint bound for Carbon then goes through the carbon-compatible
+rules (:mod:`dsat.rules`: rewrite, allow/deny, aggregation), reloaded on
+SIGHUP or when a rule file changes; a rule file that does not parse is
+refused with its line and reason, and the rules in force stay.
+
 The orchester writes its own metrics (``<prefix>.<where>.self.orchester.*``)
 straight into the egress every ``metrics_every`` seconds.
 """
@@ -27,12 +34,15 @@ from dsat.breaker import Circuits
 from dsat.carbon import CarbonEgress, Point
 from dsat.counters import Rejections
 from dsat.envelope import Datapoint, Envelope, decode, encode
-from dsat.errors import BadName, EnvelopeError
+from dsat.errors import BadName, ConfigError, EnvelopeError
 from dsat.events import Reporter, parse_published
+from dsat.rules import RuleSet, load_rules
 from dsat.topology import Topology
 from dsat.transport import Sender
 
 STEP = "orchester"
+#: Seconds between two checks of the rule files' modification times.
+RULES_CHECK_EVERY = 2.0
 
 
 class Pausable(Protocol):
@@ -55,8 +65,11 @@ class Orchester:
         senders: Mapping[str, Sender],
         reporter: Reporter,
         where: str,
+        rules: RuleSet | None = None,
     ) -> None:
         self.topology = topology
+        self.rules = rules
+        self._rule_stamp = self._rule_files_stamp()
         self.clock = clock
         self.egress = egress
         self.senders = senders
@@ -64,6 +77,7 @@ class Orchester:
         self.where = where
         self.clean_path = naming.PathCleaner()
         self.input_link: Pausable | None = None
+        self.rules_refused = 0
         self.paused = False
         self.rejected = Rejections(STEP)
         self.circuits = Circuits()
@@ -80,6 +94,8 @@ class Orchester:
             (self.heartbeat, 5.0),
             (self.write_own_metrics, self.topology.tracker.metrics_every),
             (self.check_backpressure, 0.2),
+            (self.flush_aggregates, 1.0),
+            (self.watch_rules, RULES_CHECK_EVERY),
         ):
             loop = LoopingCall(fn)
             loop.clock = self.clock
@@ -151,6 +167,68 @@ class Orchester:
             return
         self.circuits.take(topic, body)
 
+    def ingest(self, points: list[Point]) -> None:
+        """Datapoints from Graphite or statsd clients (already checked by the ingress): rules, then Carbon."""
+        self.points_in += len(points)
+        points = self.apply_rules(points)
+        self.egress.send(points, None)
+        self.points_out += len(points)
+
+    def apply_rules(self, points: list[Point]) -> list[Point]:
+        if self.rules is None:
+            return points
+        kept, drops = self.rules.apply(points)
+        for reason, count in drops.items():
+            self.rejected.reject(reason, f"{count} datapoints ({reason}) by the rules", count)
+        return kept
+
+    def flush_aggregates(self) -> None:
+        """Send the aggregates whose intervals are complete."""
+        if self.rules is None:
+            return
+        points, drops = self.rules.flush()
+        for reason, count in drops.items():
+            self.rejected.reject(reason, f"{count} datapoints ({reason}) at aggregation", count)
+        if points:
+            self.egress.send(points, None)
+            self.points_out += len(points)
+
+    # -- rules reload ----------------------------------------------------------
+
+    def _rule_files_stamp(self) -> tuple[float, ...]:
+        conf = self.topology.rules
+        stamps = []
+        for path in (conf.rewrite, conf.aggregation):
+            try:
+                stamps.append(path.stat().st_mtime if path is not None else 0.0)
+            except OSError:
+                stamps.append(-1.0)
+        return tuple(stamps)
+
+    def watch_rules(self) -> None:
+        """Reload the rules when a rule file changed on disk."""
+        stamp = self._rule_files_stamp()
+        if stamp != self._rule_stamp:
+            self._rule_stamp = stamp
+            self.reload_rules()
+
+    def reload_rules(self) -> bool:
+        """Load the rule files again (SIGHUP, file change); on error keep the rules in force."""
+        conf = self.topology.rules
+        try:
+            new = load_rules(conf.rewrite, conf.aggregation, conf.allow, conf.deny, clock=self.clock)
+        except ConfigError as exc:
+            self.log.error("rules not reloaded, the ones in force stay: {problems}", problems="; ".join(exc.problems))
+            self.rules_refused += 1
+            return False
+        if self.rules is not None:
+            new.adopt(self.rules)
+        self.rules = new
+        self.log.info(
+            "rules reloaded from {rewrite} and {aggregation}", rewrite=conf.rewrite, aggregation=conf.aggregation
+        )
+        return True
+
     def clean(self, points: tuple[Datapoint, ...]) -> list[Point]:
         """The datapoints of a batch that Carbon may store; the others are counted."""
         clean_path, reject = self.clean_path, self.rejected.reject
@@ -172,7 +250,7 @@ class Orchester:
         return out
 
     def to_carbon(self, env: Envelope) -> None:
-        points = self.clean(env.points)
+        points = self.apply_rules(self.clean(env.points))
         rejected = len(env.points) - len(points)
 
         def written() -> None:

@@ -41,6 +41,39 @@ def start_logging() -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
 
 
+def listen_ingress(reactor: Any, topo: Any, orch: Any) -> list[Any]:
+    """Open the orchester's Graphite and statsd listeners (``[ingress]``); returns the ports."""
+    from dsat.ingress import PickleFactory, PlaintextDatagram, PlaintextFactory
+    from dsat.statsd import StatsdAggregator, StatsdProtocol
+
+    conf = topo.ingress
+    ports = []
+    if conf.plaintext:
+        factory = PlaintextFactory(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
+        ports.append(reactor.listenTCP(conf.plaintext[1], factory, interface=conf.plaintext[0]))
+    if conf.plaintext_udp:
+        datagram = PlaintextDatagram(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
+        ports.append(reactor.listenUDP(conf.plaintext_udp[1], datagram, interface=conf.plaintext_udp[0]))
+    if conf.pickle:
+        ports.append(
+            reactor.listenTCP(
+                conf.pickle[1], PickleFactory(orch.ingest, orch.rejected, reactor), interface=conf.pickle[0]
+            )
+        )
+    if conf.statsd:
+        aggregator = StatsdAggregator(
+            reactor,
+            conf.statsd_flush,
+            conf.statsd_prefix,
+            percentiles=conf.statsd_percentiles,
+            rejections=orch.rejected,
+        )
+        ports.append(
+            reactor.listenUDP(conf.statsd[1], StatsdProtocol(aggregator, orch.ingest), interface=conf.statsd[0])
+        )
+    return ports
+
+
 def run(topology_path: str | Path, step: str) -> int:
     """Run one step of a topology until stopped; returns the exit status."""
     reactor = install_reactor()
@@ -99,7 +132,16 @@ def run(topology_path: str | Path, step: str) -> int:
             timeout=topo.carbon.timeout,
             spool=spool,
             replay_rate=topo.spool.replay_rate,
+            replication=topo.carbon.replication,
         )
+        from dsat.rules import load_rules
+
+        rules_conf = topo.rules
+        rules = None
+        if rules_conf.rewrite or rules_conf.aggregation or rules_conf.allow or rules_conf.deny:
+            rules = load_rules(
+                rules_conf.rewrite, rules_conf.aggregation, rules_conf.allow, rules_conf.deny, clock=reactor
+            )
         targets = {t for ts in topo.orchester.routes.values() for t in ts if t != "carbon"}
         orch = Orchester(
             topo,
@@ -108,7 +150,11 @@ def run(topology_path: str | Path, step: str) -> int:
             reporter=reporter,
             where=where,
             senders={name: sender_to(name) for name in targets},
+            rules=rules,
         )
+        ports = listen_ingress(reactor, topo, orch)
+        stop_hooks.append(lambda: defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports]))
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(orch.reload_rules))
         link = topo.orchester.listen
         orchester_input = ZmqReceiver(link.pattern, link.address, orch.on_frame)
         receivers.append(orchester_input)

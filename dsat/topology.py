@@ -38,7 +38,7 @@ PROTOCOLS = ("pickle", "plaintext")
 #: sun_path is 108 bytes including the terminating NUL.
 MAX_IPC_PATH = 107
 
-_TABLES = ("dsat", "tracker", "orchester", "carbon", "spool", "satellites")
+_TABLES = ("dsat", "tracker", "orchester", "carbon", "ingress", "rules", "spool", "satellites")
 SPOOL_POLICIES = ("drop_oldest", "block")
 SPOOL_SYNC = ("full", "normal")
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -105,11 +105,37 @@ class OrchesterConf:
 
 @dataclass(frozen=True)
 class CarbonConf:
-    """Where the carbon egress sends: (host, port) destinations, protocol, connect timeout."""
+    """Where the carbon egress sends: (host, port, instance) destinations, protocol, connect timeout,
+    and how many destinations hold each metric (``replication``, as carbon-relay's REPLICATION_FACTOR)."""
 
-    destinations: tuple[tuple[str, int], ...]
+    destinations: tuple[tuple[str, int, str | None], ...]
     protocol: str
     timeout: float
+    replication: int = 1
+
+
+@dataclass(frozen=True)
+class IngressConf:
+    """Where the orchester listens for Graphite and statsd clients: ``(interface, port)`` or None (off)."""
+
+    plaintext: tuple[str, int] | None = None
+    plaintext_udp: tuple[str, int] | None = None
+    pickle: tuple[str, int] | None = None
+    statsd: tuple[str, int] | None = None
+    statsd_flush: float = 10.0
+    statsd_prefix: str = "stats"
+    statsd_percentiles: tuple[float, ...] = (90.0,)
+    max_line: int = 4096
+
+
+@dataclass(frozen=True)
+class RulesConf:
+    """carbon-compatible rule files (absolute paths or None) and allow/deny regex lists."""
+
+    rewrite: Path | None = None
+    aggregation: Path | None = None
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +165,8 @@ class Topology:
     spool: SpoolConf
     #: The satellites this topology may use: the built-in ones plus ``[dsat] plugins``.
     registry: Mapping[str, SatelliteSpec]
+    ingress: IngressConf = IngressConf()
+    rules: RulesConf = RulesConf()
 
     def input_of(self, step: str) -> Link:
         """The receiving link of ``orchester`` or a satellite; KeyError for a collector."""
@@ -262,8 +290,25 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     },
     "carbon": {
         "destinations": ((list,), 'destinations = ["127.0.0.1:2004"]'),
+        "replication": ((int,), "replication = 1"),
         "protocol": ((str,), 'protocol = "pickle"'),
         "timeout": (_DURATION_TYPES, 'timeout = "10s"'),
+    },
+    "ingress": {
+        "plaintext": ((str,), 'plaintext = "127.0.0.1:2003"'),
+        "plaintext_udp": ((str,), 'plaintext_udp = "127.0.0.1:2003"'),
+        "pickle": ((str,), 'pickle = "127.0.0.1:2004"'),
+        "statsd": ((str,), 'statsd = "127.0.0.1:8125"'),
+        "statsd_flush": (_DURATION_TYPES, 'statsd_flush = "10s"'),
+        "statsd_prefix": ((str,), 'statsd_prefix = "stats"'),
+        "statsd_percentiles": ((list,), "statsd_percentiles = [90, 99]"),
+        "max_line": ((int,), "max_line = 4096"),
+    },
+    "rules": {
+        "rewrite": ((str,), 'rewrite = "rewrite-rules.conf"'),
+        "aggregation": ((str,), 'aggregation = "aggregation-rules.conf"'),
+        "allow": ((list,), 'allow = ["^servers\\."]'),
+        "deny": ((list,), 'deny = ["\\.tmp\\."]'),
     },
     "spool": {
         "path": ((str,), 'path = "spool/carbon.db"'),
@@ -393,11 +438,27 @@ def loads(
     topo = _schema(problems, doc, path, registry)
     problems.raise_if_any()
     _graph(problems, topo)
+    _rules(problems, topo)
     problems.raise_if_any()
     if check_environment:
         _environment(problems, topo)
         problems.raise_if_any()
     return topo
+
+
+def parse_destination(text: object) -> tuple[str, int, str | None] | None:
+    """``"host:port"`` or ``"host:port:instance"`` (``[v6]:port``...) as carbon-relay's DESTINATIONS; None if bad."""
+    if not isinstance(text, str):
+        return None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]:")
+        parts = [host, *rest.split(":")] if sep else []
+    else:
+        parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1].isdigit() or not 0 < int(parts[1]) < 65536:
+        return None
+    instance = parts[2] if len(parts) == 3 and parts[2] else None
+    return parts[0], int(parts[1]), instance
 
 
 def _registry(problems: _Problems, plugins: Any) -> Mapping[str, SatelliteSpec]:
@@ -499,23 +560,78 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
 
     raw_carbon = doc.get("carbon", {})
     car = _check_table(problems, "carbon", raw_carbon, "carbon")
-    destinations: list[tuple[str, int]] = []
+    destinations: list[tuple[str, int, str | None]] = []
     mistyped = isinstance(raw_carbon, dict) and "destinations" in raw_carbon and "destinations" not in car
     if not car.get("destinations") and not mistyped:
         problems.add("carbon.destinations", 'at least one is needed; write destinations = ["127.0.0.1:2004"]')
     for i, dest in enumerate(car.get("destinations", [])):
-        host, _, port = dest.rpartition(":") if isinstance(dest, str) else ("", "", "")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        parsed = parse_destination(dest)
+        if parsed is None:
             problems.add(
                 f"carbon.destinations[{i}]",
-                f'{dest!r} is not "host:port"; write e.g. "127.0.0.1:2004" (port 1-65535)',
+                f'{dest!r} is not "host:port" or "host:port:instance"; write e.g. "127.0.0.1:2004" (port 1-65535)',
             )
             continue
-        destinations.append((host.strip("[]"), int(port)))
+        destinations.append(parsed)
+    ring_nodes = [(host, instance) for host, _, instance in destinations]
+    if len(set(ring_nodes)) != len(ring_nodes):
+        problems.add(
+            "carbon.destinations",
+            "two destinations share a host and instance, so carbon's consistent-hash ring cannot tell them apart;"
+            ' name each, e.g. "127.0.0.1:2004:a" and "127.0.0.1:2104:b"',
+        )
+    replication = car.get("replication", 1)
+    if not 1 <= replication <= max(1, len(destinations)):
+        problems.add("carbon.replication", f"{replication} must be from 1 to the number of destinations")
     protocol = car.get("protocol", "pickle")
     if protocol not in PROTOCOLS:
         problems.add("carbon.protocol", f'unknown protocol "{protocol}"; use one of: {", ".join(PROTOCOLS)}')
-    carbon = CarbonConf(tuple(destinations), protocol, _duration(problems, "carbon.timeout", car.get("timeout"), 10.0))
+    carbon = CarbonConf(
+        tuple(destinations), protocol, _duration(problems, "carbon.timeout", car.get("timeout"), 10.0), replication
+    )
+
+    ing = _check_table(problems, "ingress", doc.get("ingress", {}), "ingress")
+    listeners: dict[str, tuple[str, int] | None] = {}
+    for key in ("plaintext", "plaintext_udp", "pickle", "statsd"):
+        listeners[key] = None
+        if ing.get(key):
+            host, _, port = ing[key].rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                problems.add(f"ingress.{key}", f'{ing[key]!r} is not "interface:port"; write e.g. "127.0.0.1:2003"')
+            else:
+                listeners[key] = (host.strip("[]"), int(port))
+    percentiles = ing.get("statsd_percentiles", [90])
+    if not all(isinstance(p, int | float) and not isinstance(p, bool) and 0 < abs(p) < 100 for p in percentiles):
+        problems.add("ingress.statsd_percentiles", f"{percentiles!r}: each must be a number between 0 and 100")
+        percentiles = [90]
+    ingress = IngressConf(
+        **listeners,
+        statsd_flush=_duration(problems, "ingress.statsd_flush", ing.get("statsd_flush"), 10.0),
+        statsd_prefix=ing.get("statsd_prefix", "stats"),
+        statsd_percentiles=tuple(float(p) for p in percentiles),
+        max_line=ing.get("max_line", 4096),
+    )
+
+    rul = _check_table(problems, "rules", doc.get("rules", {}), "rules")
+    rule_files: dict[str, Path | None] = {}
+    for key in ("rewrite", "aggregation"):
+        rule_files[key] = None
+        if rul.get(key):
+            file = Path(rul[key])
+            rule_files[key] = file if file.is_absolute() else path.parent / file
+    patterns: dict[str, tuple[str, ...]] = {}
+    for key in ("allow", "deny"):
+        values = rul.get(key, [])
+        if not all(isinstance(v, str) for v in values):
+            problems.add(f"rules.{key}", "must be a list of regular expressions (strings)")
+            values = []
+        for j, value in enumerate(values):
+            try:
+                re.compile(value)
+            except re.error as exc:
+                problems.add(f"rules.{key}[{j}]", f"{value!r} is not a regular expression: {exc}")
+        patterns[key] = tuple(values)
+    rules = RulesConf(rule_files["rewrite"], rule_files["aggregation"], patterns["allow"], patterns["deny"])
 
     sp = _check_table(problems, "spool", doc.get("spool", {}), "spool")
     spool_path: Path | None = None
@@ -556,6 +672,8 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         carbon=carbon,
         spool=spool,
         registry=registry,
+        ingress=ingress,
+        rules=rules,
     )
 
 
@@ -664,9 +782,14 @@ def _graph(problems: _Problems, topo: Topology) -> None:
             "orchester.routes" if cycle[0] == "orchester" else f"satellites.{cycle[0]}.next",
             f"cycle {' -> '.join(cycle)}: a batch would loop forever; break the cycle",
         )
-    if not any(s.kind == "collector" for s in sats.values()):
-        problems.add("satellites", 'no collector, nothing produces data; add one, e.g. [satellites.cpu] use = "cpu"')
-    if not any("orchester" in s.next or s.kind == "sink" for s in sats.values()):
+    ingress = topo.ingress
+    listens = any((ingress.plaintext, ingress.plaintext_udp, ingress.pickle, ingress.statsd))
+    if not listens and not any(s.kind == "collector" for s in sats.values()):
+        problems.add(
+            "satellites",
+            'no collector and no [ingress] listener, nothing produces data; add one, e.g. [satellites.cpu] use = "cpu"',
+        )
+    if sats and not any("orchester" in s.next or s.kind == "sink" for s in sats.values()):
         problems.add("satellites", 'no sink, nothing ends a batch; send a step to "orchester" or add a sink satellite')
     bound: dict[str, str] = {}
     for key, address in topo.binds():
@@ -704,6 +827,23 @@ def _find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
         if node not in state and (found := visit(node)):
             return found
     return None
+
+
+def _rules(problems: _Problems, topo: Topology) -> None:
+    """The rule files must exist and parse (every problem with its file and line)."""
+    from dsat.rules import load_rules
+
+    conf = topo.rules
+    for key, file in (("rules.rewrite", conf.rewrite), ("rules.aggregation", conf.aggregation)):
+        if file is not None and not file.is_file():
+            problems.add(key, f"{file} is not a readable file; write the rules there or fix the path")
+            return
+    if conf.rewrite or conf.aggregation:
+        try:
+            load_rules(conf.rewrite, conf.aggregation)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                problems.add("rules", f"{problem}; fix the rule file")
 
 
 def _environment(problems: _Problems, topo: Topology) -> None:

@@ -9,9 +9,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+import whisper
+
+from dsat.stack import LocalStack, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -101,3 +105,71 @@ def short_tmp() -> Iterator[Path]:
 
     with tempfile.TemporaryDirectory(prefix="dsat-") as name:
         yield Path(name)
+
+
+SCHEMAS = """
+[test]
+pattern = ^dsat\\.testhost\\.
+retentions = 1s:30m
+
+[default]
+pattern = .*
+retentions = 10s:1h
+"""
+
+
+class Carbon:
+    """A real carbon-cache (1 s Whisper resolution for the test tree) that a test stops and starts."""
+
+    def __init__(self, base: Path) -> None:
+        self.stack = LocalStack(base / "carbon", pickle_port=free_port())
+        self.stack.prepare_carbon(SCHEMAS)
+        self.log = base / "carbon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        return self.stack.pickle_port
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            self.stack.carbon_command(), stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_for(self.listening, 30, "carbon-cache to listen")
+
+    def listening(self) -> bool:
+        import socket
+
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)
+        self.proc = None
+
+    def runs(self, step: str, metrics: int) -> list[set[int]]:
+        """For each metric m0..m<N-1> of *step*, the run numbers stored in its Whisper file."""
+        out = []
+        for i in range(metrics):
+            path = self.stack.whisper_dir / "dsat" / "testhost" / step / f"m{i}.wsp"
+            if not path.exists():
+                out.append(set())
+                continue
+            try:
+                _, values = whisper.fetch(str(path), 0)
+            except whisper.CorruptWhisperFile:  # being created by carbon-cache right now
+                values = []
+            out.append({int(v) for v in values if v is not None})
+        return out
+
+
+@pytest.fixture
+def carbon(short_tmp: Path) -> Any:
+    server = Carbon(short_tmp)
+    yield server
+    server.stop()

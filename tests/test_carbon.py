@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from dsat.carbon import POINTS_PER_MESSAGE, CarbonEgress, Destination, encode_pickle, encode_plaintext
@@ -80,24 +81,45 @@ def test_destination_stops_writing_while_the_socket_is_paused() -> None:
     assert dest.queued_points == 0 and proto.transport.value()
 
 
-def test_placement_matches_carbon_relay_consistent_hashing() -> None:
-    """With several destinations every path goes where carbon-relay's carbon_ch router sends it."""
+@pytest.mark.parametrize("replication", [1, 2, 3])
+@pytest.mark.parametrize(
+    "destinations",
+    [
+        [("127.0.0.1", 2004, "a"), ("127.0.0.1", 2104, "b"), ("10.0.0.2", 2004, "c")],
+        [("10.0.0.1", 2004, None), ("10.0.0.2", 2004, None), ("10.0.0.3", 2004, None), ("10.0.0.4", 2004, None)],
+    ],
+)
+def test_placement_matches_carbon_relay_consistent_hashing(destinations: list, replication: int) -> None:
+    """For 20,000 names, every path goes to exactly the destinations carbon-relay's carbon_ch router picks."""
     from carbon.routers import ConsistentHashingRouter
 
     class Settings(dict):
         __getattr__ = dict.__getitem__
 
     router = ConsistentHashingRouter(
-        Settings(REPLICATION_FACTOR=1, DIVERSE_REPLICAS=False, ROUTER_HASH_TYPE="carbon_ch")
+        Settings(REPLICATION_FACTOR=replication, DIVERSE_REPLICAS=False, ROUTER_HASH_TYPE="carbon_ch")
     )
-    destinations = [("127.0.0.1", 2004), ("127.0.0.1", 2104), ("10.0.0.2", 2004)]
-    for host, port in destinations:
-        router.addDestination((host, port, str(port)))
-    egress = CarbonEgress(MemoryReactorClock(), destinations)
-    for i in range(2000):
-        path = f"servers.host{i % 50}.cpu.core{i % 8}.user{i}"
-        [(host, port, _instance)] = list(router.getDestinations(path))
-        assert destinations[egress.place(path)] == (host, port)
+    for dest in destinations:
+        router.addDestination(dest)
+    egress = CarbonEgress(MemoryReactorClock(), destinations, replication=replication)
+    for i in range(20_000):
+        path = f"servers.host{i % 50:03d}.cpu.core{i % 8}.user{i}" if i % 3 else f"app.{i}.requests.p99"
+        theirs = [(host, port) for host, port, _instance in router.getDestinations(path)]
+        ours = [destinations[index][:2] for index in egress.place(path)]
+        assert ours == theirs, path
+
+
+def test_replicated_batch_reaches_every_replica_and_ends_once() -> None:
+    """With replication 2 each point is written to two destinations; the batch ends after both."""
+    egress = CarbonEgress(MemoryReactorClock(), [("127.0.0.1", 2004, "a"), ("127.0.0.1", 2104, "b")], replication=2)
+    done: list[int] = []
+    egress.send([(f"m{i}", 1, 1.0) for i in range(10)], lambda: done.append(1))
+    protos = [FakeProto(), FakeProto()]
+    for dest, proto in zip(egress.destinations, protos, strict=True):
+        dest.connected(proto)  # type: ignore[arg-type]
+    assert done == [1]
+    for proto in protos:
+        assert len([p for m in unpickle_messages(proto.transport.value()) for p in m]) == 10
 
 
 def test_empty_batch_is_written_at_once() -> None:

@@ -22,22 +22,10 @@ from typing import Any
 
 import psutil
 import pytest
-import whisper
 
-from dsat.stack import LocalStack, free_port
-from tests.conftest import ROOT, Processes, wait_for
+from tests.conftest import ROOT, Carbon, Processes, wait_for
 
 pytestmark = pytest.mark.integration
-
-SCHEMAS = """
-[test]
-pattern = ^dsat\\.testhost\\.
-retentions = 1s:30m
-
-[default]
-pattern = .*
-retentions = 10s:1h
-"""
 
 FIGURES = ROOT / "test-artifacts" / "reliability.json"
 
@@ -47,63 +35,6 @@ def record(scenario: str, **figures: Any) -> None:
     data = json.loads(FIGURES.read_text()) if FIGURES.exists() else {}
     data[scenario] = figures
     FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True))
-
-
-class Carbon:
-    """A real carbon-cache (1 s Whisper resolution for the test tree) that a test stops and starts."""
-
-    def __init__(self, base: Path) -> None:
-        self.stack = LocalStack(base / "carbon", pickle_port=free_port())
-        self.stack.prepare_carbon(SCHEMAS)
-        self.log = base / "carbon.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def port(self) -> int:
-        return self.stack.pickle_port
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            self.stack.carbon_command(), stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
-        )
-        wait_for(self.listening, 30, "carbon-cache to listen")
-
-    def listening(self) -> bool:
-        import socket
-
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-        except OSError:
-            return False
-        return True
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
-        self.proc = None
-
-    def runs(self, step: str, metrics: int) -> list[set[int]]:
-        """For each metric m0..m<N-1> of *step*, the run numbers stored in its Whisper file."""
-        out = []
-        for i in range(metrics):
-            path = self.stack.whisper_dir / "dsat" / "testhost" / step / f"m{i}.wsp"
-            if not path.exists():
-                out.append(set())
-                continue
-            try:
-                _, values = whisper.fetch(str(path), 0)
-            except whisper.CorruptWhisperFile:  # being created by carbon-cache right now
-                values = []
-            out.append({int(v) for v in values if v is not None})
-        return out
-
-
-@pytest.fixture
-def carbon(short_tmp: Path) -> Any:
-    server = Carbon(short_tmp)
-    yield server
-    server.stop()
 
 
 def topology(base: Path, carbon: Carbon, satellites: str, **tracker: Any) -> Path:

@@ -83,7 +83,7 @@ def test_minimal_file_loads_with_every_default_expanded() -> None:
         routes={"*": ("carbon",)},
         max_queue=1_000_000,
     )
-    assert topo.carbon == CarbonConf(destinations=(("127.0.0.1", 2004),), protocol="pickle", timeout=10.0)
+    assert topo.carbon == CarbonConf(destinations=(("127.0.0.1", 2004, None),), protocol="pickle", timeout=10.0)
     assert topo.satellites["cpu"] == Step(
         name="cpu",
         use="c",
@@ -168,7 +168,7 @@ def test_full_example_loads_every_key() -> None:
         {"*": ("carbon",), "audit": ("archive", "carbon")},
         500,
     )
-    assert topo.carbon == CarbonConf((("10.0.0.1", 2004), ("::1", 2104)), "plaintext", 0.25)
+    assert topo.carbon == CarbonConf((("10.0.0.1", 2004, None), ("::1", 2104, None)), "plaintext", 0.25)
     cpu, rate, archive = (topo.satellites[n] for n in ("cpu", "rate", "archive"))
     assert (cpu.every, cpu.next, dict(cpu.options), cpu.host, cpu.codec) == (
         2.5,
@@ -391,8 +391,10 @@ def test_bad_carbon_destination_and_protocol() -> None:
     """Carbon destinations are host:port and the protocol pickle or plaintext; both reported together."""
     found = problems(BASE.replace('"127.0.0.1:2004"]', '"127.0.0.1:2004", "carbon", "h:99999"]\nprotocol = "line"'))
     assert found == [
-        'demo.toml: carbon.destinations[1]: \'carbon\' is not "host:port"; write e.g. "127.0.0.1:2004" (port 1-65535)',
-        'demo.toml: carbon.destinations[2]: \'h:99999\' is not "host:port"; write e.g. "127.0.0.1:2004" (port 1-65535)',
+        'demo.toml: carbon.destinations[1]: \'carbon\' is not "host:port" or "host:port:instance";'
+        ' write e.g. "127.0.0.1:2004" (port 1-65535)',
+        'demo.toml: carbon.destinations[2]: \'h:99999\' is not "host:port" or "host:port:instance";'
+        ' write e.g. "127.0.0.1:2004" (port 1-65535)',
         'demo.toml: carbon.protocol: unknown protocol "line"; use one of: pickle, plaintext',
     ]
 
@@ -489,13 +491,49 @@ def test_cycle_through_the_orchester() -> None:
     )
 
 
-def test_needs_a_source_and_a_sink() -> None:
-    """Without satellites there is nothing producing data and nothing ending a batch."""
+def test_needs_a_source() -> None:
+    """Without a collector or an ingress listener nothing produces data."""
     found = problems('[carbon]\ndestinations = ["127.0.0.1:2004"]\n')
     assert found == [
-        'demo.toml: satellites: no collector, nothing produces data; add one, e.g. [satellites.cpu] use = "cpu"',
-        'demo.toml: satellites: no sink, nothing ends a batch; send a step to "orchester" or add a sink satellite',
+        "demo.toml: satellites: no collector and no [ingress] listener, nothing produces data;"
+        ' add one, e.g. [satellites.cpu] use = "cpu"',
     ]
+
+
+def test_an_ingress_listener_is_a_source() -> None:
+    """A topology with no satellites is valid when the orchester listens for Graphite clients."""
+    topo = topology.loads(
+        '[ingress]\nplaintext = "127.0.0.1:2003"\n[carbon]\ndestinations = ["127.0.0.1:2004"]\n',
+        path=Path("demo.toml"),
+        registry=REGISTRY,
+    )
+    assert topo.ingress.plaintext == ("127.0.0.1", 2003) and not topo.satellites
+
+
+def test_sink_needed_when_satellites_exist() -> None:
+    """Satellites of which none reaches the orchester or a sink end nothing."""
+    text = (
+        '[carbon]\ndestinations = ["127.0.0.1:2004"]\n[satellites.a]\nuse = "c"\nevery = "1s"\nnext = ["t"]\n'
+        '[satellites.t]\nuse = "t"\nnext = ["u"]\n[satellites.u]\nuse = "t"\nnext = ["t"]\n'
+    )
+    assert any("no sink, nothing ends a batch" in p for p in problems(text))
+
+
+def test_destinations_take_carbon_relay_instances_and_replication() -> None:
+    """ "host:port:instance" destinations as carbon-relay writes them; a replication factor up to their number."""
+    topo = topology.loads(
+        BASE.replace(
+            'destinations = ["127.0.0.1:2004"]', 'destinations = ["127.0.0.1:2004:a", "[::1]:2104:b"]\nreplication = 2'
+        ),
+        path=Path("demo.toml"),
+        registry=REGISTRY,
+    )
+    assert topo.carbon.destinations == (("127.0.0.1", 2004, "a"), ("::1", 2104, "b"))
+    assert topo.carbon.replication == 2
+    twins = BASE.replace('destinations = ["127.0.0.1:2004"]', 'destinations = ["h:2004", "h:2104"]')
+    assert any("share a host and instance" in p for p in problems(twins))
+    too_many = BASE.replace('destinations = ["127.0.0.1:2004"]', 'destinations = ["h:2004"]\nreplication = 2')
+    assert any("carbon.replication" in p for p in problems(too_many))
 
 
 def test_a_sink_satellite_alone_ends_batches() -> None:

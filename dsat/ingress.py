@@ -1,0 +1,480 @@
+"""Graphite ingress: carbon's plaintext (TCP and UDP) and pickle protocols, for external clients.
+
+Owns the parsers (:func:`parse_plaintext`, :func:`parse_pickle`: whole
+buffers in, datapoints and rejection counts out, never an exception) and the
+Twisted protocols and factories that feed them.  It accepts what
+carbon-cache's ``MetricLineReceiver``, ``MetricDatagramReceiver`` and
+``MetricPickleReceiver`` accept, with the same "-1 means now" timestamp, and
+rejects the rest by reason (``docs/ingress.rst``).  Every path is made safe by
+:mod:`dsat.naming`; pickles are loaded by an unpickler that knows only the
+opcodes carbon's format needs, so a pickle can build lists, tuples, strings
+and numbers and call nothing.  Each connection only ever handles its own
+bounded buffer, so a garbage client cannot stall the others.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.protocol import DatagramProtocol, Protocol, ServerFactory, connectionDone
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+
+from dsat.counters import Rejections
+from dsat.envelope import Datapoint
+from dsat.errors import BadName
+from dsat.naming import MAX_PATH_CHARS, PathCleaner, clean_path
+
+DEFAULT_INTERFACE = "127.0.0.1"
+PLAINTEXT_PORT = 2003
+PICKLE_PORT = 2004
+#: Longest plaintext line kept, in bytes, without its newline (carbon's LineOnlyReceiver allows 16384).
+MAX_LINE_LENGTH = 4096
+#: Largest pickle frame, in bytes: carbon's PICKLE_RECEIVER_MAX_LENGTH.
+MAX_PICKLE_LENGTH = 2**20
+#: Timestamps must be below this: Whisper stores 32-bit unsigned seconds (millisecond timestamps land here).
+MAX_TIMESTAMP = 2**32
+#: Open TCP connections per listener; more are refused (carbon's MAX_RECEIVER_CONNECTIONS).
+MAX_CONNECTIONS = 1024
+
+#: Every byte but the ASCII whitespace ``bytes.split()`` splits on.
+_NOT_WHITESPACE = bytes(set(range(256)) - set(b" \t\n\r\x0b\x0c"))
+
+Sink = Callable[[list[Datapoint]], None]
+
+
+class PathCache(dict[bytes, str]):
+    """Raw path bytes -> the path :func:`dsat.naming.clean_path` makes of them, ``""`` when it rejects them.
+
+    A missing path is decoded (UTF-8, strictly: undecodable bytes are a bad
+    name) and cleaned on first use.  Paths longer than
+    :data:`~dsat.naming.MAX_PATH_CHARS` bytes are not kept, and the cache is
+    emptied when it holds *max_size* paths, so its memory stays bounded.
+    """
+
+    def __init__(self, max_size: int = 100_000) -> None:
+        super().__init__()
+        self.max_size = max_size
+
+    def __missing__(self, raw: bytes) -> str:
+        try:
+            path = clean_path(raw.decode("utf-8"))
+        except (UnicodeDecodeError, BadName):
+            path = ""
+        if len(raw) <= MAX_PATH_CHARS:
+            if len(self) >= self.max_size:
+                self.clear()
+            self[raw] = path
+        return path
+
+
+def parse_plaintext(
+    buffer: bytes, now: float, *, max_line_length: int = MAX_LINE_LENGTH, paths: PathCache | None = None
+) -> tuple[list[Datapoint], Counter[str], bytes]:
+    """The datapoints in the complete ``path value timestamp`` lines of *buffer*, the rejections, the rest.
+
+    Lines end with ``\\n``; what follows the last one is returned as the
+    remainder, for the caller to prepend to the next buffer.  Fields are
+    separated by ASCII whitespace (so ``\\r\\n`` endings work); value and
+    timestamp are read with ``float()`` as carbon does, and a timestamp in
+    ``(-2, -1]`` (carbon: ``int(ts) == -1``) means *now*.  Rejected lines are
+    counted by reason: ``line_too_long`` (over *max_line_length* bytes),
+    ``invalid_line`` (not three fields), ``bad_value``, ``nan`` (a NaN or
+    infinite value), ``bad_timestamp`` (not a number, or not in
+    ``(0, MAX_TIMESTAMP)``), ``bad_name``.
+    """
+    if paths is None:
+        paths = PathCache()
+    rejected: Counter[str] = Counter()
+    end = buffer.rfind(b"\n") + 1
+    body, rest = buffer[:end], buffer[end:]
+    if not body:
+        return [], rejected, rest
+    points = _parse_plain(body, max_line_length, paths, rejected)
+    if points is None:
+        points = _parse_each(body, now, max_line_length, paths, rejected)
+    return points, rejected, rest
+
+
+def _parse_plain(body: bytes, max_line_length: int, paths: PathCache, rejected: Counter[str]) -> list[Datapoint] | None:
+    """The datapoints of *body* if it is plain (bad names aside), else None for :func:`_parse_each` to sort out.
+
+    Plain: every line is three fields joined by single spaces, within the
+    length limit, with a finite value and an ordinary timestamp.  That is
+    what clients send, so this is the fast path: each step runs over the
+    whole batch inside C (``translate``, ``split``, ``map``, ``zip``,
+    ``sum``), and a batch that is not plain costs one more pass.  The
+    whitespace of a plain body is exactly ``"  \\n"`` once per line, and
+    then splitting it yields three fields per line unless one is empty; a
+    finite sum proves every number in it finite (an overflowing sum of
+    finite numbers only sends the batch to the slow path).
+    """
+    separators = body.translate(None, _NOT_WHITESPACE)
+    lines = len(separators) // 3
+    if separators != b"  \n" * lines:
+        return None
+    fields = body.split()
+    if len(fields) != 3 * lines:
+        return None
+    raw_paths, raw_values, raw_stamps = fields[0::3], fields[1::3], fields[2::3]
+    if max(map(len, raw_paths)) + max(map(len, raw_values)) + max(map(len, raw_stamps)) + 2 > max_line_length:
+        return None
+    try:
+        values = list(map(float, raw_values))
+        try:
+            stamps = list(map(float, map(int, raw_stamps)))  # int() parses the usual integers faster
+        except ValueError:
+            stamps = list(map(float, raw_stamps))
+    except (ValueError, OverflowError):
+        return None
+    total, since = sum(values), sum(stamps)
+    if total - total != 0.0 or since - since != 0.0 or min(stamps) <= 0.0 or max(stamps) >= MAX_TIMESTAMP:
+        return None
+    clean = list(map(paths.__getitem__, raw_paths))
+    if "" not in clean:
+        return list(zip(clean, stamps, values, strict=True))
+    rejected["bad_name"] += clean.count("")
+    return [point for point in zip(clean, stamps, values, strict=True) if point[0]]
+
+
+def _parse_each(
+    body: bytes, now: float, max_line_length: int, paths: PathCache, rejected: Counter[str]
+) -> list[Datapoint]:
+    """The datapoints of *body*, checked line by line, each rejection counted by reason."""
+    points: list[Datapoint] = []
+    append = points.append
+    lines = body.split(b"\n")
+    lines.pop()  # empty: the body ends with a newline
+    for line in lines:
+        if len(line) > max_line_length:
+            rejected["line_too_long"] += 1
+            continue
+        fields = line.split()
+        if len(fields) != 3:
+            rejected["invalid_line"] += 1
+            continue
+        raw_path, raw_value, raw_stamp = fields
+        try:
+            value = float(raw_value)
+        except ValueError:
+            rejected["bad_value"] += 1
+            continue
+        try:
+            stamp = float(raw_stamp)
+        except ValueError:
+            rejected["bad_timestamp"] += 1
+            continue
+        if value - value != 0.0:
+            rejected["nan"] += 1
+            continue
+        if not 0.0 < stamp < MAX_TIMESTAMP:
+            if not -2.0 < stamp <= -1.0:
+                rejected["bad_timestamp"] += 1
+                continue
+            stamp = now
+        path = paths[raw_path]
+        if not path:
+            rejected["bad_name"] += 1
+            continue
+        append((path, stamp, value))
+    return points
+
+
+# -- pickle ------------------------------------------------------------------
+
+
+# The opcodes that build what carbon's pickle holds, in every protocol: lists, tuples, strings,
+# integers and floats, with marks, the memo and protocol 4 framing.  None of them loads a global
+# (so nothing can be called) or builds anything else.
+_CARBON_OPCODES = (
+    *(pickle.PROTO, pickle.FRAME, pickle.STOP, pickle.MARK, pickle.POP, pickle.POP_MARK, pickle.DUP),
+    *(pickle.INT, pickle.BININT, pickle.BININT1, pickle.BININT2, pickle.LONG, pickle.LONG1, pickle.LONG4),
+    *(pickle.FLOAT, pickle.BINFLOAT),
+    *(pickle.STRING, pickle.BINSTRING, pickle.SHORT_BINSTRING),
+    *(pickle.UNICODE, pickle.BINUNICODE, pickle.SHORT_BINUNICODE, pickle.BINUNICODE8),
+    *(pickle.EMPTY_LIST, pickle.LIST, pickle.APPEND, pickle.APPENDS),
+    *(pickle.EMPTY_TUPLE, pickle.TUPLE, pickle.TUPLE1, pickle.TUPLE2, pickle.TUPLE3),
+    *(pickle.PUT, pickle.BINPUT, pickle.LONG_BINPUT, pickle.MEMOIZE, pickle.GET, pickle.BINGET, pickle.LONG_BINGET),
+)
+
+
+class _CarbonUnpickler(pickle._Unpickler):
+    """Python's own unpickler with every opcode but :data:`_CARBON_OPCODES` taken out.
+
+    Any other opcode is unknown to it (``KeyError``), so a frame can build
+    lists, tuples, strings and numbers and nothing else: no global, no call.
+    It is the pure-Python unpickler on purpose: the C one (3.11) sizes its
+    memo from the index a PUT or LONG_BINPUT opcode names and zero-fills it,
+    so five hostile bytes make it fill gigabytes (40 s in a test), while this
+    one keeps the memo in a dict and reads no more than the frame holds.
+    """
+
+    dispatch = {op[0]: pickle._Unpickler.dispatch[op[0]] for op in _CARBON_OPCODES}
+
+
+# What loading hostile bytes can raise besides UnpicklingError: EOFError and struct.error on a
+# short frame, KeyError on an opcode outside the table, IndexError on an empty stack, ValueError
+# on a bad number or string, TypeError and AttributeError when opcodes meet the wrong objects.
+_UNLOADABLE = (
+    pickle.UnpicklingError,
+    EOFError,
+    struct.error,
+    KeyError,
+    IndexError,
+    ValueError,
+    TypeError,
+    AttributeError,
+)
+_NUMBERS = (int, float, str)  # carbon float()s each value; a string such as "1.5" passes
+_PAIRS = (tuple, list)
+
+
+def parse_pickle(frame: bytes, now: float, *, paths: PathCleaner | None = None) -> tuple[list[Datapoint], Counter[str]]:
+    """The datapoints in one carbon pickle frame (a list of ``(path, (timestamp, value))``) and the rejections.
+
+    A frame that does not load with carbon's opcodes alone, or is not a list,
+    counts one ``bad_pickle`` and yields nothing; an item not shaped like
+    carbon's counts ``bad_point``; the others are checked as in
+    :func:`parse_plaintext` (``bad_value``, ``bad_timestamp``, ``nan``,
+    ``bad_name``).
+    """
+    clean = PathCleaner() if paths is None else paths
+    rejected: Counter[str] = Counter()
+    try:
+        items = _CarbonUnpickler(io.BytesIO(frame), encoding="utf-8").load()
+    except _UNLOADABLE:
+        rejected["bad_pickle"] += 1
+        return [], rejected
+    if type(items) not in _PAIRS:
+        rejected["bad_pickle"] += 1
+        return [], rejected
+    points: list[Datapoint] = []
+    for item in items:
+        if (
+            type(item) not in _PAIRS
+            or len(item) != 2
+            or type(item[0]) is not str
+            or type(item[1]) not in _PAIRS
+            or len(item[1]) != 2
+            or type(item[1][0]) not in _NUMBERS
+            or type(item[1][1]) not in _NUMBERS
+        ):
+            rejected["bad_point"] += 1
+            continue
+        raw_path, (raw_stamp, raw_value) = item
+        try:
+            value = float(raw_value)
+        except (ValueError, OverflowError):
+            rejected["bad_value"] += 1
+            continue
+        try:
+            stamp = float(raw_stamp)
+        except (ValueError, OverflowError):
+            rejected["bad_timestamp"] += 1
+            continue
+        if value - value != 0.0:
+            rejected["nan"] += 1
+            continue
+        if not 0.0 < stamp < MAX_TIMESTAMP:
+            if not -2.0 < stamp <= -1.0:
+                rejected["bad_timestamp"] += 1
+                continue
+            stamp = now
+        try:
+            path = clean(raw_path)
+        except BadName:
+            rejected["bad_name"] += 1
+            continue
+        points.append((path, stamp, value))
+    return points, rejected
+
+
+# -- Twisted protocols ---------------------------------------------------------
+
+
+def _report(rejections: Rejections, rejected: Counter[str], peer: str) -> None:
+    for reason, count in rejected.items():
+        rejections.reject(reason, f"{count} from {peer}", count)
+
+
+def _peer(address: IAddress | None) -> str:
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None else str(address)
+
+
+_Connection = TypeVar("_Connection", bound="PlaintextProtocol | PickleProtocol")
+
+
+class IngressFactory(ServerFactory[_Connection]):
+    """What the connections of one TCP listener share: the sink, the rejections, the clock, the limits."""
+
+    def __init__(
+        self, sink: Sink, rejections: Rejections, clock: IReactorTime, *, max_connections: int = MAX_CONNECTIONS
+    ) -> None:
+        self.sink = sink
+        self.rejections = rejections
+        self.clock = clock
+        self.max_connections = max_connections
+        self.connections = 0
+
+    def buildProtocol(self, addr: IAddress | None) -> _Connection | None:
+        if self.connections >= self.max_connections:
+            self.rejections.reject(
+                "too_many_connections", f"{_peer(addr)} refused: {self.connections} connections open"
+            )
+            return None
+        return super().buildProtocol(addr)
+
+
+class PlaintextProtocol(Protocol):
+    """One TCP connection speaking carbon's line protocol; each chunk received becomes one batch.
+
+    The unfinished last line is kept for the next chunk.  When it grows past
+    the line limit it is counted ``line_too_long`` and skipped up to its
+    newline, so the connection buffers at most one line.
+    """
+
+    factory: PlaintextFactory
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._skipping = False
+        self.peer = "?"
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        assert self.transport is not None
+        self.peer = _peer(self.transport.getPeer())
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.connections -= 1
+
+    def dataReceived(self, data: bytes) -> None:
+        factory = self.factory
+        if self._skipping:
+            end = data.find(b"\n")
+            if end < 0:
+                return
+            data = data[end + 1 :]
+            self._skipping = False
+        points, rejected, rest = parse_plaintext(
+            self._buffer + data,
+            factory.clock.seconds(),
+            max_line_length=factory.max_line_length,
+            paths=factory.paths,
+        )
+        if len(rest) > factory.max_line_length:
+            rejected["line_too_long"] += 1
+            rest = b""
+            self._skipping = True
+        self._buffer = rest
+        if points:
+            factory.sink(points)
+        _report(factory.rejections, rejected, self.peer)
+
+
+class PlaintextFactory(IngressFactory[PlaintextProtocol]):
+    """Builds :class:`PlaintextProtocol` connections for ``reactor.listenTCP(2003, factory, interface=...)``."""
+
+    protocol = PlaintextProtocol
+
+    def __init__(
+        self,
+        sink: Sink,
+        rejections: Rejections,
+        clock: IReactorTime,
+        *,
+        max_line_length: int = MAX_LINE_LENGTH,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        super().__init__(sink, rejections, clock, max_connections=max_connections)
+        self.max_line_length = max_line_length
+        self.paths = PathCache()
+
+
+class PlaintextDatagram(DatagramProtocol):
+    """Carbon's line protocol over UDP: each datagram is one batch; its last line needs no newline.
+
+    Give it to ``reactor.listenUDP(2003, protocol, interface=...)``.
+    """
+
+    def __init__(
+        self, sink: Sink, rejections: Rejections, clock: IReactorTime, *, max_line_length: int = MAX_LINE_LENGTH
+    ) -> None:
+        self.sink = sink
+        self.rejections = rejections
+        self.clock = clock
+        self.max_line_length = max_line_length
+        self.paths = PathCache()
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        if not datagram.endswith(b"\n"):
+            datagram += b"\n"
+        points, rejected, _ = parse_plaintext(
+            datagram, self.clock.seconds(), max_line_length=self.max_line_length, paths=self.paths
+        )
+        if points:
+            self.sink(points)
+        _report(self.rejections, rejected, f"{addr[0]}:{addr[1]}")
+
+
+class PickleProtocol(Int32StringReceiver):
+    """One TCP connection speaking carbon's pickle protocol; each frame becomes one batch.
+
+    A frame declared longer than the factory's ``max_length`` is counted
+    ``frame_too_large`` and the connection dropped, before the frame is read.
+    """
+
+    factory: PickleFactory
+
+    def __init__(self) -> None:
+        self.peer = "?"
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        assert self.transport is not None
+        self.peer = _peer(self.transport.getPeer())
+        self.MAX_LENGTH = self.factory.max_length
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.factory.connections -= 1
+
+    def stringReceived(self, frame: bytes) -> None:
+        factory = self.factory
+        points, rejected = parse_pickle(frame, factory.clock.seconds(), paths=factory.paths)
+        if points:
+            factory.sink(points)
+        _report(factory.rejections, rejected, self.peer)
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self.factory.rejections.reject(
+            "frame_too_large",
+            f"{self.peer}: frame of {length} bytes, over {self.MAX_LENGTH}; connection dropped",
+        )
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
+class PickleFactory(IngressFactory[PickleProtocol]):
+    """Builds :class:`PickleProtocol` connections for ``reactor.listenTCP(2004, factory, interface=...)``."""
+
+    protocol = PickleProtocol
+
+    def __init__(
+        self,
+        sink: Sink,
+        rejections: Rejections,
+        clock: IReactorTime,
+        *,
+        max_length: int = MAX_PICKLE_LENGTH,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
+        super().__init__(sink, rejections, clock, max_connections=max_connections)
+        self.max_length = max_length
+        self.paths = PathCleaner()
