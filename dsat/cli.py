@@ -99,6 +99,12 @@ def announce_when_listening(reactor: Any, stack: Any, topo: Any) -> None:
     reactor.callWhenRunning(loop.start, 0.5)
 
 
+def cmd_test_rules(args: argparse.Namespace) -> int:
+    from dsat import testrules
+
+    return testrules.run([Path(f) for f in args.rules], sys.stdin, sys.stdout, args.topology)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsat", description="DSAT: a metrics pipeline for Graphite.")
     parser.add_argument("--version", action="version", version=f"dsat {__version__}")
@@ -128,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the tracker (default 3)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("test-rules", help="show what rule files do to metric names read on stdin")
+    p.add_argument("rules", nargs="*", help="rewrite-rules.conf and/or aggregation-rules.conf files")
+    p.add_argument("--topology", help="take rules, filters and carbon destinations from this topology")
+    p.set_defaults(func=cmd_test_rules)
 
     p = sub.add_parser("demo", help="run the demo topology with a local carbon-cache and graphite-web")
     p.add_argument("--topology", help="a topology to run instead of the packaged demo")

@@ -1,0 +1,47 @@
+"""`dsat test-rules`: rewritten names, aggregates and destinations for names read on stdin."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from dsat import testrules
+from dsat.errors import ConfigError
+
+REWRITE = "[pre]\n^servers\\.(\\w+)\\.cpu\\. = servers.\\1.processor.\n"
+AGGREGATION = "servers.all.processor.<metric> (60) = avg servers.*.processor.<metric>\n"
+
+
+def test_prints_rewrite_aggregate_and_destination(tmp_path: Path) -> None:
+    """Each input line is explained: its rewritten name, the aggregate it feeds, where it is sent."""
+    (tmp_path / "rw.conf").write_text(REWRITE)
+    (tmp_path / "agg.conf").write_text(AGGREGATION)
+    (tmp_path / "t.toml").write_text(
+        '[ingress]\nplaintext = "127.0.0.1:2003"\n[rules]\nrewrite = "rw.conf"\naggregation = "agg.conf"\n'
+        'deny = ["^secret\\\\."]\n[carbon]\ndestinations = ["127.0.0.1:2004:a", "127.0.0.1:2104:b"]\n'
+    )
+    out = io.StringIO()
+    stdin = io.StringIO("servers.web1.cpu.user 1 1700000000\nsecret.thing 1 1\n\nplain.metric\n")
+    assert testrules.run([], stdin, out, str(tmp_path / "t.toml")) == 0
+    text = out.getvalue()
+    assert "rewritten to   servers.web1.processor.user" in text
+    assert "aggregated to  servers.all.processor.user" in text
+    assert "destination    127.0.0.1:2" in text
+    assert "dropped by" in text.split("secret.thing")[1]
+    assert "plain.metric\n    sent as        plain.metric" in text
+
+
+def test_rule_files_are_told_apart_by_content(tmp_path: Path) -> None:
+    """A file with [pre]/[post] is a rewrite file, one with `(freq) =` lines an aggregation file."""
+    (tmp_path / "a").write_text(REWRITE)
+    (tmp_path / "b").write_text(AGGREGATION)
+    (tmp_path / "c").write_text("nothing here\n")
+    assert testrules.rule_kind(tmp_path / "a") == "rewrite"
+    assert testrules.rule_kind(tmp_path / "b") == "aggregation"
+    with pytest.raises(ConfigError, match="neither"):
+        testrules.rule_kind(tmp_path / "c")
+    out = io.StringIO()
+    testrules.run([tmp_path / "b", tmp_path / "a"], io.StringIO("servers.x.cpu.idle 1 1\n"), out)
+    assert "servers.x.processor.idle" in out.getvalue()
