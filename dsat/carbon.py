@@ -20,6 +20,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from carbon.hashing import ConsistentHashRing
@@ -290,27 +291,84 @@ class CarbonEgress:
         if not 1 <= replication <= len(destinations):
             raise ConfigError(f"carbon.replication: {replication} must be from 1 to {len(destinations)}")
         self.replication = replication
-        self.destinations = [
-            Destination(
-                reactor,
-                dest[0],
-                dest[1],
-                protocol=protocol,
-                max_queue=max_queue,
-                timeout=timeout,
-                spool=spool,
-                replay_rate=replay_rate,
-            )
-            for dest in destinations
-        ]
-        self._ring: ConsistentHashRing | None = None
+        self._make = partial(
+            Destination,
+            reactor,
+            protocol=protocol,
+            max_queue=max_queue,
+            timeout=timeout,
+            spool=spool,
+            replay_rate=replay_rate,
+        )
+        self.destinations: list[Destination] = []
+        #: The ring node of each destination, and whether new data is placed on it (False: draining).
+        self._nodes: list[tuple[str, str | None]] = []
+        self._placing: list[bool] = []
+        self._started = False
+        for dest in destinations:
+            self._add(dest[0], dest[1], dest[2] if len(dest) > 2 else None)
+        self._rebuild()
+
+    def _add(self, host: str, port: int, instance: str | None) -> Destination:
+        dest = self._make(host, port)
+        self.destinations.append(dest)
+        self._nodes.append((host, instance))
+        self._placing.append(True)
+        return dest
+
+    def _rebuild(self) -> None:
+        """Build the ring from the destinations new data is placed on."""
+        nodes = [node for node, placing in zip(self._nodes, self._placing, strict=True) if placing]
         self._placement: dict[str, tuple[int, ...]] = {}
-        if len(self.destinations) > 1:
-            nodes = [(dest[0], dest[2] if len(dest) > 2 else None) for dest in destinations]
-            self._ring = ConsistentHashRing(nodes)
-            self._index = {node: i for i, node in enumerate(nodes)}
+        self._index = {node: i for i, node in enumerate(self._nodes) if self._placing[i]}
+        self._ring: ConsistentHashRing | None = ConsistentHashRing(nodes) if len(nodes) > 1 else None
+        self._only = (self._index[nodes[0]],)
+
+    @property
+    def placing(self) -> list[str]:
+        """Names of the destinations new data goes to."""
+        return [d.name for d, placing in zip(self.destinations, self._placing, strict=True) if placing]
+
+    def add_destination(self, text: str) -> bool:
+        """Place data on one more destination (``host:port[:instance]``); False if it already is."""
+        from dsat.topology import parse_destination
+
+        parsed = parse_destination(text)
+        if parsed is None:
+            raise ConfigError(f"{text!r} is not host:port or host:port:instance")
+        host, port, instance = parsed
+        for i, dest in enumerate(self.destinations):
+            if (dest.host, dest.port) == (host, port):
+                if self._placing[i]:
+                    return False
+                self._placing[i] = True
+                self._rebuild()
+                return True
+        if (host, instance) in self._index:
+            raise ConfigError(f"{text}: another destination has host {host} and instance {instance}")
+        dest = self._add(host, port, instance)
+        if self._started:
+            dest.start()
+        self._rebuild()
+        return True
+
+    def drain_destination(self, text: str) -> bool:
+        """Place no new data on a destination; what it has queued or spooled still goes to it."""
+        for i, dest in enumerate(self.destinations):
+            if dest.name == text or f"{dest.name}:{self._nodes[i][1]}" == text:
+                if not self._placing[i]:
+                    return False
+                if sum(self._placing) - 1 < self.replication:
+                    raise ConfigError(
+                        f"cannot drain {text}: fewer destinations than the replication factor would be left"
+                    )
+                self._placing[i] = False
+                self._rebuild()
+                return True
+        raise ConfigError(f"{text} is not a carbon destination; they are {', '.join(self.placing)}")
 
     def start(self) -> None:
+        self._started = True
         for dest in self.destinations:
             dest.start()
 
@@ -347,7 +405,7 @@ class CarbonEgress:
     def place(self, path: str) -> tuple[int, ...]:
         """Indexes of the destinations that hold *path* (carbon_ch, ``replication`` of them)."""
         if self._ring is None:
-            return (0,)
+            return self._only
         indexes = self._placement.get(path)
         if indexes is None:
             if len(self._placement) > 200_000:
@@ -364,7 +422,7 @@ class CarbonEgress:
                 on_written()
             return
         if self._ring is None:
-            self.destinations[0].send(points, on_written)
+            self.destinations[self._only[0]].send(points, on_written)
             return
         parts: dict[int, list[Point]] = {}
         place = self.place

@@ -99,6 +99,15 @@ def announce_when_listening(reactor: Any, stack: Any, topo: Any) -> None:
     reactor.callWhenRunning(loop.start, 0.5)
 
 
+def cmd_route(args: argparse.Namespace) -> int:
+    from dsat import route, topology
+
+    topo = topology.load(args.topology)
+    config = route.send(topo, route.command(args.action, args.args), timeout=args.timeout)
+    print(f"routes: {config.get('routes')}\ncarbon destinations: {config.get('destinations')}")
+    return 0
+
+
 def cmd_test_rules(args: argparse.Namespace) -> int:
     from dsat import testrules
 
@@ -134,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
     p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the tracker (default 3)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("route", help="change the running orchester's routing (no restart)")
+    p.add_argument("topology")
+    p.add_argument("action", choices=["set", "add", "drain"])
+    p.add_argument("args", nargs="+", help="set: TYPE STEP...; add/drain: HOST:PORT[:INSTANCE]")
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=cmd_route)
 
     p = sub.add_parser("test-rules", help="show what rule files do to metric names read on stdin")
     p.add_argument("rules", nargs="*", help="rewrite-rules.conf and/or aggregation-rules.conf files")

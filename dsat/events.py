@@ -82,8 +82,8 @@ class Reporter:
     def error(self, env: Envelope, reason: str) -> None:
         self._emit(env, "ERROR", reason=reason)
 
-    def heartbeat(self, **counters: int) -> None:
-        """I am alive; *counters* (totals since start) travel along for DSAT's own metrics."""
+    def heartbeat(self, **counters: int | str) -> None:
+        """I am alive; *counters* (totals since start) and settings (strings) travel along."""
         self.sender.send(
             encode(
                 Envelope(

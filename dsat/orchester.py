@@ -21,9 +21,10 @@ straight into the egress every ``metrics_every`` seconds.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -68,6 +69,7 @@ class Orchester:
         rules: RuleSet | None = None,
     ) -> None:
         self.topology = topology
+        self.routes: dict[str, tuple[str, ...]] = dict(topology.orchester.routes)
         self.rules = rules
         self._rule_stamp = self._rule_files_stamp()
         self.clock = clock
@@ -105,7 +107,10 @@ class Orchester:
     def heartbeat(self) -> None:
         """Alive, with the frames its links to satellites dropped and the legs held by open circuits."""
         self.reporter.heartbeat(
-            link_dropped=sum(sender.dropped for sender in self.senders.values()), diverted=self.circuits.diverted
+            link_dropped=sum(sender.dropped for sender in self.senders.values()),
+            diverted=self.circuits.diverted,
+            routes=json.dumps({t: list(steps) for t, steps in sorted(self.routes.items())}),
+            destinations=",".join(self.egress.placing),
         )
 
     def stop(self) -> None:
@@ -143,7 +148,7 @@ class Orchester:
         """Send one envelope to every step its type is routed to."""
         self.reporter.ack(env)
         self.points_in += len(env.points)
-        targets = self.topology.routes_for(env.type)
+        targets = self.routes.get(env.type) or self.routes.get("*") or ()
         if not targets:
             self.rejected.reject("no_route", f"no route for type {env.type!r} (batch {env.task_id})")
             self.reporter.error(env, f"no route for type {env.type!r}")
@@ -157,6 +162,45 @@ class Orchester:
                 # A leg held back by an open circuit times out; its emitter sends the batch again.
                 out = env.evolve(step=STEP, where=self.where, next=(target,))
                 self.senders[target].send(encode(out, self.topology.codec))
+
+    # -- the control channel -----------------------------------------------------
+
+    def on_control(self, frame: bytes) -> None:
+        """A change from `dsat route`: set a type's route, add or drain a carbon destination."""
+        try:
+            env = decode(frame)
+        except EnvelopeError as exc:
+            self.rejected.reject(exc.reason, exc)
+            return
+        if env.channel != "control" or env.type != "route":
+            self.rejected.reject("wrong_channel", f"{env.channel!r}/{env.type!r} on the control channel")
+            return
+        try:
+            self.apply_control(dict(env.meta))
+        except ConfigError as exc:
+            self.rejected.reject("bad_control", exc)
+
+    def apply_control(self, change: dict[str, Any]) -> None:
+        """Apply one routing change; raises ConfigError for one that cannot be applied."""
+        action = change.get("action")
+        if action == "route":
+            type_name = str(change.get("type", ""))
+            targets = tuple(t for t in str(change.get("targets", "")).split(",") if t)
+            unknown = [t for t in targets if t != "carbon" and t not in self.senders]
+            if not type_name or not targets or unknown:
+                valid = ", ".join(["carbon", *sorted(self.senders)])
+                raise ConfigError(f"route {type_name!r} -> {targets}: unknown targets {unknown}; valid: {valid}")
+            if self.routes.get(type_name) != targets:
+                self.routes[type_name] = targets
+                self.log.info("route changed: {type} -> {targets}", type=type_name, targets=", ".join(targets))
+        elif action == "add":
+            if self.egress.add_destination(str(change.get("destination", ""))):
+                self.log.info("carbon destination added: {dest}", dest=change.get("destination"))
+        elif action == "drain":
+            if self.egress.drain_destination(str(change.get("destination", ""))):
+                self.log.info("carbon destination draining: {dest}", dest=change.get("destination"))
+        else:
+            raise ConfigError(f"unknown control action {action!r}; valid: route, add, drain")
 
     def on_published(self, frame: bytes) -> None:
         """Circuit changes from the tracker's PUB socket."""

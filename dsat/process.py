@@ -142,7 +142,8 @@ def run(topology_path: str | Path, step: str) -> int:
             rules = load_rules(
                 rules_conf.rewrite, rules_conf.aggregation, rules_conf.allow, rules_conf.deny, clock=reactor
             )
-        targets = {t for ts in topo.orchester.routes.values() for t in ts if t != "carbon"}
+        # Every transform and sink can be a route target (`dsat route` may point a type at any of them).
+        targets = {name for name, sat in topo.satellites.items() if sat.kind != "collector"}
         orch = Orchester(
             topo,
             clock=reactor,
@@ -161,6 +162,7 @@ def run(topology_path: str | Path, step: str) -> int:
         receivers.append(
             ZmqReceiver("sub", topo.tracker.states, orch.on_published, bind=False, topics=(BREAKER_TOPIC,))
         )
+        receivers.append(ZmqReceiver("sub", topo.orchester.control, orch.on_control))
         orch.start(orchester_input)
         stop_hooks.append(orch.stop)
 

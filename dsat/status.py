@@ -69,6 +69,13 @@ def format_status(snap: dict[str, Any]) -> str:
         lines.append(
             "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
         )
+    config = snap.get("heartbeats", {}).get("orchester", {}).get("config", {})
+    if config:
+        lines += ["", f"orchester routes: {config.get('routes')}", f"carbon destinations: {config.get('destinations')}"]
+    if snap.get("circuits"):
+        lines += ["circuits: " + ", ".join(f"{k} {v}" for k, v in sorted(snap["circuits"].items()))]
+    if snap.get("alerts"):
+        lines += ["alerts: " + ", ".join(f"{k} {v}" for k, v in sorted(snap["alerts"].items()))]
     if snap.get("rejected"):
         lines += [
             "",

@@ -149,6 +149,7 @@ class TrackerService:
                 "pid": env.pid,
                 "at": self.clock.seconds(),
                 "counters": {k: v for k, v in env.meta.items() if k in HEARTBEAT_COUNTERS and isinstance(v, int)},
+                "config": {k: v for k, v in env.meta.items() if isinstance(v, str)},
             }
         else:
             self.rejected.reject("wrong_channel", f"{env.channel!r}/{env.type!r} from {env.step!r}")

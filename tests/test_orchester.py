@@ -182,3 +182,18 @@ def test_input_pauses_while_carbon_is_full_and_resumes_after() -> None:
     clock.advance(0.2)
     assert not link.paused
     orch.stop()
+
+
+def test_control_changes_routes_and_refuses_unknown_targets() -> None:
+    """A route change on the control channel takes effect for the next batch; a bad one is counted, not applied."""
+    orch, egress, _, archive, _ = make()
+    change = Envelope(channel="control", type="route", meta={"action": "route", "type": "gauge", "targets": "archive"})
+    orch.on_control(encode(change))
+    orch.on_frame(frame((("a.b", 1, 1.0),))[1])
+    assert len(archive.frames) == 1 and egress.batches == []
+    bad = change.evolve(meta={"action": "route", "type": "gauge", "targets": "nowhere"})
+    orch.on_control(encode(bad))
+    orch.on_control(encode(change.evolve(meta={"action": "explode"})))
+    orch.on_control(b"garbage")
+    assert orch.rejected["bad_control"] == 2 and orch.rejected["bad_magic"] == 1
+    assert orch.routes["gauge"] == ("archive",)
