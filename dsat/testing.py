@@ -51,6 +51,7 @@ class CaptureEgress:
         self.replayed = 0
         self.spool_pending = 0
         self.full = False
+        self.placing = ["127.0.0.1:2004"]
         self.started = False
 
     def start(self) -> None:
