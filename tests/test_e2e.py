@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -28,9 +29,11 @@ pytestmark = pytest.mark.e2e
 
 
 def demo_topology(directory: Path, pickle_port: int) -> Path:
-    """The packaged demo topology with fast intervals and this test's carbon port."""
+    """The packaged demo topology with fast intervals, this test's carbon port and free ingress ports."""
     text = (ROOT / "dsat" / "demo.toml").read_text()
-    text = text.replace('"127.0.0.1:2004"', f'"127.0.0.1:{pickle_port}"')
+    text = text.replace('"127.0.0.1:2104"', f'"127.0.0.1:{pickle_port}"')
+    for key in ("plaintext", "plaintext_udp", "pickle", "statsd"):
+        text = re.sub(rf'^{key} = "127.0.0.1:\d+"', f'{key} = "127.0.0.1:{free_port()}"', text, flags=re.M)
     text = re.sub(r'every = "\d+s"', 'every = "1s"', text)
     text = text.replace('metrics_every = "10s"', 'metrics_every = "1s"')
     path = directory / "demo.toml"
@@ -178,6 +181,18 @@ def documented_demo_paths() -> list[str]:
     text = (ROOT / "docs" / "naming.rst").read_text()
     block = text.split(".. demo-tree-start", 1)[1].split(".. demo-tree-end", 1)[0]
     return [line.split()[0] for line in block.splitlines() if line.strip().startswith("dsat.<where>.")]
+
+
+def test_a_graphite_client_can_send_to_the_demo(demo) -> None:
+    """A plaintext line sent to the demo's ingress port shows in graphite-web."""
+    from dsat import topology
+
+    topo = topology.load(demo["topology"])
+    assert topo.ingress.plaintext is not None
+    now = int(time.time())
+    with socket.create_connection(topo.ingress.plaintext) as client:
+        client.sendall(f"myapp.requests 42 {now}\n".encode())
+    assert wait_for(lambda: non_null_series(demo["url"], "myapp.requests"), 30, "the client's point in graphite-web")
 
 
 def test_graphite_web_serves_its_ui(demo) -> None:
