@@ -137,17 +137,19 @@ max_queue = 10000000
 #: ``rewrite:pre`` processor first, the pipeline carbon-aggregator uses, so it does the same work as the others.
 CARBON_RELAY_WITH_REWRITE = """
 import sys
-from carbon import service
 from carbon.util import run_twistd_plugin
+from twisted.plugins.carbon_relay_plugin import CarbonRelayServiceMaker
 
-def relay_with_rewrite(config):
+def relay_with_rewrite(self, config):
+    from carbon import service
     from carbon.conf import settings
+    settings["rewrite-rules"] = settings.CONF_DIR + "/" + settings.REWRITE_RULES
     root = service.createBaseService(config, settings)
     service.setupPipeline(["rewrite:pre", "relay"], root, settings)
     service.setupReceivers(root, settings)
     return root
 
-service.createRelayService = relay_with_rewrite
+CarbonRelayServiceMaker.makeService = relay_with_rewrite
 sys.argv[0] = sys.argv.pop(1)
 run_twistd_plugin(sys.argv[0])
 """
@@ -157,6 +159,7 @@ def carbon_relay_command(base: Path, port: int, sink_port: int, *, max_queue: in
     conf = base / "conf"
     conf.mkdir()
     (conf / "rewrite-rules.conf").write_text(f"[pre]\n{PATTERN} = {REPLACEMENT}\n")
+    (conf / "storage-schemas.conf").write_text("[default]\npattern = .*\nretentions = 10s:1d\n")
     (conf / "relay-rules.conf").write_text(f"[default]\ndefault = true\ndestinations = 127.0.0.1:{sink_port}\n")
     (conf / "carbon.conf").write_text(
         f"""
@@ -242,13 +245,13 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], seconds: float) -> 
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"the relay exited ({proc.returncode}) before listening on {port}")
+            raise RuntimeError(f"the relay exited ({proc.returncode}) before listening on {port}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
             time.sleep(0.1)
-    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {seconds:.0f} s")
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds:.0f} s")
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -307,7 +310,11 @@ def measure(relay: Relay, payload: bytes, lines: int, connections: int, timeout:
         log = (base / "relay.log").open("wb")
         proc = subprocess.Popen(argv, cwd=base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_listening(port, proc, 60)
+            try:
+                wait_listening(port, proc, 60)
+            except RuntimeError as exc:
+                log.flush()
+                raise SystemExit(f"{relay.name}: {exc}\n{(base / 'relay.log').read_text(errors='replace')[-3000:]}") from exc
             on_start(proc.pid)
             socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
             senders = [threading.Thread(target=send, args=(s, piece)) for s, piece in zip(socks, split(payload, connections))]
