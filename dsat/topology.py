@@ -871,3 +871,19 @@ def _environment(problems: _Problems, topo: Topology) -> None:
                 sock.bind(("" if host == "*" else host, int(port)))
             except OSError as exc:
                 problems.add(key, f"cannot bind {address} ({exc.strerror}); stop what uses it or pick another port")
+    ingress = topo.ingress
+    for key, listener, kind in (
+        ("ingress.plaintext", ingress.plaintext, socket.SOCK_STREAM),
+        ("ingress.plaintext_udp", ingress.plaintext_udp, socket.SOCK_DGRAM),
+        ("ingress.pickle", ingress.pickle, socket.SOCK_STREAM),
+        ("ingress.statsd", ingress.statsd, socket.SOCK_DGRAM),
+    ):
+        if listener is None:
+            continue
+        host, port = listener
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted listens
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                problems.add(key, f"cannot listen on {host}:{port} ({exc.strerror}); stop what uses it or pick another")

@@ -595,3 +595,16 @@ def test_unwritable_run_dir(short_tmp: Path) -> None:
     problem = only_problem(text, check_environment=True)
     assert problem.startswith(f"demo.toml: dsat.run_dir: {plain}/run is not a writable folder (")
     assert problem.endswith("pick another")
+
+
+def test_an_ingress_port_in_use_is_reported(tmp_path: Path) -> None:
+    """With the environment checked, an [ingress] port another process listens on is a problem."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        text = f'[dsat]\nrun_dir = "{tmp_path}"\n[spool]\npath = ""\n[ingress]\nplaintext = "127.0.0.1:{port}"\n'
+        text += '[carbon]\ndestinations = ["127.0.0.1:2004"]\n'
+        with pytest.raises(ConfigError) as error:
+            topology.loads(text, path=tmp_path / "t.toml", registry=REGISTRY, check_environment=True)
+    assert "ingress.plaintext: cannot listen on 127.0.0.1:" in str(error.value)
