@@ -1,25 +1,30 @@
 """DSAT against carbon-relay and carbon-c-relay: one plaintext workload, one rewrite rule, side by side.
 
 Each relay runs in its own process(es), listens for Graphite plaintext on
-127.0.0.1, rewrites ``servers.hostNNN.cpu.*`` to ``servers.hostNNN.processor.*``
-and forwards plaintext to a counting sink (a separate process that counts
-newlines and checks every line was rewritten).  A client writes the
-pre-generated workload as fast as the relay takes it; the rate is the
-datapoints delivered divided by the time from the first byte sent to the
-sink counting the last one.  carbon-c-relay runs with a few queue/batch/worker
-settings and the best counts.  Figures go to ``bench/results/relay.json``.
+127.0.0.1, rewrites ``servers.hostNNN.cpu.*`` into ``servers.hostNNN.processor.*``
+and forwards plaintext to a counting sink: a separate process that counts the
+lines it receives and how many carry the rewritten name.  A client writes the
+pre-generated workload as fast as the relay takes it; a relay's rate is the
+datapoints delivered divided by the time from the first byte sent until the
+sink counted the last one.  carbon-c-relay runs with a few worker/batch/queue
+settings, every relay runs ``--repeat`` times, and the best run of each counts.
+The figures go to ``bench/results/relay.json``; ``docs/performance.rst`` explains them.
 
-    .venv/bin/python bench/relay.py [--lines 1000000] [--connections 1] [--repeat 1]
+    .venv/bin/python bench/relay.py [--lines 1000000] [--repeat 3] [--verify]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import functools
 import json
 import multiprocessing
 import os
 import platform
 import random
+import re
 import selectors
 import shutil
 import signal
@@ -31,8 +36,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from multiprocessing.sharedctypes import SynchronizedArray
 from pathlib import Path
+
+import psutil
 
 from dsat.stack import free_port
 
@@ -43,17 +49,26 @@ RESULTS = ROOT / "bench" / "results" / "relay.json"
 HOSTS = 50
 CORES = 8
 STATES = ("user", "system", "iowait", "idle")
-#: The rewrite every relay applies (POSIX ERE and Python ``re`` alike: carbon-c-relay has no ``\d``).
+#: The rewrite every relay applies (POSIX ERE and Python ``re`` alike: carbon-c-relay's libc regex has no ``\d``).
 PATTERN = r"^servers\.(host[0-9]+)\.cpu\."
 REPLACEMENT = r"servers.\1.processor."
 REWRITTEN = b".processor."
 ORIGINAL = b".cpu."
 
-#: carbon-c-relay settings tried, as (workers, batch size, queue size); the best run counts.
-C_RELAY_SETTINGS = ((2, 2500, 25000), (1, 2500, 25000), (2, 10000, 1000000), (1, 10000, 1000000))
+#: carbon-c-relay settings tried, as (workers, batch size, queue size).  Its default queue (25,000) makes it
+#: stall the client about a second at a time (36,000 datapoints/s here), so every setting has a large one.
+C_RELAY_SETTINGS = ((1, 2500, 5_000_000), (1, 10_000, 5_000_000), (2, 10_000, 1_000_000), (2, 10_000, 5_000_000))
+#: The relays' queues hold the whole workload, so none has to drop or stall (carbon-relay drops when full).
+QUEUE = 10_000_000
+#: DSAT's rate divided by each peer's, at least.
+GOALS = {"dsat/carbon-c-relay": 1.0, "dsat/carbon-relay": 3.0}
+#: A run gives up when the sink counted nothing new for this long.
+IDLE_SECONDS = 30
 
-#: The sink's shared counters.
+#: Slots of the sink's shared counters.
 LINES, REWRITTEN_LINES, ORIGINAL_LINES, LAST_AT, TARGET, DONE_AT = range(6)
+Counters = ctypes.Array[ctypes.c_double]
+Points = list[tuple[bytes, float, int]]
 
 
 def workload(lines: int, seed: int = 42) -> bytes:
@@ -62,12 +77,29 @@ def workload(lines: int, seed: int = 42) -> bytes:
     names = [f"servers.host{h:03d}.cpu.core{c}.{s}" for h in range(HOSTS) for c in range(CORES) for s in STATES]
     rounds = lines // len(names) + 1
     start = (int(time.time()) // 10 - rounds) * 10
-    out = [f"{names[i % len(names)]} {rng.uniform(0, 100):.2f} {start + 10 * (i // len(names))}\n" for i in range(lines)]
+    out = [
+        f"{names[i % len(names)]} {rng.uniform(0, 100):.2f} {start + 10 * (i // len(names))}\n" for i in range(lines)
+    ]
     return "".join(out).encode()
 
 
-def sink(listener: socket.socket, counts: SynchronizedArray[float]) -> None:
-    """Count the complete lines received on every connection, and how many carry the rewritten prefix."""
+def datapoints(data: bytes) -> Points:
+    """The (path, value, timestamp) of every line, sorted: relays may write ``1.40`` as ``1.4``."""
+    points = []
+    for line in data.splitlines():
+        path, value, timestamp = line.split()
+        points.append((path, float(value), int(timestamp)))
+    points.sort()
+    return points
+
+
+def rewritten(payload: bytes) -> bytes:
+    return re.sub(rb"(?m)" + PATTERN.encode(), REPLACEMENT.encode(), payload)
+
+
+def sink(listener: socket.socket, counts: Counters, copy: str | None) -> None:
+    """Count the complete lines received on every connection, and those with the rewritten name; *copy* keeps them."""
+    out = open(copy, "wb") if copy else None  # noqa: SIM115 (lives as long as this process)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ)
     tails: dict[socket.socket, bytes] = {}
@@ -77,7 +109,6 @@ def sink(listener: socket.socket, counts: SynchronizedArray[float]) -> None:
             assert isinstance(sock, socket.socket)
             if sock is listener:
                 conn, _ = listener.accept()
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
                 selector.register(conn, selectors.EVENT_READ)
                 tails[conn] = b""
                 continue
@@ -91,6 +122,9 @@ def sink(listener: socket.socket, counts: SynchronizedArray[float]) -> None:
             cut = data.rfind(b"\n") + 1
             tails[sock] = data[cut:]
             complete = data[:cut]
+            if out:
+                out.write(complete)
+                out.flush()
             counts[LINES] += complete.count(b"\n")
             counts[REWRITTEN_LINES] += complete.count(REWRITTEN)
             counts[ORIGINAL_LINES] += complete.count(ORIGINAL)
@@ -99,13 +133,16 @@ def sink(listener: socket.socket, counts: SynchronizedArray[float]) -> None:
                 counts[DONE_AT] = counts[LAST_AT]
 
 
-@dataclass
+# -- the relays ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
 class Relay:
-    """How to start one relay: its name, its settings, and a function writing its config and returning its argv."""
+    """One relay to run: its name, its settings, and how to write its configuration and get its command line."""
 
     name: str
     settings: str
-    command: Callable[[Path, int, int], list[str]]
+    command: Callable[[Path, int, int], list[str]]  # (directory, listen port, sink port) -> argv
 
 
 def dsat_command(base: Path, port: int, sink_port: int) -> list[str]:
@@ -127,14 +164,14 @@ protocol = "plaintext"
 [spool]
 path = ""
 [orchester]
-max_queue = 10000000
+max_queue = {QUEUE}
 """
     )
     return [str(BIN / "dsat"), "up", str(base / "topology.toml")]
 
 
-#: carbon-relay (``carbon`` 1.1.10) runs the pipeline ``relay`` alone; this runs it with carbon's own
-#: ``rewrite:pre`` processor first, the pipeline carbon-aggregator uses, so it does the same work as the others.
+#: carbon-relay (carbon 1.1.10) runs the pipeline ``relay`` alone and never reads rewrite-rules.conf; this
+#: starts it with carbon's own ``rewrite:pre`` processor ahead (as carbon-aggregator has it), same work as the others.
 CARBON_RELAY_WITH_REWRITE = """
 import sys
 from carbon.util import run_twistd_plugin
@@ -155,7 +192,7 @@ run_twistd_plugin(sys.argv[0])
 """
 
 
-def carbon_relay_command(base: Path, port: int, sink_port: int, *, max_queue: int = 100_000) -> list[str]:
+def carbon_relay_command(base: Path, port: int, sink_port: int) -> list[str]:
     conf = base / "conf"
     conf.mkdir()
     (conf / "rewrite-rules.conf").write_text(f"[pre]\n{PATTERN} = {REPLACEMENT}\n")
@@ -172,22 +209,14 @@ PICKLE_RECEIVER_PORT = {free_port()}
 RELAY_METHOD = rules
 DESTINATIONS = 127.0.0.1:{sink_port}
 DESTINATION_PROTOCOL = line
-MAX_QUEUE_SIZE = {max_queue}
-USE_FLOW_CONTROL = True
+MAX_QUEUE_SIZE = {QUEUE}
 CARBON_METRIC_INTERVAL = 0
 LOG_LISTENER_CONN_SUCCESS = False
 """
     )
-    return [
-        sys.executable,
-        "-c",
-        CARBON_RELAY_WITH_REWRITE,
-        str(BIN / "carbon-relay.py"),
-        f"--config={conf / 'carbon.conf'}",
-        f"--logdir={base / 'log'}",
-        "--nodaemon",
-        "start",
-    ]
+    script = str(BIN / "carbon-relay.py")
+    options = [f"--config={conf / 'carbon.conf'}", f"--logdir={base / 'log'}", "--nodaemon", "start"]
+    return [sys.executable, "-c", CARBON_RELAY_WITH_REWRITE, script, *options]
 
 
 def c_relay_command(base: Path, port: int, sink_port: int, *, workers: int, batch: int, queue: int) -> list[str]:
@@ -199,32 +228,25 @@ rewrite {PATTERN} into {REPLACEMENT};
 match * send to sink stop;
 """
     )
-    # -s: submission mode, no statistics of its own in the stream; -L 15: stall clients as long as it can.
-    return ["carbon-c-relay", "-f", str(base / "relay.conf"), "-s", "-L", "15"] + [
-        f"-w{workers}",
-        f"-b{batch}",
-        f"-q{queue}",
-    ]
+    # -s: submission mode, no statistics of its own in the stream; -L 15: stall the client rather than drop.
+    conf = str(base / "relay.conf")
+    return ["carbon-c-relay", "-f", conf, "-s", "-L", "15", "-w", str(workers), "-b", str(batch), "-q", str(queue)]
 
 
-def relays(which: set[str]) -> list[Relay]:
-    found = []
-    if "dsat" in which:
-        found.append(Relay("dsat", "asyncio reactor, one orchester", dsat_command))
-    if "carbon-relay" in which:
-        found.append(Relay("carbon-relay", "MAX_QUEUE_SIZE=100000, flow control", carbon_relay_command))
-    if "carbon-c-relay" in which:
-        for workers, batch, queue in C_RELAY_SETTINGS:
-            found.append(
-                Relay(
-                    "carbon-c-relay",
-                    f"-w{workers} -b{batch} -q{queue}",
-                    lambda base, port, sink_port, w=workers, b=batch, q=queue: c_relay_command(
-                        base, port, sink_port, workers=w, batch=b, queue=q
-                    ),
-                )
-            )
-    return found
+def relays(names: list[str]) -> list[Relay]:
+    chosen = []
+    for name in names:
+        if name == "dsat":
+            chosen.append(Relay("dsat", f"max_queue={QUEUE}", dsat_command))
+        elif name == "carbon-relay":
+            chosen.append(Relay("carbon-relay", f"MAX_QUEUE_SIZE={QUEUE}", carbon_relay_command))
+        elif name == "carbon-c-relay":
+            for workers, batch, queue in C_RELAY_SETTINGS:
+                command = functools.partial(c_relay_command, workers=workers, batch=batch, queue=queue)
+                chosen.append(Relay("carbon-c-relay", f"-w {workers} -b {batch} -q {queue}", command))
+        else:
+            raise SystemExit(f"unknown relay {name!r}: choose among dsat, carbon-relay, carbon-c-relay")
+    return chosen
 
 
 def ensure_c_relay() -> None:
@@ -232,13 +254,17 @@ def ensure_c_relay() -> None:
     if shutil.which("carbon-c-relay"):
         return
     print("installing carbon-c-relay (apt-get)", flush=True)
-    subprocess.run(["apt-get", "update"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(
-        ["apt-get", "install", "-y", "carbon-c-relay"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-    )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update"], check=True, stdout=subprocess.DEVNULL, env=env)
+    subprocess.run(["apt-get", "install", "-y", "carbon-c-relay"], check=True, stdout=subprocess.DEVNULL, env=env)
+
+
+def c_relay_version() -> str:
+    out = subprocess.run(["carbon-c-relay", "-v"], capture_output=True, text=True).stdout
+    return out.split("\n", 1)[0]
+
+
+# -- one run ---------------------------------------------------------------------------------------------------
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], seconds: float) -> None:
@@ -255,18 +281,24 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], seconds: float) -> 
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the relay, then SIGKILL its process group (started in its own session) if it lingers."""
+    """SIGTERM the relay, then SIGKILL its process group (it has its own session) in case something lingers."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time used so far by *pid* and its descendants: the whole relay."""
+    top = psutil.Process(pid)
+    total = 0.0
+    for proc in [top, *top.children(recursive=True)]:
+        times = proc.cpu_times()
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 def split(payload: bytes, parts: int) -> list[bytes]:
@@ -279,68 +311,83 @@ def split(payload: bytes, parts: int) -> list[bytes]:
     return pieces
 
 
+def send(sock: socket.socket, piece: bytes) -> None:
+    with sock:
+        sock.sendall(piece)
+
+
 @dataclass
 class Run:
     relay: str
     settings: str
     lines: int
-    delivered: int
-    not_rewritten: int
-    other_lines: int
+    delivered: int  # lines with the rewritten name counted at the sink
+    not_rewritten: int  # lines that still had the original name
+    other_lines: int  # anything else the sink received
     seconds: float
-    datapoints_per_s: float
+    datapoints_per_s: int
+    cpu_seconds: float  # used by the relay's processes during the run
     complete: bool
-    pid: int
+    verified: bool | None = None  # with --verify: the sink received exactly the rewritten workload
 
 
-def measure(relay: Relay, payload: bytes, lines: int, connections: int, timeout: float, on_start: Callable[[int], None]) -> Run:
+def measure(relay: Relay, payload: bytes, lines: int, args: argparse.Namespace, expected: Points | None) -> Run:
     """Start a sink and *relay*, send *payload*, wait until the sink counted every line (or gave up)."""
     ctx = multiprocessing.get_context("fork")
-    counts = ctx.Array("d", 6, lock=False)
+    counts: Counters = ctx.Array("d", 6, lock=False)
     counts[TARGET] = lines
-    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-    sink_port = listener.getsockname()[1]
-    sink_proc = ctx.Process(target=sink, args=(listener, counts), daemon=True)
-    sink_proc.start()
-    listener.close()
     with tempfile.TemporaryDirectory(prefix="dsat-relay-bench-") as tmp:
         base = Path(tmp)
+        copy = base / "received" if expected is not None else None
+        listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sink_port = listener.getsockname()[1]
+        sink_proc = ctx.Process(target=sink, args=(listener, counts, copy and str(copy)), daemon=True)
+        sink_proc.start()
+        listener.close()
         port = free_port()
         argv = relay.command(base, port, sink_port)
-        log = (base / "relay.log").open("wb")
-        proc = subprocess.Popen(argv, cwd=base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with (base / "relay.log").open("wb") as log:
+            proc = subprocess.Popen(argv, cwd=base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        profiler = Profiler(args.profile) if args.profile and relay.name == "dsat" else None
         try:
             try:
                 wait_listening(port, proc, 60)
             except RuntimeError as exc:
-                log.flush()
-                raise SystemExit(f"{relay.name}: {exc}\n{(base / 'relay.log').read_text(errors='replace')[-3000:]}") from exc
-            on_start(proc.pid)
-            socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(connections)]
-            senders = [threading.Thread(target=send, args=(s, piece)) for s, piece in zip(socks, split(payload, connections))]
+                raise SystemExit(
+                    f"{relay.name}: {exc}\n{(base / 'relay.log').read_text(errors='replace')[-3000:]}"
+                ) from exc
+            if profiler:
+                profiler.start(proc.pid)
+            socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(args.connections)]
+            pieces = split(payload, args.connections)
+            cpu_at_start = cpu_seconds(proc.pid)
+            senders = [
+                threading.Thread(target=send, args=pair, daemon=True) for pair in zip(socks, pieces, strict=True)
+            ]
             started = time.monotonic()
             for thread in senders:
                 thread.start()
-            deadline = started + timeout
             progress, progress_at = 0.0, started
-            while not counts[DONE_AT] and time.monotonic() < deadline:
+            while not counts[DONE_AT] and time.monotonic() < started + args.timeout:
                 time.sleep(0.02)
                 if counts[LINES] != progress:
                     progress, progress_at = counts[LINES], time.monotonic()
-                elif time.monotonic() - progress_at > 30:
-                    break  # nothing arrived for 30 s: the rest is lost
-            for thread in senders:
-                thread.join(timeout=5)
-            done = bool(counts[DONE_AT])
-            ended = counts[DONE_AT] if done else counts[LAST_AT] or time.monotonic()
+                elif time.monotonic() - progress_at > IDLE_SECONDS:
+                    break
+            complete = bool(counts[DONE_AT])
+            ended = counts[DONE_AT] if complete else counts[LAST_AT] or time.monotonic()
+            cpu = cpu_seconds(proc.pid) - cpu_at_start
         finally:
+            if profiler:
+                profiler.stop()
             stop(proc)
-            log.close()
             sink_proc.terminate()
             sink_proc.join()
-        if not done:
-            sys.stderr.write((base / "relay.log").read_text(errors="replace")[-3000:])
-    seconds = max(ended - started, 1e-9)
+        if not complete:
+            print((base / "relay.log").read_text(errors="replace")[-3000:], file=sys.stderr)
+        verified = datapoints(copy.read_bytes()) == expected if copy is not None else None
+    seconds = max(ended - started, 1e-6)
     delivered = int(counts[REWRITTEN_LINES])
     return Run(
         relay=relay.name,
@@ -351,77 +398,29 @@ def measure(relay: Relay, payload: bytes, lines: int, connections: int, timeout:
         other_lines=int(counts[LINES] - counts[REWRITTEN_LINES] - counts[ORIGINAL_LINES]),
         seconds=round(seconds, 3),
         datapoints_per_s=round(delivered / seconds),
-        complete=done,
-        pid=proc.pid,
+        cpu_seconds=round(cpu, 2),
+        complete=complete,
+        verified=verified,
     )
 
 
-def send(sock: socket.socket, piece: bytes) -> None:
-    with sock:
-        sock.sendall(piece)
-
-
-def best(runs: list[Run], name: str) -> Run | None:
-    """The fastest run of *name* that delivered everything (else the one that delivered most)."""
-    mine = [r for r in runs if r.relay == name]
-    if not mine:
-        return None
-    return max(mine, key=lambda r: (r.complete, r.datapoints_per_s if r.complete else r.delivered))
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=1_000_000, help="datapoints in the workload (default 1,000,000)")
-    parser.add_argument("--connections", type=int, default=1, help="client TCP connections (default 1)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per relay and setting; the best counts")
-    parser.add_argument("--timeout", type=float, default=300, help="seconds one run may take (default 300)")
-    parser.add_argument(
-        "--relays", default="carbon-c-relay,carbon-relay,dsat", help="which relays, comma-separated (default all)"
-    )
-    parser.add_argument("--profile", metavar="SVG", help="py-spy record DSAT's orchester during its run into SVG")
-    parser.add_argument("--no-save", action="store_true", help=f"do not write {RESULTS.relative_to(ROOT)}")
-    args = parser.parse_args(argv)
-    which = set(args.relays.split(","))
-    if "carbon-c-relay" in which:
-        ensure_c_relay()
-    payload = workload(args.lines)
-    print(f"workload: {args.lines:,} lines, {len(payload) / 1e6:.1f} MB, {args.connections} connection(s)", flush=True)
-    runs: list[Run] = []
-    for relay in relays(which):
-        for _ in range(args.repeat):
-            profiler = Profiler(args.profile) if args.profile and relay.name == "dsat" else None
-            run = measure(
-                relay, payload, args.lines, args.connections, args.timeout, profiler.start if profiler else lambda pid: None
-            )
-            if profiler:
-                profiler.stop()
-            runs.append(run)
-            state = "" if run.complete else f"  INCOMPLETE ({run.delivered:,} of {run.lines:,})"
-            print(
-                f"  {run.relay:<15} {run.settings:<38} {run.seconds:7.2f} s {run.datapoints_per_s:>10,} /s{state}",
-                flush=True,
-            )
-    report(runs, args)
-    return 0
+#: py-spy output formats by file suffix.
+PROFILE_FORMATS = {".svg": "flamegraph", ".txt": "raw", ".json": "speedscope"}
 
 
 class Profiler:
-    """``py-spy record`` of the orchester process under ``dsat up`` (pid found once the ingress listens)."""
+    """``py-spy record`` of the orchester under ``dsat up``, from the moment its ingress listens."""
 
-    def __init__(self, svg: str) -> None:
-        self.svg = svg
+    def __init__(self, path: str) -> None:
+        self.path = path
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, up_pid: int) -> None:
-        import psutil
-
         for child in psutil.Process(up_pid).children(recursive=True):
             if child.cmdline()[-1:] == ["orchester"]:
-                self.proc = subprocess.Popen(
-                    [str(BIN / "py-spy"), "record", "-p", str(child.pid), "-o", self.svg, "-r", "200"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
+                argv = [str(BIN / "py-spy"), "record", "--pid", str(child.pid), "--output", self.path, "--rate", "250"]
+                argv += ["--format", PROFILE_FORMATS.get(Path(self.path).suffix, "flamegraph")]
+                self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)  # py-spy attaches
                 return
         raise SystemExit("no orchester process under dsat up")
@@ -429,53 +428,101 @@ class Profiler:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(30)
+            self.proc.wait(60)
 
 
-def report(runs: list[Run], args: argparse.Namespace) -> None:
+# -- the report ------------------------------------------------------------------------------------------------
+
+
+def best(runs: list[Run], name: str) -> Run | None:
+    """The fastest run of *name* that delivered everything (else the one that delivered most)."""
+    mine = [run for run in runs if run.relay == name]
+    if not mine:
+        return None
+    return max(mine, key=lambda run: (run.complete, run.datapoints_per_s if run.complete else run.delivered))
+
+
+def row(run: Run) -> str:
+    state = "" if run.complete else f"  INCOMPLETE: {run.delivered:,} of {run.lines:,}"
+    if run.not_rewritten or run.other_lines:
+        state += f"  {run.not_rewritten:,} not rewritten, {run.other_lines:,} other lines"
+    if run.verified is not None:
+        state += "  verified" if run.verified else "  NOT VERIFIED: the sink did not get the rewritten workload"
+    return (
+        f"{run.relay:<15} {run.settings:<30} {run.seconds:>8.2f} {run.datapoints_per_s:>13,} "
+        f"{run.delivered:>11,} {run.cpu_seconds:>8.1f}{state}"
+    )
+
+
+HEADER = f"{'relay':<15} {'settings':<30} {'seconds':>8} {'datapoints/s':>13} {'delivered':>11} {'CPU s':>8}"
+
+
+def report(runs: list[Run], args: argparse.Namespace) -> dict:
     tops = {name: best(runs, name) for name in ("dsat", "carbon-c-relay", "carbon-relay")}
-    print()
-    print(f"{'relay':<15} {'settings':<38} {'seconds':>8} {'datapoints/s':>13} {'delivered':>11} {'rewritten':>9}")
+    print(f"\nbest of each\n{HEADER}")
     for run in tops.values():
-        if run is None:
-            continue
-        rewritten = "all" if run.not_rewritten == 0 else f"{run.not_rewritten:,} not"
-        print(
-            f"{run.relay:<15} {run.settings:<38} {run.seconds:>8.2f} {run.datapoints_per_s:>13,} "
-            f"{run.delivered:>11,} {rewritten:>9}"
-        )
+        if run is not None:
+            print(row(run))
     ratios = {}
-    mine = tops["dsat"]
+    dsat = tops["dsat"]
     for peer in ("carbon-c-relay", "carbon-relay"):
         other = tops[peer]
-        if mine is not None and other is not None and mine.complete and other.complete:
-            ratios[f"dsat/{peer}"] = round(mine.datapoints_per_s / other.datapoints_per_s, 2)
+        if dsat is not None and other is not None and dsat.complete and other.complete:
+            ratios[f"dsat/{peer}"] = round(dsat.datapoints_per_s / other.datapoints_per_s, 2)
     for name, ratio in ratios.items():
-        print(f"{name}: {ratio:.2f}x")
-    if args.no_save:
-        return
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    result = {
+        print(f"{name}: {ratio:.2f}x (goal: at least {GOALS[name]}x, {'met' if ratio >= GOALS[name] else 'MISSED'})")
+    return {
+        "command": " ".join(["bench/relay.py", *sys.argv[1:]]),
         "lines": args.lines,
         "connections": args.connections,
+        "repeat": args.repeat,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            "carbon-c-relay": c_relay_version(),
+            "carbon": "1.1.10",
+            "carbon-c-relay": c_relay_version() if shutil.which("carbon-c-relay") else None,
         },
         "best": {name: asdict(run) for name, run in tops.items() if run is not None},
         "ratios": ratios,
+        "goals": GOALS,
         "runs": [asdict(run) for run in runs],
     }
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {RESULTS.relative_to(ROOT)}")
 
 
-def c_relay_version() -> str | None:
-    if not shutil.which("carbon-c-relay"):
-        return None
-    out = subprocess.run(["carbon-c-relay", "-v"], capture_output=True, text=True).stdout
-    return out.split("\n", 1)[0]
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=1_000_000, help="datapoints in the workload (1,000,000)")
+    parser.add_argument("--connections", type=int, default=1, help="client TCP connections (1)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per relay and setting, the best counts (3)")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds one run may take (300)")
+    parser.add_argument("--relays", default="dsat,carbon-c-relay,carbon-relay", help="comma-separated (all three)")
+    parser.add_argument("--verify", action="store_true", help="also compare every datapoint the sink received")
+    parser.add_argument(
+        "--profile", metavar="FILE", help="py-spy record DSAT's orchester: FILE.svg flame graph, FILE.txt stacks"
+    )
+    parser.add_argument("--no-save", action="store_true", help=f"do not write {RESULTS.relative_to(ROOT)}")
+    args = parser.parse_args(argv)
+    chosen = relays(args.relays.split(","))
+    if args.profile and not (BIN / "py-spy").exists():
+        raise SystemExit(f"--profile needs py-spy: {BIN / 'pip'} install py-spy")
+    if any(relay.name == "carbon-c-relay" for relay in chosen):
+        ensure_c_relay()
+    payload = workload(args.lines)
+    expected = datapoints(rewritten(payload)) if args.verify else None
+    print(f"workload: {args.lines:,} lines, {len(payload) / 1e6:.1f} MB, {args.connections} connection(s)")
+    print(HEADER, flush=True)
+    runs = []
+    for relay in chosen:
+        for _ in range(args.repeat):
+            runs.append(measure(relay, payload, args.lines, args, expected))
+            print(row(runs[-1]), flush=True)
+    result = report(runs, args)
+    if not args.no_save:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written to {RESULTS.relative_to(ROOT)}")
+    ok = all(run["complete"] and run["verified"] is not False for run in result["best"].values())
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

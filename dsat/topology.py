@@ -880,10 +880,12 @@ def _environment(problems: _Problems, topo: Topology) -> None:
     ):
         if listener is None:
             continue
-        host, port = listener
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, kind) as sock:
+        interface, number = listener
+        with socket.socket(socket.AF_INET6 if ":" in interface else socket.AF_INET, kind) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted listens
             try:
-                sock.bind((host, port))
+                sock.bind((interface, number))
             except OSError as exc:
-                problems.add(key, f"cannot listen on {host}:{port} ({exc.strerror}); stop what uses it or pick another")
+                problems.add(
+                    key, f"cannot listen on {interface}:{number} ({exc.strerror}); stop what uses it or pick another"
+                )
