@@ -197,3 +197,35 @@ def test_control_changes_routes_and_refuses_unknown_targets() -> None:
     orch.on_control(b"garbage")
     assert orch.rejected["bad_control"] == 2 and orch.rejected["bad_magic"] == 1
     assert orch.routes["gauge"] == ("archive",)
+
+
+def test_rules_apply_and_reload_when_the_file_changes_keeping_them_on_a_bad_file(tmp_path: Path) -> None:
+    """Rewrite rules rename on the way; a changed file is reloaded; one that does not parse leaves the old rules."""
+    import dataclasses
+    import os
+
+    from dsat.rules import load_rules
+    from dsat.topology import RulesConf
+
+    rules_file = tmp_path / "rewrite-rules.conf"
+    rules_file.write_text("[pre]\n^old\\. = new.\n")
+    orch, egress, _, _, clock = make()
+    topo = dataclasses.replace(orch.topology, rules=RulesConf(rewrite=rules_file))
+    orch = Orchester(
+        topo, clock=clock, egress=egress, senders={}, reporter=orch.reporter, where="h", rules=load_rules(rules_file)
+    )
+    orch.on_frame(frame((("old.a", 1, 1.0),))[1])
+    assert egress.points[-1][0] == "new.a"
+
+    rules_file.write_text("[pre]\n^old\\. = newer.\n")
+    os.utime(rules_file, (1, 1))
+    orch.watch_rules()
+    orch.on_frame(frame((("old.a", 1, 1.0),))[1])
+    assert egress.points[-1][0] == "newer.a"
+
+    rules_file.write_text("[pre]\n^old\\.( = broken\n")
+    os.utime(rules_file, (2, 2))
+    orch.watch_rules()
+    assert orch.rules_refused == 1
+    orch.on_frame(frame((("old.a", 1, 1.0),))[1])
+    assert egress.points[-1][0] == "newer.a"
