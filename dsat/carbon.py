@@ -44,6 +44,10 @@ DEFAULT_MAX_QUEUE = 1_000_000
 DEFAULT_REPLAY_RATE = 50_000.0
 #: Seconds between two slices of replay.
 REPLAY_TICK = 0.1
+#: Carbon's protocols have no acknowledgement: what was written in the last RESEND_SECONDS
+#: (at most RESEND_BYTES) before a connection was lost is sent again (Whisper stores it once).
+RESEND_SECONDS = 5.0
+RESEND_BYTES = 32 * 1024 * 1024
 
 Point = tuple[str, float, float]
 
@@ -114,6 +118,13 @@ class Destination:
     (and are counted as ended: the spool holds them durably), else the oldest
     are dropped and counted.  Once connected again, the spool is replayed in
     order at ``replay_rate`` datapoints a second at most, beside live traffic.
+
+    Carbon never acknowledges: bytes written to a connection that then breaks
+    (carbon-cache stopping, crashing, the network) may never have been read.
+    So the batches written in the last ``RESEND_SECONDS`` are kept, and when
+    a connection is lost that DSAT did not close itself they are sent again
+    (queued first, or spooled).  Whisper stores a datapoint once per
+    timestamp, so a batch that did arrive lands once.
     """
 
     log = Logger()
@@ -145,6 +156,11 @@ class Destination:
         self.replay_rate = replay_rate
         self.spool_pending = spool.pending(self.name) if spool is not None else 0
         self._proto: _CarbonProtocol | None = None
+        self._recent: deque[tuple[float, bytes, int]] = deque()
+        self._recent_bytes = 0
+        self._stopping = False
+        #: Datapoints sent again because their connection broke soon after they were written.
+        self.resent = 0
         self._replay_loop = LoopingCall(self.replay)
         self._replay_loop.clock = reactor
         factory = Factory.forProtocol(_CarbonProtocol)
@@ -170,6 +186,7 @@ class Destination:
         """Stop connecting; what still waits in memory goes to the spool (if any)."""
         if self._replay_loop.running:
             self._replay_loop.stop()
+        self._stopping = True
         self.spool_queue()
         return self.service.stopService()
 
@@ -226,7 +243,39 @@ class Destination:
     def disconnected(self, proto: _CarbonProtocol) -> None:
         if self._proto is proto:
             self._proto = None
+            if not self._stopping:
+                self._resend_recent()
             self.spool_queue()
+
+    def _written(self, data: bytes, points: int) -> None:
+        """Remember a write for RESEND_SECONDS, in case its connection breaks."""
+        now = self.clock.seconds()
+        recent = self._recent
+        recent.append((now, data, points))
+        self._recent_bytes += len(data)
+        self.written += points
+        while recent and (now - recent[0][0] > RESEND_SECONDS or self._recent_bytes > RESEND_BYTES):
+            self._recent_bytes -= len(recent.popleft()[1])
+
+    def _resend_recent(self) -> None:
+        """The connection broke: what it carried lately may be lost; send it again, oldest first."""
+        now = self.clock.seconds()
+        recent = [(data, points) for at, data, points in self._recent if now - at <= RESEND_SECONDS]
+        self._recent.clear()
+        self._recent_bytes = 0
+        if not recent:
+            return
+        for data, points in reversed(recent):
+            self.queue.appendleft(_Pending(data, points, None))
+            self.queued_points += points
+        points = sum(p for _, p in recent)
+        self.resent += points
+        self.log.info(
+            "connection to carbon {name} lost: sending again the {points} datapoints written in the last {s:g}s",
+            name=self.name,
+            points=points,
+            s=RESEND_SECONDS,
+        )
 
     @property
     def is_connected(self) -> bool:
@@ -243,7 +292,7 @@ class Destination:
             item = self.queue.popleft()
             self.queued_points -= item.points
             proto.transport.write(item.data)  # type: ignore[union-attr]
-            self.written += item.points
+            self._written(item.data, item.points)
             if item.on_written is not None:
                 item.on_written()
 
@@ -255,10 +304,10 @@ class Destination:
         batches = self.spool.peek(self.name, max(1, int(self.replay_rate * REPLAY_TICK)))
         for batch in batches:
             proto.transport.write(batch.data)  # type: ignore[union-attr]
+            self._written(batch.data, batch.points)
         self.spool.delete(batches)
         points = sum(b.points for b in batches)
         self.replayed += points
-        self.written += points
         self.spool_pending -= points
 
 
@@ -397,6 +446,10 @@ class CarbonEgress:
     @property
     def replayed(self) -> int:
         return sum(d.replayed for d in self.destinations)
+
+    @property
+    def resent(self) -> int:
+        return sum(d.resent for d in self.destinations)
 
     @property
     def spool_pending(self) -> int:

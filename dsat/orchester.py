@@ -315,6 +315,7 @@ class Orchester:
             "dropped": egress.dropped,
             "spooled": egress.spooled,
             "replayed": egress.replayed,
+            "resent": egress.resent,
             **{f"rejected.{reason}": n for reason, n in self.rejected.items()},
         }
         path = naming.metric_path

@@ -49,6 +49,7 @@ class CaptureEgress:
         self.queued_points = 0
         self.spooled = 0
         self.replayed = 0
+        self.resent = 0
         self.spool_pending = 0
         self.full = False
         self.placing = ["127.0.0.1:2004"]

@@ -232,3 +232,34 @@ def test_a_full_blocking_spool_keeps_the_batch_and_says_full(tmp_path) -> None: 
     proto = FakeProto()
     egress.destinations[0].connected(proto)  # type: ignore[arg-type]
     assert not egress.full and len(done) == 10
+
+
+def test_what_a_broken_connection_carried_lately_is_sent_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Carbon never acknowledges: batches written in the last seconds before a lost connection are spooled again."""
+    from dsat.carbon import RESEND_SECONDS
+
+    dest, reactor = spooled_destination(tmp_path)
+    proto = FakeProto()
+    dest.connected(proto)  # type: ignore[arg-type]
+    dest.send([("old", 1, 1.0)])
+    reactor.advance(RESEND_SECONDS + 1)
+    dest.send([("a", 2, 1.0), ("b", 2, 2.0)])
+    dest.send([("c", 3, 3.0)])
+    dest.disconnected(proto)  # type: ignore[arg-type]
+    assert dest.resent == 3 and dest.spool_pending == 3
+    again = FakeProto()
+    dest.connected(again)  # type: ignore[arg-type]
+    reactor.advance(0.1)
+    got = [p[0] for m in unpickle_messages(again.transport.value()) for p in m]
+    assert got == ["a", "b", "c"]
+
+
+def test_closing_the_connection_ourselves_resends_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """When DSAT stops, the connection it closes carried nothing to send again."""
+    dest, _ = spooled_destination(tmp_path)
+    proto = FakeProto()
+    dest.connected(proto)  # type: ignore[arg-type]
+    dest.send([("a", 2, 1.0)])
+    dest.stop()
+    dest.disconnected(proto)  # type: ignore[arg-type]
+    assert dest.resent == 0 and dest.spool_pending == 0
