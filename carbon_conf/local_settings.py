@@ -5,6 +5,7 @@ Paths and peers come from the environment so one file serves the local
 
 ``GRAPHITE_STORAGE_DIR``  where the sqlite database, logs and index live
 ``DSAT_WHISPER_DIR``      the Whisper tree carbon-cache writes
+``DSAT_WHISPER_DIRS``     comma-separated Whisper trees, one per carbon-cache (instead of the above)
 ``DSAT_CARBONLINK_HOSTS`` comma-separated ``host:port[:instance]`` of carbon-caches' query ports,
                           so points still in carbon's cache are visible
 ``DSAT_SECRET_KEY``       Django's secret key (a random one is made when unset)
@@ -16,8 +17,9 @@ import secrets
 import sys
 
 STORAGE_DIR = os.environ["GRAPHITE_STORAGE_DIR"]
-WHISPER_DIR = os.environ["DSAT_WHISPER_DIR"]
-STANDARD_DIRS = [WHISPER_DIR]
+WHISPER_DIR = os.environ.get("DSAT_WHISPER_DIR") or os.environ["DSAT_WHISPER_DIRS"].split(",")[0]
+# Several carbon-caches' Whisper trees (the compose stack mounts one volume per cache).
+STANDARD_DIRS = [d for d in os.environ.get("DSAT_WHISPER_DIRS", WHISPER_DIR).split(",") if d]
 LOG_DIR = os.path.join(STORAGE_DIR, "log")
 INDEX_FILE = os.path.join(STORAGE_DIR, "index")
 STATIC_ROOT = os.environ.get("DSAT_GRAPHITE_STATIC") or os.path.join(sys.prefix, "webapp", "content")
