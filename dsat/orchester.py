@@ -34,8 +34,8 @@ from dsat import naming
 from dsat.breaker import Circuits
 from dsat.carbon import CarbonEgress, Point
 from dsat.counters import Rejections
-from dsat.envelope import Datapoint, Envelope, decode, encode
-from dsat.errors import BadName, ConfigError, EnvelopeError
+from dsat.envelope import Datapoint, Envelope, encode
+from dsat.errors import BadName, ConfigError
 from dsat.events import Reporter, parse_published
 from dsat.rules import RuleSet, load_rules
 from dsat.topology import Topology
@@ -123,13 +123,8 @@ class Orchester:
 
     def on_frame(self, frame: bytes) -> None:
         """Handle one frame from the input link: decode, route, egress."""
-        try:
-            env = decode(frame)
-        except EnvelopeError as exc:
-            self.rejected.reject(exc.reason, exc)
-            return
-        if env.channel != "data":
-            self.rejected.reject("wrong_channel", f"channel {env.channel!r} on the data link")
+        env = self.rejected.decode(frame, channel="data")
+        if env is None:
             return
         self.route(env)
         if self.egress.full and self.input_link is not None and not self.paused:
@@ -167,13 +162,8 @@ class Orchester:
 
     def on_control(self, frame: bytes) -> None:
         """A change from `dsat route`: set a type's route, add or drain a carbon destination."""
-        try:
-            env = decode(frame)
-        except EnvelopeError as exc:
-            self.rejected.reject(exc.reason, exc)
-            return
-        if env.channel != "control" or env.type != "route":
-            self.rejected.reject("wrong_channel", f"{env.channel!r}/{env.type!r} on the control channel")
+        env = self.rejected.decode(frame, channel="control", type="route")
+        if env is None:
             return
         try:
             self.apply_control(dict(env.meta))

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from dsat import naming
 from dsat.breaker import Circuits
 from dsat.counters import Rejections, should_log
-from dsat.envelope import Batches, Datapoint, Envelope, decode, encode
+from dsat.envelope import Batches, Datapoint, Envelope, encode
 from dsat.errors import BadName, EnvelopeError
 from dsat.events import Reporter, parse_published
 from dsat.plugins import SatelliteSpec
@@ -201,13 +201,8 @@ class SatelliteRuntime:
 
     def on_frame(self, frame: bytes) -> None:
         """Handle one frame from the input link."""
-        try:
-            env = decode(frame)
-        except EnvelopeError as exc:
-            self.rejected.reject(exc.reason, exc)
-            return
-        if env.channel != "data":
-            self.rejected.reject("wrong_channel", EnvelopeError(f"channel {env.channel!r} on a data link"))
+        env = self.rejected.decode(frame, channel="data")
+        if env is None:
             return
         self.reporter.ack(env)
         if self.step.kind == "sink":

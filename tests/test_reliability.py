@@ -173,7 +173,7 @@ def test_kill_9_of_the_orchester_loses_nothing_that_reached_the_spool(
         "orchester_kill_9",
         batches_spooled_at_kill=spooled_at_kill,
         datapoints_sent=last * metrics,
-        datapoints_stored=sum(len(r) for r in carbon.runs("flow", metrics)),
+        datapoints_stored=sum(len(r) for r in runs),
     )
 
 
