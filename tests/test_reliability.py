@@ -67,6 +67,9 @@ def spool_rows(base: Path) -> int:
     if not db.exists():
         return 0
     with sqlite3.connect(db) as conn:
+        # The file exists a moment before the orchester has created its table.
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'batches'").fetchone() is None:
+            return 0
         return int(conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0])
 
 
