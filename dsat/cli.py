@@ -64,8 +64,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     topo = topology.load(topo_path)
     host, port, _instance = topo.carbon.destinations[0]
     stack = LocalStack(state_dir, pickle_port=port, http_port=args.http_port, interface=host)
-    print(f"dsat demo: preparing carbon-cache and graphite-web in {state_dir}", flush=True)
-    stack.prepare()
+    print(f"dsat demo: state (Whisper files, graphite-web database, logs) in {state_dir}", flush=True)
+    stack.prepare_carbon()
 
     def add_stack(sup: supervisor.Supervisor, topo: topology.Topology) -> None:
         stack.add_to(sup)
@@ -88,6 +88,7 @@ def announce_when_listening(reactor: Any, stack: Any, topo: Any) -> None:
         loop.stop()
         print(
             f"\ndsat demo is up: graphite-web at {stack.url}\n"
+            f"  the demo dashboard (host and DSAT's own metrics): {stack.url}dashboard/dsat\n"
             f"  metrics arrive under {topo.prefix}.{topo.where}.<satellite>.* within 30 s;"
             f" Whisper files in {stack.whisper_dir}\n"
             f"  dsat status {topo.path}   shows the tracker's counts; Ctrl-C stops everything.\n",

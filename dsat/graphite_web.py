@@ -6,11 +6,18 @@ development server) and serves the UI files (``/static/...``) from where pip
 installed them, with Twisted's static file resource.  Settings come from the
 environment (``GRAPHITE_SETTINGS_MODULE=carbon_conf.local_settings``); see
 :class:`dsat.stack.LocalStack`.
+
+Before serving it prepares graphite-web's database (creates or migrates it)
+and installs the dashboards shipped in ``carbon_conf/dashboards/`` (the
+``dsat`` dashboard of the demo) that the database does not have yet: a
+dashboard saved under the same name in the UI is kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -19,6 +26,15 @@ from typing import Any
 from twisted.web.resource import Resource
 from twisted.web.static import File
 from twisted.web.wsgi import WSGIResource
+
+log = logging.getLogger(__name__)
+
+
+def dashboards_dir() -> Path:
+    """The shipped dashboards: graphite-web's own state format, as ``/dashboard/load/NAME`` returns it."""
+    import carbon_conf
+
+    return Path(carbon_conf.__file__).resolve().parent / "dashboards"
 
 
 def static_dir() -> Path:
@@ -43,6 +59,27 @@ class GraphiteRoot(Resource):
         return self.wsgi
 
 
+def prepare_database() -> list[str]:
+    """Create or migrate graphite-web's database and install the missing dashboards; their names."""
+    import django
+    from django.conf import settings
+    from django.core.management import call_command
+
+    Path(settings.LOG_DIR).mkdir(parents=True, exist_ok=True)  # graphite-web's loggers open files there
+    django.setup()
+    call_command("migrate", run_syncdb=True, interactive=False, verbosity=0)
+    from graphite.dashboard.models import Dashboard
+
+    installed = []
+    for path in sorted(dashboards_dir().glob("*.json")):
+        state = json.loads(path.read_text())
+        _, created = Dashboard.objects.get_or_create(name=state["name"], defaults={"state": json.dumps(state)})
+        if created:
+            installed.append(state["name"])
+            log.info("installed dashboard %s from %s", state["name"], path)
+    return installed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dsat.graphite_web", description=__doc__)
     parser.add_argument("--port", type=int, default=8080)
@@ -51,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "graphite.settings")
     os.environ.setdefault("GRAPHITE_SETTINGS_MODULE", "carbon_conf.local_settings")
+    prepare_database()
     from graphite.wsgi import application
     from twisted.internet import reactor
     from twisted.python.log import startLogging

@@ -10,12 +10,10 @@ pickle on the port of the topology's first carbon destination.
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import socket
 import string
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
@@ -79,15 +77,6 @@ class LocalStack:
             "DSAT_CARBONLINK_HOSTS": f"{self.interface}:{self.query_port}:a",
             "DSAT_SECRET_KEY": key_file.read_text().strip(),
         }
-
-    def prepare(self) -> None:
-        """Write carbon's configuration and create graphite-web's database (idempotent)."""
-        self.prepare_carbon()
-        subprocess.run(
-            [sys.executable, "-m", "django", "migrate", "--run-syncdb", "--noinput", "-v", "0"],
-            env={**os.environ, **self.graphite_env()},
-            check=True,
-        )
 
     def prepare_carbon(self, schemas: str | None = None) -> None:
         """Write carbon-cache's configuration; *schemas* replaces carbon_conf's storage-schemas.conf."""

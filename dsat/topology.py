@@ -663,7 +663,8 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
     return Topology(
         path=path,
         prefix=prefix,
-        where=top.get("where") or socket.gethostname(),
+        # DSAT_WHERE lets one topology file serve many hosts (the compose stack sets it).
+        where=os.environ.get("DSAT_WHERE") or top.get("where") or socket.gethostname(),
         run_dir=run_dir,
         codec=codec,
         satellites=MappingProxyType(satellites),

@@ -156,6 +156,15 @@ use = "s"
 """
 
 
+def test_dsat_where_in_the_environment_names_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DSAT_WHERE wins over [dsat] where and the host name, so one topology file serves many hosts."""
+    monkeypatch.setenv("DSAT_WHERE", "web07")
+    assert load(FULL).where == "web07"
+    assert load(BASE).where == "web07"
+    monkeypatch.setenv("DSAT_WHERE", "")
+    assert load(FULL).where == "web01"
+
+
 def test_full_example_loads_every_key() -> None:
     """Every key of the format lands in its dataclass field, converted (durations, addresses, hosts)."""
     topo = load(FULL)
