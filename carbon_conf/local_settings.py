@@ -23,6 +23,9 @@ STANDARD_DIRS = [d for d in os.environ.get("DSAT_WHISPER_DIRS", WHISPER_DIR).spl
 LOG_DIR = os.path.join(STORAGE_DIR, "log")
 INDEX_FILE = os.path.join(STORAGE_DIR, "index")
 STATIC_ROOT = os.environ.get("DSAT_GRAPHITE_STATIC") or os.path.join(sys.prefix, "webapp", "content")
+# graphite.settings sets STATICFILES_DIRS to WEBAPP_DIR/content after reading this file; pointing
+# WEBAPP_DIR at pip's install lets the dashboard find its theme CSS ("Invalid theme 'default'" otherwise).
+WEBAPP_DIR = os.path.dirname(STATIC_ROOT)
 DATABASES = {
     "default": {
         "NAME": os.path.join(STORAGE_DIR, "graphite.db"),

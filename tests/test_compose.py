@@ -1,0 +1,374 @@
+"""The compose stack (docker/compose.yaml), built and run for real.
+
+The test machines have no Docker engine and no image registry, so the stack
+runs on podman with podman-compose, as ``../shared/CONTAINERS.md`` of the
+project's machines describes: runc and no default ulimits (a containers.conf
+of the test's own), and a stand-in for ``python:3.11-slim`` built with
+debootstrap (``docker/podman-base-image.sh``) when the machine does not have
+it.  The images are built from the same Dockerfile users build.  What is
+missing (podman, runc, debootstrap, docker-compose, chromium) is installed
+with apt; a machine where that or the engine cannot work fails the test with
+the reason, it is never skipped.
+
+The tests share one stack, in order: the compose file validates, every
+service becomes healthy and runs unprivileged, metrics sent from the host
+through the published plaintext and statsd ports come back from
+graphite-web, the collectors' series are there and both carbon-caches hold
+part of the tree, headless Chromium draws the demo dashboard (the screenshot
+is kept in ``test-artifacts/compose/``), and data survives ``down`` and
+``up``.  The stack is taken down with its volumes at the end, whatever
+happened; every container's log is kept next to the screenshot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dsat import naming
+from dsat.stack import free_port
+from tests.conftest import ROOT, wait_for
+
+pytestmark = pytest.mark.compose
+
+COMPOSE = ROOT / "docker" / "compose.yaml"
+ARTIFACTS = ROOT / "test-artifacts" / "compose"
+BASE_IMAGE = "docker.io/library/python:3.11-slim"
+IMAGES = {"graphite": "localhost/dsat-graphite:latest", "dsat": "localhost/dsat:latest"}
+SERVICES = [
+    "tracker",
+    "carbon-a",
+    "carbon-b",
+    "graphite-web",
+    "orchester",
+    "rate",
+    "cpu",
+    "memory",
+    "load",
+    "disk_usage",
+    "network",
+    "disk",
+]
+# Debian package of each program the test needs.
+PACKAGES = {
+    "podman": "podman",
+    "runc": "runc",
+    "debootstrap": "debootstrap",
+    "docker-compose": "docker-compose",
+    "chromium": "chromium",
+}
+CONTAINERS_CONF = """\
+# crun (podman's default) cannot set RLIMIT_NOFILE on these machines
+[containers]
+default_ulimits = []
+[engine]
+runtime = "runc"
+"""
+# graphite-web's default line colours (graphite.render.glyph colorAliases) other than red, which
+# "No Data" is written in: their pixels in the screenshot are drawn series and their legends.
+SERIES_COLOURS = {(100, 100, 255), (0, 200, 0), (200, 100, 255), (150, 100, 50)}
+WINDOW = (1440, 1100)
+# Flags from the machine notes: without the background-networking ones Chromium keeps dialling out.
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
+
+
+class Engine:
+    """podman and podman-compose with the test's containers.conf; every command logged to the artifacts."""
+
+    def __init__(self, conf: Path, log: Path) -> None:
+        self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
+        self.log = log
+        self.compose_bin = str(Path(sys.executable).with_name("podman-compose"))
+
+    def run(self, *cmd: str, timeout: float = 120, check: bool = True, env: dict[str, str] | None = None) -> str:
+        started = time.monotonic()
+        try:
+            done = subprocess.run(
+                cmd,
+                env={**self.env, **(env or {})},
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(f"{' '.join(cmd)} did not finish in {timeout:g}s; output so far:\n{exc.stdout}\n{exc.stderr}")
+        with self.log.open("a") as f:
+            f.write(f"$ {' '.join(cmd)}  ({time.monotonic() - started:.1f}s, exit {done.returncode})\n")
+            f.write(done.stdout[-20000:] + done.stderr[-20000:] + "\n")
+        if check and done.returncode != 0:
+            pytest.fail(
+                f"{' '.join(cmd)} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+            )
+        return done.stdout
+
+    def ok(self, *cmd: str, timeout: float = 60) -> bool:
+        return subprocess.run(cmd, env=self.env, capture_output=True, timeout=timeout).returncode == 0
+
+    def compose(self, project: str, *args: str, env: dict[str, str], timeout: float = 300) -> str:
+        return self.run(self.compose_bin, "-p", project, "-f", str(COMPOSE), *args, env=env, timeout=timeout)
+
+
+def install_missing_programs() -> None:
+    missing = sorted({pkg for prog, pkg in PACKAGES.items() if shutil.which(prog) is None})
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        pytest.fail(f"the compose test needs {', '.join(missing)} and is not root to install them with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            pytest.fail(f"cannot install {missing}: {' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """A working podman with the stand-in base image and the two DSAT images built from docker/Dockerfile."""
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    install_missing_programs()
+    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
+    conf.write_text(CONTAINERS_CONF)
+    podman = Engine(conf, ARTIFACTS / "commands.log")
+    podman.run("podman", "info")
+    if not podman.ok("podman", "image", "exists", BASE_IMAGE):
+        rootfs = Path("/var/tmp") / f"dsat-standin-{os.getpid()}"
+        try:
+            podman.run("sh", str(ROOT / "docker" / "podman-base-image.sh"), env={"ROOTFS": str(rootfs)}, timeout=900)
+        finally:
+            shutil.rmtree(rootfs, ignore_errors=True)
+    for target, tag in IMAGES.items():
+        podman.run(
+            "podman", "build", "--network", "host", "--force-rm", "-f", str(ROOT / "docker" / "Dockerfile"),
+            "--target", target, "-t", tag, str(ROOT), timeout=900,
+        )  # fmt: skip
+    return podman
+
+
+def containers(podman: Engine, project: str) -> dict[str, str]:
+    """Service name -> container name, for the project's containers."""
+    out = podman.run(
+        "podman", "ps", "-a", "--filter", f"label=io.podman.compose.project={project}",
+        "--format", '{{.Names}} {{index .Labels "com.docker.compose.service"}}',
+    )  # fmt: skip
+    return {service: name for name, service in (line.split() for line in out.splitlines() if line.strip())}
+
+
+def wait_healthy(podman: Engine, project: str, timeout: float = 240) -> dict[str, str]:
+    """Run every container's healthcheck until all pass: podman without systemd never runs them by itself."""
+    names: dict[str, str] = {}
+    unhealthy: list[str] = []
+
+    def all_healthy() -> bool:
+        nonlocal names, unhealthy
+        names = containers(podman, project)
+        unhealthy = [s for s in SERVICES if s not in names or not podman.ok("podman", "healthcheck", "run", names[s])]
+        return not unhealthy
+
+    wait_for(
+        all_healthy, timeout, "every service of the compose stack to be healthy", interval=3, detail=lambda: unhealthy
+    )
+    return names
+
+
+def keep_logs(podman: Engine, project: str, suffix: str = "") -> None:
+    for service, name in containers(podman, project).items():
+        out = subprocess.run(["podman", "logs", name], env=podman.env, capture_output=True, text=True, timeout=60)
+        (ARTIFACTS / f"{service}{suffix}.log").write_text(out.stdout[-200000:] + out.stderr[-200000:])
+
+
+@pytest.fixture(scope="module")
+def stack(engine: Engine) -> Iterator[dict[str, Any]]:
+    """The compose stack up and healthy on free host ports, under a project name of its own."""
+    project = f"dsattest{os.getpid()}"
+    ports = {name: free_port() for name in ("HTTP", "PLAINTEXT", "PICKLE", "STATSD")}
+    where = naming.component(socket.gethostname())
+    env = {f"DSAT_{name}_PORT": str(port) for name, port in ports.items()} | {"DSAT_WHERE": where}
+    info = {
+        "engine": engine,
+        "project": project,
+        "env": env,
+        "where": where,
+        "url": f"http://127.0.0.1:{ports['HTTP']}/",
+    }
+    info |= {"plaintext": ("127.0.0.1", ports["PLAINTEXT"]), "statsd": ("127.0.0.1", ports["STATSD"])}
+    try:
+        info["started"] = time.time()
+        engine.compose(project, "up", "-d", "--no-build", env=env)
+        info["containers"] = wait_healthy(engine, project)
+        yield info
+    finally:
+        try:
+            keep_logs(engine, project)
+        finally:
+            engine.compose(project, "down", "-v", env=env, timeout=300)
+            left = engine.run("podman", "ps", "-a", "-q", "--filter", f"label=io.podman.compose.project={project}")
+            volumes, networks = (
+                engine.run("podman", kind, "ls", "-q", "--filter", f"label=io.podman.compose.project={project}")
+                for kind in ("volume", "network")
+            )
+            assert not (left + volumes + networks).strip(), f"left behind: {left!r}, {volumes!r}, {networks!r}"
+
+
+def render(url: str, target: str, since: str = "-15min") -> list[dict[str, Any]]:
+    query = urllib.parse.urlencode({"target": target, "format": "json", "from": since})
+    try:
+        with urllib.request.urlopen(f"{url}render?{query}", timeout=15) as resp:
+            return list(json.loads(resp.read()))
+    except OSError:
+        return []
+
+
+def non_null(url: str, target: str) -> dict[str, list[float]]:
+    """Series name -> its non-null values."""
+    found = {s["target"]: [v for v, _ts in s["datapoints"] if v is not None] for s in render(url, target)}
+    return {name: values for name, values in found.items() if values}
+
+
+def whisper_files(podman: Engine, container: str) -> set[str]:
+    out = podman.run("podman", "exec", container, "find", "/var/lib/dsat/whisper", "-name", "*.wsp")
+    return {line.removeprefix("/var/lib/dsat/whisper/") for line in out.split()}
+
+
+def test_the_compose_file_is_valid() -> None:
+    """docker-compose (the Compose v1 reference parser, no engine needed) accepts docker/compose.yaml."""
+    install_missing_programs()
+    done = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_service_is_healthy_and_unprivileged(stack: dict[str, Any]) -> None:
+    """All twelve services pass their healthcheck and run as the image's non-root user."""
+    names = stack["containers"]
+    assert sorted(names) == sorted(SERVICES)
+    for service, name in names.items():
+        uid = stack["engine"].run("podman", "exec", name, "id", "-u").strip()
+        assert uid == "10001", f"{service} runs as uid {uid}"
+
+
+def test_metrics_sent_from_the_host_reach_graphite_web(stack: dict[str, Any]) -> None:
+    """A Graphite plaintext line (TCP) and statsd counters (UDP) sent to the published ports are rendered."""
+    now = int(time.time())
+    with socket.create_connection(stack["plaintext"], timeout=10) as client:
+        client.sendall(f"compose.plaintext.requests 42 {now}\n".encode())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        # one packet, so one flush interval counts all three
+        udp.sendto(b"compose.statsd.hits:5|c\n" * 3 + b"compose.statsd.latency:12|ms", stack["statsd"])
+    url = stack["url"]
+    plaintext = wait_for(lambda: non_null(url, "compose.plaintext.requests"), 90, "the plaintext point in graphite-web")
+    assert plaintext["compose.plaintext.requests"] == [42.0]
+    counted = wait_for(lambda: non_null(url, "stats.counters.compose.statsd.hits.count"), 90, "the statsd counter")
+    assert sum(counted["stats.counters.compose.statsd.hits.count"]) == 15.0
+    assert wait_for(lambda: non_null(url, "stats.timers.compose.statsd.latency.upper"), 30, "the statsd timer")
+
+
+def test_collectors_series_are_placed_across_both_caches(stack: dict[str, Any]) -> None:
+    """dsat.<host>.* is in graphite-web; each carbon-cache holds a part of the tree, graphite-web reads both."""
+    url, where, podman = stack["url"], stack["where"], stack["engine"]
+    for target in (f"dsat.{where}.cpu.total.user", f"dsat.{where}.memory.virtual.used", f"dsat.{where}.load.load1"):
+        wait_for(lambda target=target: non_null(url, target), 120, f"{target} in graphite-web")
+    names = stack["containers"]
+    a = whisper_files(podman, names["carbon-a"])
+    b = whisper_files(podman, names["carbon-b"])
+    assert a and b, f"carbon-a holds {len(a)} files, carbon-b {len(b)}: carbon_ch should spread the tree"
+    assert not a & b, f"without replication no metric is on both caches: {sorted(a & b)[:5]}"
+    # one series from each cache, both rendered through the one graphite-web
+    for files in (a, b):
+        path = next(f for f in sorted(files) if f.startswith(f"dsat/{where}/"))
+        target = path.removesuffix(".wsp").replace("/", ".")
+        assert render(url, target), f"graphite-web does not read {target}"
+
+
+def line_pixels(shot: Path, tolerance: int = 40) -> int:
+    """Pixels of drawn series lines in a screenshot: near a series colour, not inside a legend's filled swatch.
+
+    Lines are anti-aliased, so "near" is within *tolerance* on every channel.  Calibrated on graphite-web
+    1.1.10's dashboard at 1440x1100: nine graphs of "No Data" give 15, a few minutes of the stack's data
+    about 3,000.
+    """
+    from PIL import Image, ImageChops, ImageFilter
+
+    with Image.open(shot) as image:
+        rgb = image.convert("RGB")
+    lines = 0
+    for colour in SERIES_COLOURS:
+        r, g, b = ImageChops.difference(rgb, Image.new("RGB", rgb.size, colour)).split()
+        mask = ImageChops.lighter(ImageChops.lighter(r, g), b).point(lambda v: 255 * (v <= tolerance))
+        # what survives a 3x3 erosion is a filled area (a legend swatch); grow it back and take it away
+        filled = mask.filter(ImageFilter.MinFilter(3)).filter(ImageFilter.MaxFilter(5))
+        lines += ImageChops.subtract(mask, filled).histogram()[255]
+    return lines
+
+
+def test_the_demo_dashboard_draws_graphs_in_chromium(stack: dict[str, Any], tmp_path: Path) -> None:
+    """Headless Chromium opens the installed dsat dashboard; the screenshot shows lines drawn in its graphs."""
+    url, where = stack["url"], stack["where"]
+    wait_for(
+        lambda: len(non_null(url, f"dsat.{where}.load.load1").get(f"dsat.{where}.load.load1", [])) >= 6,
+        150,
+        "a minute of the load average",
+    )
+    wait_for(lambda: non_null(url, f"dsat.{where}.self.steps.*.batches_sent"), 60, "DSAT's own metrics")
+    # The time range of the stack's life, so its few minutes of data span the graphs (the dashboard
+    # takes an absolute range from ?from=&until=, in the browser's time zone: UTC like graphite-web's).
+    # Minutes only: from the minute the stack started to the minute after the next one.
+    start, until = (time.strftime("%Y-%m-%dT%H:%M:00", time.gmtime(t)) for t in (stack["started"], time.time() + 120))
+    shot = ARTIFACTS / "dashboard.png"
+    cmd = ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}", "--virtual-time-budget=20000"]
+    cmd += [f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={shot}"]
+    cmd += [f"{url}dashboard/dsat?from={start}&until={until}"]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "TZ": "UTC"}
+    )
+    assert done.returncode == 0 and shot.exists(), done.stderr[-3000:]
+
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.size == WINDOW
+        white = image.convert("RGB").getcolors(maxcolors=1 << 24)
+    white_pixels = sum(count for count, colour in white if colour == (255, 255, 255))
+    # nine 460x300 graphs on white; an error page or a blank one has no lines in series colours
+    assert white_pixels > 0.4 * WINDOW[0] * WINDOW[1], f"{white_pixels} white pixels: the graphs are not there"
+    drawn = line_pixels(shot)
+    assert drawn > 1000, f"only {drawn} pixels of drawn lines: the graphs have no series (see {shot})"
+
+
+def test_data_survives_down_and_up(stack: dict[str, Any]) -> None:
+    """`down` then `up` again (volumes kept): the points written before are still rendered."""
+    podman, project, env, url = stack["engine"], stack["project"], stack["env"], stack["url"]
+    before = non_null(url, "compose.plaintext.requests")
+    assert before, "the plaintext point should be stored by now"
+    keep_logs(podman, project, suffix=".before-down")
+    podman.compose(project, "down", env=env)
+    assert not containers(podman, project)
+    kept = podman.run("podman", "volume", "ls", "-q", "--filter", f"label=io.podman.compose.project={project}")
+    assert len(kept.split()) == 4, f"down should keep the named volumes: {kept!r}"
+    podman.compose(project, "up", "-d", "--no-build", env=env)
+    stack["containers"] = wait_healthy(podman, project)
+    assert wait_for(lambda: non_null(url, "compose.plaintext.requests"), 60, "the old point after up") == before
