@@ -206,7 +206,10 @@ def stack(engine: Engine) -> Iterator[dict[str, Any]]:
     project = f"dsattest{os.getpid()}"
     ports = {name: free_port() for name in ("HTTP", "PLAINTEXT", "PICKLE", "STATSD")}
     where = naming.component(socket.gethostname())
-    env = {f"DSAT_{name}_PORT": str(port) for name, port in ports.items()} | {"DSAT_WHERE": where}
+    env = {f"DSAT_{name}_PORT": str(port) for name, port in ports.items()} | {
+        "DSAT_WHERE": where,
+        "DSAT_BIND": "127.0.0.1",
+    }
     info = {
         "engine": engine,
         "project": project,
@@ -263,12 +266,40 @@ def test_the_compose_file_is_valid() -> None:
 
 
 def test_every_service_is_healthy_and_unprivileged(stack: dict[str, Any]) -> None:
-    """All twelve services pass their healthcheck and run as the image's non-root user."""
+    """All twelve services pass their healthcheck and run as the images' non-root user."""
     names = stack["containers"]
     assert sorted(names) == sorted(SERVICES)
     for service, name in names.items():
         uid = stack["engine"].run("podman", "exec", name, "id", "-u").strip()
         assert uid == "10001", f"{service} runs as uid {uid}"
+
+
+def test_ports_are_published_on_the_interface_asked_for(stack: dict[str, Any]) -> None:
+    """DSAT_BIND=127.0.0.1 publishes graphite-web and the ingress ports on loopback only."""
+    names, podman = stack["containers"], stack["engine"]
+    published = podman.run("podman", "port", names["orchester"]) + podman.run("podman", "port", names["graphite-web"])
+    lines = published.split("\n")
+    mapped = sorted(line.split(" -> ")[1] for line in lines if " -> " in line)
+    env = stack["env"]
+    want = [env["DSAT_PLAINTEXT_PORT"], env["DSAT_PLAINTEXT_PORT"], env["DSAT_PICKLE_PORT"], env["DSAT_STATSD_PORT"]]
+    assert mapped == sorted(f"127.0.0.1:{port}" for port in [*want, env["DSAT_HTTP_PORT"]]), published
+
+
+def test_the_images_are_small_and_hold_no_build_tools(stack: dict[str, Any]) -> None:
+    """Multi-stage images: no compiler, no pip cache in the final layers; their sizes go to the artifacts."""
+    podman, names = stack["engine"], stack["containers"]
+    sizes = {}
+    for tag in IMAGES.values():
+        sizes[tag] = int(podman.run("podman", "image", "inspect", "--format", "{{.Size}}", tag).strip())
+    (ARTIFACTS / "image-sizes.json").write_text(json.dumps(sizes, indent=1) + "\n")
+    for service in ("orchester", "graphite-web"):
+        found = podman.run(
+            "podman", "exec", names[service], "sh", "-c",
+            "command -v gcc cc make; ls /root/.cache/pip /var/lib/dsat/.cache/pip 2>/dev/null; true",
+        )  # fmt: skip
+        assert not found.strip(), f"{service}'s image holds build tools or a pip cache: {found}"
+    # the python:3.11-slim base is about 130-180 MB of it
+    assert sizes[IMAGES["dsat"]] < 400e6 and sizes[IMAGES["graphite"]] < 600e6, sizes
 
 
 def test_metrics_sent_from_the_host_reach_graphite_web(stack: dict[str, Any]) -> None:
