@@ -1,8 +1,9 @@
 """How a step tells the tracker what happened to each batch.
 
-Every hop reports ``ACK`` (received), ``SEND`` (sent on, with the number of
-legs), ``HAPPY_END`` (a leg ended well: written to Carbon, consumed by a sink,
-or dropped on purpose by a transform) and ``ERROR``.  Events are envelopes on
+Every hop reports ``ACK`` (received), ``SEND`` (sent on: ``legs``, the
+number of envelopes, and ``to``, the step each one goes to), ``HAPPY_END``
+(a leg ended well: written to Carbon, consumed by a sink, or dropped on
+purpose by a transform) and ``ERROR``.  Events are envelopes on
 the ``event`` channel with no points; they travel on a PUSH link to the
 tracker's PULL socket.  Heartbeats travel the same way on the ``control``
 channel, so the tracker knows a step is alive even when it has no batch.
@@ -20,6 +21,7 @@ topic is a msgpack map.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -73,8 +75,10 @@ class Reporter:
     def ack(self, env: Envelope) -> None:
         self._emit(env, "ACK", points=len(env.points))
 
-    def sent(self, env: Envelope, legs: int, points: int | None = None) -> None:
-        self._emit(env, "SEND", legs=legs, points=len(env.points) if points is None else points)
+    def sent(self, env: Envelope, to: Sequence[str], points: int | None = None) -> None:
+        """*env* went on as one leg to each step of *to* (a step twice for two envelopes to it)."""
+        points = len(env.points) if points is None else points
+        self._emit(env, "SEND", legs=len(to), to=",".join(to), points=points)
 
     def ended(self, env: Envelope, **meta: str | int | float) -> None:
         self._emit(env, "HAPPY_END", **meta)

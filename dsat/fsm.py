@@ -2,21 +2,27 @@
 
 Pure logic on an injected clock (``IReactorTime``): the tracker process
 (:mod:`dsat.tracker`) feeds it events and publishes its changes.  Events for
-a batch may arrive out of order (hops report on different sockets), so the
-machine keeps a **leg balance** instead of a strict sequence: the emitter's
-``SEND`` adds its legs, another hop's ``SEND`` adds ``legs - 1`` (it consumed
-the leg it received), ``HAPPY_END`` removes one; the batch is ``HAPPY_END``
-once the emitter's ``SEND`` was seen and the balance is zero.  ``ERROR`` ends
+a batch may arrive out of order (hops report on different sockets; only the
+events of one hop keep their order), so the machine keeps **legs per step**
+instead of a strict sequence: a ``SEND`` names the step each of its legs goes
+to (``to``), and every hop other than the emitter resolves each leg it
+received exactly once, with a ``SEND`` of its own or a ``HAPPY_END``.  The
+batch is ``HAPPY_END`` once the emitter's ``SEND`` was seen and, at every
+step, the legs sent there equal the legs it resolved.  Counting per step, not
+in one total, is what keeps a leg that ended early from balancing a fan-out
+whose ``SEND`` has not arrived yet.  (The orchester addresses a leg it writes
+to Carbon itself to itself.)  ``ERROR`` ends
 it in ``ERROR``; a batch still in flight at its deadline is ``TIMEOUT``.
 Everything is bounded: in-flight batches, remembered finished ones.  Odd
 input (an unknown event, a missing task id, ``legs`` or ``points`` that are
-not whole numbers) is counted in ``bad_events`` and ignored, never raised.
+not whole numbers, a ``SEND`` whose ``to`` does not name one step per leg) is
+counted in ``bad_events`` and ignored, never raised.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -101,13 +107,26 @@ def _whole(meta: Mapping[str, object], key: str, default: int | None) -> int | N
     return None
 
 
+def _legs_to(meta: Mapping[str, object], legs: int | None) -> tuple[str, ...] | None:
+    """The receiving step of each leg of a SEND (``to``, comma-separated), or None if it does not fit ``legs``."""
+    to = meta.get("to")
+    if legs is None or not isinstance(to, str):
+        return None
+    names = tuple(to.split(",")) if to else ()
+    if len(names) != legs or not all(names):
+        return None
+    return names
+
+
 class _Task:
     __slots__ = (
         "task_id",
         "emitter",
         "type",
         "seq",
-        "balance",
+        "sent_to",
+        "resolved",
+        "unbalanced",
         "emitter_seen",
         "state",
         "last_step",
@@ -120,12 +139,24 @@ class _Task:
         self.emitter = event.emitter
         self.type = event.type
         self.seq = event.seq
-        self.balance = 0
         self.emitter_seen = False
+        self.reset_legs()
         self.state = State.IN_FLIGHT
         self.last_step = event.step
         self.timer: IDelayedCall | None = None
         self.attempt = 1
+
+    def reset_legs(self) -> None:
+        #: legs sent to each step, and legs each step resolved (by a SEND or a HAPPY_END)
+        self.sent_to: Counter[str] = Counter()
+        self.resolved: Counter[str] = Counter()
+        #: the sum over steps of |sent_to - resolved|: zero when every leg is accounted for
+        self.unbalanced = 0
+
+    def count(self, counter: Counter[str], step: str) -> None:
+        before = abs(self.sent_to[step] - self.resolved[step])
+        counter[step] += 1
+        self.unbalanced += abs(self.sent_to[step] - self.resolved[step]) - before
 
 
 class BatchTracker:
@@ -176,8 +207,9 @@ class BatchTracker:
         meta = event.meta
         points = _whole(meta, "points", 0)
         legs = _whole(meta, "legs", None) if kind == "SEND" else 0
+        to = _legs_to(meta, legs) if kind == "SEND" else ()
         attempt = _whole(meta, "attempt", 1)
-        if kind not in _KINDS or not event.task_id or points is None or legs is None or not attempt:
+        if kind not in _KINDS or not event.task_id or points is None or to is None or not attempt:
             self.totals["bad_events"] += 1
             return
         step = event.step
@@ -210,15 +242,13 @@ class BatchTracker:
         if kind == "ERROR":
             self._failed(task, State.ERROR, step, str(meta.get("reason", "")))
             return
-        if kind == "SEND":
-            if step == task.emitter:
-                task.emitter_seen = True
-                task.balance += legs
-            else:
-                task.balance += legs - 1
-        elif kind == "HAPPY_END":
-            task.balance -= 1
-        if task.emitter_seen and task.balance == 0:
+        if kind == "SEND" and step == task.emitter:
+            task.emitter_seen = True
+        elif kind != "ACK":
+            task.count(task.resolved, step)
+        for target in to:
+            task.count(task.sent_to, target)
+        if task.emitter_seen and task.unbalanced == 0:
             self._finish(task, State.HAPPY_END, step, "")
 
     def _start(self, event: Event, attempt: int) -> _Task:
@@ -241,7 +271,7 @@ class BatchTracker:
     def _restart(self, task: _Task, attempt: int) -> None:
         """Begin attempt *attempt* of *task*: a new journey with a new deadline."""
         task.attempt = attempt
-        task.balance = 0
+        task.reset_legs()
         task.emitter_seen = False
         if task.timer is not None:
             task.timer.cancel()

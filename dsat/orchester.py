@@ -149,7 +149,8 @@ class Orchester:
             self.reporter.error(env, f"no route for type {env.type!r}")
             return
         if len(targets) > 1 or targets[0] != "carbon":
-            self.reporter.sent(env, legs=len(targets))
+            # the leg the orchester writes to Carbon itself is addressed to itself (see dsat.fsm)
+            self.reporter.sent(env, to=[STEP if target == "carbon" else target for target in targets])
         for target in targets:
             if target == "carbon":
                 self.to_carbon(env)

@@ -250,7 +250,9 @@ class SatelliteRuntime:
         for out in outs:
             for name in allowed:
                 self.senders[name].send(encode(out.evolve(next=(name,)), codec))
-        self.reporter.sent(tracked, legs=len(outs) * len(nexts), points=sum(len(out.points) for out in outs))
+        self.reporter.sent(
+            tracked, to=[name for _out in outs for name in nexts], points=sum(len(out.points) for out in outs)
+        )
 
     def on_published(self, frame: bytes) -> None:
         """Handle one frame from the tracker's PUB socket: retries and circuit changes."""

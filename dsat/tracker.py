@@ -247,5 +247,7 @@ class TrackerService:
         ).evolve(next=("orchester",))
         self.orchester.send(encode(env))
         self.fsm.handle(
-            env.event_for("SEND", step=STEP, where=self.where, pid=self.pid, legs=1, points=len(env.points))
+            env.event_for(
+                "SEND", step=STEP, where=self.where, pid=self.pid, legs=1, to="orchester", points=len(env.points)
+            )
         )

@@ -28,8 +28,10 @@ class Ev:
     meta: Mapping[str, object] = field(default_factory=dict)
 
 
-def send(step: str, legs: int = 1, points: int = 0, task_id: str = "t1") -> Ev:
-    return Ev("SEND", step, task_id, meta={"legs": legs, "points": points})
+def send(step: str, *to: str, points: int = 0, task_id: str = "t1") -> Ev:
+    """*step* sends the batch on, one leg to each of *to* (the orchester when none is named)."""
+    to = to or ("orchester",)
+    return Ev("SEND", step, task_id, meta={"legs": len(to), "to": ",".join(to), "points": points})
 
 
 def ack(step: str, points: int = 0, task_id: str = "t1") -> Ev:
@@ -86,7 +88,7 @@ def test_simple_chain_ends_happy(fsm: BatchTracker) -> None:
 
 def test_fan_out_ends_when_every_leg_has_ended(fsm: BatchTracker) -> None:
     """A hop that sends 2 legs keeps the batch in flight until both legs report HAPPY_END."""
-    feed(fsm, send("cpu"), ack("orchester"), send("orchester", legs=2), ack("a"), ack("b"), end("a"))
+    feed(fsm, send("cpu"), ack("orchester"), send("orchester", "a", "b"), ack("a"), ack("b"), end("a"))
     assert fsm.state_of("t1") is State.IN_FLIGHT
     feed(fsm, end("b"))
     assert fsm.state_of("t1") is State.HAPPY_END
@@ -100,17 +102,71 @@ def test_happy_end_before_the_emitter_send(fsm: BatchTracker) -> None:
     assert fsm.state_of("t1") is State.HAPPY_END
 
 
-def test_ends_overtaking_every_send_wait_for_a_zero_balance(fsm: BatchTracker) -> None:
-    """With both legs' ends first, the batch ends only when the balance is exactly zero, not below."""
+def test_ends_overtaking_every_send_wait_for_the_legs_they_end(fsm: BatchTracker) -> None:
+    """With both legs' ends first, the batch ends only once the SENDs of those legs are in."""
     feed(fsm, end("a"), end("b"), send("cpu"))
     assert fsm.state_of("t1") is State.IN_FLIGHT
-    feed(fsm, send("orchester", legs=2))
+    feed(fsm, send("orchester", "a", "b"))
+    assert fsm.state_of("t1") is State.HAPPY_END
+
+
+def test_a_leg_ending_before_the_middle_hop_reports_its_fan_out(fsm: BatchTracker) -> None:
+    """cpu -> rate -> {a, b}: a's end, seen before rate's SEND, does not end the batch (events race)."""
+    feed(fsm, send("cpu", "rate"), ack("a"), end("a"))
+    assert fsm.state_of("t1") is State.IN_FLIGHT
+    feed(fsm, ack("rate"))
+    assert fsm.state_of("t1") is State.IN_FLIGHT
+    feed(fsm, send("rate", "a", "b"))
+    assert fsm.state_of("t1") is State.IN_FLIGHT
+    feed(fsm, ack("b"), end("b"))
+    assert fsm.state_of("t1") is State.HAPPY_END
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("cpu", "rate", "a", "b"),
+        ("a", "cpu", "b", "rate"),
+        ("b", "a", "rate", "cpu"),
+        ("rate", "b", "cpu", "a"),
+    ],
+)
+def test_any_arrival_order_ends_exactly_when_the_last_event_is_in(fsm: BatchTracker, order: tuple[str, ...]) -> None:
+    """Each hop's events in order (one socket each), hops interleaved any way: HAPPY_END only at the last."""
+    by_hop = {
+        "cpu": [send("cpu", "rate")],
+        "rate": [ack("rate"), send("rate", "a", "b")],
+        "a": [ack("a"), end("a")],
+        "b": [ack("b"), end("b")],
+    }
+    events = [event for hop in order for event in by_hop[hop]]
+    for event in events[:-1]:
+        fsm.handle(event)
+        assert fsm.state_of("t1") is State.IN_FLIGHT, event
+    fsm.handle(events[-1])
+    assert fsm.state_of("t1") is State.HAPPY_END
+
+
+def test_orchester_writing_one_leg_to_carbon_itself(fsm: BatchTracker) -> None:
+    """A type routed to [archive, carbon]: the orchester addresses the carbon leg to itself and ends it."""
+    feed(fsm, send("cpu"), ack("orchester"), send("orchester", "archive", "orchester"), ack("archive"))
+    feed(fsm, end("archive"))
+    assert fsm.state_of("t1") is State.IN_FLIGHT
+    feed(fsm, end("orchester"))
+    assert fsm.state_of("t1") is State.HAPPY_END
+
+
+def test_two_legs_to_the_same_step_need_two_ends(fsm: BatchTracker) -> None:
+    """A transform returning two batches for one next step sends two legs there; both must end."""
+    feed(fsm, send("cpu", "split"), send("split", "orchester", "orchester"), end("orchester"))
+    assert fsm.state_of("t1") is State.IN_FLIGHT
+    feed(fsm, end("orchester"))
     assert fsm.state_of("t1") is State.HAPPY_END
 
 
 def test_transform_that_drops_ends_the_batch(fsm: BatchTracker, changes: list[Change]) -> None:
     """A transform that drops the batch reports HAPPY_END, which ends it at that step."""
-    feed(fsm, send("cpu"), ack("filter"), end("filter"))
+    feed(fsm, send("cpu", "filter"), ack("filter"), end("filter"))
     assert fsm.state_of("t1") is State.HAPPY_END
     assert changes[-1].step == "filter"
 
@@ -155,7 +211,7 @@ def test_deadline_counts_from_the_first_event(fsm: BatchTracker, clock: Clock) -
     clock.advance(100)
     feed(fsm, ack("orchester"))
     clock.advance(20)
-    feed(fsm, send("cpu", legs=2))
+    feed(fsm, send("cpu", "a", "b"))
     clock.advance(TIMEOUT - 20 - 1)
     assert fsm.state_of("t1") is State.IN_FLIGHT
     clock.advance(1)
@@ -237,7 +293,7 @@ def test_per_step_counters(fsm: BatchTracker, clock: Clock) -> None:
         fsm,
         send("cpu", points=10),
         ack("orchester", points=10),
-        send("orchester", legs=2, points=10),
+        send("orchester", "a", "b", points=10),
         ack("a", points=10),
         end("a"),
         send("cpu", points=3, task_id="t2"),
@@ -296,13 +352,30 @@ def test_unknown_event_is_counted_and_ignored(fsm: BatchTracker, changes: list[C
         Ev("SEND", "cpu", meta={"legs": -1}),
         Ev("SEND", "cpu", meta={"legs": 1.5}),
         Ev("SEND", "cpu", meta={"legs": True}),
+        Ev("SEND", "cpu", meta={"legs": 1}),
+        Ev("SEND", "cpu", meta={"legs": 2, "to": "orchester"}),
+        Ev("SEND", "cpu", meta={"legs": 2, "to": "a,"}),
+        Ev("SEND", "cpu", meta={"legs": 1, "to": 7}),
         Ev("ACK", "orchester", meta={"points": "many"}),
         Ev("ACK", "orchester", task_id=""),
     ],
-    ids=["no-legs", "legs-str", "legs-negative", "legs-float", "legs-bool", "points-str", "no-task-id"],
+    ids=[
+        "no-legs",
+        "legs-str",
+        "legs-negative",
+        "legs-float",
+        "legs-bool",
+        "no-to",
+        "to-fewer-than-legs",
+        "to-empty-name",
+        "to-not-a-string",
+        "points-str",
+        "no-task-id",
+    ],
 )
 def test_malformed_event_is_counted_and_ignored(fsm: BatchTracker, event: Ev) -> None:
-    """A known event with a missing task id or legs/points that are not whole numbers >= 0 is a bad event."""
+    """A known event with a missing task id, legs/points that are not whole numbers >= 0, or a SEND
+    whose ``to`` does not name one step per leg, is a bad event."""
     fsm.handle(event)
     assert fsm.snapshot()["tasks"]["bad_events"] == 1
     assert fsm.snapshot()["steps"] == {}
@@ -331,7 +404,7 @@ def test_snapshot_is_json_serialisable(fsm: BatchTracker, clock: Clock) -> None:
 def test_accepts_real_envelope_events(fsm: BatchTracker) -> None:
     """Envelopes built with Envelope.event_for drive the FSM like the test events do."""
     batch = Envelope.new_batch([("a.b", 1.0, 2.0)], type="host", emitter="cpu", where="h", seq=1)
-    fsm.handle(batch.event_for("SEND", step="cpu", where="h", legs=1, points=1))
+    fsm.handle(batch.event_for("SEND", step="cpu", where="h", legs=1, to="orchester", points=1))
     fsm.handle(batch.event_for("ACK", step="orchester", where="h", points=1))
     assert fsm.state_of(batch.task_id) is State.IN_FLIGHT
     fsm.handle(batch.event_for("HAPPY_END", step="orchester", where="h"))
@@ -363,7 +436,7 @@ def test_the_retried_attempt_can_end_well_and_old_attempts_are_late() -> None:
     fsm = BatchTracker(clock, timeout=10, on_change=changes.append, max_retries=3)
     feed(fsm, send("cpu"), error("transform", "crashed"))
     assert changes[-1].new is State.RETRY
-    feed(fsm, Ev("SEND", "cpu", meta={"legs": 1, "attempt": 2}), end("orchester"))
+    feed(fsm, Ev("SEND", "cpu", meta={"legs": 1, "to": "orchester", "attempt": 2}), end("orchester"))
     assert fsm.state_of("t1") is State.RETRY
     assert fsm.steps["orchester"].late == 1
     feed(fsm, Ev("HAPPY_END", "orchester", meta={"attempt": 2}))

@@ -88,10 +88,10 @@ def test_type_routes_fan_out_to_satellites_and_carbon() -> None:
     [forwarded] = archive.envelopes()
     assert forwarded.task_id == env.task_id and forwarded.step == "orchester" and forwarded.next == ("archive",)
     assert egress.points == [("a.b", 1_700_000_000, 1.0)]
-    assert [(e.event, e.meta.get("legs")) for e in events.envelopes()] == [
-        ("ACK", None),
-        ("SEND", 2),
-        ("HAPPY_END", None),
+    assert [(e.event, e.meta.get("legs"), e.meta.get("to")) for e in events.envelopes()] == [
+        ("ACK", None, None),
+        ("SEND", 2, "archive,orchester"),  # the carbon leg is the orchester's own
+        ("HAPPY_END", None, None),
     ]
 
 

@@ -162,6 +162,7 @@ def test_transform_returning_several_batches_sends_each_and_counts_legs() -> Non
     assert all(e.type == "rate" for e in senders["a"].envelopes())
     send = data_events(events)[-1]
     assert (send.event, send.meta["legs"], send.meta["points"]) == ("SEND", 4, 2)
+    assert send.meta["to"] == "a,b,a,b"
 
 
 def test_transform_that_raises_reports_an_error_and_keeps_going() -> None:

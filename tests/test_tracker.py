@@ -44,7 +44,7 @@ def journey(svc: TrackerService) -> Envelope:
     """One batch c -> orchester -> carbon, reported as the real steps report it."""
     env = Envelope.new_batch((("a", 1, 1.0),), type="gauge", emitter="c", where="h", seq=1)
     events = FakeSender()
-    Reporter(events, step="c", where="h", pid=1).sent(env, legs=1)
+    Reporter(events, step="c", where="h", pid=1).sent(env, to=["orchester"])
     orch = Reporter(events, step="orchester", where="h", pid=2)
     orch.ack(env)
     orch.ended(env, points=1)
@@ -69,7 +69,7 @@ def test_a_batch_that_never_ends_times_out_on_the_clock() -> None:
     """Without a HAPPY_END the batch is TIMEOUT after the topology's timeout, and published."""
     svc, publisher, _, clock = make()
     env = Envelope.new_batch((("a", 1, 1.0),), type="gauge", emitter="c", where="h", seq=1)
-    svc.on_event(encode(env.event_for("SEND", step="c", where="h", legs=1, points=1)))
+    svc.on_event(encode(env.event_for("SEND", step="c", where="h", legs=1, to="orchester", points=1)))
     clock.advance(30)
     published_states = [parse_published(f)[1] for f in publisher.frames]
     assert [(c["new"], c["attempt"]) for c in published_states] == [("TIMEOUT", 1), ("RETRY", 2)]
@@ -130,7 +130,7 @@ def test_failure_after_the_last_retry_raises_an_alert_and_runs_the_hook() -> Non
     )
     svc = TrackerService(topo, clock=clock, where="h", publisher=FakeSender(), orchester=FakeSender())
     env = Envelope.new_batch((("a", 1, 1.0),), type="gauge", emitter="c", where="h", seq=1)
-    svc.on_event(encode(env.event_for("SEND", step="c", where="h", legs=1, points=1)))
+    svc.on_event(encode(env.event_for("SEND", step="c", where="h", legs=1, to="orchester", points=1)))
     clock.advance(1)
     clock.advance(2)
     assert svc.status()["tasks"]["failure"] == 1 and svc.alerts["batch_failure"] == 1
