@@ -80,6 +80,17 @@ runtime = "runc"
 # "No Data" is written in: their pixels in the screenshot are drawn series and their legends.
 SERIES_COLOURS = {(100, 100, 255), (0, 200, 0), (200, 100, 255), (150, 100, 50)}
 WINDOW = (1440, 1100)
+# Run inside the graphite-web container: for each metric, the cache its carbonlink ring picks and
+# that cache's answer to get-metadata (the aggregation method of the metric's Whisper file).
+CARBONLINK_PROBE = """
+import sys
+import django
+django.setup()
+from graphite.carbonlink import CarbonLink
+link = CarbonLink()
+for metric in sys.argv[1:]:
+    print(metric, link.select_host(metric)[0], link.get_metadata(metric, "aggregationMethod"))
+"""
 # Flags from the machine notes: without the background-networking ones Chromium keeps dialling out.
 CHROMIUM_FLAGS = [
     "--headless",
@@ -319,7 +330,8 @@ def test_metrics_sent_from_the_host_reach_graphite_web(stack: dict[str, Any]) ->
 
 
 def test_collectors_series_are_placed_across_both_caches(stack: dict[str, Any]) -> None:
-    """dsat.<host>.* is in graphite-web; each carbon-cache holds a part of the tree, graphite-web reads both."""
+    """dsat.<host>.* is in graphite-web; each carbon-cache holds a part of the tree, graphite-web reads both
+    and asks each cache (carbonlink, for points not yet written) about the metrics the orchester put there."""
     url, where, podman = stack["url"], stack["where"], stack["engine"]
     for target in (f"dsat.{where}.cpu.total.user", f"dsat.{where}.memory.virtual.used", f"dsat.{where}.load.load1"):
         wait_for(lambda target=target: non_null(url, target), 120, f"{target} in graphite-web")
@@ -329,10 +341,18 @@ def test_collectors_series_are_placed_across_both_caches(stack: dict[str, Any]) 
     assert a and b, f"carbon-a holds {len(a)} files, carbon-b {len(b)}: carbon_ch should spread the tree"
     assert not a & b, f"without replication no metric is on both caches: {sorted(a & b)[:5]}"
     # one series from each cache, both rendered through the one graphite-web
-    for files in (a, b):
+    picked = {}
+    for instance, files in (("a", a), ("b", b)):
         path = next(f for f in sorted(files) if f.startswith(f"dsat/{where}/"))
-        target = path.removesuffix(".wsp").replace("/", ".")
+        picked[instance] = target = path.removesuffix(".wsp").replace("/", ".")
         assert render(url, target), f"graphite-web does not read {target}"
+    # graphite-web's carbonlink ring picks the cache the orchester placed each metric on, and that
+    # cache answers for it (get-metadata reads the metric's Whisper file, so the wrong cache would fail)
+    out = podman.run("podman", "exec", names["graphite-web"], "python", "-c", CARBONLINK_PROBE, *picked.values())
+    answers = dict(line.split(" ", 1) for line in out.splitlines())
+    for instance, metric in picked.items():
+        host, method = answers[metric].split()
+        assert host == f"carbon-{instance}" and method in {"average", "sum", "max", "min", "last"}, answers
 
 
 def line_pixels(shot: Path, tolerance: int = 40) -> int:
