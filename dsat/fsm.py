@@ -22,7 +22,7 @@ counted in ``bad_events`` and ignored, never raised.
 from __future__ import annotations
 
 import enum
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -124,8 +124,7 @@ class _Task:
         "emitter",
         "type",
         "seq",
-        "sent_to",
-        "resolved",
+        "open_legs",
         "unbalanced",
         "emitter_seen",
         "state",
@@ -147,16 +146,16 @@ class _Task:
         self.attempt = 1
 
     def reset_legs(self) -> None:
-        #: legs sent to each step, and legs each step resolved (by a SEND or a HAPPY_END)
-        self.sent_to: Counter[str] = Counter()
-        self.resolved: Counter[str] = Counter()
-        #: the sum over steps of |sent_to - resolved|: zero when every leg is accounted for
+        #: per step, legs sent to it minus legs it resolved (by a SEND or a HAPPY_END of its own)
+        self.open_legs: dict[str, int] = {}
+        #: the sum over steps of |open_legs|: zero when every leg is accounted for
         self.unbalanced = 0
 
-    def count(self, counter: Counter[str], step: str) -> None:
-        before = abs(self.sent_to[step] - self.resolved[step])
-        counter[step] += 1
-        self.unbalanced += abs(self.sent_to[step] - self.resolved[step]) - before
+    def legs(self, step: str, delta: int) -> None:
+        """*delta* more legs open at *step* (-1: it resolved one)."""
+        old = self.open_legs.get(step, 0)
+        new = self.open_legs[step] = old + delta
+        self.unbalanced += abs(new) - abs(old)
 
 
 class BatchTracker:
@@ -245,9 +244,9 @@ class BatchTracker:
         if kind == "SEND" and step == task.emitter:
             task.emitter_seen = True
         elif kind != "ACK":
-            task.count(task.resolved, step)
+            task.legs(step, -1)
         for target in to:
-            task.count(task.sent_to, target)
+            task.legs(target, 1)
         if task.emitter_seen and task.unbalanced == 0:
             self._finish(task, State.HAPPY_END, step, "")
 
