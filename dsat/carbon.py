@@ -3,11 +3,13 @@
 Speaks carbon's pickle protocol (4-byte big-endian length, then a pickled
 list of ``(path, (timestamp, value))``) or its plaintext protocol.  Each
 destination is a :class:`twisted.application.internet.ClientService` that
-reconnects with backoff; while a destination is down its batches wait in a
-bounded queue (oldest dropped and counted when full; the disk spool replaces
-the drop in a later version).  With several destinations each path is placed
-with carbon's own ``carbon_ch`` consistent-hash ring, so DSAT and a
-carbon-relay agree on where a metric lives.
+reconnects with backoff; while a destination is down or slow its batches go
+to the disk spool (:mod:`dsat.spool`) and are replayed when it is back (with
+no spool they wait in a bounded memory queue, the oldest dropped and counted
+when it is full).  With several destinations each path is placed with
+carbon's own ``carbon_ch`` consistent-hash ring, so DSAT and a carbon-relay
+agree on where a metric lives.  A destination removed at run time, or gone
+from the topology, has what it still holds placed on the others.
 
 A batch's ``on_written`` callback fires once all its datapoints are written
 to the carbon socket: that is where a batch's journey ends (HAPPY_END).
@@ -74,6 +76,31 @@ ENCODERS: dict[str, Callable[[Sequence[Point]], bytes]] = {
     "pickle": encode_pickle,
     "plaintext": encode_plaintext,
 }
+
+
+def is_pickle(data: bytes) -> bool:
+    """Was *data* written by :func:`encode_pickle` (rather than :func:`encode_plaintext`)?"""
+    return data[4:6] == b"\x80\x02"
+
+
+def decode(data: bytes) -> list[Point]:
+    """The datapoints of a batch as :func:`encode_pickle` or :func:`encode_plaintext` wrote it.
+
+    Reads spooled and queued batches back, whichever protocol wrote them
+    (pickle messages start with a length and pickle protocol 2's ``\\x80\\x02``,
+    which no plaintext line can hold).  Points that do not read back are left out.
+    """
+    from dsat.ingress import parse_pickle, parse_plaintext
+
+    if not is_pickle(data):
+        return parse_plaintext(data, 0.0)[0]
+    points: list[Point] = []
+    offset = 0
+    while offset + 4 <= len(data):
+        (size,) = struct.unpack_from("!L", data, offset)
+        points.extend(parse_pickle(data[offset + 4 : offset + 4 + size], 0.0)[0])
+        offset += 4 + size
+    return points
 
 
 @dataclass
@@ -181,6 +208,21 @@ class Destination:
         self.service.startService()
         if self.spool is not None:
             self._replay_loop.start(REPLAY_TICK, now=False)
+
+    def retire(self) -> list[tuple[list[Point], Callable[[], None] | None]]:
+        """Stop for good (the destination is removed): the batches still in memory, decoded, with their callbacks.
+
+        What the spool holds for it is the egress's to place elsewhere.
+        """
+        items = [(decode(item.data), item.on_written) for item in self.queue]
+        self.queue.clear()
+        self.queued_points = 0
+        self.spool_pending = 0
+        if self._replay_loop.running:
+            self._replay_loop.stop()
+        self._stopping = True
+        self.service.stopService()
+        return items
 
     def stop(self) -> object:
         """Stop connecting; what still waits in memory goes to the spool (if any)."""
@@ -303,8 +345,11 @@ class Destination:
             return
         batches = self.spool.peek(self.name, max(1, int(self.replay_rate * REPLAY_TICK)))
         for batch in batches:
-            proto.transport.write(batch.data)  # type: ignore[union-attr]
-            self._written(batch.data, batch.points)
+            data = batch.data
+            if is_pickle(data) != (self.encode is encode_pickle):  # spooled before [carbon] protocol changed
+                data = self.encode(decode(data))
+            proto.transport.write(data)  # type: ignore[union-attr]
+            self._written(data, batch.points)
         self.spool.delete(batches)
         points = sum(b.points for b in batches)
         self.replayed += points
@@ -320,6 +365,8 @@ class CarbonEgress:
     distinct nodes after its position, so DSAT and a carbon-relay configured
     with the same DESTINATIONS and REPLICATION_FACTOR agree.
     """
+
+    log = Logger()
 
     def __init__(
         self,
@@ -340,6 +387,7 @@ class CarbonEgress:
         if not 1 <= replication <= len(destinations):
             raise ConfigError(f"carbon.replication: {replication} must be from 1 to {len(destinations)}")
         self.replication = replication
+        self.spool = spool
         self._make = partial(
             Destination,
             reactor,
@@ -353,6 +401,7 @@ class CarbonEgress:
         #: The ring node of each destination, and whether new data is placed on it (False: draining).
         self._nodes: list[tuple[str, str | None]] = []
         self._placing: list[bool] = []
+        self._removed: list[bool] = []
         self._started = False
         for dest in destinations:
             self._add(dest[0], dest[1], dest[2] if len(dest) > 2 else None)
@@ -363,6 +412,7 @@ class CarbonEgress:
         self.destinations.append(dest)
         self._nodes.append((host, instance))
         self._placing.append(True)
+        self._removed.append(False)
         return dest
 
     def _rebuild(self) -> None:
@@ -388,6 +438,8 @@ class CarbonEgress:
         host, port, instance = parsed
         for i, dest in enumerate(self.destinations):
             if (dest.host, dest.port) == (host, port):
+                if self._removed[i]:
+                    raise ConfigError(f"{text} was removed; it comes back with a restart")
                 if self._placing[i]:
                     return False
                 self._placing[i] = True
@@ -401,23 +453,84 @@ class CarbonEgress:
         self._rebuild()
         return True
 
-    def drain_destination(self, text: str) -> bool:
-        """Place no new data on a destination; what it has queued or spooled still goes to it."""
+    def _find(self, text: str) -> int:
         for i, dest in enumerate(self.destinations):
             if dest.name == text or f"{dest.name}:{self._nodes[i][1]}" == text:
-                if not self._placing[i]:
-                    return False
-                if sum(self._placing) - 1 < self.replication:
-                    raise ConfigError(
-                        f"cannot drain {text}: fewer destinations than the replication factor would be left"
-                    )
-                self._placing[i] = False
-                self._rebuild()
-                return True
+                return i
         raise ConfigError(f"{text} is not a carbon destination; they are {', '.join(self.placing)}")
+
+    def drain_destination(self, text: str) -> bool:
+        """Place no new data on a destination; what it has queued or spooled still goes to it."""
+        i = self._find(text)
+        if not self._placing[i]:
+            return False
+        if sum(self._placing) - 1 < self.replication:
+            raise ConfigError(f"cannot drain {text}: fewer destinations than the replication factor would be left")
+        self._placing[i] = False
+        self._rebuild()
+        return True
+
+    def remove_destination(self, text: str) -> bool:
+        """Drain a destination and place what it still holds (memory and spool) on the others; False if it was.
+
+        For a carbon-cache that is gone for good: nothing waits for it any more.
+        """
+        i = self._find(text)
+        if self._removed[i]:
+            return False
+        self.drain_destination(text)
+        self._removed[i] = True
+        dest = self.destinations[i]
+        queued = dest.retire()
+        moved = self._place_spooled(dest.name)
+        for points, on_written in queued:
+            self.send(points, on_written)
+        self.log.warn(
+            "carbon {name} removed: {moved} spooled and {queued} queued datapoints placed on {others}",
+            name=dest.name,
+            moved=moved,
+            queued=sum(len(points) for points, _ in queued),
+            others=", ".join(self.placing),
+        )
+        return True
+
+    def _place_spooled(self, name: str) -> int:
+        """Move what the spool holds for *name* to the destinations carbon_ch now places it on; datapoints moved."""
+        spool = self.spool
+        if spool is None:
+            return 0
+        moved = 0
+        while batches := spool.peek(name, 100_000):
+            rows = []
+            for batch in batches:
+                points = decode(batch.data)
+                if len(points) < batch.points:
+                    self.log.error(
+                        "spooled batch {id} for {name}: {lost} datapoints did not read back",
+                        id=batch.id,
+                        name=name,
+                        lost=batch.points - len(points),
+                    )
+                for index, part in self._split(points).items():
+                    target = self.destinations[index]
+                    rows.append((target.name, target.encode(part), len(part)))
+                    target.spool_pending += len(part)
+                moved += len(points)
+            spool.move(batches, rows)
+        return moved
 
     def start(self) -> None:
         self._started = True
+        if self.spool is not None:
+            names = {dest.name for dest in self.destinations}
+            for gone in sorted(self.spool.destinations() - names):
+                moved = self._place_spooled(gone)
+                self.log.warn(
+                    "the spool held {moved} datapoints for {gone}, no longer a destination: placed on {others}",
+                    moved=moved,
+                    gone=gone,
+                    others=", ".join(self.placing),
+                )
         for dest in self.destinations:
             dest.start()
 
@@ -468,6 +581,20 @@ class CarbonEgress:
             self._placement[path] = indexes
         return indexes
 
+    def _split(self, points: Sequence[Point]) -> dict[int, list[Point]]:
+        """The batch's points by the index of each destination that holds them."""
+        if self._ring is None:
+            return {self._only[0]: list(points)} if points else {}
+        parts: dict[int, list[Point]] = {}
+        place = self.place
+        for point in points:
+            for index in place(point[0]):
+                part = parts.get(index)
+                if part is None:
+                    part = parts[index] = []
+                part.append(point)
+        return parts
+
     def send(self, points: Sequence[Point], on_written: Callable[[], None] | None = None) -> None:
         """Send one batch; ``on_written`` fires once every part is written (or spooled) at every destination."""
         if not points:
@@ -477,14 +604,7 @@ class CarbonEgress:
         if self._ring is None:
             self.destinations[self._only[0]].send(points, on_written)
             return
-        parts: dict[int, list[Point]] = {}
-        place = self.place
-        for point in points:
-            for index in place(point[0]):
-                part = parts.get(index)
-                if part is None:
-                    part = parts[index] = []
-                part.append(point)
+        parts = self._split(points)
         remaining = [len(parts)]
 
         def part_written() -> None:

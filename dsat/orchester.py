@@ -190,8 +190,10 @@ class Orchester:
         elif action == "drain":
             if self.egress.drain_destination(str(change.get("destination", ""))):
                 self.log.info("carbon destination draining: {dest}", dest=change.get("destination"))
+        elif action == "remove":
+            self.egress.remove_destination(str(change.get("destination", "")))
         else:
-            raise ConfigError(f"unknown control action {action!r}; valid: route, add, drain")
+            raise ConfigError(f"unknown control action {action!r}; valid: route, add, drain, remove")
 
     def on_published(self, frame: bytes) -> None:
         """Circuit changes from the tracker's PUB socket."""

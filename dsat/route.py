@@ -2,8 +2,9 @@
 
 The change travels as a control envelope on the orchester's PUB/SUB control
 channel (``[orchester] control``): set where a ``type`` goes, add a carbon
-destination, or drain one (no new data placed on it; what it holds still goes
-to it).  A SUB socket misses what is published before it is connected, so
+destination, drain one (no new data placed on it; what it holds still goes
+to it), or remove one (drained, and what it holds placed on the others: for a
+carbon-cache that is gone for good).  A SUB socket misses what is published before it is connected, so
 the command is published again every half second until the orchester's
 heartbeat, read from the tracker, shows the change in force.
 """
@@ -25,9 +26,12 @@ def command(action: str, args: list[str]) -> dict[str, str]:
     """The control change for ``dsat route ACTION ARGS``."""
     if action == "set" and len(args) >= 2:
         return {"action": "route", "type": args[0], "targets": ",".join(args[1:])}
-    if action in ("add", "drain") and len(args) == 1:
+    if action in ("add", "drain", "remove") and len(args) == 1:
         return {"action": action, "destination": args[0]}
-    raise ConfigError("usage: dsat route TOPOLOGY set TYPE STEP [STEP...] | add HOST:PORT[:INSTANCE] | drain HOST:PORT")
+    raise ConfigError(
+        "usage: dsat route TOPOLOGY set TYPE STEP [STEP...] | add HOST:PORT[:INSTANCE] | drain HOST:PORT"
+        " | remove HOST:PORT"
+    )
 
 
 def in_force(change: dict[str, str], config: dict[str, Any]) -> bool:

@@ -128,10 +128,42 @@ class Spool:
         """Forget batches that were handed to their destination."""
         self._delete([b.id for b in batches])
 
+    def move(self, batches: list[Spooled], rows: list[tuple[str, bytes, int]]) -> None:
+        """Replace *batches* by *rows* (``(dest, data, points)``) in one transaction.
+
+        How a removed destination's data is placed on the others: a crash
+        leaves either the old rows or the new ones, never neither.  The size
+        bound is not applied to a move (it changes little).
+        """
+        self.db.execute("BEGIN")
+        try:
+            size, points = self._delete_rows([b.id for b in batches])
+            self.db.executemany(
+                "INSERT INTO batches (dest, points, size, data) VALUES (?, ?, ?, ?)",
+                [(dest, n, len(data), data) for dest, data, n in rows],
+            )
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        self.bytes += sum(len(data) for _, data, _ in rows) - size
+        self.points += sum(n for _, _, n in rows) - points
+
+    def destinations(self) -> set[str]:
+        """Names of the destinations that have batches waiting."""
+        return {dest for (dest,) in self.db.execute("SELECT DISTINCT dest FROM batches")}
+
     def _delete(self, ids: list[int]) -> None:
         if not ids:
             return
         self.db.execute("BEGIN")
+        size, points = self._delete_rows(ids)
+        self.db.execute("COMMIT")
+        self.bytes -= size
+        self.points -= points
+
+    def _delete_rows(self, ids: list[int]) -> tuple[int, int]:
+        """Delete rows inside the caller's transaction; their total size and points."""
         size, points = 0, 0
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
@@ -142,9 +174,7 @@ class Spool:
             self.db.execute(f"DELETE FROM batches WHERE id IN ({marks})", chunk)
             size += s
             points += p
-        self.db.execute("COMMIT")
-        self.bytes -= size
-        self.points -= points
+        return size, points
 
     def pending(self, dest: str | None = None) -> int:
         """Datapoints waiting (for one destination, or in all)."""

@@ -7,7 +7,7 @@ import struct
 import pytest
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 
-from dsat.carbon import POINTS_PER_MESSAGE, CarbonEgress, Destination, encode_pickle, encode_plaintext
+from dsat.carbon import POINTS_PER_MESSAGE, CarbonEgress, Destination, decode, encode_pickle, encode_plaintext
 
 
 def unpickle_messages(data: bytes) -> list[list]:
@@ -263,3 +263,23 @@ def test_closing_the_connection_ourselves_resends_nothing(tmp_path) -> None:  # 
     dest.stop()
     dest.disconnected(proto)  # type: ignore[arg-type]
     assert dest.resent == 0 and dest.spool_pending == 0
+
+
+def test_decode_reads_back_both_encodings() -> None:
+    """Spooled and queued batches decode to the points that were encoded, whichever protocol wrote them."""
+    points = [(f"a.b{i}", 1_700_000_000.0 + i, i * 0.5) for i in range(1201)]
+    assert decode(encode_pickle(points)) == points
+    assert decode(encode_plaintext(points)) == points
+    assert decode(b"") == [] and decode(encode_pickle([])) == []
+
+
+def test_a_batch_spooled_under_the_other_protocol_is_replayed_in_the_current_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """[carbon] protocol changed from pickle to plaintext with data in the spool: replay writes plaintext."""
+    dest, reactor = spooled_destination(tmp_path, protocol="plaintext")
+    assert dest.spool is not None
+    dest.spool.put(dest.name, encode_pickle([("old.pickled", 1_700_000_000, 1.5)]), 1)
+    dest.spool_pending = 1
+    proto = FakeProto()
+    dest.connected(proto)  # type: ignore[arg-type]
+    reactor.advance(0.1)
+    assert proto.transport.value() == b"old.pickled 1.5 1700000000\n"

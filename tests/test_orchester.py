@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 from twisted.internet.task import Clock
 
 from dsat import topology
 from dsat.envelope import Envelope, encode
+from dsat.errors import ConfigError
 from dsat.events import Reporter
 from dsat.orchester import Orchester
 from dsat.plugins import Registry, SatelliteSpec
@@ -197,6 +199,27 @@ def test_control_changes_routes_and_refuses_unknown_targets() -> None:
     orch.on_control(b"garbage")
     assert orch.rejected["bad_control"] == 2 and orch.rejected["bad_magic"] == 1
     assert orch.routes["gauge"] == ("archive",)
+
+
+def test_control_adds_drains_and_removes_carbon_destinations() -> None:
+    """add, drain and remove on the control channel change where the orchester places new data."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from dsat.carbon import CarbonEgress
+
+    orch, _, _, _, clock = make()
+    egress = CarbonEgress(MemoryReactorClock(), [("127.0.0.1", 2004, "a"), ("127.0.0.1", 2104, "b")])
+    orch = Orchester(orch.topology, clock=clock, egress=egress, senders={}, reporter=orch.reporter, where="h")
+    control = Envelope(channel="control", type="route")
+    for meta in (
+        {"action": "add", "destination": "127.0.0.1:2204:c"},
+        {"action": "drain", "destination": "127.0.0.1:2004"},
+        {"action": "remove", "destination": "127.0.0.1:2104"},
+    ):
+        orch.on_control(encode(control.evolve(meta=meta)))
+    assert egress.placing == ["127.0.0.1:2204"] and orch.rejected["bad_control"] == 0
+    with pytest.raises(ConfigError, match="valid: route, add, drain, remove"):
+        orch.apply_control({"action": "explode"})
 
 
 def test_rules_apply_and_reload_when_the_file_changes_keeping_them_on_a_bad_file(tmp_path: Path) -> None:

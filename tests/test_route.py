@@ -10,10 +10,12 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 from dsat import route
-from dsat.carbon import CarbonEgress
+from dsat.carbon import CarbonEgress, decode, encode_pickle, encode_plaintext
 from dsat.errors import ConfigError
+from dsat.spool import Spool
 from dsat.stack import free_port
 from tests.conftest import Processes, wait_for
+from tests.test_carbon import FakeProto, unpickle_messages
 
 
 def test_commands_and_how_they_show_in_force() -> None:
@@ -25,6 +27,9 @@ def test_commands_and_how_they_show_in_force() -> None:
     drain = route.command("drain", ["127.0.0.1:2104:b"])
     assert route.in_force(drain, {"destinations": "127.0.0.1:2004"})
     assert not route.in_force(drain, {"destinations": "127.0.0.1:2004,127.0.0.1:2104"})
+    remove = route.command("remove", ["127.0.0.1:2104"])
+    assert remove == {"action": "remove", "destination": "127.0.0.1:2104"}
+    assert route.in_force(remove, {"destinations": "127.0.0.1:2004"})
     with pytest.raises(ConfigError, match="usage"):
         route.command("set", ["gauge"])
 
@@ -43,6 +48,69 @@ def test_egress_adds_and_drains_destinations() -> None:
         egress.drain_destination("127.0.0.1:2104")
     with pytest.raises(ConfigError, match="not a carbon destination"):
         egress.drain_destination("10.9.9.9:1")
+
+
+THREE = [("127.0.0.1", 2004, "a"), ("127.0.0.1", 2104, "b"), ("127.0.0.1", 2204, "c")]
+
+
+def spool_rows(spool: Spool) -> dict[str, list[tuple[str, float, float]]]:
+    """Every spooled datapoint, decoded, by destination name."""
+    rows: dict[str, list[tuple[str, float, float]]] = {}
+    for dest, data in spool.db.execute("SELECT dest, data FROM batches ORDER BY id"):
+        rows.setdefault(dest, []).extend(decode(data))
+    return rows
+
+
+def test_removing_a_destination_places_its_spool_on_the_others(tmp_path: Path) -> None:
+    """`remove` drains a destination and moves what its spool holds to where carbon_ch now puts it."""
+    spool = Spool(tmp_path / "s.db")
+    egress = CarbonEgress(MemoryReactorClock(), THREE, spool=spool)
+    egress.start()
+    points = [(f"servers.host{i}.cpu.user", 1_700_000_000.0 + i, float(i)) for i in range(300)]
+    egress.send(points)  # every destination is down: all of it is spooled
+    before = spool_rows(spool)
+    assert len(before["127.0.0.1:2104"]) > 50 and spool.pending() == 300
+
+    assert egress.remove_destination("127.0.0.1:2104")
+    assert not egress.remove_destination("127.0.0.1:2104")
+    after = spool_rows(spool)
+    assert "127.0.0.1:2104" not in after and spool.pending() == 300
+    assert sorted(p for rows in after.values() for p in rows) == sorted(points)
+    names = {0: "127.0.0.1:2004", 2: "127.0.0.1:2204"}
+    for point in before["127.0.0.1:2104"]:
+        assert point in after[names[egress.place(point[0])[0]]]
+    assert [d.spool_pending for d in egress.destinations] == [len(after[names[0]]), 0, len(after[names[2]])]
+    assert not egress.destinations[1].service.running
+    assert egress.placing == ["127.0.0.1:2004", "127.0.0.1:2204"]
+
+
+def test_removing_a_destination_hands_its_memory_queue_to_the_others() -> None:
+    """Without a spool, batches waiting in the removed destination's memory go to the others, callbacks kept."""
+    egress = CarbonEgress(MemoryReactorClock(), THREE[:2])
+    done: list[int] = []
+    egress.send([(f"m{i}", 1.0, float(i)) for i in range(40)], lambda: done.append(1))
+    assert egress.remove_destination("127.0.0.1:2004")
+    assert egress.destinations[0].queued_points == 0 and egress.destinations[1].queued_points == 40
+    proto = FakeProto()
+    egress.destinations[1].connected(proto)  # type: ignore[arg-type]
+    assert done == [1]
+    assert sorted(p[0] for m in unpickle_messages(proto.transport.value()) for p in m) == sorted(
+        f"m{i}" for i in range(40)
+    )
+
+
+def test_spool_rows_of_a_destination_no_longer_configured_are_placed_again_at_start(tmp_path: Path) -> None:
+    """A destination taken out of the topology leaves no data behind in the spool: start() places it again."""
+    spool = Spool(tmp_path / "s.db")
+    old = [(f"app.{i}.requests", 1_700_000_000.0, float(i)) for i in range(100)]
+    spool.put("10.0.0.9:2004", encode_pickle(old[:60]), 60)
+    spool.put("10.0.0.9:2004", encode_plaintext(old[60:]), 40)  # [carbon] protocol may have changed too
+    egress = CarbonEgress(MemoryReactorClock(), THREE[:2], spool=spool)
+    egress.start()
+    after = spool_rows(spool)
+    assert set(after) <= {"127.0.0.1:2004", "127.0.0.1:2104"} and spool.pending() == 100
+    assert sorted(p for rows in after.values() for p in rows) == sorted(old)
+    assert sum(d.spool_pending for d in egress.destinations) == 100
 
 
 @pytest.mark.integration

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,23 @@ def test_state_is_read_back_on_open(tmp_path: Path) -> None:
     again = Spool(tmp_path / "s.db")
     assert again.bytes == 3 and again.pending("a") == 7
     assert again.peek("a", 100)[0].data == b"abc"
+
+
+def test_move_replaces_rows_in_one_transaction_and_keeps_the_totals_true(tmp_path: Path) -> None:
+    """move() swaps a destination's batches for others' rows; a failure half-way leaves the old rows."""
+    spool = Spool(tmp_path / "s.db")
+    spool.put("old:1", b"x" * 10, 4)
+    spool.put("keep:1", b"k", 1)
+    batches = spool.peek("old:1", 100)
+    spool.move(batches, [("a:1", b"aa", 3), ("b:1", b"b", 1)])
+    assert spool.destinations() == {"a:1", "b:1", "keep:1"}
+    assert (spool.pending(), spool.pending("a:1"), spool.pending("old:1")) == (5, 3, 0)
+    assert spool.bytes == 4
+    with pytest.raises(sqlite3.IntegrityError):
+        spool.move(spool.peek("a:1", 100), [("c:1", b"c", 3), (None, b"broken", 1)])  # type: ignore[list-item]
+    assert spool.destinations() == {"a:1", "b:1", "keep:1"} and spool.pending() == 5
+    reopened = Spool(tmp_path / "s.db")
+    assert (reopened.points, reopened.bytes) == (spool.points, spool.bytes)
 
 
 def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
