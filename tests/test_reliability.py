@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
+from dsat.stack import free_port
 from tests.conftest import ROOT, Carbon, Processes, wait_for
 
 pytestmark = pytest.mark.integration
@@ -288,3 +289,43 @@ def test_a_full_spool_drops_oldest_and_counts_every_dropped_datapoint(
     assert dropped > 0
     assert sent - stored == dropped, (sent, stored, dropped)
     record("spool_full_drop_oldest", datapoints_sent=sent, datapoints_stored=stored, datapoints_dropped=dropped)
+
+
+def test_removing_a_dead_destination_delivers_what_was_spooled_for_it(
+    short_tmp: Path, carbon: Carbon, processes: Processes
+) -> None:
+    """Two caches, one never up: `dsat route T remove` places its spooled share on the live one; every run lands."""
+    metrics = 200
+    dead = free_port()
+    topo = topology(
+        short_tmp, carbon, f'[satellites.gen]\nuse = "synthetic"\nevery = "1s"\noptions = {{ metrics = {metrics} }}'
+    )
+    topo.write_text(
+        topo.read_text().replace(
+            f'destinations = ["127.0.0.1:{carbon.port}"]',
+            f'destinations = ["127.0.0.1:{carbon.port}:a", "127.0.0.1:{dead}:b"]',
+        )
+    )
+    carbon.start()
+    up = processes.dsat("up", str(topo), name="up")
+    wait_for(lambda: spool_rows(short_tmp) >= 10, 60, "ten batches spooled for the dead destination")
+    spooled = spool_rows(short_tmp)
+    removed = subprocess.run(
+        [sys.executable, "-m", "dsat", "route", str(topo), "remove", f"127.0.0.1:{dead}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert removed.returncode == 0, removed.stderr
+    wait_for(lambda: spool_rows(short_tmp) == 0, 60, "the dead destination's share to be placed and replayed")
+    time.sleep(3)  # a few more live runs, all to the one cache left
+    assert processes.stop(up) == 0, processes.log_of(up)[-3000:]
+
+    runs = settled_runs(carbon, "gen", metrics)
+    last = assert_every_run_stored(runs)
+    record(
+        "remove_dead_destination",
+        datapoints_sent=last * metrics,
+        datapoints_stored=sum(len(r) for r in runs),
+        batches_spooled_for_the_dead_destination=spooled,
+    )
