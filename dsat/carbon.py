@@ -218,10 +218,7 @@ class Destination:
         self.queue.clear()
         self.queued_points = 0
         self.spool_pending = 0
-        if self._replay_loop.running:
-            self._replay_loop.stop()
-        self._stopping = True
-        self.service.stopService()
+        self.stop()
         return items
 
     def stop(self) -> object:

@@ -4,9 +4,10 @@ The change travels as a control envelope on the orchester's PUB/SUB control
 channel (``[orchester] control``): set where a ``type`` goes, add a carbon
 destination, drain one (no new data placed on it; what it holds still goes
 to it), or remove one (drained, and what it holds placed on the others: for a
-carbon-cache that is gone for good).  A SUB socket misses what is published before it is connected, so
-the command is published again every half second until the orchester's
-heartbeat, read from the tracker, shows the change in force.
+carbon-cache that is gone for good).  A SUB socket misses what is published
+before it is connected, so the command is published again every half second
+until the orchester's heartbeat, read from the tracker, shows the change in
+force.
 """
 
 from __future__ import annotations
