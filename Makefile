@@ -20,12 +20,12 @@ demo: $(STAMP)
 	$(BIN)/dsat demo
 
 test: $(STAMP)
-	$(BIN)/ruff check dsat satellites tests carbon_conf bench
+	$(BIN)/ruff check dsat satellites tests carbon_conf bench docker
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check dsat satellites tests carbon_conf bench
+	$(BIN)/ruff check dsat satellites tests carbon_conf bench docker
 	$(BIN)/mypy
 
 docs: $(STAMP)

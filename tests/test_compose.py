@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -61,14 +62,17 @@ SERVICES = [
     "network",
     "disk",
 ]
-# Debian package of each program the test needs.
+# Debian package of each program (or file) the test needs.
 PACKAGES = {
     "podman": "podman",
     "runc": "runc",
     "debootstrap": "debootstrap",
     "docker-compose": "docker-compose",
     "chromium": "chromium",
+    # podman 4.3's CNI networks resolve service names between containers only with this plugin
+    "/usr/lib/cni/dnsname": "golang-github-containernetworking-plugin-dnsname",
 }
+PODMAN_UP = ROOT / "docker" / "podman-up.py"
 CONTAINERS_CONF = """\
 # crun (podman's default) cannot set RLIMIT_NOFILE on these machines
 [containers]
@@ -140,6 +144,11 @@ class Engine:
 
     def compose(self, project: str, *args: str, env: dict[str, str], timeout: float = 300) -> str:
         return self.run(self.compose_bin, "-p", project, "-f", str(COMPOSE), *args, env=env, timeout=timeout)
+
+    def up(self, project: str, env: dict[str, str]) -> str:
+        """The stack up the way docs/containers.rst tells podman users: docker/podman-up.py, stage by stage."""
+        env = {**env, "PODMAN_COMPOSE": self.compose_bin}
+        return self.run(sys.executable, str(PODMAN_UP), "-p", project, "-f", str(COMPOSE), env=env, timeout=900)
 
 
 def install_missing_programs() -> None:
@@ -231,7 +240,7 @@ def stack(engine: Engine) -> Iterator[dict[str, Any]]:
     info |= {"plaintext": ("127.0.0.1", ports["PLAINTEXT"]), "statsd": ("127.0.0.1", ports["STATSD"])}
     try:
         info["started"] = time.time()
-        engine.compose(project, "up", "-d", "--no-build", env=env)
+        engine.up(project, env)
         info["containers"] = wait_healthy(engine, project)
         yield info
     finally:
@@ -329,6 +338,19 @@ def test_metrics_sent_from_the_host_reach_graphite_web(stack: dict[str, Any]) ->
     assert wait_for(lambda: non_null(url, "stats.timers.compose.statsd.latency.upper"), 30, "the statsd timer")
 
 
+def test_the_readmes_shell_example_reaches_graphite_web(stack: dict[str, Any]) -> None:
+    """The plaintext example of README.rst's "Run with Docker", run with bash as written (port moved), lands."""
+    readme = (ROOT / "README.rst").read_text()
+    found = re.search(r"``(echo \"myapp\.requests 42 [^`]*> /dev/tcp/127\.0\.0\.1/2003)``", readme)
+    assert found, "README.rst's Docker section should show how to send a plaintext line from a shell"
+    host, port = stack["plaintext"]
+    command = found.group(1).replace("/dev/tcp/127.0.0.1/2003", f"/dev/tcp/{host}/{port}")
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    got = wait_for(lambda: non_null(stack["url"], "myapp.requests"), 90, "the README's point in graphite-web")
+    assert got["myapp.requests"] == [42.0]
+
+
 def test_collectors_series_are_placed_across_both_caches(stack: dict[str, Any]) -> None:
     """dsat.<host>.* is in graphite-web; each carbon-cache holds a part of the tree, graphite-web reads both
     and asks each cache (carbonlink, for points not yet written) about the metrics the orchester put there."""
@@ -420,6 +442,6 @@ def test_data_survives_down_and_up(stack: dict[str, Any]) -> None:
     assert not containers(podman, project)
     kept = podman.run("podman", "volume", "ls", "-q", "--filter", f"label=io.podman.compose.project={project}")
     assert len(kept.split()) == 4, f"down should keep the named volumes: {kept!r}"
-    podman.compose(project, "up", "-d", "--no-build", env=env)
+    podman.up(project, env)
     stack["containers"] = wait_healthy(podman, project)
     assert wait_for(lambda: non_null(url, "compose.plaintext.requests"), 60, "the old point after up") == before
