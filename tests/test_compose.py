@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from dsat import naming
 from dsat.stack import free_port
@@ -228,7 +229,6 @@ def stack(engine: Engine) -> Iterator[dict[str, Any]]:
     where = naming.component(socket.gethostname())
     env = {f"DSAT_{name}_PORT": str(port) for name, port in ports.items()} | {
         "DSAT_WHERE": where,
-        "DSAT_BIND": "127.0.0.1",
     }
     info = {
         "engine": engine,
@@ -285,6 +285,32 @@ def test_the_compose_file_is_valid() -> None:
     assert done.returncode == 0, done.stderr
 
 
+def published(bind_env: dict[str, str]) -> dict[str, set[str]]:
+    """Service -> the host addresses its ports are published on, as docker-compose resolves the file."""
+    done = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if not k.startswith("DSAT_")} | bind_env,
+    )
+    assert done.returncode == 0, done.stderr
+    found: dict[str, set[str]] = {}
+    for name, service in yaml.safe_load(done.stdout)["services"].items():
+        for port in service.get("ports", []):
+            host = port.get("host_ip", "0.0.0.0") if isinstance(port, dict) else port.rsplit(":", 2)[0]
+            found.setdefault(name, set()).add(host)
+    return found
+
+
+def test_other_hosts_reach_the_ports_only_when_asked() -> None:
+    """DSAT_BIND opens the Graphite/statsd ports wider and DSAT_HTTP_BIND graphite-web; neither opens the other."""
+    install_missing_programs()
+    assert published({}) == {"orchester": {"127.0.0.1"}, "graphite-web": {"127.0.0.1"}}
+    assert published({"DSAT_BIND": "0.0.0.0"}) == {"orchester": {"0.0.0.0"}, "graphite-web": {"127.0.0.1"}}
+    assert published({"DSAT_HTTP_BIND": "0.0.0.0"}) == {"orchester": {"127.0.0.1"}, "graphite-web": {"0.0.0.0"}}
+
+
 def test_every_service_is_healthy_and_unprivileged(stack: dict[str, Any]) -> None:
     """All twelve services pass their healthcheck and run as the images' non-root user."""
     names = stack["containers"]
@@ -295,7 +321,7 @@ def test_every_service_is_healthy_and_unprivileged(stack: dict[str, Any]) -> Non
 
 
 def test_ports_are_published_on_the_interface_asked_for(stack: dict[str, Any]) -> None:
-    """DSAT_BIND=127.0.0.1 publishes graphite-web and the ingress ports on loopback only."""
+    """Unless asked, graphite-web and the ingress ports are published on the host's loopback only."""
     names, podman = stack["containers"], stack["engine"]
     published = podman.run("podman", "port", names["orchester"]) + podman.run("podman", "port", names["graphite-web"])
     lines = published.split("\n")
