@@ -1,16 +1,26 @@
-"""DSAT against carbon-relay and carbon-c-relay: one plaintext workload, one rewrite rule, side by side.
+"""DSAT against carbon-c-relay (and carbon-relay): production-like plaintext workloads, one rewrite rule, side by side.
 
 Each relay runs in its own process(es), listens for Graphite plaintext on
-127.0.0.1, rewrites ``servers.hostNNN.cpu.*`` into ``servers.hostNNN.processor.*``
-and forwards plaintext to a counting sink: a separate process that counts the
-lines it receives and how many carry the rewritten name.  A client writes the
-pre-generated workload as fast as the relay takes it; a relay's rate is the
-datapoints delivered divided by the time from the first byte sent until the
-sink counted the last one.  carbon-c-relay runs with a few worker/batch/queue
-settings, every relay runs ``--repeat`` times, and the best run of each counts.
-The figures go to ``bench/results/relay.json``; ``docs/performance.rst`` explains them.
+127.0.0.1, rewrites ``servers.hostNNNNN.cpu.*`` into ``servers.hostNNNNN.processor.*``
+and forwards plaintext to one or several counting sinks (several: placed with
+``carbon_ch``), all served by one separate process that counts the lines it
+receives and how many carry the rewritten name.  A client process writes the
+pre-generated workload as fast as the relay takes it, over one connection in
+large writes or over many connections in writes of about 20 lines (as many
+collectd or Diamond clients do).  The workload has ``--names`` distinct metric
+names, each seen ``--rounds`` times, a round of every name after another, as a
+relay in front of a real Graphite sees them.  A relay's rate is the datapoints
+delivered divided by the time from the first byte sent until the sink counted
+the last one; the relay's CPU time and peak memory (RSS) are recorded too.
 
-    .venv/bin/python bench/relay.py [--lines 1000000] [--repeat 3] [--verify]
+``--sweep`` runs the table of ``docs/performance.rst``: 1,600, 100,000 and
+1,000,000 names x 1 and 100 connections x 1 and 4 destinations, DSAT beside
+carbon-c-relay in each cell, and prints the ratio per cell.  The figures go to
+``bench/results/relay.json`` (one cell) or ``bench/results/relay-sweep.json``.
+It exits non-zero when a relay did not deliver every datapoint.
+
+    .venv/bin/python bench/relay.py --sweep
+    .venv/bin/python bench/relay.py [--names 100000] [--connections 100] [--destinations 4] [--repeat 3] [--verify]
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -46,24 +57,31 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 RESULTS = ROOT / "bench" / "results" / "relay.json"
 
-HOSTS = 50
-CORES = 8
-STATES = ("user", "system", "iowait", "idle")
 #: The rewrite every relay applies (POSIX ERE and Python ``re`` alike: carbon-c-relay's libc regex has no ``\d``).
 PATTERN = r"^servers\.(host[0-9]+)\.cpu\."
 REPLACEMENT = r"servers.\1.processor."
 REWRITTEN = b".processor."
 ORIGINAL = b".cpu."
+CORES = 8
+STATES = ("user", "system", "iowait", "idle")
+#: Lines per write on each of many connections (collectd's write_graphite sends about 1,400 bytes at a time).
+LINES_PER_WRITE = 20
 
 #: carbon-c-relay settings tried, as (workers, batch size, queue size).  Its default queue (25,000) makes it
 #: stall the client about a second at a time (36,000 datapoints/s here), so every setting has a large one.
 C_RELAY_SETTINGS = ((1, 2500, 5_000_000), (1, 10_000, 5_000_000), (2, 10_000, 1_000_000), (2, 10_000, 5_000_000))
+#: The one setting the sweep runs (the fastest of the four in single-cell runs on two cores).
+C_RELAY_SWEEP = ((2, 10_000, 5_000_000),)
 #: The relays' queues hold the whole workload, so none has to drop or stall (carbon-relay drops when full).
 QUEUE = 10_000_000
 #: DSAT's rate divided by each peer's, at least.
 GOALS = {"dsat/carbon-c-relay": 1.0, "dsat/carbon-relay": 3.0}
 #: A run gives up when the sink counted nothing new for this long.
 IDLE_SECONDS = 30
+#: The sweep's cells: distinct names (and rounds of them), connections, carbon destinations.
+SWEEP_NAMES = ((1_600, 250), (100_000, 4), (1_000_000, 2))
+SWEEP_CONNECTIONS = (1, 100)
+SWEEP_DESTINATIONS = (1, 4)
 
 #: Slots of the sink's shared counters.
 LINES, REWRITTEN_LINES, ORIGINAL_LINES, LAST_AT, TARGET, DONE_AT = range(6)
@@ -71,15 +89,42 @@ Counters = ctypes.Array[ctypes.c_double]
 Points = list[tuple[bytes, float, int]]
 
 
-def workload(lines: int, seed: int = 42) -> bytes:
-    """*lines* plaintext datapoints: 50 hosts x 8 cores x 4 CPU states, a round every 10 s, values in 0-100."""
-    rng = random.Random(seed)
-    names = [f"servers.host{h:03d}.cpu.core{c}.{s}" for h in range(HOSTS) for c in range(CORES) for s in STATES]
-    rounds = lines // len(names) + 1
-    start = (int(time.time()) // 10 - rounds) * 10
-    out = [
-        f"{names[i % len(names)]} {rng.uniform(0, 100):.2f} {start + 10 * (i // len(names))}\n" for i in range(lines)
+@dataclass(frozen=True)
+class Cell:
+    """One workload: *names* distinct metric names, each sent *rounds* times, over *connections* to *destinations*."""
+
+    names: int
+    rounds: int
+    connections: int
+    destinations: int
+
+    @property
+    def lines(self) -> int:
+        return self.names * self.rounds
+
+    def __str__(self) -> str:
+        return f"{self.names:,} names x {self.rounds}, {self.connections} conn, {self.destinations} dest"
+
+
+def metric_names(count: int) -> list[str]:
+    """*count* distinct names ``servers.hostNNNNN.cpu.coreN.STATE``: as many hosts as it takes, 8 cores, 4 states."""
+    per_host = CORES * len(STATES)
+    return [
+        f"servers.host{i // per_host:05d}.cpu.core{i % per_host // len(STATES)}.{STATES[i % len(STATES)]}"
+        for i in range(count)
     ]
+
+
+def workload(cell: Cell, seed: int = 42) -> bytes:
+    """The cell's plaintext lines: a round of every name (in one shuffled order) every 10 s, values in 0-100."""
+    rng = random.Random(seed)
+    names = metric_names(cell.names)
+    rng.shuffle(names)
+    start = (int(time.time()) // 10 - cell.rounds) * 10
+    out = []
+    for r in range(cell.rounds):
+        stamp = start + 10 * r
+        out.extend(f"{name} {rng.uniform(0, 100):.2f} {stamp}\n" for name in names)
     return "".join(out).encode()
 
 
@@ -97,18 +142,23 @@ def rewritten(payload: bytes) -> bytes:
     return re.sub(rb"(?m)" + PATTERN.encode(), REPLACEMENT.encode(), payload)
 
 
-def sink(listener: socket.socket, counts: Counters, copy: str | None) -> None:
-    """Count the complete lines received on every connection, and those with the rewritten name; *copy* keeps them."""
+def sink(listeners: list[socket.socket], counts: Counters, copy: str | None) -> None:
+    """Count the complete lines received on every connection to every listener, and those with the rewritten name.
+
+    *copy* keeps what arrived.  One process serves every destination: a relay's rate is what all its destinations
+    received together.
+    """
     out = open(copy, "wb") if copy else None  # noqa: SIM115 (lives as long as this process)
     selector = selectors.DefaultSelector()
-    selector.register(listener, selectors.EVENT_READ)
+    for listener in listeners:
+        selector.register(listener, selectors.EVENT_READ, "listener")
     tails: dict[socket.socket, bytes] = {}
     while True:
         for key, _ in selector.select():
             sock = key.fileobj
             assert isinstance(sock, socket.socket)
-            if sock is listener:
-                conn, _ = listener.accept()
+            if key.data == "listener":
+                conn, _ = sock.accept()
                 selector.register(conn, selectors.EVENT_READ)
                 tails[conn] = b""
                 continue
@@ -133,6 +183,48 @@ def sink(listener: socket.socket, counts: Counters, copy: str | None) -> None:
                 counts[DONE_AT] = counts[LAST_AT]
 
 
+def client(port: int, writes: list[list[bytes]], go: Any) -> None:
+    """Open one connection per list of *writes*, then, once *go* is set, send each list on its connection.
+
+    One thread per connection, each ``sendall`` one write: many connections of small writes, or one of large ones.
+    """
+    socks = [socket.create_connection(("127.0.0.1", port)) for _ in writes]
+
+    def send(sock: socket.socket, pieces: list[bytes]) -> None:
+        with sock:
+            for piece in pieces:
+                sock.sendall(piece)
+
+    threads = [threading.Thread(target=send, args=pair, daemon=True) for pair in zip(socks, writes, strict=True)]
+    go.wait()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def writes_for(payload: bytes, connections: int) -> list[list[bytes]]:
+    """*payload* cut at line ends into one share per connection; with many connections, writes of ~20 lines each."""
+    shares = split(payload, connections)
+    if connections == 1:
+        return [[shares[0]]]
+    out = []
+    for share in shares:
+        lines = share.splitlines(keepends=True)
+        out.append([b"".join(lines[i : i + LINES_PER_WRITE]) for i in range(0, len(lines), LINES_PER_WRITE)])
+    return out
+
+
+def split(payload: bytes, parts: int) -> list[bytes]:
+    """*payload* in *parts* pieces cut at line ends."""
+    pieces, start = [], 0
+    for i in range(1, parts + 1):
+        end = len(payload) if i == parts else payload.index(b"\n", len(payload) * i // parts) + 1
+        pieces.append(payload[start:end])
+        start = end
+    return pieces
+
+
 # -- the relays ------------------------------------------------------------------------------------------------
 
 
@@ -142,11 +234,12 @@ class Relay:
 
     name: str
     settings: str
-    command: Callable[[Path, int, int], list[str]]  # (directory, listen port, sink port) -> argv
+    command: Callable[[Path, int, list[int]], list[str]]  # (directory, listen port, sink ports) -> argv
 
 
-def dsat_command(base: Path, port: int, sink_port: int) -> list[str]:
+def dsat_command(base: Path, port: int, sink_ports: list[int]) -> list[str]:
     (base / "rewrite-rules.conf").write_text(f"[pre]\n{PATTERN} = {REPLACEMENT}\n")
+    destinations = ", ".join(f'"127.0.0.1:{p}:{i}"' for i, p in enumerate(sink_ports))
     (base / "topology.toml").write_text(
         f"""
 [dsat]
@@ -159,7 +252,7 @@ plaintext = "127.0.0.1:{port}"
 [rules]
 rewrite = "rewrite-rules.conf"
 [carbon]
-destinations = ["127.0.0.1:{sink_port}"]
+destinations = [{destinations}]
 protocol = "plaintext"
 [spool]
 path = ""
@@ -192,12 +285,13 @@ run_twistd_plugin(sys.argv[0])
 """
 
 
-def carbon_relay_command(base: Path, port: int, sink_port: int) -> list[str]:
+def carbon_relay_command(base: Path, port: int, sink_ports: list[int]) -> list[str]:
     conf = base / "conf"
     conf.mkdir()
     (conf / "rewrite-rules.conf").write_text(f"[pre]\n{PATTERN} = {REPLACEMENT}\n")
     (conf / "storage-schemas.conf").write_text("[default]\npattern = .*\nretentions = 10s:1d\n")
-    (conf / "relay-rules.conf").write_text(f"[default]\ndefault = true\ndestinations = 127.0.0.1:{sink_port}\n")
+    destinations = ", ".join(f"127.0.0.1:{p}:{i}" for i, p in enumerate(sink_ports))
+    (conf / "relay-rules.conf").write_text(f"[default]\ndefault = true\ndestinations = {destinations}\n")
     (conf / "carbon.conf").write_text(
         f"""
 [relay]
@@ -206,8 +300,8 @@ LINE_RECEIVER_INTERFACE = 127.0.0.1
 LINE_RECEIVER_PORT = {port}
 PICKLE_RECEIVER_INTERFACE = 127.0.0.1
 PICKLE_RECEIVER_PORT = {free_port()}
-RELAY_METHOD = rules
-DESTINATIONS = 127.0.0.1:{sink_port}
+RELAY_METHOD = {"rules" if len(sink_ports) == 1 else "consistent-hashing"}
+DESTINATIONS = {destinations}
 DESTINATION_PROTOCOL = line
 MAX_QUEUE_SIZE = {QUEUE}
 CARBON_METRIC_INTERVAL = 0
@@ -219,11 +313,16 @@ LOG_LISTENER_CONN_SUCCESS = False
     return [sys.executable, "-c", CARBON_RELAY_WITH_REWRITE, script, *options]
 
 
-def c_relay_command(base: Path, port: int, sink_port: int, *, workers: int, batch: int, queue: int) -> list[str]:
+def c_relay_command(base: Path, port: int, sink_ports: list[int], *, workers: int, batch: int, queue: int) -> list[str]:
+    # one destination: forward; several: carbon_ch with the instance names DSAT gives them (same placement)
+    if len(sink_ports) == 1:
+        cluster = f"cluster sink forward 127.0.0.1:{sink_ports[0]};"
+    else:
+        cluster = "cluster sink carbon_ch " + " ".join(f"127.0.0.1:{p}={i}" for i, p in enumerate(sink_ports)) + ";"
     (base / "relay.conf").write_text(
         f"""
 listen type linemode 127.0.0.1:{port} proto tcp;
-cluster sink forward 127.0.0.1:{sink_port};
+{cluster}
 rewrite {PATTERN} into {REPLACEMENT};
 match * send to sink stop;
 """
@@ -233,7 +332,7 @@ match * send to sink stop;
     return ["carbon-c-relay", "-f", conf, "-s", "-L", "15", "-w", str(workers), "-b", str(batch), "-q", str(queue)]
 
 
-def relays(names: list[str]) -> list[Relay]:
+def relays(names: list[str], c_relay_settings: tuple[tuple[int, int, int], ...] = C_RELAY_SETTINGS) -> list[Relay]:
     chosen = []
     for name in names:
         if name == "dsat":
@@ -241,7 +340,7 @@ def relays(names: list[str]) -> list[Relay]:
         elif name == "carbon-relay":
             chosen.append(Relay("carbon-relay", f"MAX_QUEUE_SIZE={QUEUE}", carbon_relay_command))
         elif name == "carbon-c-relay":
-            for workers, batch, queue in C_RELAY_SETTINGS:
+            for workers, batch, queue in c_relay_settings:
                 command = functools.partial(c_relay_command, workers=workers, batch=batch, queue=queue)
                 chosen.append(Relay("carbon-c-relay", f"-w {workers} -b {batch} -q {queue}", command))
         else:
@@ -301,55 +400,61 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def split(payload: bytes, parts: int) -> list[bytes]:
-    """*payload* in *parts* pieces cut at line ends."""
-    pieces, start = [], 0
-    for i in range(1, parts + 1):
-        end = len(payload) if i == parts else payload.index(b"\n", len(payload) * i // parts) + 1
-        pieces.append(payload[start:end])
-        start = end
-    return pieces
-
-
-def send(sock: socket.socket, piece: bytes) -> None:
-    with sock:
-        sock.sendall(piece)
-
-
 @dataclass
 class Run:
     relay: str
     settings: str
+    names: int
+    connections: int
+    destinations: int
     lines: int
-    delivered: int  # lines with the rewritten name counted at the sink
+    delivered: int  # lines with the rewritten name counted at the sinks
     not_rewritten: int  # lines that still had the original name
-    other_lines: int  # anything else the sink received
+    other_lines: int  # anything else the sinks received
     seconds: float
     datapoints_per_s: int
     cpu_seconds: float  # used by the relay's processes during the run
+    peak_rss_mb: float  # the largest resident set of the relay's processes added up, sampled every 0.1 s
+    peak_process_rss_mb: float  # the largest of one of them (DSAT: the orchester)
     complete: bool
-    verified: bool | None = None  # with --verify: the sink received exactly the rewritten workload
+    verified: bool | None = None  # with --verify: the sinks received exactly the rewritten workload
 
 
-def measure(relay: Relay, payload: bytes, lines: int, args: argparse.Namespace, expected: Points | None) -> Run:
-    """Start a sink and *relay*, send *payload*, wait until the sink counted every line (or gave up)."""
+def rss_mb(pid: int) -> tuple[float, float]:
+    """Resident memory of *pid* and its descendants added up, and of the largest of them, in MB."""
+    try:
+        top = psutil.Process(pid)
+        sizes = [proc.memory_info().rss / 1e6 for proc in [top, *top.children(recursive=True)]]
+    except psutil.NoSuchProcess:
+        return 0.0, 0.0
+    return sum(sizes), max(sizes)
+
+
+def measure(
+    relay: Relay, cell: Cell, writes: list[list[bytes]], args: argparse.Namespace, expected: Points | None
+) -> Run:
+    """Start the sinks and *relay*, send *writes*, wait until the sinks counted every line (or gave up)."""
     ctx = multiprocessing.get_context("fork")
     counts: Counters = ctx.Array("d", 6, lock=False)
-    counts[TARGET] = lines
+    counts[TARGET] = cell.lines
     with tempfile.TemporaryDirectory(prefix="dsat-relay-bench-") as tmp:
         base = Path(tmp)
         copy = base / "received" if expected is not None else None
-        listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sink_port = listener.getsockname()[1]
-        sink_proc = ctx.Process(target=sink, args=(listener, counts, copy and str(copy)), daemon=True)
+        listeners = [socket.create_server(("127.0.0.1", 0), backlog=128) for _ in range(cell.destinations)]
+        for listener in listeners:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sink_ports = [listener.getsockname()[1] for listener in listeners]
+        sink_proc = ctx.Process(target=sink, args=(listeners, counts, copy and str(copy)), daemon=True)
         sink_proc.start()
-        listener.close()
+        for listener in listeners:
+            listener.close()
         port = free_port()
-        argv = relay.command(base, port, sink_port)
+        argv = relay.command(base, port, sink_ports)
         with (base / "relay.log").open("wb") as log:
             proc = subprocess.Popen(argv, cwd=base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         profiler = Profiler(args.profile) if args.profile and relay.name == "dsat" else None
+        go = ctx.Event()
+        client_proc = None
         try:
             try:
                 wait_listening(port, proc, 60)
@@ -359,18 +464,18 @@ def measure(relay: Relay, payload: bytes, lines: int, args: argparse.Namespace, 
                 ) from exc
             if profiler:
                 profiler.start(proc.pid)
-            socks = [socket.create_connection(("127.0.0.1", port)) for _ in range(args.connections)]
-            pieces = split(payload, args.connections)
+            client_proc = ctx.Process(target=client, args=(port, writes, go), daemon=True)
+            client_proc.start()
+            time.sleep(0.5)  # the client's connections are open before the clock starts
             cpu_at_start = cpu_seconds(proc.pid)
-            senders = [
-                threading.Thread(target=send, args=pair, daemon=True) for pair in zip(socks, pieces, strict=True)
-            ]
+            peak = peak_one = 0.0
             started = time.monotonic()
-            for thread in senders:
-                thread.start()
+            go.set()
             progress, progress_at = 0.0, started
             while not counts[DONE_AT] and time.monotonic() < started + args.timeout:
-                time.sleep(0.02)
+                time.sleep(0.1)
+                total, largest = rss_mb(proc.pid)
+                peak, peak_one = max(peak, total), max(peak_one, largest)
                 if counts[LINES] != progress:
                     progress, progress_at = counts[LINES], time.monotonic()
                 elif time.monotonic() - progress_at > IDLE_SECONDS:
@@ -381,6 +486,9 @@ def measure(relay: Relay, payload: bytes, lines: int, args: argparse.Namespace, 
         finally:
             if profiler:
                 profiler.stop()
+            if client_proc is not None:
+                client_proc.terminate()
+                client_proc.join()
             stop(proc)
             sink_proc.terminate()
             sink_proc.join()
@@ -392,13 +500,18 @@ def measure(relay: Relay, payload: bytes, lines: int, args: argparse.Namespace, 
     return Run(
         relay=relay.name,
         settings=relay.settings,
-        lines=lines,
+        names=cell.names,
+        connections=cell.connections,
+        destinations=cell.destinations,
+        lines=cell.lines,
         delivered=delivered,
         not_rewritten=int(counts[ORIGINAL_LINES]),
         other_lines=int(counts[LINES] - counts[REWRITTEN_LINES] - counts[ORIGINAL_LINES]),
         seconds=round(seconds, 3),
         datapoints_per_s=round(delivered / seconds),
         cpu_seconds=round(cpu, 2),
+        peak_rss_mb=round(peak, 1),
+        peak_process_rss_mb=round(peak_one, 1),
         complete=complete,
         verified=verified,
     )
@@ -447,81 +560,148 @@ def row(run: Run) -> str:
     if run.not_rewritten or run.other_lines:
         state += f"  {run.not_rewritten:,} not rewritten, {run.other_lines:,} other lines"
     if run.verified is not None:
-        state += "  verified" if run.verified else "  NOT VERIFIED: the sink did not get the rewritten workload"
+        state += "  verified" if run.verified else "  NOT VERIFIED: the sinks did not get the rewritten workload"
     return (
-        f"{run.relay:<15} {run.settings:<30} {run.seconds:>8.2f} {run.datapoints_per_s:>13,} "
-        f"{run.delivered:>11,} {run.cpu_seconds:>8.1f}{state}"
+        f"{run.relay:<15} {run.settings:<26} {run.names:>9,} {run.connections:>5} {run.destinations:>4} "
+        f"{run.seconds:>8.2f} {run.datapoints_per_s:>12,} {run.delivered:>10,} {run.cpu_seconds:>7.1f} "
+        f"{run.peak_rss_mb:>7.0f} {run.peak_process_rss_mb:>7.0f}{state}"
     )
 
 
-HEADER = f"{'relay':<15} {'settings':<30} {'seconds':>8} {'datapoints/s':>13} {'delivered':>11} {'CPU s':>8}"
+HEADER = (
+    f"{'relay':<15} {'settings':<26} {'names':>9} {'conn':>5} {'dest':>4} {'seconds':>8} {'datapoints/s':>12} "
+    f"{'delivered':>10} {'CPU s':>7} {'RSS MB':>7} {'largest':>7}"
+)
 
 
-def report(runs: list[Run], args: argparse.Namespace) -> dict:
-    tops = {name: best(runs, name) for name in ("dsat", "carbon-c-relay", "carbon-relay")}
-    print(f"\nbest of each\n{HEADER}")
-    for run in tops.values():
-        if run is not None:
-            print(row(run))
-    ratios = {}
-    dsat = tops["dsat"]
+def ratios(tops: dict[str, Run | None]) -> dict[str, float]:
+    """DSAT's rate over each peer's, where both delivered everything."""
+    out = {}
+    dsat = tops.get("dsat")
     for peer in ("carbon-c-relay", "carbon-relay"):
-        other = tops[peer]
+        other = tops.get(peer)
         if dsat is not None and other is not None and dsat.complete and other.complete:
-            ratios[f"dsat/{peer}"] = round(dsat.datapoints_per_s / other.datapoints_per_s, 2)
-    for name, ratio in ratios.items():
-        print(f"{name}: {ratio:.2f}x (goal: at least {GOALS[name]}x, {'met' if ratio >= GOALS[name] else 'MISSED'})")
+            out[f"dsat/{peer}"] = round(dsat.datapoints_per_s / other.datapoints_per_s, 2)
+    return out
+
+
+def machine() -> dict:
     return {
-        "command": " ".join(["bench/relay.py", *sys.argv[1:]]),
-        "lines": args.lines,
-        "connections": args.connections,
-        "repeat": args.repeat,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "carbon": "1.1.10",
-            "carbon-c-relay": c_relay_version() if shutil.which("carbon-c-relay") else None,
-        },
-        "best": {name: asdict(run) for name, run in tops.items() if run is not None},
-        "ratios": ratios,
-        "goals": GOALS,
-        "runs": [asdict(run) for run in runs],
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "carbon": "1.1.10",
+        "carbon-c-relay": c_relay_version() if shutil.which("carbon-c-relay") else None,
     }
+
+
+def cell_report(cell: Cell, runs: list[Run]) -> dict:
+    tops = {name: best(runs, name) for name in ("dsat", "carbon-c-relay", "carbon-relay")}
+    return {
+        "cell": asdict(cell),
+        "best": {name: asdict(run) for name, run in tops.items() if run is not None},
+        "ratios": ratios(tops),
+    }
+
+
+def print_table(cells: list[dict]) -> None:
+    """One line per cell: the best rate of each relay, and DSAT's ratio to carbon-c-relay."""
+    print(
+        f"\n{'names':>9} {'conn':>5} {'dest':>4} {'DSAT dp/s':>11} {'c-relay dp/s':>13} {'ratio':>6} "
+        f"{'orchester RSS MB':>17}"
+    )
+    for entry in cells:
+        cell, top = entry["cell"], entry["best"]
+        dsat, c_relay = top.get("dsat"), top.get("carbon-c-relay")
+        ratio = entry["ratios"].get("dsat/carbon-c-relay")
+        print(
+            f"{cell['names']:>9,} {cell['connections']:>5} {cell['destinations']:>4} "
+            f"{dsat['datapoints_per_s'] if dsat else 0:>11,} {c_relay['datapoints_per_s'] if c_relay else 0:>13,} "
+            f"{f'{ratio:.2f}x' if ratio is not None else '-':>6} {dsat['peak_process_rss_mb'] if dsat else 0:>17.0f}"
+        )
+
+
+def run_cells(cells: list[Cell], chosen: list[Relay], args: argparse.Namespace) -> list[dict]:
+    out = []
+    for cell in cells:
+        payload = workload(cell)
+        writes = writes_for(payload, cell.connections)
+        expected = datapoints(rewritten(payload)) if args.verify else None
+        print(f"\n{cell}: {cell.lines:,} lines, {len(payload) / 1e6:.1f} MB", flush=True)
+        print(HEADER, flush=True)
+        runs = []
+        for relay in chosen:
+            for _ in range(args.repeat):
+                runs.append(measure(relay, cell, writes, args, expected))
+                print(row(runs[-1]), flush=True)
+        del payload, writes, expected
+        entry = cell_report(cell, runs)
+        entry["runs"] = [asdict(run) for run in runs]
+        out.append(entry)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lines", type=int, default=1_000_000, help="datapoints in the workload (1,000,000)")
+    parser.add_argument("--sweep", action="store_true", help="run the whole table of docs/performance.rst")
+    parser.add_argument("--names", type=int, default=100_000, help="distinct metric names (100,000)")
+    parser.add_argument("--rounds", type=int, default=0, help="times each name is sent (default: >= 400,000 lines)")
     parser.add_argument("--connections", type=int, default=1, help="client TCP connections (1)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per relay and setting, the best counts (3)")
+    parser.add_argument("--destinations", type=int, default=1, help="carbon destinations, placed by carbon_ch (1)")
+    parser.add_argument(
+        "--repeat", type=int, default=0, help="runs per relay and setting, the best counts (3; sweep 1)"
+    )
     parser.add_argument("--timeout", type=float, default=300, help="seconds one run may take (300)")
-    parser.add_argument("--relays", default="dsat,carbon-c-relay,carbon-relay", help="comma-separated (all three)")
-    parser.add_argument("--verify", action="store_true", help="also compare every datapoint the sink received")
+    parser.add_argument(
+        "--relays", default="", help="comma-separated (dsat,carbon-c-relay,carbon-relay; sweep: no carbon-relay)"
+    )
+    parser.add_argument("--verify", action="store_true", help="also compare every datapoint the sinks received")
     parser.add_argument(
         "--profile", metavar="FILE", help="py-spy record DSAT's orchester: FILE.svg flame graph, FILE.txt stacks"
     )
-    parser.add_argument("--no-save", action="store_true", help=f"do not write {RESULTS.relative_to(ROOT)}")
+    parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = parser.parse_args(argv)
-    chosen = relays(args.relays.split(","))
+    args.repeat = args.repeat or (1 if args.sweep else 3)
+    default_relays = "dsat,carbon-c-relay" if args.sweep else "dsat,carbon-c-relay,carbon-relay"
+    chosen = relays((args.relays or default_relays).split(","), C_RELAY_SWEEP if args.sweep else C_RELAY_SETTINGS)
     if args.profile and not (BIN / "py-spy").exists():
         raise SystemExit(f"--profile needs py-spy: {BIN / 'pip'} install py-spy")
     if any(relay.name == "carbon-c-relay" for relay in chosen):
         ensure_c_relay()
-    payload = workload(args.lines)
-    expected = datapoints(rewritten(payload)) if args.verify else None
-    print(f"workload: {args.lines:,} lines, {len(payload) / 1e6:.1f} MB, {args.connections} connection(s)")
-    print(HEADER, flush=True)
-    runs = []
-    for relay in chosen:
-        for _ in range(args.repeat):
-            runs.append(measure(relay, payload, args.lines, args, expected))
-            print(row(runs[-1]), flush=True)
-    result = report(runs, args)
+    if args.sweep:
+        cells = [
+            Cell(names, rounds, connections, destinations)
+            for destinations in SWEEP_DESTINATIONS
+            for connections in SWEEP_CONNECTIONS
+            for names, rounds in SWEEP_NAMES
+        ]
+    else:
+        rounds = args.rounds or max(2, -(-400_000 // args.names))
+        cells = [Cell(args.names, rounds, args.connections, args.destinations)]
+    started = time.monotonic()
+    results = run_cells(cells, chosen, args)
+    print_table(results)
+
+    for name, goal in GOALS.items():
+        got = [entry["ratios"][name] for entry in results if name in entry["ratios"]]
+        if got:
+            print(
+                f"{name}: {min(got):.2f}x at worst (goal: at least {goal}x, {'met' if min(got) >= goal else 'MISSED'})"
+            )
+    result = {
+        "command": " ".join(["bench/relay.py", *(argv if argv is not None else sys.argv[1:])]),
+        "repeat": args.repeat,
+        "seconds": round(time.monotonic() - started),
+        "machine": machine(),
+        "goals": GOALS,
+        "cells": results,
+    }
     if not args.no_save:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"written to {RESULTS.relative_to(ROOT)}")
-    ok = all(run["complete"] and run["verified"] is not False for run in result["best"].values())
+        path = RESULTS.with_name("relay-sweep.json") if args.sweep else RESULTS
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"written to {path.relative_to(ROOT)}")
+
+    ok = all(run["complete"] and run["verified"] is not False for entry in results for run in entry["best"].values())
     return 0 if ok else 1
 
 
