@@ -6,10 +6,11 @@ Twisted protocols and factories that feed them.  It accepts what
 carbon-cache's ``MetricLineReceiver``, ``MetricDatagramReceiver`` and
 ``MetricPickleReceiver`` accept, with the same "-1 means now" timestamp, and
 rejects the rest by reason (``docs/ingress.rst``).  Every path is made safe by
-:mod:`dsat.naming`; pickles are loaded by an unpickler that knows only the
-opcodes carbon's format needs, so a pickle can build lists, tuples, strings
-and numbers and call nothing.  Each connection only ever handles its own
-bounded buffer, so a garbage client cannot stall the others.
+:mod:`dsat.naming`, a tagged one (``name;k=v``) put in carbon's canonical
+form; pickles are loaded by an unpickler that knows only the opcodes carbon's
+format needs, so a pickle can build lists, tuples, strings and numbers and
+call nothing.  Each connection only ever handles its own bounded buffer, so a
+garbage client cannot stall the others.
 """
 
 from __future__ import annotations
@@ -53,25 +54,40 @@ class PathCache(dict[bytes, str]):
     """Raw path bytes -> the path :func:`dsat.naming.clean_path` makes of them, ``""`` when it rejects them.
 
     A missing path is decoded (UTF-8, strictly: undecodable bytes are a bad
-    name) and cleaned on first use.  Paths longer than
-    :data:`~dsat.naming.MAX_PATH_CHARS` bytes are not kept, and the cache is
-    emptied when it holds *max_size* paths, so its memory stays bounded.
+    name) and cleaned on first use; why a path was rejected is kept in
+    :attr:`reasons`.  Paths longer than :data:`~dsat.naming.MAX_PATH_CHARS`
+    bytes are not kept, and the cache is emptied when it holds *max_size*
+    paths, so its memory stays bounded.
     """
 
     def __init__(self, max_size: int = 100_000) -> None:
         super().__init__()
         self.max_size = max_size
+        #: Raw path -> the reason it was rejected (``bad_name``, ``bad_tag``), for the rejected ones kept.
+        self.reasons: dict[bytes, str] = {}
 
     def __missing__(self, raw: bytes) -> str:
+        reason = "bad_name"
         try:
             path = clean_path(raw.decode("utf-8"))
-        except (UnicodeDecodeError, BadName):
+        except UnicodeDecodeError:
             path = ""
+        except BadName as exc:
+            path, reason = "", exc.reason
         if len(raw) <= MAX_PATH_CHARS:
             if len(self) >= self.max_size:
                 self.clear()
+                self.reasons.clear()
             self[raw] = path
+            if not path:
+                self.reasons[raw] = reason
         return path
+
+    def count_rejected(self, raw_paths: list[bytes], clean: list[str], rejected: Counter[str]) -> None:
+        """Count in *rejected*, by reason, the *raw_paths* whose *clean* path is ``""``."""
+        for raw, path in zip(raw_paths, clean, strict=True):
+            if not path:
+                rejected[self.reasons.get(raw, "bad_name")] += 1
 
 
 def parse_plaintext(
@@ -87,7 +103,8 @@ def parse_plaintext(
     counted by reason: ``line_too_long`` (over *max_line_length* bytes),
     ``invalid_line`` (not three fields), ``bad_value``, ``nan`` (a NaN or
     infinite value), ``bad_timestamp`` (not a number, or not in
-    ``(0, MAX_TIMESTAMP)``), ``bad_name``.
+    ``(0, MAX_TIMESTAMP)``), ``bad_name``, ``bad_tag`` (a tagged path whose
+    tags break carbon's rules, :func:`dsat.naming.check_tag`).
     """
     if paths is None:
         paths = PathCache()
@@ -139,7 +156,7 @@ def _parse_plain(body: bytes, max_line_length: int, paths: PathCache, rejected: 
     clean = list(map(paths.__getitem__, raw_paths))
     if "" not in clean:
         return list(zip(clean, stamps, values, strict=True))
-    rejected["bad_name"] += clean.count("")
+    paths.count_rejected(raw_paths, clean, rejected)
     return [point for point in zip(clean, stamps, values, strict=True) if point[0]]
 
 
@@ -180,7 +197,7 @@ def _parse_each(
             stamp = now
         path = paths[raw_path]
         if not path:
-            rejected["bad_name"] += 1
+            paths.count_rejected([raw_path], [path], rejected)
             continue
         append((path, stamp, value))
     return points
@@ -242,7 +259,7 @@ def parse_pickle(frame: bytes, now: float, *, paths: PathCleaner | None = None) 
     counts one ``bad_pickle`` and yields nothing; an item not shaped like
     carbon's counts ``bad_point``; the others are checked as in
     :func:`parse_plaintext` (``bad_value``, ``bad_timestamp``, ``nan``,
-    ``bad_name``).
+    ``bad_name``, ``bad_tag``).
     """
     clean = PathCleaner() if paths is None else paths
     rejected: Counter[str] = Counter()
@@ -288,8 +305,8 @@ def parse_pickle(frame: bytes, now: float, *, paths: PathCleaner | None = None) 
             stamp = now
         try:
             path = clean(raw_path)
-        except BadName:
-            rejected["bad_name"] += 1
+        except BadName as exc:
+            rejected[exc.reason] += 1
             continue
         points.append((path, stamp, value))
     return points, rejected

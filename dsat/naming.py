@@ -8,6 +8,12 @@ characters, control characters...) becomes ``_``.  Empty and over-long names
 are rejected with :class:`~dsat.errors.BadName`, and so is a full path that
 arrives from outside with a control character in it.  Whatever the input, a
 path that comes out of here names a file inside the Whisper directory.
+
+A Graphite 1.1 tagged series (``name;k=v;k2=v2``, or ``name{k="v",k2="v2"}``)
+is parsed with carbon 1.1.10's ``TaggedSeries`` rules and comes out in its
+canonical form (tags sorted as carbon sorts them, the ``name`` tag dropped):
+the name part is made safe like any path, tag keys and values are checked,
+never rewritten (``docs/naming.rst``, "Tagged series").
 """
 
 from __future__ import annotations
@@ -24,6 +30,10 @@ MAX_PATH_CHARS = 1024
 SAFE_PUNCTUATION = "_-:+=@%#~"
 #: The reserved step name under which DSAT writes its own metrics.
 SELF = "self"
+#: Separates the name of a tagged series from its tags, and one tag from the next.
+TAG_SEPARATOR = ";"
+#: What carbon forbids in a tag key (its ``TaggedSeries.prohibitedTagChars``).
+FORBIDDEN_IN_KEY = ";!^="
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 _ASCII_SAFE = re.compile(r"[A-Za-z0-9_\-:+=@%#~]+")
@@ -69,8 +79,13 @@ def metric_path(prefix: str, where: str, step: str, metric: str) -> str:
 
     *metric* may hold dots (``core0.user``): each dot-separated part is a
     component, so an empty part (``"a..b"``, ``".a"``, ``""``) raises
-    :class:`BadName`, as does a result over :data:`MAX_PATH_CHARS`.
+    :class:`BadName`, as does a result over :data:`MAX_PATH_CHARS`.  A
+    tagged *metric* (``latency;region=eu``) keeps its tags, checked and
+    sorted as :func:`tagged_path` does: ``<prefix>.<where>.<step>.latency;region=eu``.
     """
+    if is_tagged(metric):
+        name, tags = parse_tags(metric)
+        return _canonical(metric_path(prefix, where, step, name), tags, metric)
     parts = metric.split(".")
     if "" in parts:
         raise BadName(f"metric {metric[:60]!r} has an empty component", reason="bad_name")
@@ -87,7 +102,8 @@ def clean_path(path: str) -> str:
     over :data:`MAX_PATH_CHARS` characters (before or after normalisation), a
     component over :data:`MAX_COMPONENT_BYTES` bytes, a path with no
     component.  Otherwise empty components are dropped (``a..b`` is ``a.b``)
-    and each component is made safe as :func:`component` does.
+    and each component is made safe as :func:`component` does.  A tagged
+    path is checked and put in canonical form by :func:`tagged_path`.
     """
     match = _CONTROL.search(path)
     if match:
@@ -101,16 +117,134 @@ def clean_path(path: str) -> str:
         raise BadName(f"{path[:60]!r}...: {len(path)} characters, over {MAX_PATH_CHARS}", reason="bad_name")
     if _ASCII_SAFE_PATH.fullmatch(path):
         return path
-    parts = [_check_length(_safe_chars(p), path) for p in path.split(".") if p]
+    if is_tagged(path):
+        return tagged_path(path)
+    return _clean_untagged(path, path)
+
+
+def _clean_untagged(path: str, whole: str) -> str:
+    """:func:`clean_path` past its first checks, for a path without tags (or the name part of one, in *whole*)."""
+    parts = [_check_length(_safe_chars(p), whole) for p in path.split(".") if p]
     if not parts:
-        raise BadName(f"{path!r}: no path components", reason="bad_name")
+        raise BadName(f"{whole[:60]!r}: no path components", reason="bad_name")
     cleaned = ".".join(parts)
     if len(cleaned) > MAX_PATH_CHARS:
         raise BadName(
-            f"{path[:60]!r}...: {len(cleaned)} characters once normalised, over {MAX_PATH_CHARS}",
+            f"{whole[:60]!r}...: {len(cleaned)} characters once normalised, over {MAX_PATH_CHARS}",
             reason="bad_name",
         )
     return cleaned
+
+
+# -- tagged series -------------------------------------------------------------
+
+# carbon's OpenMetrics segment: key="value" (\" and \\ escaped), then "," or ":," or the end.
+_OPENMETRICS_TAG = re.compile(r'([^=]+)="((?:[\\]["\\]|[^"\\])+)"(:?,|$)')
+
+
+def is_tagged(path: str) -> bool:
+    """Whether *path* is a tagged series in either of carbon's forms (``name;k=v``, ``name{k="v"}``)."""
+    return TAG_SEPARATOR in path or (path[-2:] == '"}' and "{" in path)
+
+
+def _bad_tag(path: str, why: str) -> BadName:
+    return BadName(f"{path[:60]!r}: {why}", reason="bad_tag")
+
+
+def check_tag(key: str, value: str, path: str) -> None:
+    """Carbon's rules for one tag (``validateTagAndValue``), and DSAT's one more; :class:`BadName` ``bad_tag``.
+
+    Carbon's: the key is not empty and holds none of ``;!^=``; the value is
+    not empty, holds no ``;`` and does not start with ``~``.  DSAT's: neither
+    holds whitespace (carbon's line protocol would split on it) or a control
+    character.
+    """
+    if not key:
+        raise _bad_tag(path, "a tag key is empty")
+    if not value:
+        raise _bad_tag(path, f"the value of tag {key[:40]!r} is empty")
+    for char in FORBIDDEN_IN_KEY:
+        if char in key:
+            raise _bad_tag(path, f"tag key {key[:40]!r} holds {char!r}")
+    if TAG_SEPARATOR in value:
+        raise _bad_tag(path, f"the value of tag {key[:40]!r} holds ';'")
+    if value[0] == "~":
+        raise _bad_tag(path, f"the value of tag {key[:40]!r} starts with '~'")
+    if any(ch.isspace() for ch in key + value) or _CONTROL.search(key + value):
+        raise _bad_tag(path, f"tag {key[:40]!r} holds whitespace or a control character")
+
+
+def parse_tags(path: str) -> tuple[str, dict[str, str]]:
+    """The name and the tags of a tagged *path*, read as carbon's ``TaggedSeries.parse`` reads it.
+
+    ``name;k=v;...`` or, when *path* ends with ``"}`` and holds a ``{``,
+    ``name{k="v",...}``.  A later tag overrides an earlier one with the same
+    key; a ``name`` tag is replaced by the name, which loses its leading
+    ``~``.  Each tag is checked by :func:`check_tag`.  The name is returned
+    as sent (not made safe); raises :class:`BadName` (``bad_tag``, or
+    ``bad_name`` for an empty name).
+    """
+    tags: dict[str, str] = {}
+    if path[-2:] == '"}' and "{" in path:  # carbon's test for the OpenMetrics form
+        name, brace, raw = path[:-1].partition("{")
+        if "{" in raw:
+            raise _bad_tag(path, "more than one '{'")
+        while raw:
+            match = _OPENMETRICS_TAG.match(raw)
+            if match is None:
+                raise _bad_tag(path, f"cannot read tag {raw[:40]!r}")
+            key, value = match.group(1), match.group(2).replace(r"\"", '"').replace("\\\\", "\\")
+            check_tag(key, value, path)
+            tags[key] = value
+            raw = raw[match.end() :]
+    else:
+        name, *segments = path.split(TAG_SEPARATOR)
+        for segment in segments:
+            key, equals, value = segment.partition("=")
+            if not equals or not key:
+                raise _bad_tag(path, f"tag {segment[:40]!r} is not key=value")
+            check_tag(key, value, path)
+            tags[key] = value
+    tags.pop("name", None)
+    name = name.lstrip("~")
+    if not name:
+        raise BadName(f"{path[:60]!r}: no metric name before the tags", reason="bad_name")
+    return name, tags
+
+
+def format_tags(name: str, tags: dict[str, str]) -> str:
+    """The canonical form of a tagged series, carbon's ``TaggedSeries.format``: ``;key=value`` strings sorted."""
+    return name + "".join(sorted([f";{key}={value}" for key, value in tags.items()]))
+
+
+def tagged_path(path: str) -> str:
+    """A tagged *path* made safe and canonical; raises :class:`BadName` (``bad_tag`` or ``bad_name``).
+
+    The name part is made safe as :func:`clean_path` makes any path (so
+    ``a b;k=v`` is ``a_b;k=v``); the tags are read and checked by
+    :func:`parse_tags`, never changed, and sorted by :func:`format_tags`.
+    The result must still fit in :data:`MAX_PATH_CHARS`, and must not end
+    with ``"}`` (carbon would read it back in the other form).  A *path*
+    whose tags are all ``name`` tags comes out untagged.
+    """
+    name, tags = parse_tags(path)
+    return _canonical(_clean_untagged(name, path), tags, path)
+
+
+def _canonical(name: str, tags: dict[str, str], path: str) -> str:
+    """:func:`format_tags` of a safe *name* and checked *tags*, if carbon reads it back the same and it fits.
+
+    The name loses the leading ``~`` that making it safe may have uncovered (``.~a`` is ``~a``), as carbon's does.
+    """
+    name = name.lstrip("~")
+    if not name:
+        raise BadName(f"{path[:60]!r}: no metric name before the tags", reason="bad_name")
+    canonical = format_tags(name, tags)
+    if canonical[-2:] == '"}' and "{" in canonical:
+        raise _bad_tag(path, 'its canonical form ends with "}, which carbon would read as name{k="v"}')
+    if len(canonical) > MAX_PATH_CHARS:
+        raise BadName(f"{path[:60]!r}...: {len(canonical)} characters, over {MAX_PATH_CHARS}", reason="bad_name")
+    return canonical
 
 
 class PathCleaner:

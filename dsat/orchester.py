@@ -276,7 +276,7 @@ class Orchester:
             try:
                 safe = clean_path(path)
             except BadName as exc:
-                reject("bad_name", exc)
+                reject(exc.reason, exc)
                 continue
             if not isfinite(value):
                 reject("nan", f"{safe}: value {value!r} is not a finite number")

@@ -6,7 +6,9 @@ the aggregation of counters, timers, gauges and sets between two flushes,
 and the flush, which names and computes every datapoint as etsy statsd's
 graphite backend does with the legacy namespace off
 (``<prefix>.counters.<name>.count``, ``<prefix>.timers.<name>.upper_90``...;
-``docs/ingress.rst``).  Bad lines are counted by reason and never raise;
+``docs/ingress.rst``).  DogStatsD tags (``name:1|c|#k:v,k2:v2``) and Graphite
+tags in the name (``name;k=v:1|c``) make a tagged series: the suffix goes on
+the name part (``<prefix>.counters.<name>.count;k=v``).  Bad lines are counted by reason and never raise;
 the number of names and of held timer values and set members is bounded,
 what goes over is counted.  Time comes from the injected clock.
 """
@@ -25,7 +27,7 @@ from dsat.counters import Rejections
 from dsat.envelope import Datapoint
 from dsat.errors import BadName, ConfigError
 from dsat.ingress import Sink
-from dsat.naming import MAX_PATH_CHARS, PathCleaner, clean_path
+from dsat.naming import MAX_PATH_CHARS, TAG_SEPARATOR, PathCleaner, clean_path
 
 STATSD_PORT = 8125
 #: etsy statsd's ``globalPrefix``.
@@ -102,6 +104,27 @@ def timer_stats(
     return stats
 
 
+def dogstatsd_tags(text: str) -> str | None:
+    """DogStatsD's ``k:v,k2:v2`` as Graphite tags (``;k=v;k2=v2``), or None when a tag has no ``key:value``.
+
+    A tag's key ends at its first ``:``; the tags are then checked by
+    :func:`dsat.naming.clean_path` with the name.
+    """
+    tags = []
+    for tag in text.split(","):
+        key, colon, value = tag.partition(":")
+        if not colon:
+            return None
+        tags.append(f"{TAG_SEPARATOR}{key}={value}")
+    return "".join(tags)
+
+
+def flushed_name(name: str, suffix: str) -> str:
+    """*name* (maybe tagged) with *suffix* added to its name part: ``a;k=v`` and ``.count`` give ``a.count;k=v``."""
+    base, separator, tags = name.partition(TAG_SEPARATOR)
+    return f"{base}{suffix}{separator}{tags}"
+
+
 class StatsdAggregator:
     """Counters, timers, gauges and sets received since the last flush (gauges: ever), and the flush.
 
@@ -164,14 +187,24 @@ class StatsdAggregator:
         self.rejections.reject(reason, f"{source}: {text!r:.120}")
 
     def _line(self, line: str, source: str) -> None:
+        tags = ""
+        start = line.find("|#")
+        if start >= 0:  # DogStatsD tags: name:value|type[|@rate]|#k:v,k2:v2[|...]
+            end = line.find("|", start + 2)
+            text = line[start + 2 :] if end < 0 else line[start + 2 : end]
+            line = line[:start] if end < 0 else line[:start] + line[end:]
+            tags = dogstatsd_tags(text)
+            if tags is None:
+                self._reject("bad_tag", source, text)
+                return
         key, *samples = line.split(":")
         if not samples:
             self._reject("invalid_line", source, line)
             return
         try:
-            name = self._clean(key)
-        except BadName:
-            self._reject("bad_name", source, line)
+            name = self._clean(key + tags)
+        except BadName as exc:
+            self._reject(exc.reason, source, line)
             return
         if len(name) > self._longest_name:
             self._reject("bad_name", source, line)
@@ -256,15 +289,15 @@ class StatsdAggregator:
         points: list[Datapoint] = []
         add = points.append
         for name, count in self.counters.items():
-            add((f"{ns}.counters.{name}.rate", now, count / interval))
-            add((f"{ns}.counters.{name}.count", now, count))
+            add((flushed_name(f"{ns}.counters.{name}", ".rate"), now, count / interval))
+            add((flushed_name(f"{ns}.counters.{name}", ".count"), now, count))
         for name, values in self.timers.items():
             for stat, value in timer_stats(values, self.timer_counts[name], interval, self.percentiles):
-                add((f"{ns}.timers.{name}.{stat}", now, value))
+                add((flushed_name(f"{ns}.timers.{name}", f".{stat}"), now, value))
         for name, value in self.gauges.items():
             add((f"{ns}.gauges.{name}", now, value))
         for name, members in self.sets.items():
-            add((f"{ns}.sets.{name}.count", now, float(len(members))))
+            add((flushed_name(f"{ns}.sets.{name}", ".count"), now, float(len(members))))
         self.counters.clear()
         self.timers.clear()
         self.timer_counts.clear()

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from carbon.util import TaggedSeries
 
 from dsat import naming
 from dsat.errors import BadName
@@ -56,6 +57,28 @@ CORPUS = [
     "\U0001f468\u200d\U0001f469\u200d\U0001f467",  # family emoji with zero-width joiners
     "*.{a,b}[0-9]?",
     "a;tag=1",  # carbon reads ";" as a tagged series
+    # Tag injection: carbon's tagged forms with hostile keys and values.
+    "a;k=../../etc/passwd",
+    "a;k=/etc/passwd",
+    "../../x;k=v",
+    "a;../..=v",
+    "a;k=v\x00",
+    "a;k\x00=v",
+    "a;k=v;;",
+    "a;=v",
+    "a;k",
+    "a;k==v",
+    "a;k=~v",
+    "~;k=v",
+    "a;k!=v",
+    "a;k=x y",
+    "a;k=x\u2003y",
+    'a{k="../../x",j="/"}',
+    'a{k="v"',
+    "a;" + ";".join(f"k{i}=v" for i in range(5000)),
+    "a;k=" + "v" * 100_000,
+    "a;k=" + "\U0001f525" * 300,
+    "a;z={\"};b=1",
     "%2e%2e%2fetc",
     "~root",
     "-",
@@ -65,13 +88,23 @@ CORPUS = [
 ]
 
 
-def tree_file(root: Path, path: str) -> str:
-    """Where carbon writes *path* under *root*: dots become directories, plus ``.wsp``."""
+def tree_file(root: Path, path: str, *, hash_only: bool = True) -> str:
+    """Where carbon writes *path* under *root*: dots become directories, plus ``.wsp``; tagged: carbon's encoding.
+
+    A tagged series goes under ``_tagged/`` as carbon's own ``TaggedSeries.encode``
+    puts it: its hash as file name (``TAG_HASH_FILENAMES``, carbon's default and
+    DSAT's), or with *hash_only* false the name itself, dots as ``_DOT_``.
+    """
+    if naming.is_tagged(path):
+        return os.path.realpath(os.path.join(root, TaggedSeries.encode(path, os.sep, hash_only=hash_only) + ".wsp"))
     return os.path.realpath(os.path.join(root, path.replace(".", "/") + ".wsp"))
 
 
 def assert_contained(root: Path, path: str) -> None:
     """*path* names a file strictly inside *root*, one directory level per component, each a legal name."""
+    if naming.is_tagged(path):
+        assert_tagged_contained(root, path)
+        return
     parts = path.split(".")
     assert all(parts), path
     for part in parts:
@@ -81,6 +114,16 @@ def assert_contained(root: Path, path: str) -> None:
     real = tree_file(root, path)
     assert real.startswith(str(root) + os.sep)
     assert Path(real).relative_to(root).parts == (*parts[:-1], parts[-1] + ".wsp")
+
+
+def assert_tagged_contained(root: Path, path: str) -> None:
+    """A tagged *path* is carbon-canonical, its name part a safe path, and both of carbon's files are under _tagged/."""
+    assert TaggedSeries.parse(path).path == path
+    name, _tags = naming.parse_tags(path)
+    assert_contained(root, name)
+    assert len(path) <= MAX_PATH_CHARS
+    for hash_only in (True, False):
+        assert tree_file(root, path, hash_only=hash_only).startswith(str(root / "_tagged") + os.sep)
 
 
 def results(text: str) -> list[str]:
@@ -96,7 +139,7 @@ def results(text: str) -> list[str]:
         try:
             out.append(call())
         except BadName as exc:
-            assert exc.reason == "bad_name"
+            assert exc.reason in ("bad_name", "bad_tag")
     return out
 
 
@@ -306,3 +349,142 @@ def test_path_cleaner_is_bounded() -> None:
     with pytest.raises(BadName, match="over 1024"):
         cleaner("x" * 5000)
     assert len(cleaner) == 1
+
+
+# -- tagged series -------------------------------------------------------------
+
+VALID_TAGGED = [
+    "disk.used;datacenter=dc1;server=web01",
+    "disk.used;server=web01;datacenter=dc1",
+    "a;b=1;a=2",
+    "a;a-b=1;a=2",  # carbon sorts ";a-b=1" before ";a=2": the strings, not the keys
+    "a;k=1;k=2",  # the last one wins
+    "a;name=other;k=v",  # the name tag is the name
+    "a;name=other",
+    "~~a.b;k=v",  # the name loses its leading ~
+    "a;k=v=w",  # a value may hold "="
+    "a;k=v~",
+    "a;k=../../etc/passwd",  # a value may hold dots and slashes: it never becomes a path (see below)
+    "a;k=/",
+    "a;k=x.y;j=\u00e9\u00e8",
+    "a.b;k=v.w",
+    'cpu{host="web01",dc="eu"}',
+    'cpu{host="web\\"01",dc="e\\\\u"}',  # escaped quote and backslash
+    'cpu{host="a":,dc="b"}',  # carbon's separator pattern also takes ":,"
+    "a;k=\U0001f525",
+]
+
+INVALID_TAGGED = [
+    "a;k",
+    "a;=v",
+    "a;k=",
+    "a;k=~v",
+    "a;k!=v",
+    "a;k^=v",
+    "a;k=v;",
+    "a;;k=v",
+    ";k=v",
+    "~;k=v",
+    'cpu{host=a"}',
+    '{host="a"}',
+    'cpu{host="a",}x"}',
+    'cpu{a{host="a"}',
+]
+
+
+def carbon_canonical(path: str) -> str:
+    """What carbon's TaggedSeries makes of *path*, with its name part made safe as DSAT makes any path."""
+    series = TaggedSeries.parse(path)
+    # A ";" in an OpenMetrics name is one more character the path cleaner turns into "_"; carbon's
+    # "no leading ~" holds for the name once safe (".~a" is "~a" once safe, so "a").
+    name = clean_path(series.tags["name"].replace(";", "_")).lstrip("~")
+    return TaggedSeries.format({**series.tags, "name": name})
+
+
+@pytest.mark.parametrize("path", VALID_TAGGED, ids=repr)
+def test_valid_tagged_paths_get_carbons_canonical_form(path: str) -> None:
+    """A tagged path carbon accepts comes out as carbon's TaggedSeries.parse(path).path, and stays so."""
+    assert clean_path(path) == TaggedSeries.parse(path).path == carbon_canonical(path)
+    assert clean_path(clean_path(path)) == clean_path(path)
+
+
+@pytest.mark.parametrize("path", INVALID_TAGGED, ids=repr)
+def test_tagged_paths_carbon_refuses_are_refused(path: str) -> None:
+    """A tagged path carbon's TaggedSeries cannot parse is refused as bad_tag or bad_name, never mangled."""
+    with pytest.raises(Exception):  # noqa: B017 (carbon raises a bare Exception)
+        TaggedSeries.parse(path)
+    with pytest.raises(BadName) as caught:
+        clean_path(path)
+    assert caught.value.reason in ("bad_tag", "bad_name")
+
+
+def test_the_name_part_is_made_safe_and_tag_values_are_not() -> None:
+    """The name of a tagged series is cleaned like any path; its tag values keep every character carbon allows."""
+    assert clean_path("a b/../c;path=/var/log;ver=1..2") == "a_b_._c;path=/var/log;ver=1..2"
+    assert clean_path("\uff43\uff50\uff55;k=\uff43") == "cpu;k=\uff43"
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("a;k=x y", "whitespace"),
+        ("a;k=x\u2003y", "whitespace"),
+        ("a;k y=x", "whitespace"),
+        ("a;z={\"};b=1", "would read"),
+        ("a;k=" + "v" * 2000, "over 1024"),
+        ("a;" + ";".join(f"k{i}=v" for i in range(3000)), "over 1024"),
+    ],
+)
+def test_dsat_refuses_tags_carbon_would_take_but_cannot_keep(path: str, why: str) -> None:
+    """Whitespace (carbon's line protocol splits on it), a form carbon reads back otherwise, over-long: refused."""
+    TaggedSeries.parse(path)  # carbon itself parses it
+    with pytest.raises(BadName, match=why):
+        clean_path(path)
+
+
+def test_metric_path_keeps_a_collectors_tags() -> None:
+    """metric_path() puts the tags of a tagged metric after the tree, sorted and checked."""
+    assert metric_path("dsat", "web1.x", "app", "lat.p99;region=eu;az=b") == "dsat.web1_x.app.lat.p99;az=b;region=eu"
+    with pytest.raises(BadName) as caught:
+        metric_path("dsat", "web1", "app", "lat;region=~eu")
+    assert caught.value.reason == "bad_tag"
+
+
+def random_tagged(rng: random.Random) -> str:
+    """A random tagged path in either of carbon's forms, biased towards the characters its rules are about."""
+    hostile = "ab.;=~!^/ {}\"\\,:\u00e9\U0001f525"
+
+    def chunk() -> str:
+        alphabet = hostile if rng.random() < 0.3 else "abc.-_"
+        return "".join(rng.choice(alphabet) for _ in range(rng.choice([0, 1, 2, 4, 8])))
+
+    name = rng.choice(["m", "a.b", "", "~x", chunk()])
+    if rng.random() < 0.2:
+        return name + "{" + ",".join(f'{chunk() or "k"}="{chunk()}"' for _ in range(rng.randrange(4))) + "}"
+    tags = [f"{chunk() or 'k'}={chunk()}" if rng.random() < 0.9 else chunk() for _ in range(rng.randrange(1, 6))]
+    return ";".join([name, *tags])
+
+
+def test_random_tagged_paths_agree_with_carbon() -> None:
+    """5000 seeded random tagged paths: carbon's canonical form, or refused by carbon's rules or DSAT's extra ones."""
+    rng = random.Random(11)
+    kept = refused = 0
+    extra_rules = re.compile("whitespace|would read|over 1024|no path components")
+    for _ in range(5000):
+        path = random_tagged(rng)
+        if not naming.is_tagged(path):
+            continue
+        try:
+            expected: str | None = carbon_canonical(path)
+        except Exception:  # noqa: BLE001 (carbon raises a bare Exception)
+            expected = None
+        try:
+            got = clean_path(path)
+        except BadName as exc:
+            refused += 1
+            assert expected is None or extra_rules.search(str(exc)), (path, exc)
+            continue
+        kept += 1
+        assert got == expected, path
+        assert clean_path(got) == got
+    assert kept > 500 and refused > 500

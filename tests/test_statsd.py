@@ -160,7 +160,12 @@ BAD = [
     (b"a:1|c|@x", "bad_sample_rate"),
     (b"a:1|c|@0", "bad_sample_rate"),
     (b"a:1|c|@-0.5", "bad_sample_rate"),
-    (b"a:1|c|#env_prod", "bad_sample_rate"),  # DogStatsD tags: etsy statsd refuses them too
+    (b"a:1|c|#env_prod", "bad_tag"),  # a DogStatsD tag without a value: a Graphite tag needs one
+    (b"a:1|c|#k:~v", "bad_tag"),  # carbon: no value starts with ~
+    (b"a:1|c|#:v", "bad_tag"),
+    (b"a:1|c|#k:", "bad_tag"),
+    (b"a:1|c|#k!:v", "bad_tag"),
+    (b"a;k=~v:1|c", "bad_tag"),
     (b":1|c", "bad_name"),
     (b"a\x01b:1|c", "bad_name"),
     (b"a." + b"b" * 300 + b":1|c", "bad_name"),
@@ -253,3 +258,35 @@ def test_the_protocol_flushes_to_the_sink_on_the_clock() -> None:
     proto.stopProtocol()
     assert batches[-1] == [("stats.gauges.g", NOW + 20, 1.0)]
     assert not clock.getDelayedCalls()
+
+
+def test_dogstatsd_tags_become_graphite_tags() -> None:
+    """``name:v|type|@rate|#k:v,k2:v2`` aggregates per name and tag set and flushes tagged, suffix on the name."""
+    agg, _ = make()
+    agg.receive(
+        b"api.hits:1|c|#region:eu,host:web01\n"
+        b"api.hits:2|c|@0.5|#host:web01,region:eu\n"  # the same series: tags in another order
+        b"api.hits:7|c|#region:us\n"
+        b"api.hits:100|c\n"
+        b"lat:5|ms|#url:/a:b\n"  # a tag value keeps its own ":" and "/"
+        b"temp:21|g|#room:k1\n"
+        b"users:bob|s|#app:x"
+    )
+    assert agg.rejections == Counter()
+    got = flushed(agg)
+    assert got["stats.counters.api.hits.count;host=web01;region=eu"] == 5.0
+    assert got["stats.counters.api.hits.rate;host=web01;region=eu"] == 0.5
+    assert got["stats.counters.api.hits.count;region=us"] == 7.0
+    assert got["stats.counters.api.hits.count"] == 100.0
+    assert got["stats.timers.lat.upper_90;url=/a:b"] == 5.0
+    assert got["stats.timers.lat.count;url=/a:b"] == 1.0
+    assert got["stats.gauges.temp;room=k1"] == 21.0
+    assert got["stats.sets.users.count;app=x"] == 1.0
+    assert len(got) == 3 * 2 + 14 + 1 + 1  # three counter series, one timer, one gauge, one set
+
+
+def test_graphite_tags_in_a_statsd_name_are_canonical() -> None:
+    """A Graphite-tagged statsd name (``name;k=v``) is the same series as the DogStatsD form of it."""
+    agg, _ = make()
+    agg.receive(b"q;b=2;a=1:1|c\nq:2|c|#a:1,b:2")
+    assert flushed(agg) == {"stats.counters.q.rate;a=1;b=2": 0.3, "stats.counters.q.count;a=1;b=2": 3.0}
