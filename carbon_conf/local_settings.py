@@ -37,5 +37,8 @@ CARBONLINK_TIMEOUT = 1.0
 SECRET_KEY = os.environ.get("DSAT_SECRET_KEY") or secrets.token_hex(32)
 TIME_ZONE = os.environ.get("DSAT_TIME_ZONE", "UTC")
 ALLOWED_HOSTS = ["*"]
+# Graphite 1.1 tags: carbon-cache registers every tagged series it creates here (GRAPHITE_URL in
+# carbon.conf), seriesByTag() and /tags/* read it.  The tables live in the sqlite database above.
+TAGDB = "graphite.tags.localdatabase.LocalDatabaseTagDB"
 LOG_RENDERING_PERFORMANCE = False
 LOG_CACHE_PERFORMANCE = False

@@ -12,7 +12,14 @@ from pathlib import Path
 
 from dsat.stack import LocalStack
 
-stack = LocalStack(Path("/var/lib/dsat"), pickle_port=2004, interface="0.0.0.0", line_port=2003, query_port=7002)
+stack = LocalStack(
+    Path("/var/lib/dsat"),
+    pickle_port=2004,
+    interface="0.0.0.0",
+    line_port=2003,
+    query_port=7002,
+    graphite_url="http://graphite-web:8080",  # compose.yaml's graphite-web: it holds the TagDB
+)
 stack.prepare_carbon()
 command = stack.carbon_command()
 os.execv(command[0], command)

@@ -5,7 +5,8 @@ carbon-cache (from the ``carbon`` package) and graphite-web (from the
 :mod:`dsat.graphite_web`) run as supervised processes next to the topology's own, from one
 state directory: configuration rendered from :mod:`carbon_conf`, the Whisper
 tree, graphite-web's sqlite database and the logs.  carbon-cache listens for
-pickle on the port of the topology's first carbon destination.
+pickle on the port of the topology's first carbon destination, and registers
+the tagged series it creates in graphite-web's TagDB (``ENABLE_TAGS``).
 """
 
 from __future__ import annotations
@@ -51,11 +52,14 @@ class LocalStack:
     interface: str = "127.0.0.1"
     line_port: int = field(default=0)
     query_port: int = field(default=0)
+    #: Where carbon-cache registers tagged series (graphite-web's TagDB); by default this stack's graphite-web.
+    graphite_url: str = field(default="")
 
     def __post_init__(self) -> None:
         self.state_dir = self.state_dir.resolve()
         self.line_port = self.line_port or free_port(self.interface)
         self.query_port = self.query_port or free_port(self.interface)
+        self.graphite_url = self.graphite_url or self.url.rstrip("/")
 
     @property
     def whisper_dir(self) -> Path:
@@ -93,6 +97,7 @@ class LocalStack:
                 LINE_PORT=self.line_port,
                 PICKLE_PORT=self.pickle_port,
                 QUERY_PORT=self.query_port,
+                GRAPHITE_URL=self.graphite_url,
             )
         )
         (conf_dir / "storage-schemas.conf").write_text(schemas or conf_text("storage-schemas.conf"))

@@ -1,12 +1,13 @@
 """``dsat test-rules``: what the rules do to each metric name, like carbon-c-relay's ``-t`` mode.
 
 Reads metric lines (``path value timestamp``, or just paths) on standard
-input and prints, for each, the name after the ``[pre]`` rewrites, whether a
-filter drops it, the aggregates it feeds, the name it leaves with, and the
-carbon destination(s) that would hold it (with ``--topology``).  The rule
-files given are told apart by their content: one with ``[pre]`` or ``[post]``
-sections is a rewrite file, one with ``output (frequency) = method input``
-lines an aggregation file.
+input and prints, for each, the name the ingress makes of it (a tagged one in
+carbon's canonical form, or why it is refused), the name after the ``[pre]``
+rewrites, whether a filter drops it, the aggregates it feeds, the name it
+leaves with (and its tags), and the carbon destination(s) that would hold it
+(with ``--topology``).  The rule files given are told apart by their content:
+one with ``[pre]`` or ``[post]`` sections is a rewrite file, one with
+``output (frequency) = method input`` lines an aggregation file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from dsat.errors import ConfigError
+from dsat.errors import BadName, ConfigError
+from dsat.naming import clean_path, is_tagged, parse_tags
 from dsat.rules import RuleSet, load_rules
 
 _SECTION = re.compile(r"^\s*\[(pre|post)\]\s*$", re.MULTILINE)
@@ -49,9 +51,16 @@ def explain_lines(rules: RuleSet, lines: Iterable[str], egress: Any = None) -> I
         fields = line.split()
         if not fields:
             continue
-        info = rules.explain(fields[0])
+        try:
+            path = clean_path(fields[0])
+        except BadName as exc:
+            yield f"{fields[0]}\n    refused        ({exc.reason}) {exc}"
+            continue
+        info = rules.explain(path)
         out = [fields[0]]
-        if info["rewritten"] != fields[0]:
+        if path != fields[0]:
+            out.append(f"    canonical      {path}")
+        if info["rewritten"] != path:
             out.append(f"    rewritten to   {info['rewritten']}")
         if info["filtered"]:
             out.append(f"    dropped by     {info['filtered_by']}")
@@ -59,6 +68,9 @@ def explain_lines(rules: RuleSet, lines: Iterable[str], egress: Any = None) -> I
             out.append(f"    aggregated to  {aggregate['output']}  ({aggregate['rule']})")
         if info["output"] and not info["filtered"]:
             out.append(f"    sent as        {info['output']}")
+            if is_tagged(info["output"]):
+                tags = parse_tags(info["output"])[1]
+                out.append(f"    tags           {' '.join(f'{k}={v}' for k, v in tags.items())}")
             if egress is not None:
                 names = [egress.destinations[i].name for i in egress.place(info["output"])]
                 out.append(f"    destination    {', '.join(names)}")

@@ -377,6 +377,20 @@ def test_the_readmes_shell_example_reaches_graphite_web(stack: dict[str, Any]) -
     assert got["myapp.requests"] == [42.0]
 
 
+def test_a_tagged_datapoint_sent_from_the_host_is_found_by_tag(stack: dict[str, Any]) -> None:
+    """A Graphite 1.1 tagged line sent to the published plaintext port is rendered by seriesByTag.
+
+    carbon-a or carbon-b (carbon_ch on the canonical name) stores it under ``_tagged/`` and registers it in
+    graphite-web's TagDB (``ENABLE_TAGS``, ``GRAPHITE_URL=http://graphite-web:8080``).
+    """
+    now = int(time.time())
+    with socket.create_connection(stack["plaintext"], timeout=10) as client:
+        client.sendall(f"compose.tagged.requests;host=web01;dc=compose 42 {now}\n".encode())
+    url, target = stack["url"], "seriesByTag('name=compose.tagged.requests','dc=compose')"
+    tagged = wait_for(lambda: non_null(url, target), 90, "the tagged point found by seriesByTag in graphite-web")
+    assert tagged == {"compose.tagged.requests;dc=compose;host=web01": [42.0]}
+
+
 def test_collectors_series_are_placed_across_both_caches(stack: dict[str, Any]) -> None:
     """dsat.<host>.* is in graphite-web; each carbon-cache holds a part of the tree, graphite-web reads both
     and asks each cache (carbonlink, for points not yet written) about the metrics the orchester put there."""

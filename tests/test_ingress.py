@@ -405,3 +405,81 @@ def test_pickle_an_oversized_frame_drops_the_connection_unread() -> None:
     proto.dataReceived(struct.pack("!L", MAX_PICKLE_LENGTH + 1) + b"\x80\x02")
     assert transport.disconnecting and sink.batches == []
     assert rejections == Counter({"frame_too_large": 1})
+
+
+# -- tagged series ---------------------------------------------------------------
+
+#: Tag injection, each with the reason it is refused for.
+HOSTILE_TAGS = [
+    (b"t.x;k", "bad_tag"),  # no "="
+    (b"t.x;=v", "bad_tag"),  # empty key
+    (b"t.x;k=", "bad_tag"),
+    (b"t.x;k=v;;", "bad_tag"),  # an empty tag
+    (b"t.x;k=~v", "bad_tag"),  # carbon: no value starts with "~"
+    (b"t.x;k;=v", "bad_tag"),
+    (b"t.x;k!=v", "bad_tag"),
+    (b"~~;k=v", "bad_name"),  # nothing left of the name
+    (b"t.x;k=a\x00b", "bad_name"),  # a control character, anywhere in a path
+    (b"t.x;k=a\xc2\x85b", "bad_name"),
+    ("t.x;k=a\u2003b".encode(), "bad_tag"),  # whitespace carbon's str.split() would split on
+    (b"t.x;" + b";".join(b"k%d=v" % i for i in range(600)), "bad_name"),  # 5,000 bytes of tags: over 1024
+    (b"t.x;k=" + b"v" * 2000, "bad_name"),
+    (b't.x;z={"};b=1', "bad_tag"),  # its canonical form would read as name{k="v"}
+]
+
+GOOD_TAGGED = [
+    (b"disk.used;server=web01;datacenter=dc1", "disk.used;datacenter=dc1;server=web01"),
+    (b"disk.used;datacenter=dc1;server=web01", "disk.used;datacenter=dc1;server=web01"),
+    (b'disk.used{server="web01",datacenter="dc1"}', "disk.used;datacenter=dc1;server=web01"),
+    (b"a/b/..;path=/var/../log", "a_b_;path=/var/../log"),  # the name made safe, the value kept
+    (b"a;name=b;k=v=w", "a;k=v=w"),
+]
+
+
+@pytest.mark.parametrize(("raw", "canonical"), GOOD_TAGGED)
+def test_tagged_lines_come_out_in_carbons_canonical_form(raw: bytes, canonical: str) -> None:
+    """A tagged plaintext line or pickle item carbon accepts is one datapoint under its canonical name."""
+    assert parse_one(raw + b" 1 1700000000") == ([(canonical, TS, 1.0)], Counter())
+    points, rejected = parse_pickle(pickle.dumps([(raw.decode(), (TS, 1.0))], protocol=2), NOW)
+    assert points == [(canonical, TS, 1.0)] and rejected == Counter()
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["plain batch", "line by line"])
+def test_hostile_tags_are_refused_by_reason_and_the_batch_lands(fast: bool) -> None:
+    """Each tag injection is counted under its reason; the good tagged and untagged lines around it come out."""
+    stamp = b" 1 1700000000\n" if fast else b"  1 1700000000\n"  # two spaces: not plain, the slow path
+    body = b"ok.a 1 1700000000\n" + b"".join(raw + stamp for raw, _ in HOSTILE_TAGS) + b"ok.b;k=v 2 1700000000\n"
+    points, rejected, _ = parse_plaintext(body, NOW, max_line_length=8192)
+    assert points == [("ok.a", TS, 1.0), ("ok.b;k=v", TS, 2.0)]
+    assert rejected == Counter(reason for _, reason in HOSTILE_TAGS)
+
+
+def test_hostile_tags_in_a_pickle_are_refused_by_reason_and_the_rest_lands() -> None:
+    """Pickle items carry what plaintext cannot (spaces, huge values); each bad one is counted, the rest kept."""
+    items = [("ok.a", (TS, 1.0))]
+    items += [(raw.decode(), (TS, 9.0)) for raw, _ in HOSTILE_TAGS]
+    items += [("t.x;k=a b", (TS, 9.0)), ("t.x;" + ";".join(f"k{i}=v" for i in range(5000)), (TS, 9.0))]
+    items += [("ok.b;k=v", (TS, 2.0))]
+    points, rejected = parse_pickle(pickle.dumps(items, protocol=2), NOW)
+    assert points == [("ok.a", TS, 1.0), ("ok.b;k=v", TS, 2.0)]
+    expected = Counter(reason for _, reason in HOSTILE_TAGS)
+    expected.update({"bad_tag": 1, "bad_name": 1})
+    assert rejected == expected
+
+
+def test_the_path_cache_remembers_why_it_refused() -> None:
+    """A refused path is counted under its own reason every time, from the cache as on first sight."""
+    paths = PathCache()
+    for _ in range(2):
+        points, rejected, _ = parse_plaintext(b"a;k=~x 1 1700000000\na\x01 1 1700000000\n", NOW, paths=paths)
+        assert points == [] and rejected == Counter({"bad_tag": 1, "bad_name": 1})
+    assert paths.reasons == {b"a;k=~x": "bad_tag", b"a\x01": "bad_name"}
+
+
+def test_tcp_a_tagged_batch_lands_and_its_refusals_are_counted() -> None:
+    """Through the TCP protocol: tagged lines arrive canonical in one batch, a bad tag counted by the listener."""
+    factory, sink, rejections = plaintext()
+    proto, _ = connect(factory)
+    proto.dataReceived(b"lat;region=eu;az=b 5 1700000000\nlat;region=~eu 6 1700000000\nlat 7 1700000000\n")
+    assert sink.batches == [[("lat;az=b;region=eu", TS, 5.0), ("lat", TS, 7.0)]]
+    assert rejections == Counter({"bad_tag": 1})

@@ -93,6 +93,7 @@ stats.<path>.p95 (60) = p95 stats.timers.<<path>>.mean_90
 a.pre_<x>_post.total (60) = count a.pre_<<x>>_post.*
 <all>.max (60) = max <<all>>.user
 all.count (60) = count *.*.*
+servers.dc_a.cpu.<type> (10) = sum servers.*.cpu.*.<type>;dc=a;env=prod
 """,
     "regex": r"""
 <env>.applications.<app>.<domain>.requests (60) = sum <env>.applications.<app>.<domain>\d{2}.requests
@@ -123,10 +124,14 @@ def _names() -> list[str]:
         "a*b", "a(b)", "a\\b", "=", "a=b", "stats.gauges.x", "stats.counters.x", "prod.x.y", "USER.user",
         "a.pre_mid_post.z", "a.pre__post.z", "servers.host0001.cpu.core3.user", "servers..cpu.core1.user",
     ]  # fmt: skip
+    names += [  # tagged series, in the canonical form the ingress gives the rules
+        f"servers.host{h:03d}.cpu.core{c}.user;dc={dc};env=prod" for h in range(10) for c in range(2) for dc in "ab"
+    ]
+    names += ["prod.applications.apache.www01.requests;dc=eu;ver=1.2", "stats.timers.api.get.mean_90;k=v"]
     rng = random.Random(1234)
     alphabet = "abcxyz019._-.:;=*()[]\\ é"
     names += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 30))) for _ in range(500)]
-    assert 1900 <= len(names) <= 2500
+    assert 1900 <= len(names) <= 2600
     return names
 
 
@@ -500,3 +505,41 @@ def test_a_bad_file_leaves_the_previous_ruleset_usable(tmp_path: Path) -> None:
         load_rules(tmp_path / "rewrite-rules.conf", tmp_path / "aggregation-rules.conf", clock=clock)
     assert rules.apply([("a.y", 0.0, 1.0)]) == ([("b.y", 0.0, 1.0)], Counter())
     assert rules.flush(1000)[0] == [("all.x", 0.0, 1.0)]
+
+
+def test_rules_see_tagged_series_in_canonical_form() -> None:
+    """Filters, rewrites and aggregation match the whole canonical tagged name; what they make is canonical again."""
+    clock = Clock()
+    clock.advance(1_000_000)
+    rules = RuleSet(
+        pre=parse_rewrite_rules("[pre]\n;dc.eu-west = ;zone=eu;dc=eu\n")[0],
+        deny=[re.compile(";env=test(;|$)")],
+        aggregator=Aggregator(
+            clock, parse_aggregation_rules("app.all.requests<tags> (60) = sum app.*.requests<tags>\n")
+        ),
+    )
+    out, drops = rules.apply(
+        [
+            ("app.web1.requests;dc=eu-west", 999_960.0, 1.0),  # rewritten, then aggregated
+            ("app.web2.requests;dc=eu", 999_960.0, 2.0),
+            ("app.web2.requests;dc=eu;env=test", 999_960.0, 4.0),  # denied
+            ("app.web3.requests", 999_960.0, 8.0),  # untagged: <tags> wants one character at least
+        ]
+    )
+    assert out == [
+        ("app.web1.requests;dc=eu;zone=eu", 999_960.0, 1.0),  # the rewrite's unsorted tags sorted again
+        ("app.web2.requests;dc=eu", 999_960.0, 2.0),
+        ("app.web3.requests", 999_960.0, 8.0),
+    ]
+    assert drops == Counter({"filtered": 1})
+    aggregates, _ = rules.flush(1_000_200)
+    assert sorted(aggregates) == [  # one aggregate per tag set, named canonically
+        ("app.all.requests;dc=eu", 999_960.0, 2.0),
+        ("app.all.requests;dc=eu;zone=eu", 999_960.0, 1.0),
+    ]
+
+
+def test_a_rewrite_that_breaks_a_tag_is_dropped_as_bad_name() -> None:
+    """A rewrite result carbon could not parse (a value starting with ~) is dropped and counted, not mangled."""
+    rules = RuleSet(pre=parse_rewrite_rules("[pre]\n;k.v = ;k=~v\n")[0])
+    assert rules.apply([("m;k=v", 1.0, 1.0), ("m;k=w", 1.0, 2.0)]) == ([("m;k=w", 1.0, 2.0)], Counter({"bad_name": 1}))

@@ -23,6 +23,7 @@ def test_carbon_conf_renders_every_field(tmp_path: Path) -> None:
         LINE_PORT=stack.line_port,
         PICKLE_PORT=2104,
         QUERY_PORT=stack.query_port,
+        GRAPHITE_URL=stack.graphite_url,
     )
     assert "${" not in text
     conf = configparser.ConfigParser(interpolation=None)
@@ -30,6 +31,18 @@ def test_carbon_conf_renders_every_field(tmp_path: Path) -> None:
     assert conf["cache"]["PICKLE_RECEIVER_PORT"] == "2104"
     assert conf["cache"]["LOCAL_DATA_DIR"] == str(stack.whisper_dir)
     assert conf["cache"]["MAX_CREATES_PER_MINUTE"] == "inf"
+
+
+def test_carbon_registers_tagged_series_with_the_stacks_graphite_web(tmp_path: Path) -> None:
+    """carbon.conf enables tags, keeps hashed _tagged/ file names and posts to this stack's graphite-web."""
+    stack = LocalStack(tmp_path, pickle_port=2104, http_port=8081)
+    stack.prepare_carbon()
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(tmp_path / "conf" / "carbon.conf")
+    assert conf["cache"]["ENABLE_TAGS"] == "True" and conf["cache"]["TAG_HASH_FILENAMES"] == "True"
+    assert conf["cache"]["GRAPHITE_URL"] == "http://127.0.0.1:8081"
+    other = LocalStack(tmp_path / "b", pickle_port=2104, graphite_url="http://graphite-web:8080")
+    assert other.graphite_url == "http://graphite-web:8080"
 
 
 def test_a_missing_field_is_a_config_error() -> None:

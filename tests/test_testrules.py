@@ -45,3 +45,16 @@ def test_rule_files_are_told_apart_by_content(tmp_path: Path) -> None:
     out = io.StringIO()
     testrules.run([tmp_path / "b", tmp_path / "a"], io.StringIO("servers.x.cpu.idle 1 1\n"), out)
     assert "servers.x.processor.idle" in out.getvalue()
+
+
+def test_tagged_names_show_their_canonical_form_tags_and_refusals(tmp_path: Path) -> None:
+    """A tagged name is shown canonical, the rules apply to that, its tags are listed; a bad tag is refused."""
+    (tmp_path / "rw.conf").write_text("[pre]\n;dc.eu-west = ;dc=eu\n")  # a regex cannot hold "=": "." stands in
+    out = io.StringIO()
+    stdin = io.StringIO("disk.used;server=web01;dc=eu-west 1 1\ndisk.used;dc=~eu 1 1\n")
+    testrules.run([tmp_path / "rw.conf"], stdin, out)
+    first, second = out.getvalue().split("\ndisk.used;dc=~eu\n")
+    assert "    canonical      disk.used;dc=eu-west;server=web01\n" in first
+    assert "    rewritten to   disk.used;dc=eu;server=web01\n" in first
+    assert "    sent as        disk.used;dc=eu;server=web01\n    tags           dc=eu server=web01" in first
+    assert second.startswith("    refused        (bad_tag) ")
