@@ -179,7 +179,7 @@ class SatelliteRuntime:
                     continue
                 points.append((self._path(metric), ts, value))
             except BadName as exc:
-                self.rejected.reject("bad_name", exc)
+                self.rejected.reject(exc.reason, exc)
             except (TypeError, IndexError, AttributeError) as exc:
                 self.rejected.reject("bad_datapoint", exc)
         if not points:

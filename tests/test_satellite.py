@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from types import MappingProxyType
 from typing import Any
 
 from twisted.internet.task import Clock
 
-from dsat.envelope import Batches, Envelope, encode
+from dsat.envelope import Batches, Envelope, decode, encode
 from dsat.events import Reporter
 from dsat.plugins import SatelliteSpec
 from dsat.satellite import HEARTBEAT_EVERY, SatelliteRuntime
@@ -97,6 +98,22 @@ def test_collector_rejects_bad_values_and_names_and_keeps_the_rest() -> None:
     assert runtime.rejected["bad_value"] == 3
     assert runtime.rejected["bad_datapoint"] == 1
     assert runtime.rejected["bad_name"] == 1
+
+
+def test_collector_metrics_may_carry_graphite_tags() -> None:
+    """A plain-function collector's ``metric;k=v`` becomes a tagged path in the tree; a bad tag is counted."""
+    runtime, senders, _, _ = make_runtime(
+        "collector",
+        lambda: [("lat.p99;region=eu;az=b", 5.0), ('lat.p50{az="b",region="eu"}', 2.0), ("lat;region=~eu", 1.0)],
+        next=("out",),
+        every=10,
+    )
+    env = runtime.collect_once()
+    assert env is not None
+    assert [p[0] for p in env.points] == ["dsat.host1.s1.lat.p99;az=b;region=eu", "dsat.host1.s1.lat.p50;az=b;region=eu"]
+    assert runtime.rejected == Counter({"bad_tag": 1})
+    [sent] = senders["out"].envelopes()
+    assert decode(encode(sent)).points == env.points  # wire format v1 carries the tagged path as it is
 
 
 def test_collector_that_raises_is_counted_and_keeps_its_schedule() -> None:
