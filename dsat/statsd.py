@@ -193,10 +193,11 @@ class StatsdAggregator:
             end = line.find("|", start + 2)
             text = line[start + 2 :] if end < 0 else line[start + 2 : end]
             line = line[:start] if end < 0 else line[:start] + line[end:]
-            tags = dogstatsd_tags(text)
-            if tags is None:
+            graphite_tags = dogstatsd_tags(text)
+            if graphite_tags is None:
                 self._reject("bad_tag", source, text)
                 return
+            tags = graphite_tags
         key, *samples = line.split(":")
         if not samples:
             self._reject("invalid_line", source, line)

@@ -286,11 +286,15 @@ def test_a_batch_spooled_under_the_other_protocol_is_replayed_in_the_current_one
 
 
 def test_tagged_series_are_placed_by_their_canonical_name_as_carbon_does() -> None:
-    """20,000 tagged names, tags in any order: placed where carbon_ch puts TaggedSeries.parse(name).path."""
+    """20,000 tagged names, tags in any order: placed where carbon_ch puts TaggedSeries.parse(name).path.
+
+    That is also the cache graphite-web's carbonlink asks for the series' points not yet written.
+    """
     import random
 
     from carbon.routers import ConsistentHashingRouter
     from carbon.util import TaggedSeries
+    from graphite.render.hashing import ConsistentHashRing as GraphiteWebRing
 
     from dsat.naming import clean_path
 
@@ -298,10 +302,13 @@ def test_tagged_series_are_placed_by_their_canonical_name_as_carbon_does() -> No
         __getattr__ = dict.__getitem__
 
     destinations = [("127.0.0.1", 2004, "a"), ("127.0.0.1", 2104, "b"), ("10.0.0.2", 2004, "c")]
-    router = ConsistentHashingRouter(Settings(REPLICATION_FACTOR=1, DIVERSE_REPLICAS=False, ROUTER_HASH_TYPE="carbon_ch"))
+    settings = Settings(REPLICATION_FACTOR=1, DIVERSE_REPLICAS=False, ROUTER_HASH_TYPE="carbon_ch")
+    router = ConsistentHashingRouter(settings)
     for dest in destinations:
         router.addDestination(dest)
     egress = CarbonEgress(MemoryReactorClock(), destinations)
+    # graphite-web's carbonlink ring (CARBONLINK_HOSTS host:port:instance): where it asks for unwritten points.
+    carbonlink = GraphiteWebRing([(host, instance) for host, _port, instance in destinations], hash_type="carbon_ch")
     rng = random.Random(7)
     unnormalized_elsewhere = 0
     for i in range(20_000):
@@ -311,6 +318,8 @@ def test_tagged_series_are_placed_by_their_canonical_name_as_carbon_does() -> No
         theirs = [(host, port) for host, port, _instance in router.getDestinations(TaggedSeries.parse(raw).path)]
         ours = [destinations[index][:2] for index in egress.place(clean_path(raw))]
         assert ours == theirs, raw
+        host, instance = carbonlink.get_node(clean_path(raw))
+        assert ours == [next((h, p) for h, p, i in destinations if (h, i) == (host, instance))], raw
         raw_place = [(host, port) for host, port, _instance in router.getDestinations(raw)]
         unnormalized_elsewhere += raw_place != theirs
     # Placing the name as sent (carbon-relay without TAG_RELAY_NORMALIZED) would scatter one series.

@@ -78,7 +78,7 @@ CORPUS = [
     "a;" + ";".join(f"k{i}=v" for i in range(5000)),
     "a;k=" + "v" * 100_000,
     "a;k=" + "\U0001f525" * 300,
-    "a;z={\"};b=1",
+    'a;z={"};b=1',
     "%2e%2e%2fetc",
     "~root",
     "-",
@@ -430,7 +430,7 @@ def test_the_name_part_is_made_safe_and_tag_values_are_not() -> None:
         ("a;k=x y", "whitespace"),
         ("a;k=x\u2003y", "whitespace"),
         ("a;k y=x", "whitespace"),
-        ("a;z={\"};b=1", "would read"),
+        ('a;z={"};b=1', "would read"),
         ("a;k=" + "v" * 2000, "over 1024"),
         ("a;" + ";".join(f"k{i}=v" for i in range(3000)), "over 1024"),
     ],
@@ -452,7 +452,7 @@ def test_metric_path_keeps_a_collectors_tags() -> None:
 
 def random_tagged(rng: random.Random) -> str:
     """A random tagged path in either of carbon's forms, biased towards the characters its rules are about."""
-    hostile = "ab.;=~!^/ {}\"\\,:\u00e9\U0001f525"
+    hostile = 'ab.;=~!^/ {}"\\,:\u00e9\U0001f525'
 
     def chunk() -> str:
         alphabet = hostile if rng.random() < 0.3 else "abc.-_"

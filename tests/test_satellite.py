@@ -110,7 +110,10 @@ def test_collector_metrics_may_carry_graphite_tags() -> None:
     )
     env = runtime.collect_once()
     assert env is not None
-    assert [p[0] for p in env.points] == ["dsat.host1.s1.lat.p99;az=b;region=eu", "dsat.host1.s1.lat.p50;az=b;region=eu"]
+    assert [p[0] for p in env.points] == [
+        "dsat.host1.s1.lat.p99;az=b;region=eu",
+        "dsat.host1.s1.lat.p50;az=b;region=eu",
+    ]
     assert runtime.rejected == Counter({"bad_tag": 1})
     [sent] = senders["out"].envelopes()
     assert decode(encode(sent)).points == env.points  # wire format v1 carries the tagged path as it is
