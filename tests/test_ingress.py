@@ -483,3 +483,12 @@ def test_tcp_a_tagged_batch_lands_and_its_refusals_are_counted() -> None:
     proto.dataReceived(b"lat;region=eu;az=b 5 1700000000\nlat;region=~eu 6 1700000000\nlat 7 1700000000\n")
     assert sink.batches == [[("lat;az=b;region=eu", TS, 5.0), ("lat", TS, 7.0)]]
     assert rejections == Counter({"bad_tag": 1})
+
+
+def test_udp_a_tagged_datagram_lands_canonical_and_a_bad_tag_is_counted() -> None:
+    """Over UDP too: a tagged line comes out canonical, a bad tag in the same datagram is counted alone."""
+    sink, rejections = Capture(), Rejections("test")
+    proto = PlaintextDatagram(sink, rejections, Clock())
+    proto.datagramReceived(b"lat;region=eu;az=b 5 1700000000\nlat;=eu 6 1700000000", ("192.0.2.7", 5000))
+    assert sink.batches == [[("lat;az=b;region=eu", TS, 5.0)]]
+    assert rejections == Counter({"bad_tag": 1})
