@@ -179,14 +179,14 @@ def parse_tags(path: str) -> tuple[str, dict[str, str]]:
 
     ``name;k=v;...`` or, when *path* ends with ``"}`` and holds a ``{``,
     ``name{k="v",...}``.  A later tag overrides an earlier one with the same
-    key; a ``name`` tag is replaced by the name, which loses its leading
-    ``~``.  Each tag is checked by :func:`check_tag`.  The name is returned
-    as sent (not made safe); raises :class:`BadName` (``bad_tag``, or
-    ``bad_name`` for an empty name).
+    key; a ``name`` tag is dropped (the name is the name).  Each tag is
+    checked by :func:`check_tag`.  The name is returned as sent: making it
+    safe, and carbon's "no leading ``~``", are :func:`tagged_path`'s.
+    Raises :class:`BadName` ``bad_tag``.
     """
     tags: dict[str, str] = {}
     if path[-2:] == '"}' and "{" in path:  # carbon's test for the OpenMetrics form
-        name, brace, raw = path[:-1].partition("{")
+        name, _, raw = path[:-1].partition("{")
         if "{" in raw:
             raise _bad_tag(path, "more than one '{'")
         while raw:
@@ -206,9 +206,6 @@ def parse_tags(path: str) -> tuple[str, dict[str, str]]:
             check_tag(key, value, path)
             tags[key] = value
     tags.pop("name", None)
-    name = name.lstrip("~")
-    if not name:
-        raise BadName(f"{path[:60]!r}: no metric name before the tags", reason="bad_name")
     return name, tags
 
 
@@ -234,7 +231,8 @@ def tagged_path(path: str) -> str:
 def _canonical(name: str, tags: dict[str, str], path: str) -> str:
     """:func:`format_tags` of a safe *name* and checked *tags*, if carbon reads it back the same and it fits.
 
-    The name loses the leading ``~`` that making it safe may have uncovered (``.~a`` is ``~a``), as carbon's does.
+    The name loses its leading ``~`` as carbon's does (after it is made safe,
+    which may uncover one: ``.~a`` is ``~a``); nothing left is ``bad_name``.
     """
     name = name.lstrip("~")
     if not name:

@@ -8,9 +8,10 @@ graphite backend does with the legacy namespace off
 (``<prefix>.counters.<name>.count``, ``<prefix>.timers.<name>.upper_90``...;
 ``docs/ingress.rst``).  DogStatsD tags (``name:1|c|#k:v,k2:v2``) and Graphite
 tags in the name (``name;k=v:1|c``) make a tagged series: the suffix goes on
-the name part (``<prefix>.counters.<name>.count;k=v``).  Bad lines are counted by reason and never raise;
-the number of names and of held timer values and set members is bounded,
-what goes over is counted.  Time comes from the injected clock.
+the name part (``<prefix>.counters.<name>.count;k=v``).  Bad lines are
+counted by reason and never raise; the number of names and of held timer
+values and set members is bounded, what goes over is counted.  Time comes
+from the injected clock.
 """
 
 from __future__ import annotations
@@ -119,10 +120,10 @@ def dogstatsd_tags(text: str) -> str | None:
     return "".join(tags)
 
 
-def flushed_name(name: str, suffix: str) -> str:
-    """*name* (maybe tagged) with *suffix* added to its name part: ``a;k=v`` and ``.count`` give ``a.count;k=v``."""
+def split_tags(name: str) -> tuple[str, str]:
+    """*name*'s name part and its tags (``""`` or ``";k=v..."``): a flushed suffix goes between the two."""
     base, separator, tags = name.partition(TAG_SEPARATOR)
-    return f"{base}{suffix}{separator}{tags}"
+    return base, separator + tags
 
 
 class StatsdAggregator:
@@ -290,15 +291,18 @@ class StatsdAggregator:
         points: list[Datapoint] = []
         add = points.append
         for name, count in self.counters.items():
-            add((flushed_name(f"{ns}.counters.{name}", ".rate"), now, count / interval))
-            add((flushed_name(f"{ns}.counters.{name}", ".count"), now, count))
+            base, tags = split_tags(name)
+            add((f"{ns}.counters.{base}.rate{tags}", now, count / interval))
+            add((f"{ns}.counters.{base}.count{tags}", now, count))
         for name, values in self.timers.items():
+            base, tags = split_tags(name)
             for stat, value in timer_stats(values, self.timer_counts[name], interval, self.percentiles):
-                add((flushed_name(f"{ns}.timers.{name}", f".{stat}"), now, value))
+                add((f"{ns}.timers.{base}.{stat}{tags}", now, value))
         for name, value in self.gauges.items():
             add((f"{ns}.gauges.{name}", now, value))
         for name, members in self.sets.items():
-            add((flushed_name(f"{ns}.sets.{name}", ".count"), now, float(len(members))))
+            base, tags = split_tags(name)
+            add((f"{ns}.sets.{base}.count{tags}", now, float(len(members))))
         self.counters.clear()
         self.timers.clear()
         self.timer_counts.clear()
