@@ -1,4 +1,4 @@
-"""The ``dsat`` command: validate, up, run, status, demo.
+"""The ``dsat`` command: validate, up, run, status, route, test-rules, bench, graph, demo.
 
 Every sub-command that reads a topology validates it first; a
 :class:`~dsat.errors.ConfigError` is printed with every problem it found and
@@ -115,6 +115,16 @@ def cmd_test_rules(args: argparse.Namespace) -> int:
     return testrules.run([Path(f) for f in args.rules], sys.stdin, sys.stdout, args.topology)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dsat import bench
+
+    try:
+        return bench.main(args)
+    except KeyboardInterrupt:
+        print("\ndsat bench: interrupted; every process and file it started is gone", file=sys.stderr)
+        return 130
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsat", description="DSAT: a metrics pipeline for Graphite.")
     parser.add_argument("--version", action="version", version=f"dsat {__version__}")
@@ -156,6 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rules", nargs="*", help="rewrite-rules.conf and/or aggregation-rules.conf files")
     p.add_argument("--topology", help="take rules, filters and carbon destinations from this topology")
     p.set_defaults(func=cmd_test_rules)
+
+    p = sub.add_parser("bench", help="run a topology under synthetic load and measure what reaches Carbon")
+    p.add_argument("topology")
+    p.add_argument("--rate", default="10000", help="datapoints a second, or max to find the highest sustained")
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of load per run (default 5)")
+    p.add_argument("--names", type=int, default=1000, help="distinct metric names in the load (default 1000)")
+    p.add_argument(
+        "--payload",
+        choices=["ingress", "collectors"],
+        default="ingress",
+        help="through the Graphite plaintext ingress, or bench collectors in place of the topology's (default ingress)",
+    )
+    p.add_argument(
+        "--carbon", choices=["sink", "real"], default="sink", help="a counting sink, or a real carbon-cache behind it"
+    )
+    p.add_argument("--compare", metavar="OTHER_TOPOLOGY", help="run this one too on the same load; print the ratios")
+    p.add_argument("--json", metavar="FILE", help="write the report as JSON to FILE (- for standard output)")
+    p.add_argument("--max-p99", type=float, default=1000.0, help="--rate max: the p99 latency bound, ms (default 1000)")
+    p.add_argument("--max-loss", type=float, default=0.0, help="--rate max: the share of loss allowed (default 0)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="run the demo topology with a local carbon-cache and graphite-web")
     p.add_argument("--topology", help="a topology to run instead of the packaged demo")

@@ -49,3 +49,7 @@ class BadName(DsatError):
 
 class PluginError(ConfigError):
     """An unknown satellite, codec or rule name was asked for."""
+
+
+class BenchError(DsatError):
+    """``dsat bench`` could not run its topology or its load (what failed, and the log to read)."""
