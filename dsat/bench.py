@@ -430,6 +430,12 @@ def run_phase(running: Running, phase_id: int, rate: float, options: Options, pr
                 total += int(plan.phase_file.with_name(f"{plan.phase_file.name}.{phase.id}.{step}.sent").read_text())
         return total
 
+    # A collector's last batch of the phase comes at its first run after the end.
+    tail = (
+        2 * bench_load.TICK
+        if load is not None
+        else max(plan.topology.satellites[n].every or 0 for n in plan.collectors)
+    )
     label = f"{plan.topology.path.name} @ {rate:,.0f}/s"
     last_count, last_change = -1, time.monotonic()
     while True:
@@ -445,7 +451,7 @@ def run_phase(running: Running, phase_id: int, rate: float, options: Options, pr
         )
         if running.up is not None and running.up.poll() is not None:
             raise BenchError(f"dsat up exited ({running.up.returncode}) during the load:\n{running.log_tail()}")
-        if now < phase.end + 2 * bench_load.TICK or (load is not None and load.is_alive()):
+        if now < phase.end + tail + PROGRESS_EVERY or (load is not None and load.is_alive()):
             continue
         if tally["delivered"] >= sent() or now - last_change > SETTLE:
             break

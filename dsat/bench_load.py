@@ -102,7 +102,9 @@ def lines(phase: Phase, first: int, count: int) -> bytes:
     share a (name, timestamp) slot.
     """
     names, base, per_tick = phase.names, phase.base, phase.rate * TICK
-    return "".join([f"{MARK}.n{k % names} {k} {base + int(k / per_tick)}\n" for k in range(first, first + count)]).encode()
+    return "".join(
+        [f"{MARK}.n{k % names} {k} {base + int(k / per_tick)}\n" for k in range(first, first + count)]
+    ).encode()
 
 
 def bench_collector(options: Mapping[str, Any]) -> Callable[[], list[tuple[str, float, float]]]:

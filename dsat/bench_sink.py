@@ -127,7 +127,7 @@ class Counting:
 def latency_summary(buckets: Counter[int]) -> dict[str, float | None]:
     """p50, p95, p99 and max in milliseconds of a histogram of :data:`BUCKET`-wide latencies."""
     total = sum(buckets.values())
-    out: dict[str, float | None] = {f"p{p}": None for p in PERCENTILES} | {"max": None}
+    out: dict[str, float | None] = {key: None for key in [*(f"p{p}" for p in PERCENTILES), "max"]}
     if not total:
         return out
     keys = sorted(buckets)

@@ -1,0 +1,246 @@
+"""``dsat bench``: the topology copy, the counting sink, the rate search, and real runs of a small topology."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from dsat import bench, bench_load, bench_sink
+from dsat.bench_load import Phase
+from dsat.stack import free_port
+
+SMALL = """
+[dsat]
+where = "bench"
+[ingress]
+plaintext = "127.0.0.1:{port}"
+[carbon]
+destinations = ["127.0.0.1:{carbon}"]
+[satellites.gen]
+use = "synthetic"
+every = "1s"
+next = ["orchester"]
+"""
+WITH_RATE = (
+    SMALL.replace('next = ["orchester"]', 'next = ["rate"]') + '[satellites.rate]\nuse = "rate"\nnext = ["orchester"]\n'
+)
+
+
+def phase(**fields: Any) -> Phase:
+    values = {"id": 1, "rate": 1000.0, "names": 10, "t0": 100.0, "end": 101.0, "base": 1_000_000} | fields
+    return Phase(**values)
+
+
+def write_topology(tmp_path: Path, text: str, name: str = "small.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text.format(port=free_port(), carbon=free_port()))
+    return path
+
+
+def test_dump_toml_reads_back_as_the_same_document() -> None:
+    """What the bench writes of a topology is read back by tomllib as the very same document."""
+    doc = {
+        "dsat": {"where": 'we"b\\01 é\x7f', "plugins": ["a.b"]},
+        "orchester": {"routes": {"*": ["carbon"], "a.b": ["rate"]}, "max_queue": 10},
+        "satellites": {"cpu x": {"use": "cpu", "every": 0.5, "options": {"percpu": True, "n": [1, 2.5]}}},
+    }
+    assert tomllib.loads(bench.dump_toml(doc)) == doc
+
+
+def test_counting_tells_delivered_duplicates_strays_and_others_apart() -> None:
+    """Each (name, timestamp) counts once as delivered, again as a duplicate; other phases' points are strays."""
+    counting = bench_sink.Counting()
+    counting.start(phase())
+    counting.points([(1, 1_000_000), (2, 1_000_000), (1, 1_000_000), (3, 999_999), (11, 1_000_001)], 4, now=100.5)
+    report = counting.report()
+    assert (report["received"], report["delivered"], report["duplicates"]) == (3, 2, 1)
+    assert (report["stray"], report["other"], report["last_arrival"]) == (2, 4, 100.5)
+
+
+def test_latency_runs_from_the_tick_in_the_timestamp_to_the_arrival() -> None:
+    """A datapoint stamped with tick N that arrives at t0 + N ticks + 20 ms has a latency of 20 ms."""
+    counting = bench_sink.Counting()
+    counting.start(phase())
+    tick = bench_load.TICK
+    for n in range(100):
+        counting.points([(n % 10, 1_000_000 + n)], 0, now=100.0 + (n + 0.5) * tick + 0.020 + n * 0.0001)
+    lat = counting.report()["latency_ms"]
+    assert lat["p50"] == pytest.approx(25.0, abs=0.2)
+    assert lat["p99"] == pytest.approx(29.9, abs=0.2)
+    assert lat["max"] == pytest.approx(29.9, abs=0.2)
+
+
+def test_latency_summary_is_empty_without_datapoints() -> None:
+    """No datapoint, no percentile: the summary says None rather than 0."""
+    assert bench_sink.latency_summary(Counter()) == {"p50": None, "p95": None, "p99": None, "max": None}
+
+
+def test_plaintext_and_pickle_are_read_like_carbon_reads_them() -> None:
+    """Bench datapoints (bare or under a prefix), DSAT's own spooled count and the rest, in both protocols."""
+    p = phase()
+    for protocol in ("plaintext", "pickle"):
+        counting = bench_sink.Counting()
+        counting.start(p)
+        points = [
+            ("dsatbench.n1", 1_000_000, 1.0),
+            ("dsat.bench.gen.dsatbench.n2", 1_000_001, 2.0),
+            ("dsat.bench.self.orchester.spooled", 1_000_001, 7.0),
+            ("servers.web01.cpu", 1_000_001, 3.0),
+        ]
+        if protocol == "plaintext":
+            data = "".join(f"{name} {value!r} {ts}\n" for name, ts, value in points).encode()
+            bench_sink.parse_plaintext(counting, data, now=100.1)
+        else:
+            body = pickle.dumps([(name, (float(ts), value)) for name, ts, value in points], protocol=2)
+            rest = bench_sink.parse_pickle(counting, struct.pack("!L", len(body)) + body + b"\x00\x00", now=100.1)
+            assert rest == b"\x00\x00"
+        report = counting.report()
+        assert (report["delivered"], report["other"], report["own"]["spooled"]) == (2, 2, 7.0), protocol
+
+
+def test_a_pickle_with_a_global_is_refused_and_counted() -> None:
+    """A pickle naming a global is never unpickled: it counts as undecodable, nothing else."""
+    counting = bench_sink.Counting()
+    counting.start(phase())
+    body = pickle.dumps([("dsatbench.n1", (1_000_000.0, os.getpid))], protocol=2)
+    bench_sink.parse_pickle(counting, struct.pack("!L", len(body)) + body, now=100.1)
+    report = counting.report()
+    assert (report["undecodable"], report["received"]) == (1, 0)
+
+
+def test_ingress_lines_give_every_datapoint_its_own_whisper_slot() -> None:
+    """With as many names as datapoints in a tick, no two lines share a (name, timestamp) slot."""
+    p = phase(rate=50_000.0, names=50)
+    data = bench_load.lines(p, 0, 50_000).decode().splitlines()
+    slots = {(line.split()[0], line.split()[2]) for line in data}
+    assert len(data) == len(slots) == 50_000
+    assert data[-1].split()[2] == str(p.base + 999)
+
+
+def test_find_max_rate_doubles_then_bisects_to_the_highest_rate_that_holds() -> None:
+    """With a pipeline that holds up to 20,000/s, the search ends between 16,000 and 20,000 and says which."""
+    tried = []
+
+    def probe(rate: float) -> dict[str, Any]:
+        tried.append(rate)
+        return {"rate": rate}
+
+    results = list(bench.find_max_rate(probe, lambda r: r["rate"] <= 20_000))
+    assert tried[:6] == [1000, 2000, 4000, 8000, 16000, 32000]
+    assert len(tried) == 6 + bench.BISECT_STEPS
+    best = results[-1]
+    assert best[0] == "best" and 16_000 <= best[1]["rate"] <= 20_000
+    assert all(rate > 20_000 for rate in tried if rate > best[1]["rate"])
+
+
+def test_bench_refuses_a_topology_whose_port_is_taken(tmp_path: Path) -> None:
+    """A taken ingress port stops the bench before it starts anything, naming the port."""
+    topo = write_topology(tmp_path, SMALL)
+    port = int(topo.read_text().split("127.0.0.1:")[1].split('"')[0])
+    with socket.create_server(("127.0.0.1", port)):
+        done = subprocess.run(
+            [sys.executable, "-m", "dsat", "bench", str(topo)], capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+
+
+def bench_dirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("dsat-bench-*")}
+
+
+def run_bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dsat", "bench", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.integration
+def test_bench_reports_every_figure_and_the_counts_add_up(tmp_path: Path) -> None:
+    """Two seconds of ingress load: the JSON report has every field, sent = delivered + lost, nothing left behind."""
+    topo = write_topology(tmp_path, SMALL)
+    before = bench_dirs()
+    out = tmp_path / "report.json"
+    done = run_bench(str(topo), "--rate", "5000", "--duration", "2", "--names", "500", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    for key in ("sent", "delivered", "lost", "duplicates", "throughput", "latency_ms", "tracker", "orchester"):
+        assert key in report, key
+    assert report["sent"] == report["delivered"] + report["lost"]
+    assert report["sent"] == 10_000 and report["lost"] == 0 and report["duplicates"] == 0
+    lat = report["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    assert set(report["orchester"]) == {"spooled", "dropped", "resent", "replayed"}
+    assert {"tracker", "orchester", "gen", "supervisor"} <= set(report["processes"])
+    assert report["processes"]["orchester"]["cpu_seconds"] > 0
+    assert all(p["peak_rss_mb"] > 1 for p in report["processes"].values())
+    assert "gen" in report["tracker"]["steps"]
+    assert "sent 10,000 = delivered 10,000 + lost 0" in done.stdout
+    assert "latency ms (entering DSAT -> Carbon socket): p50" in done.stdout
+    assert bench_dirs() == before
+
+
+@pytest.mark.integration
+def test_bench_compare_runs_both_topologies_on_the_same_collector_load(tmp_path: Path) -> None:
+    """--compare with bench collectors: two reports, ratios of each figure, and rate's cost shows as latency."""
+    first = write_topology(tmp_path, SMALL, "direct.toml")
+    second = write_topology(tmp_path, WITH_RATE, "with-rate.toml")
+    done = run_bench(
+        str(first), "--compare", str(second), "--payload", "collectors", "--rate", "4000", "--duration", "2",
+        "--json", "-",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout[done.stdout.index("{\n") :])
+    one, two = result["runs"]
+    assert one["topology"] == str(first) and two["topology"] == str(second)
+    for report in (one, two):
+        assert report["sent"] == report["delivered"] + report["lost"] and report["sent"] > 7000
+        assert report["payload"] == "collectors"
+    assert one["lost"] == 0
+    # rate turns counters into rates: the first sample of each name gives nothing, and that shows as lost.
+    assert two["lost"] >= two["names"] and "rate" in two["tracker"]["steps"]
+    ratio = result["compare"]["throughput /s"]
+    assert ratio["ratio"] == pytest.approx(ratio["second"] / ratio["first"], rel=1e-2)
+    assert "with-rate.toml" in done.stdout and "ratio" in done.stdout
+
+
+@pytest.mark.integration
+def test_ctrl_c_stops_every_process_and_removes_every_file(tmp_path: Path) -> None:
+    """SIGINT in the middle of the load: exit 130, no process of the bench alive, its folder gone."""
+    topo = write_topology(tmp_path, SMALL)
+    before = bench_dirs()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dsat", "bench", str(topo), "--duration", "30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "delivered" in line:
+            break
+    family = psutil.Process(proc.pid).children(recursive=True)
+    assert len(family) >= 5  # the sink, dsat up and its steps
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 130
+    assert "interrupted" in proc.stderr.read()
+    deadline = time.monotonic() + 10
+    while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in family) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert bench_dirs() == before
