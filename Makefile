@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+GPG_KEY ?=
 
-.PHONY: demo test lint venv docs clean
+.PHONY: demo test lint venv docs dist release clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,5 +32,25 @@ lint: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/sphinx-build -W -b html docs docs/_build/html
 
+# The sdist and the wheel in dist/; make test checks them (tests/test_dist.py: twine check --strict,
+# the wheel installed in a fresh venv runs dsat --version and dsat validate on its demo topology).
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
+# dist/, with a detached GPG signature (.asc) of each file; docs/release.rst has the steps around it.
+release: dist
+	@if ! command -v gpg >/dev/null 2>&1; then \
+		echo "make release: gpg is not installed; apt-get install gnupg, then make release again" >&2; exit 1; fi
+	@if [ -z "$$(gpg --list-secret-keys $(GPG_KEY) 2>/dev/null)" ]; then \
+		echo "make release: no GPG secret key$(if $(GPG_KEY), for $(GPG_KEY),) to sign with." >&2; \
+		echo "  create one (gpg --full-generate-key) or import yours (gpg --import KEY.asc)," >&2; \
+		echo "  then make release [GPG_KEY=you@example.org]; dist/ holds the unsigned files" >&2; exit 1; fi
+	for f in dist/*.tar.gz dist/*.whl; do \
+		gpg --batch --yes --armor --detach-sign $(if $(GPG_KEY),--local-user $(GPG_KEY),) "$$f" && gpg --verify "$$f.asc" "$$f"; \
+	done
+	@ls -l dist
+
 clean:
-	rm -rf $(VENV) .dsat docs/_build
+	rm -rf $(VENV) .dsat docs/_build dist

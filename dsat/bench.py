@@ -638,7 +638,7 @@ def format_report(report: dict[str, Any]) -> str:
         held = f"{best['rate']:,.0f}/s" if best["rate"] else "none of the rates tried"
         lines += [
             "",
-            f"highest rate sustained (no more loss than {best['max_loss']:g}, p99 <= {best['max_p99_ms']:g} ms): {held}",
+            f"highest rate sustained (loss <= {best['max_loss']:g}, p99 <= {best['max_p99_ms']:g} ms): {held}",
         ]
     return "\n".join(lines)
 
