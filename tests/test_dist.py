@@ -86,8 +86,9 @@ def test_the_wheel_installed_in_a_fresh_venv_validates_the_packaged_demo(dist: P
     dsat = str(env_dir / "bin" / "dsat")
     version = subprocess.run([dsat, "--version"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert version.stdout.strip() == f"dsat {wheel.name.split('-')[1]}"
-    # (--no-environment: the demo's ports may be in use on a test machine.)  As dsat demo does, the packaged file is copied out first: its run_dir ("run", beside the file) would put
-    # unix sockets deep in site-packages, past the OS's 107-byte limit, and validate says so.
+    # As dsat demo does, the packaged file is copied out first: its run_dir ("run", beside the file) would
+    # put unix sockets deep in site-packages, past the OS's 107-byte limit, and validate says so.
+    # --no-environment: the demo's ports may be in use on a test machine.
     with tempfile.TemporaryDirectory(prefix="dsat-") as short:
         topo = Path(short) / "demo.toml"
         shutil.copyfile(where[1], topo)
