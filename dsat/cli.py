@@ -125,6 +125,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 130
 
 
+def cmd_graph(args: argparse.Namespace) -> int:
+    from dsat import graph, topology
+
+    data = graph.render(graph.to_dot(topology.load(args.topology)), args.format)
+    if args.output:
+        Path(args.output).write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsat", description="DSAT: a metrics pipeline for Graphite.")
     parser.add_argument("--version", action="version", version=f"dsat {__version__}")
@@ -186,6 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-p99", type=float, default=1000.0, help="--rate max: the p99 latency bound, ms (default 1000)")
     p.add_argument("--max-loss", type=float, default=0.0, help="--rate max: the share of loss allowed (default 0)")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("graph", help="draw a topology: steps, hosts, links, routes, carbon destinations")
+    p.add_argument("topology")
+    p.add_argument("--format", choices=["dot", "svg", "png"], default="dot", help="svg and png need Graphviz's dot")
+    p.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of standard output")
+    p.set_defaults(func=cmd_graph)
 
     p = sub.add_parser("demo", help="run the demo topology with a local carbon-cache and graphite-web")
     p.add_argument("--topology", help="a topology to run instead of the packaged demo")

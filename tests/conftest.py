@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,20 @@ import whisper
 from dsat.stack import LocalStack, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def install_missing_programs(packages: Mapping[str, str]) -> None:
+    """Install with apt-get the Debian package of each program (``{program: package}``) not on the PATH."""
+    missing = sorted({pkg for prog, pkg in packages.items() if shutil.which(prog) is None})
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        pytest.fail(f"this test needs {', '.join(missing)} and is not root to install them with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            pytest.fail(f"cannot install {missing}: {' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-3000:]}")
 
 
 def wait_for(

@@ -41,7 +41,7 @@ import yaml
 
 from dsat import naming
 from dsat.stack import free_port
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, install_missing_programs, wait_for
 
 pytestmark = pytest.mark.compose
 
@@ -152,25 +152,12 @@ class Engine:
         return self.run(sys.executable, str(PODMAN_UP), "-p", project, "-f", str(COMPOSE), env=env, timeout=900)
 
 
-def install_missing_programs() -> None:
-    missing = sorted({pkg for prog, pkg in PACKAGES.items() if shutil.which(prog) is None})
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        pytest.fail(f"the compose test needs {', '.join(missing)} and is not root to install them with apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            pytest.fail(f"cannot install {missing}: {' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     """A working podman with the stand-in base image and the two DSAT images built from docker/Dockerfile."""
     shutil.rmtree(ARTIFACTS, ignore_errors=True)
     ARTIFACTS.mkdir(parents=True)
-    install_missing_programs()
+    install_missing_programs(PACKAGES)
     conf = tmp_path_factory.mktemp("podman") / "containers.conf"
     conf.write_text(CONTAINERS_CONF)
     podman = Engine(conf, ARTIFACTS / "commands.log")
@@ -278,7 +265,7 @@ def whisper_files(podman: Engine, container: str) -> set[str]:
 
 def test_the_compose_file_is_valid() -> None:
     """docker-compose (the Compose v1 reference parser, no engine needed) accepts docker/compose.yaml."""
-    install_missing_programs()
+    install_missing_programs(PACKAGES)
     done = subprocess.run(
         ["docker-compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60
     )
