@@ -13,4 +13,6 @@ release = __version__
 version = ".".join(__version__.split(".")[:2])
 extensions = ["sphinx.ext.autodoc"]
 exclude_patterns = ["_build"]
+# docs/_static/demo-topology.svg (dsat graph of the demo) is served there; README.rst shows it by that URL.
+html_static_path = ["_static"]
 html_theme = "alabaster"
