@@ -6,8 +6,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 GPG_KEY ?=
+DIST    ?= dist
 
-.PHONY: demo test lint venv docs dist release clean
+.PHONY: demo test lint venv docs dist release sign clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,22 +36,26 @@ docs: $(STAMP)
 # The sdist and the wheel in dist/; make test checks them (tests/test_dist.py: twine check --strict,
 # the wheel installed in a fresh venv runs dsat --version and dsat validate on its demo topology).
 dist: $(STAMP)
-	rm -rf dist
-	$(BIN)/python -m build --outdir dist .
-	$(BIN)/twine check --strict dist/*
+	rm -rf $(DIST)
+	$(BIN)/python -m build --outdir $(DIST) .
+	$(BIN)/twine check --strict $(DIST)/*
 
-# dist/, with a detached GPG signature (.asc) of each file; docs/release.rst has the steps around it.
+# dist/, each file with a detached GPG signature (.asc); docs/release.rst has the steps around it.
 release: dist
+	@$(MAKE) --no-print-directory sign DIST=$(DIST)
+
+# Sign what is in $(DIST) (dist/ by default) with GPG_KEY (gpg's default key when empty).
+sign:
 	@if ! command -v gpg >/dev/null 2>&1; then \
 		echo "make release: gpg is not installed; apt-get install gnupg, then make release again" >&2; exit 1; fi
 	@if [ -z "$$(gpg --list-secret-keys $(GPG_KEY) 2>/dev/null)" ]; then \
 		echo "make release: no GPG secret key$(if $(GPG_KEY), for $(GPG_KEY),) to sign with." >&2; \
-		echo "  create one (gpg --full-generate-key) or import yours (gpg --import KEY.asc)," >&2; \
-		echo "  then make release [GPG_KEY=you@example.org]; dist/ holds the unsigned files" >&2; exit 1; fi
-	for f in dist/*.tar.gz dist/*.whl; do \
-		gpg --batch --yes --armor --detach-sign $(if $(GPG_KEY),--local-user $(GPG_KEY),) "$$f" && gpg --verify "$$f.asc" "$$f"; \
+		echo "  Create one (gpg --full-generate-key) or import yours (gpg --import KEY.asc)," >&2; \
+		echo "  then run make release [GPG_KEY=you@example.org]; $(DIST)/ holds the unsigned files." >&2; exit 1; fi
+	@for f in $(DIST)/*.tar.gz $(DIST)/*.whl; do \
+		gpg --batch --yes --armor --detach-sign $(if $(GPG_KEY),--local-user $(GPG_KEY),) "$$f" && \
+		gpg --verify "$$f.asc" "$$f" 2>/dev/null && echo "signed $$f.asc" || exit 1; \
 	done
-	@ls -l dist
 
 clean:
 	rm -rf $(VENV) .dsat docs/_build dist

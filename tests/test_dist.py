@@ -9,6 +9,7 @@ import sys
 import tempfile
 import venv
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,59 @@ def test_the_wheel_installed_in_a_fresh_venv_validates_the_packaged_demo(dist: P
         )
     assert valid.returncode == 0, valid.stderr
     assert "OK (7 satellites" in valid.stdout
+
+
+@pytest.fixture
+def gnupg() -> Iterator[dict[str, str]]:
+    """An empty GnuPG home of the test's own (short: gpg-agent's socket lives there), its agent stopped after."""
+    home = tempfile.mkdtemp(prefix="dsat-gpg-")
+    os.chmod(home, 0o700)
+    env = {**os.environ, "GNUPGHOME": home}
+    yield env
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True)
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def unsigned(dist: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "dist"
+    out.mkdir()
+    for f in (built(dist, "*.tar.gz"), built(dist, "*.whl")):
+        shutil.copy(f, out)
+    return out
+
+
+def test_make_release_without_a_key_says_how_to_get_one(dist: Path, tmp_path: Path, gnupg: dict[str, str]) -> None:
+    """With no GPG secret key, the signing step of make release fails, says what to do, and signs nothing."""
+    files = unsigned(dist, tmp_path)
+    done = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "sign", f"DIST={files}"], capture_output=True, text=True, env=gnupg
+    )
+    assert done.returncode != 0
+    assert "no GPG secret key" in done.stderr and "gpg --full-generate-key" in done.stderr
+    assert not list(files.glob("*.asc"))
+
+
+def test_make_release_signs_each_file_with_the_configured_key(
+    dist: Path, tmp_path: Path, gnupg: dict[str, str]
+) -> None:
+    """With a key, make release leaves a detached .asc signature beside the sdist and the wheel, and it verifies."""
+    uid = "DSAT release test <release-test@example.invalid>"
+    subprocess.run(
+        ["gpg", "--batch", "--passphrase", "", "--quick-generate-key", uid, "default", "default", "never"],
+        check=True,
+        capture_output=True,
+        env=gnupg,
+    )
+    files = unsigned(dist, tmp_path)
+    done = subprocess.run(
+        ["make", "-s", "-C", str(ROOT), "sign", f"DIST={files}", "GPG_KEY=release-test@example.invalid"],
+        capture_output=True,
+        text=True,
+        env=gnupg,
+    )
+    assert done.returncode == 0, done.stderr
+    for f in (built(files, "*.tar.gz"), built(files, "*.whl")):
+        signature = Path(f"{f}.asc")
+        assert signature.read_text().startswith("-----BEGIN PGP SIGNATURE-----")
+        check = subprocess.run(["gpg", "--verify", str(signature), str(f)], capture_output=True, text=True, env=gnupg)
+        assert check.returncode == 0 and uid in check.stderr
