@@ -26,7 +26,6 @@ It exits non-zero when a relay did not deliver every datapoint.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import functools
 import json
@@ -51,6 +50,7 @@ from typing import Any
 
 import psutil
 
+from dsat.bench import stop_group
 from dsat.stack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -379,17 +379,6 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], seconds: float) -> 
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds:.0f} s")
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the relay, then SIGKILL its process group (it has its own session) in case something lingers."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(15)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def cpu_seconds(pid: int) -> float:
     """User and system CPU time used so far by *pid* and its descendants: the whole relay."""
     top = psutil.Process(pid)
@@ -489,7 +478,7 @@ def measure(
             if client_proc is not None:
                 client_proc.terminate()
                 client_proc.join()
-            stop(proc)
+            stop_group(proc, 15)
             sink_proc.terminate()
             sink_proc.join()
         if not complete:

@@ -140,7 +140,8 @@ def derive(source: Path, work: Path, options: Options) -> Plan:
         f"127.0.0.1:{port}" + (f":{instance}" if instance else "")
         for port, (_h, _p, instance) in zip(sink_ports, original.carbon.destinations, strict=True)
     ]
-    changes.append(f"carbon destinations -> the bench's {options.carbon} on ports {sink_ports}")
+    behind = " (a carbon-cache behind it)" if options.carbon == "real" else ""
+    changes.append(f"carbon destinations -> the bench's counting sink{behind} on ports {sink_ports}")
     doc.setdefault("tracker", {})["metrics_every"] = "1s"
     changes.append("DSAT's own metrics every 1s")
     plan = Plan(work / "bench.toml", original, sink_ports, changes)
@@ -276,20 +277,16 @@ class Running:
                     cmd = child.cmdline()
                     if cmd[1:4] == ["-m", "dsat", "run"]:
                         found[cmd[-1]] = child
+        if self.carbon is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                found["carbon-cache"] = psutil.Process(self.carbon.pid)
         return found
 
     def close(self) -> None:
         """SIGTERM ``dsat up`` (it stops its steps downstream), then kill whatever is left of every group."""
         for proc in (self.up, self.carbon):
-            if proc is None:
-                continue
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(30)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            if proc is not None:
+                stop_group(proc, 30)
         if self.control is not None:
             self.control.close()
         if self.sink is not None:
@@ -297,6 +294,17 @@ class Running:
             if self.sink.is_alive():
                 self.sink.kill()
                 self.sink.join()
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM *proc*, wait up to *timeout* s, then SIGKILL its process group (it has a session of its own)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _listening(host: str, port: int) -> bool:
