@@ -244,3 +244,15 @@ def test_ctrl_c_stops_every_process_and_removes_every_file(tmp_path: Path) -> No
         time.sleep(0.1)
     assert not [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert bench_dirs() == before
+
+
+@pytest.mark.e2e
+def test_carbon_real_puts_a_carbon_cache_behind_the_sink(tmp_path: Path) -> None:
+    """--carbon real: the counted bytes go on to a real carbon-cache, which shows in the processes measured."""
+    topo = write_topology(tmp_path, SMALL)
+    done = run_bench(str(topo), "--carbon", "real", "--rate", "3000", "--duration", "1.5", "--json", "-")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout[done.stdout.index("{\n") :])
+    assert report["carbon"] == "real" and report["sent"] == 4500 and report["lost"] == 0
+    assert report["processes"]["carbon-cache"]["peak_rss_mb"] > 1
+    assert any("a carbon-cache behind the sink" in change for change in report["changes"])
