@@ -288,6 +288,8 @@ class Running:
             if proc is not None:
                 stop_group(proc, 30)
         if self.control is not None:
+            with contextlib.suppress(OSError):
+                self.control.send(("stop",))  # the forked sink holds both ends of the pipe: no EOF reaches it
             self.control.close()
         if self.sink is not None:
             self.sink.join(5)

@@ -13,7 +13,8 @@ forwards every byte to a real carbon-cache, so carbon's own pace holds the
 pipeline back as in production.
 
 The bench talks to it over a pipe: ``("phase", Phase)`` starts counting a new
-phase from zero, ``("report",)`` answers with a :class:`Tally` as a dict.
+phase from zero, ``("report",)`` answers with a :class:`Tally` as a dict,
+``("stop",)`` ends it.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def serve(
     control: Connection,
     upstreams: list[tuple[str, int]] | None = None,
 ) -> None:
-    """Count what arrives on *listeners* until the bench closes *control*; forward to *upstreams* if given."""
+    """Count what arrives on *listeners* until the bench says stop; forward to *upstreams* if given."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the bench's to handle: it closes *control*
     counting = Counting()
     selector = selectors.DefaultSelector()
@@ -196,6 +197,8 @@ def serve(
                 try:
                     message = control.recv()
                 except EOFError:
+                    return
+                if message[0] == "stop":
                     return
                 if message[0] == "phase":
                     counting.start(message[1])

@@ -172,17 +172,17 @@ def run_bench(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[s
 
 @pytest.mark.integration
 def test_bench_reports_every_figure_and_the_counts_add_up(tmp_path: Path) -> None:
-    """Two seconds of ingress load: the JSON report has every field, sent = delivered + lost, nothing left behind."""
+    """A second of ingress load: the JSON report has every field, sent = delivered + lost, nothing left behind."""
     topo = write_topology(tmp_path, SMALL)
     before = bench_dirs()
     out = tmp_path / "report.json"
-    done = run_bench(str(topo), "--rate", "5000", "--duration", "2", "--names", "500", "--json", str(out))
+    done = run_bench(str(topo), "--rate", "5000", "--duration", "1", "--names", "500", "--json", str(out))
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
     for key in ("sent", "delivered", "lost", "duplicates", "throughput", "latency_ms", "tracker", "orchester"):
         assert key in report, key
     assert report["sent"] == report["delivered"] + report["lost"]
-    assert report["sent"] == 10_000 and report["lost"] == 0 and report["duplicates"] == 0
+    assert report["sent"] == 5_000 and report["lost"] == 0 and report["duplicates"] == 0
     lat = report["latency_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
     assert set(report["orchester"]) == {"spooled", "dropped", "resent", "replayed"}
@@ -190,7 +190,7 @@ def test_bench_reports_every_figure_and_the_counts_add_up(tmp_path: Path) -> Non
     assert report["processes"]["orchester"]["cpu_seconds"] > 0
     assert all(p["peak_rss_mb"] > 1 for p in report["processes"].values())
     assert "gen" in report["tracker"]["steps"]
-    assert "sent 10,000 = delivered 10,000 + lost 0" in done.stdout
+    assert "sent 5,000 = delivered 5,000 + lost 0" in done.stdout
     assert "latency ms (entering DSAT -> Carbon socket): p50" in done.stdout
     assert bench_dirs() == before
 
@@ -201,7 +201,7 @@ def test_bench_compare_runs_both_topologies_on_the_same_collector_load(tmp_path:
     first = write_topology(tmp_path, SMALL, "direct.toml")
     second = write_topology(tmp_path, WITH_RATE, "with-rate.toml")
     done = run_bench(
-        str(first), "--compare", str(second), "--payload", "collectors", "--rate", "4000", "--duration", "2",
+        str(first), "--compare", str(second), "--payload", "collectors", "--rate", "4000", "--duration", "1.5",
         "--json", "-",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -209,7 +209,7 @@ def test_bench_compare_runs_both_topologies_on_the_same_collector_load(tmp_path:
     one, two = result["runs"]
     assert one["topology"] == str(first) and two["topology"] == str(second)
     for report in (one, two):
-        assert report["sent"] == report["delivered"] + report["lost"] and report["sent"] > 7000
+        assert report["sent"] == report["delivered"] + report["lost"] and report["sent"] > 5000
         assert report["payload"] == "collectors"
     assert one["lost"] == 0
     # rate turns counters into rates: the first sample of each name gives nothing, and that shows as lost.
@@ -250,9 +250,9 @@ def test_ctrl_c_stops_every_process_and_removes_every_file(tmp_path: Path) -> No
 def test_carbon_real_puts_a_carbon_cache_behind_the_sink(tmp_path: Path) -> None:
     """--carbon real: the counted bytes go on to a real carbon-cache, which shows in the processes measured."""
     topo = write_topology(tmp_path, SMALL)
-    done = run_bench(str(topo), "--carbon", "real", "--rate", "3000", "--duration", "1.5", "--json", "-")
+    done = run_bench(str(topo), "--carbon", "real", "--rate", "3000", "--duration", "1", "--json", "-")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout[done.stdout.index("{\n") :])
-    assert report["carbon"] == "real" and report["sent"] == 4500 and report["lost"] == 0
+    assert report["carbon"] == "real" and report["sent"] == 3000 and report["lost"] == 0
     assert report["processes"]["carbon-cache"]["peak_rss_mb"] > 1
     assert any("a carbon-cache behind the sink" in change for change in report["changes"])
