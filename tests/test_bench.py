@@ -256,3 +256,22 @@ def test_carbon_real_puts_a_carbon_cache_behind_the_sink(tmp_path: Path) -> None
     assert report["carbon"] == "real" and report["sent"] == 3000 and report["lost"] == 0
     assert report["processes"]["carbon-cache"]["peak_rss_mb"] > 1
     assert any("a carbon-cache behind the sink" in change for change in report["changes"])
+
+
+@pytest.mark.integration
+def test_rate_max_reports_the_highest_rate_that_held_among_its_probes(tmp_path: Path) -> None:
+    """--rate max: probes double then bisect on one running topology; the rate reported is a probe that held."""
+    topo = write_topology(tmp_path, SMALL)
+    done = run_bench(str(topo), "--rate", "max", "--duration", "0.5", "--max-p99", "20", "--json", "-", timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout[done.stdout.index("{\n") :])
+    probes = report["max_rate"]["probes"]
+    assert [p["rate"] for p in probes[:2]] == [1000, 2000]
+    held = [
+        p["rate"]
+        for p in probes
+        if p["lost"] == 0 and (p["latency_ms"]["p99"] or 1e9) <= 20 and p["offered_rate"] >= 0.95 * p["rate"]
+    ]
+    assert report["max_rate"]["rate"] == (max(held) if held else None)
+    assert all(p["sent"] > 0 for p in probes)
+    assert "highest rate sustained" in done.stdout
