@@ -162,6 +162,7 @@ def derive(source: Path, work: Path, options: Options) -> Plan:
             sat = doc["satellites"][step.name]
             kind = f"bench_{step.type}"
             if kind not in {spec.name for spec in bench_load.SPECS}:
+                changes.append(f"{step.name}: type {step.type!r} has no bench collector; it sends gauges")
                 kind = "bench_gauge"
             sat["use"] = kind
             sat["options"] = {"phase": str(plan.phase_file), "step": step.name, "share": 1 / len(collectors)}
@@ -393,17 +394,18 @@ def _difference(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]
 class Progress:
     """A live line on a terminal (rewritten in place), a plain line a second otherwise."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
         self.out = out
         self.tty = out.isatty()
-        self._last = 0.0
+        self.clock = clock
+        self._last: float | None = None
 
     def show(self, text: str) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if self.tty:
             self.out.write("\r\x1b[K" + text)
             self.out.flush()
-        elif now - self._last >= 1.0:
+        elif self._last is None or now - self._last >= 1.0:
             self.out.write(text + "\n")
             self.out.flush()
             self._last = now

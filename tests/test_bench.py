@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -275,3 +276,32 @@ def test_rate_max_reports_the_highest_rate_that_held_among_its_probes(tmp_path: 
     assert report["max_rate"]["rate"] == (max(held) if held else None)
     assert all(p["sent"] > 0 for p in probes)
     assert "highest rate sustained" in done.stdout
+
+
+class FakeTerminal(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_rewrites_one_line_on_a_terminal_and_prints_plain_lines_elsewhere() -> None:
+    """On a terminal each update rewrites the line in place; in a file or pipe, plain lines, at most one a second."""
+    terminal = FakeTerminal(tty=True)
+    shown = bench.Progress(terminal)
+    shown.show("a")
+    shown.show("b")
+    shown.done()
+    assert terminal.getvalue() == "\r\x1b[Ka\r\x1b[Kb\r\x1b[K"
+    pipe = FakeTerminal(tty=False)
+    now = [100.0]
+    plain = bench.Progress(pipe, clock=lambda: now[0])
+    plain.show("a")
+    now[0] = 100.9
+    plain.show("b")  # within the same second: not shown
+    now[0] = 101.0
+    plain.show("c")
+    plain.done()
+    assert pipe.getvalue() == "a\nc\n"
