@@ -292,7 +292,7 @@ def published(bind_env: dict[str, str]) -> dict[str, set[str]]:
 
 def test_other_hosts_reach_the_ports_only_when_asked() -> None:
     """DSAT_BIND opens the Graphite/statsd ports wider and DSAT_HTTP_BIND graphite-web; neither opens the other."""
-    install_missing_programs()
+    install_missing_programs(PACKAGES)
     assert published({}) == {"orchester": {"127.0.0.1"}, "graphite-web": {"127.0.0.1"}}
     assert published({"DSAT_BIND": "0.0.0.0"}) == {"orchester": {"0.0.0.0"}, "graphite-web": {"127.0.0.1"}}
     assert published({"DSAT_HTTP_BIND": "0.0.0.0"}) == {"orchester": {"127.0.0.1"}, "graphite-web": {"0.0.0.0"}}
