@@ -46,6 +46,7 @@ import psutil
 from dsat import bench_load, status, topology
 from dsat.bench_load import Phase
 from dsat.errors import BenchError, ConfigError, DsatError
+from dsat.stack import free_port
 
 #: Seconds without a new datapoint at the sink after which a phase's missing datapoints count as lost.
 SETTLE = 3.0
@@ -135,7 +136,7 @@ def derive(source: Path, work: Path, options: Options) -> Plan:
     for key in ("rewrite", "aggregation"):
         if rules.get(key):
             rules[key] = str(source.absolute().parent / rules[key])
-    sink_ports = [free_tcp_port() for _ in original.carbon.destinations]
+    sink_ports = [free_port() for _ in original.carbon.destinations]
     doc.setdefault("carbon", {})["destinations"] = [
         f"127.0.0.1:{port}" + (f":{instance}" if instance else "")
         for port, (_h, _p, instance) in zip(sink_ports, original.carbon.destinations, strict=True)
@@ -147,7 +148,7 @@ def derive(source: Path, work: Path, options: Options) -> Plan:
     plan = Plan(work / "bench.toml", original, sink_ports, changes)
     if options.payload == "ingress":
         if original.ingress.plaintext is None:
-            port = free_tcp_port()
+            port = free_port()
             doc.setdefault("ingress", {})["plaintext"] = f"127.0.0.1:{port}"
             changes.append(f"added a Graphite plaintext ingress on 127.0.0.1:{port}")
         plan.ingress = topology.loads(dump_toml(doc), path=plan.path).ingress.plaintext
@@ -174,12 +175,6 @@ def derive(source: Path, work: Path, options: Options) -> Plan:
     plan.path.write_text(dump_toml(doc))
     plan.topology = topology.load(plan.path, check_environment=True)
     return plan
-
-
-def free_tcp_port() -> int:
-    from dsat.stack import free_port
-
-    return free_port()
 
 
 # -- the processes --------------------------------------------------------------------------------------------
@@ -225,7 +220,7 @@ class Running:
         """One carbon-cache behind the sink: every destination's bytes are forwarded to it."""
         from dsat.stack import LocalStack
 
-        stack = LocalStack(self.work / "carbon", pickle_port=free_tcp_port())
+        stack = LocalStack(self.work / "carbon", pickle_port=free_port())
         stack.prepare_carbon()
         port = stack.pickle_port if self.plan.topology.carbon.protocol == "pickle" else stack.line_port
         with (self.work / "carbon-cache.log").open("wb") as log:
@@ -570,7 +565,8 @@ def bench(source: Path, options: Options, progress: Progress) -> dict[str, Any]:
         probes: list[dict[str, Any]] = []
         ids = iter(range(1, MAX_PROBES + 1))
         best: dict[str, Any] | None = None
-        for item in find_max_rate(lambda r: run_phase(running, next(ids), r, options, progress), _holds(options)):
+        probe = lambda r: run_phase(running, next(ids), r, options, progress)  # noqa: E731
+        for item in find_max_rate(probe, lambda result: passes(result, options)):
             if isinstance(item, tuple):
                 best = item[1]
             else:
@@ -588,10 +584,6 @@ def bench(source: Path, options: Options, progress: Progress) -> dict[str, Any]:
         if running is not None:
             running.close()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _holds(options: Options) -> Callable[[dict[str, Any]], bool]:
-    return lambda result: passes(result, options)
 
 
 # -- the report -----------------------------------------------------------------------------------------------
