@@ -1,4 +1,4 @@
-"""The ``dsat`` command: validate, up, run, status, route, test-rules, bench, graph, demo.
+"""The ``dsat`` command: validate, up, run, status, keys, route, test-rules, bench, graph, demo.
 
 Every sub-command that reads a topology validates it first; a
 :class:`~dsat.errors.ConfigError` is printed with every problem it found and
@@ -20,24 +20,54 @@ from dsat.errors import ConfigError, DsatError
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from dsat import topology
+    from dsat import keys, topology
 
-    topo = topology.load(args.topology, check_environment=args.environment)
+    topo = topology.load(args.topology, check_environment=args.environment and args.host is not None, host=args.host)
+    if topo.multi_host and topo.insecure:
+        plain = ", ".join(sorted(topo.tcp_binders)) or "none yet"
+        print(
+            f"{args.topology}: warning: [dsat] insecure = true: the links between hosts are plain tcp that anyone"
+            f" on the network can read and write to ({plain}); remove it to secure them with CURVE",
+            file=sys.stderr,
+        )
+    if args.host is not None:
+        keys.require_curve(topo)
+        steps = ", ".join(topo.steps_on(args.host)) or "none"
+        print(f"{args.topology}: OK for host {args.host} (steps: {steps}) and the whole graph")
+        return 0
     steps = ", ".join(["tracker", "orchester", *topo.satellites])
     print(f"{args.topology}: OK ({len(topo.satellites)} satellites: {steps})")
+    if topo.multi_host and args.environment:
+        print(f"{args.topology}: this machine not checked: say which host it is with --host NAME")
     return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from dsat import supervisor
 
-    return supervisor.up(args.topology)
+    return supervisor.up(args.topology, host=args.host)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from dsat import process
 
-    return process.run(args.topology, args.step)
+    return process.run(args.topology, args.step, args.host or "")
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from dsat import keys, topology
+
+    topo = topology.load(args.topology)
+    if not topo.multi_host:
+        raise ConfigError(f"{topo.path}: no [hosts], so no link leaves this machine and no key is needed")
+    made = keys.create(topo, replace=args.replace)
+    for host in topo.hosts:
+        state = "new key pair" if host in made else "kept"
+        print(f"{host}: {state}: {keys.public_path(topo.keys_dir, host)}, {keys.secret_path(topo.keys_dir, host)}")
+    print(
+        f"copy {topo.keys_dir}/public/ to every host, and private/HOST.key_secret to HOST only (mode 0600)",
+    )
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -148,18 +178,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-environment",
         dest="environment",
         action="store_false",
-        help="skip the checks of this machine (ports free, run_dir writable)",
+        help="skip the checks of this machine (ports free, run_dir writable, keys present)",
     )
+    p.add_argument("--host", help="check this host's part (a name in [hosts]) on this machine, and the whole graph")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("up", help="run every process of a topology, supervised, until Ctrl-C")
     p.add_argument("topology")
+    p.add_argument("--host", help="run the steps of this host only (a name in [hosts]; needed when there are hosts)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("run", help="run one step of a topology in this process (dsat up does this)")
     p.add_argument("topology")
     p.add_argument("step", help="tracker, orchester or a satellite name")
+    p.add_argument("--host", help="the host this process runs on (a name in [hosts])")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("keys", help="make the CURVE key pair of every host of a topology that has none")
+    p.add_argument("topology")
+    p.add_argument(
+        "--replace", action="append", default=[], metavar="HOST", help="make a new key pair for HOST (key rotation)"
+    )
+    p.set_defaults(func=cmd_keys)
 
     p = sub.add_parser("status", help="show the running tracker's counts per step")
     p.add_argument("topology")

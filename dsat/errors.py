@@ -53,3 +53,9 @@ class PluginError(ConfigError):
 
 class BenchError(DsatError):
     """``dsat bench`` could not run its topology or its load (what failed, and the log to read)."""
+
+
+class KeyFileError(DsatError):
+    """A CURVE key file is missing, unreadable, or a secret key others can read."""
+
+    reason = "bad_key_file"

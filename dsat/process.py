@@ -74,44 +74,76 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any) -> list[Any]:
     return ports
 
 
-def run(topology_path: str | Path, step: str) -> int:
-    """Run one step of a topology until stopped; returns the exit status."""
+def host_of(topo: Any, step: str, host: str) -> str:
+    """The host *step* runs on in this process: *host*, checked against the topology ("" without hosts)."""
+    from dsat.errors import ConfigError
+
+    if not topo.multi_host:
+        return ""
+    if host not in topo.hosts:
+        choices = ", ".join(topo.hosts)
+        raise ConfigError(f"{topo.path}: say which host this is with --host NAME (one of: {choices}), not {host!r}")
+    if step in ("tracker", "orchester", *topo.satellites) and host not in topo.hosts_of(step):
+        raise ConfigError(f"{topo.path}: step {step!r} does not run on host {host!r}; it runs on {topo.hosts_of(step)}")
+    return host
+
+
+def run(topology_path: str | Path, step: str, host: str = "") -> int:
+    """Run one step of a topology (on *host*, for a topology with ``[hosts]``) until stopped."""
     reactor = install_reactor()
     start_logging()
 
     from twisted.internet import defer
 
+    from dsat import keys as keys_mod
     from dsat import topology as topo_mod
     from dsat.events import BREAKER_TOPIC, Reporter, topic_for
-    from dsat.transport import Sender, ZmqReceiver, ZmqSender
+    from dsat.transport import Sender, ZmqReceiver, ZmqSender, start_zap
 
     topo = topo_mod.load(topology_path)
-    where = topo.where
+    host = host_of(topo, step, host)
+    keyring = zap = None
+    if topo.multi_host and not topo.insecure:
+        keys_mod.require_curve(topo)
+        keyring = keys_mod.KeyRing(topo, host)
+        zap = start_zap(keyring.allow_list())
+    # `where` in metric paths is the host a step runs on.
+    where = host or topo.where
     pid = os.getpid()
     senders: list[Sender] = []
     receivers: list[ZmqReceiver] = []
     stop_hooks: list[Callable[[], object]] = []
 
+    def curve(address: str, *, bind: bool) -> Any:
+        return keyring.curve_for(address, bind=bind) if keyring is not None else None
+
+    def sender(pattern: str, address: str, *, bind: bool = False) -> ZmqSender:
+        link_sender = ZmqSender(pattern, address, bind=bind, curve=curve(address, bind=bind))
+        senders.append(link_sender)
+        return link_sender
+
+    def receiver(pattern: str, address: str, on_frame: Any, *, bind: bool = True, **kw: Any) -> ZmqReceiver:
+        link_receiver = ZmqReceiver(pattern, address, on_frame, bind=bind, curve=curve(address, bind=bind), **kw)
+        receivers.append(link_receiver)
+        return link_receiver
+
     def sender_to(name: str) -> ZmqSender:
         link = topo.input_of(name)
-        sender = ZmqSender(link.sender_pattern, link.address)
-        senders.append(sender)
-        return sender
+        return sender(link.sender_pattern, link.address)
 
-    events = ZmqSender("push", topo.tracker.events)
-    senders.append(events)
+    events = sender("push", topo.tracker.events)
     reporter = Reporter(events, step=step, where=where, pid=pid)
 
     if step == "tracker":
         from dsat.tracker import TrackerService
 
-        publisher = ZmqSender("pub", topo.tracker.states, bind=True)
-        senders.append(publisher)
+        publisher = sender("pub", topo.tracker.states, bind=True)
         svc = TrackerService(
             topo, clock=reactor, where=where, publisher=publisher, orchester=sender_to("orchester"), pid=pid
         )
-        receivers.append(ZmqReceiver("pull", topo.tracker.events, svc.on_event))
-        receivers.append(ZmqReceiver("rep", topo.tracker.status, svc.on_status_request))
+        receiver("pull", topo.tracker.events, svc.on_event)
+        receiver("rep", topo.tracker.status, svc.on_status_request)
+        rejections = svc.rejected
         svc.start()
         stop_hooks.append(svc.stop)
     elif step == "orchester":
@@ -157,12 +189,10 @@ def run(topology_path: str | Path, step: str) -> int:
         stop_hooks.append(lambda: defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports]))
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(orch.reload_rules))
         link = topo.orchester.listen
-        orchester_input = ZmqReceiver(link.pattern, link.address, orch.on_frame)
-        receivers.append(orchester_input)
-        receivers.append(
-            ZmqReceiver("sub", topo.tracker.states, orch.on_published, bind=False, topics=(BREAKER_TOPIC,))
-        )
-        receivers.append(ZmqReceiver("sub", topo.orchester.control, orch.on_control))
+        orchester_input = receiver(link.pattern, link.address, orch.on_frame)
+        receiver("sub", topo.tracker.states, orch.on_published, bind=False, topics=(BREAKER_TOPIC,))
+        receiver("sub", topo.orchester.control, orch.on_control)
+        rejections = orch.rejected
         orch.start(orchester_input)
         stop_hooks.append(orch.stop)
 
@@ -189,25 +219,26 @@ def run(topology_path: str | Path, step: str) -> int:
             pid=pid,
         )
         if conf.listen is not None:
-            receivers.append(ZmqReceiver(conf.listen.pattern, conf.listen.address, runtime.on_frame))
-        receivers.append(
-            ZmqReceiver(
-                "sub", topo.tracker.states, runtime.on_published, bind=False, topics=(topic_for(step), BREAKER_TOPIC)
-            )
-        )
+            receiver(conf.listen.pattern, conf.listen.address, runtime.on_frame)
+        receiver("sub", topo.tracker.states, runtime.on_published, bind=False, topics=(topic_for(step), BREAKER_TOPIC))
+        rejections = runtime.rejected
         runtime.start()
         stop_hooks.insert(0, runtime.stop)
 
+    if zap is not None:
+        zap.count_into(rejections)  # refused peers show in this step's own metrics
+        stop_hooks.append(zap.close)
+
     @defer.inlineCallbacks
     def graceful_stop() -> Any:
-        for receiver in receivers:
-            receiver.close()
+        for link_receiver in receivers:
+            link_receiver.close()
         for hook in stop_hooks:
             yield hook()
-        flushes = [sender.flush(DRAIN_SECONDS) for sender in senders]
+        flushes = [link_sender.flush(DRAIN_SECONDS) for link_sender in senders]
         yield defer.Deferred.fromFuture(asyncio.ensure_future(asyncio.gather(*flushes)))
-        for sender in senders:
-            sender.close()
+        for link_sender in senders:
+            link_sender.close()
 
     reactor.addSystemEventTrigger("before", "shutdown", graceful_stop)
     if os.environ.get("DSAT_SUPERVISED"):

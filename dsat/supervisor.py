@@ -32,15 +32,16 @@ MIN_RESTART_DELAY = 1
 MAX_RESTART_DELAY = 30
 
 
-def step_command(topology_path: Path, step: str) -> list[str]:
-    return [sys.executable, "-m", "dsat", "run", str(topology_path), step]
+def step_command(topology_path: Path, step: str, host: str = "") -> list[str]:
+    return [sys.executable, "-m", "dsat", "run", str(topology_path), step, *(["--host", host] if host else [])]
 
 
-def step_names(topology: Any) -> list[str]:
-    """Every process of a topology, in start order (sinks first, collectors last)."""
+def step_names(topology: Any, host: str = "") -> list[str]:
+    """The processes of a topology on *host* (all without ``[hosts]``), in start order (sinks first)."""
     kinds = {"sink": 0, "transform": 1, "collector": 2}
     sats = sorted(topology.satellites.values(), key=lambda s: (kinds[s.kind], s.name))
-    return ["tracker", "orchester", *(s.name for s in sats)]
+    here = topology.steps_on(host)
+    return [name for name in ["tracker", "orchester", *(s.name for s in sats)] if name in here]
 
 
 class Supervisor:
@@ -62,14 +63,16 @@ class Supervisor:
         self.monitor.addProcess(name, list(args), env={**self.env, **(env or {})}, cwd=cwd)
         self._extras.append(name)
 
-    def add_topology(self, topology: Any) -> None:
+    def add_topology(self, topology: Any, host: str = "") -> None:
+        """Supervise the steps of *topology* that run on *host* (every step without ``[hosts]``)."""
         env = {"DSAT_SUPERVISED": "1", "PYTHONUNBUFFERED": "1"}
-        for step in step_names(topology):
-            self.monitor.addProcess(step, step_command(topology.path, step), env={**self.env, **env})
-        kinds = {name: sat.kind for name, sat in topology.satellites.items()}
+        names = step_names(topology, host)
+        for step in names:
+            self.monitor.addProcess(step, step_command(topology.path, step, host), env={**self.env, **env})
+        kinds = {name: sat.kind for name, sat in topology.satellites.items() if name in names}
         self.stages = [
             [name for name, kind in kinds.items() if kind == stage] for stage in ("collector", "transform", "sink")
-        ] + [["orchester"], ["tracker"]]
+        ] + [[name] for name in ("orchester", "tracker") if name in names]
 
     def start(self) -> None:
         self.monitor.startService()
@@ -91,22 +94,30 @@ class Supervisor:
                 yield task.deferLater(self.reactor, 0.05, lambda: None)
 
 
-def up(topology_path: str | Path, *, extra: Any = None) -> int:
-    """Validate a topology, then run all its processes until stopped.
+def up(topology_path: str | Path, *, extra: Any = None, host: str | None = None) -> int:
+    """Validate a topology, then run all its processes (those of *host*) until stopped.
 
     *extra* is a callable given the supervisor before it starts, to add more
-    processes (``dsat demo`` adds carbon-cache and graphite-web).
+    processes (``dsat demo`` adds carbon-cache and graphite-web).  A topology
+    with ``[hosts]`` needs *host*: each host runs its own part.
     """
-    from dsat import process, topology
+    from dsat import keys, process, topology
+    from dsat.errors import ConfigError
 
-    topo = topology.load(topology_path, check_environment=True)
+    topo = topology.load(topology_path, check_environment=True, host=host)
+    if topo.multi_host and host is None:
+        raise ConfigError(
+            f"{topo.path}: this topology spans hosts; start this one's part with --host NAME"
+            f" (one of: {', '.join(topo.hosts)})"
+        )
+    keys.require_curve(topo)
     reactor = process.install_reactor()
     process.start_logging()
     topo.run_dir.mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor(reactor)
     if extra is not None:
         extra(supervisor, topo)
-    supervisor.add_topology(topo)
+    supervisor.add_topology(topo, host or "")
     reactor.callWhenRunning(supervisor.start)
     reactor.addSystemEventTrigger("before", "shutdown", supervisor.stop)
     reactor.run()

@@ -8,6 +8,12 @@ one address, unix socket paths short enough), and, when asked, this machine
 (``run_dir`` writable, tcp ports free).  A problem reads
 ``<file>: <key path>: <what is wrong>; <how to fix>``.  The file format is
 documented in ``docs/topology.rst``.
+
+A topology with ``[hosts]`` spans many machines: each step runs on one host
+(or, for a collector, on several), and every link whose ends are on different
+hosts gets a ``tcp://`` address derived here from the binding host's address
+and ``[dsat] port_base``; links within one host stay ``ipc://``.  Those tcp
+links are secured with CURVE (:mod:`dsat.keys`) unless ``[dsat] insecure``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -38,7 +44,10 @@ PROTOCOLS = ("pickle", "plaintext")
 #: sun_path is 108 bytes including the terminating NUL.
 MAX_IPC_PATH = 107
 
-_TABLES = ("dsat", "tracker", "orchester", "carbon", "ingress", "rules", "spool", "satellites")
+_TABLES = ("dsat", "hosts", "groups", "tracker", "orchester", "carbon", "ingress", "rules", "spool", "satellites")
+#: Offsets from ``[dsat] port_base`` of the derived tcp ports; receiving satellites follow, in name order.
+TCP_PORTS = {"tracker.events": 0, "tracker.states": 1, "orchester.listen": 2}
+SATELLITE_PORTS_FROM = 10
 SPOOL_POLICIES = ("drop_oldest", "block")
 SPOOL_SYNC = ("full", "normal")
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -70,7 +79,8 @@ class Step:
     every: float | None
     next: tuple[str, ...]
     options: Mapping[str, Any]
-    host: str
+    #: The hosts it runs on (one process on each); empty in a topology without ``[hosts]``.
+    hosts: tuple[str, ...]
     listen: Link | None
     codec: str
 
@@ -91,6 +101,7 @@ class TrackerConf:
     breaker_threshold: float = 0.5
     breaker_min_failures: int = 5
     breaker_cooldown: float = 30.0
+    host: str = ""
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,7 @@ class OrchesterConf:
     control: str
     routes: Mapping[str, tuple[str, ...]]
     max_queue: int
+    host: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,6 +162,14 @@ class SpoolConf:
 
 
 @dataclass(frozen=True)
+class Host:
+    """A machine of a multi-host topology: its name and the address the other hosts reach it at."""
+
+    name: str
+    address: str
+
+
+@dataclass(frozen=True)
 class Topology:
     """A validated topology file; addresses have ``{run_dir}`` expanded."""
 
@@ -167,6 +187,37 @@ class Topology:
     registry: Mapping[str, SatelliteSpec]
     ingress: IngressConf = IngressConf()
     rules: RulesConf = RulesConf()
+    #: ``[hosts]``: empty for a topology that runs on one machine.
+    hosts: Mapping[str, Host] = field(default_factory=lambda: MappingProxyType({}))
+    #: ``[dsat] insecure``: derived tcp links go without CURVE.
+    insecure: bool = False
+    #: ``[dsat] keys``: ``public/HOST.key`` and ``private/HOST.key_secret`` per host.
+    keys_dir: Path = Path("keys")
+    port_base: int = 7400
+    #: Every derived tcp address -> the host that binds it (and whose key a connecting peer checks).
+    tcp_binders: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def multi_host(self) -> bool:
+        return bool(self.hosts)
+
+    def hosts_of(self, step: str) -> tuple[str, ...]:
+        """The hosts *step* (tracker, orchester or a satellite) runs on; ``("",)`` without ``[hosts]``."""
+        if step == "tracker":
+            host = self.tracker.host
+        elif step == "orchester":
+            host = self.orchester.host
+        else:
+            return self.satellites[step].hosts or ("",)
+        return (host,)
+
+    def steps_on(self, host: str) -> list[str]:
+        """The steps that run on *host* (every step without ``[hosts]``)."""
+        return [name for name in ("tracker", "orchester", *self.satellites) if host in self.hosts_of(name)]
+
+    def secured(self, address: str) -> bool:
+        """Whether *address* is a derived tcp link, so both ends speak CURVE."""
+        return address in self.tcp_binders and not self.insecure
 
     def input_of(self, step: str) -> Link:
         """The receiving link of ``orchester`` or a satellite; KeyError for a collector."""
@@ -183,6 +234,11 @@ class Topology:
         if type in routes:
             return routes[type]
         return routes.get("*", ())
+
+    def binds_on(self, host: str) -> list[tuple[str, str]]:
+        """The addresses the steps on *host* bind, as ``(key path, address)``."""
+        here = self.steps_on(host)
+        return [(key, address) for key, address in self.binds() if _binder(key) in here]
 
     def binds(self) -> list[tuple[str, str]]:
         """Every address some process binds, as ``(key path, address)``."""
@@ -201,6 +257,13 @@ class Topology:
 
 
 # -- helpers -----------------------------------------------------------------
+
+
+def _binder(key: str) -> str:
+    """The step that binds the address at key path *key* (``tracker.events`` -> ``tracker``)."""
+    table, name, *_ = key.split(".")
+    return name if table == "satellites" else table
+
 
 _DURATION_HINT = 'write a duration like "250ms", "10s", "5m", "1h" or a number of seconds'
 
@@ -261,6 +324,9 @@ _DURATION_TYPES = (str, int, float)
 #: table -> key -> (accepted types, an example to show in the fix).
 _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     "dsat": {
+        "insecure": ((bool,), "insecure = true"),
+        "keys": ((str,), 'keys = "keys"'),
+        "port_base": ((int,), "port_base = 7400"),
         "prefix": ((str,), 'prefix = "dsat"'),
         "where": ((str,), 'where = "web01"'),
         "run_dir": ((str,), 'run_dir = ".dsat/run"'),
@@ -280,6 +346,10 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "breaker_threshold": ((int, float), "breaker_threshold = 0.5"),
         "breaker_min_failures": ((int,), "breaker_min_failures = 5"),
         "breaker_cooldown": (_DURATION_TYPES, 'breaker_cooldown = "30s"'),
+        "host": ((str,), 'host = "hub"'),
+    },
+    "host": {
+        "address": ((str,), 'address = "10.0.0.1"'),
     },
     "orchester": {
         "listen": ((str,), 'listen = "ipc://{run_dir}/orchester"'),
@@ -287,6 +357,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "control": ((str,), 'control = "ipc://{run_dir}/orchester-control"'),
         "max_queue": ((int,), "max_queue = 1000000"),
         "routes": ((dict,), '[orchester.routes] then "*" = ["carbon"]'),
+        "host": ((str,), 'host = "hub"'),
     },
     "carbon": {
         "destinations": ((list,), 'destinations = ["127.0.0.1:2004"]'),
@@ -322,13 +393,20 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "every": (_DURATION_TYPES, 'every = "10s"'),
         "next": ((list,), 'next = ["orchester"]'),
         "options": ((dict,), "options = { percpu = true }"),
-        "host": ((str,), 'host = "localhost"'),
+        "host": ((str, list), 'host = "web01" or host = ["web01", "web02"] or a [groups] name'),
         "listen": ((str,), 'listen = "ipc://{run_dir}/sat-NAME"'),
         "pattern": ((str,), 'pattern = "pull"'),
         "codec": ((str,), 'codec = "msgpack"'),
     },
 }
-_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "a table"}
+_TYPE_NAMES = {
+    bool: "true or false",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    dict: "a table",
+}
 
 
 def _check_table(problems: _Problems, key: str, table: Any, schema: str) -> dict[str, Any]:
@@ -346,7 +424,7 @@ def _check_table(problems: _Problems, key: str, table: Any, schema: str) -> dict
             )
             continue
         types, example = allowed[name]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             want = 'a duration like "10s" or a number' if types == _DURATION_TYPES else _TYPE_NAMES[types[0]]
             problems.add(
                 f"{key}.{name}",
@@ -399,15 +477,23 @@ def _duration(problems: _Problems, key: str, value: Any, default: float) -> floa
 
 
 def load(
-    path: str | Path, registry: Mapping[str, SatelliteSpec] | None = None, *, check_environment: bool = False
+    path: str | Path,
+    registry: Mapping[str, SatelliteSpec] | None = None,
+    *,
+    check_environment: bool = False,
+    host: str | None = None,
 ) -> Topology:
-    """Read and validate a topology file; raises ConfigError listing every problem found."""
+    """Read and validate a topology file; raises ConfigError listing every problem found.
+
+    With *host* (a topology with ``[hosts]``), the environment checks are
+    those of that host: its binds, its key files.
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the topology: {exc}") from None
-    return loads(text, path=path, registry=registry, check_environment=check_environment)
+    return loads(text, path=path, registry=registry, check_environment=check_environment, host=host)
 
 
 def loads(
@@ -416,6 +502,7 @@ def loads(
     path: Path,
     registry: Mapping[str, SatelliteSpec] | None = None,
     check_environment: bool = False,
+    host: str | None = None,
 ) -> Topology:
     """Validate a topology given as text; *path* names it in messages and anchors a relative ``run_dir``.
 
@@ -439,9 +526,17 @@ def loads(
     problems.raise_if_any()
     _graph(problems, topo)
     _rules(problems, topo)
+    if host is not None and host not in topo.hosts:
+        known = list(topo.hosts)
+        problems.add(
+            "--host",
+            f'"{host}" is not in [hosts]; {_suggest(host, known)}hosts are: {", ".join(known)}'
+            if known
+            else f'"{host}": this topology has no [hosts] and runs on one machine; drop --host',
+        )
     problems.raise_if_any()
     if check_environment:
-        _environment(problems, topo)
+        _environment(problems, topo, host)
         problems.raise_if_any()
     return topo
 
@@ -508,6 +603,12 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
     def addr(key: str, value: str) -> str:
         return _address(problems, key, value, run_dir)
 
+    hosts, groups = _hosts_tables(problems, doc)
+    first_host = next(iter(hosts), "")
+
+    def placed(key: str, value: str | list[str] | None, default: str) -> tuple[str, ...]:
+        return _placement(problems, key, value, hosts, groups, default)
+
     tr = _check_table(problems, "tracker", doc.get("tracker", {}), "tracker")
     tracker = TrackerConf(
         events=addr("tracker.events", tr.get("events", "ipc://{run_dir}/tracker-events")),
@@ -533,6 +634,8 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         problems.add("tracker.breaker_min_failures", f"{tracker.breaker_min_failures} must be at least 1")
 
     orc = _check_table(problems, "orchester", doc.get("orchester", {}), "orchester")
+    (orchester_host,) = placed("orchester.host", orc.get("host"), first_host)[:1] or ("",)
+    (tracker_host,) = placed("tracker.host", tr.get("host"), orchester_host)[:1] or ("",)
     raw_routes = orc.get("routes", {"*": ["carbon"]})
     if not raw_routes:
         problems.add("orchester.routes", 'no route: the orchester would drop everything; add "*" = ["carbon"]')
@@ -556,7 +659,9 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         control=addr("orchester.control", orc.get("control", "ipc://{run_dir}/orchester-control")),
         routes=MappingProxyType(routes),
         max_queue=max_queue,
+        host=orchester_host,
     )
+    tracker = replace(tracker, host=tracker_host)
 
     raw_carbon = doc.get("carbon", {})
     car = _check_table(problems, "carbon", raw_carbon, "carbon")
@@ -657,10 +762,14 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         problems.add("satellites", "must be tables, one per satellite; write [satellites.NAME]")
         raw_sats = {}
     for name, raw in raw_sats.items():
-        step = _satellite(problems, name, raw, registry, run_dir, codec)
+        step = _satellite(problems, name, raw, registry, run_dir, codec, placed, orchester_host)
         if step is not None:
             satellites[name] = step
-    return Topology(
+    port_base = top.get("port_base", 7400)
+    if not 0 < port_base <= 65535 - SATELLITE_PORTS_FROM - len(satellites):
+        problems.add("dsat.port_base", f"{port_base}: the derived ports must stay within 1-65535; lower it")
+    keys_dir = Path(top.get("keys", "keys"))
+    topo = Topology(
         path=path,
         prefix=prefix,
         # DSAT_WHERE lets one topology file serve many hosts (the compose stack sets it).
@@ -675,6 +784,182 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         registry=registry,
         ingress=ingress,
         rules=rules,
+        hosts=MappingProxyType(hosts),
+        insecure=top.get("insecure", False),
+        keys_dir=Path(os.path.normpath(keys_dir if keys_dir.is_absolute() else path.parent / keys_dir)),
+        port_base=port_base,
+    )
+    return _derive_links(problems, topo, doc) if hosts else topo
+
+
+def _hosts_tables(problems: _Problems, doc: dict[str, Any]) -> tuple[dict[str, Host], dict[str, tuple[str, ...]]]:
+    """``[hosts.NAME]`` (each with its address) and ``[groups]`` (a name for a list of hosts)."""
+    hosts: dict[str, Host] = {}
+    raw_hosts = doc.get("hosts", {})
+    if not isinstance(raw_hosts, dict):
+        problems.add("hosts", 'must be tables, one per host; write [hosts.NAME] address = "10.0.0.1"')
+        raw_hosts = {}
+    for name, raw in raw_hosts.items():
+        key = f"hosts.{_key(name)}"
+        if not _NAME.fullmatch(name):
+            problems.add(key, "a host name holds only letters, digits, '_' and '-'; rename the host")
+            continue
+        entry = _check_table(problems, key, raw, "host")
+        address = entry.get("address", "").strip("[]")
+        if not address or any(c in address for c in "/ \t@"):
+            if isinstance(raw, dict) and ("address" in entry or "address" not in raw):
+                problems.add(f"{key}.address", 'needed: the address other hosts reach it at, e.g. "10.0.0.1"')
+            continue
+        hosts[name] = Host(name, address)
+    groups: dict[str, tuple[str, ...]] = {}
+    raw_groups = doc.get("groups", {})
+    if not isinstance(raw_groups, dict):
+        problems.add("groups", 'must be a table of host lists; write [groups] then web = ["web01", "web02"]')
+        raw_groups = {}
+    for name, members in raw_groups.items():
+        key = f"groups.{_key(name)}"
+        if name in hosts:
+            problems.add(key, f'"{name}" is already a host name; give the group another name')
+        elif not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+            problems.add(key, 'must be a non-empty list of host names, e.g. ["web01", "web02"]')
+        elif unknown := [m for m in members if m not in hosts]:
+            problems.add(key, f"unknown host {unknown[0]!r}; hosts are: {', '.join(hosts) or '(none)'}")
+        else:
+            groups[name] = tuple(dict.fromkeys(members))
+    return hosts, groups
+
+
+def _placement(
+    problems: _Problems,
+    key: str,
+    value: str | list[str] | None,
+    hosts: Mapping[str, Host],
+    groups: Mapping[str, tuple[str, ...]],
+    default: str,
+) -> tuple[str, ...]:
+    """The hosts a ``host`` value names (a host, a group or a list of either); *default* when absent."""
+    if value is None:
+        return (default,) if hosts else ()
+    if not hosts:
+        problems.add(key, '[hosts] names no host; add [hosts.NAME] address = "10.0.0.1", or remove the key')
+        return ()
+    names = [value] if isinstance(value, str) else value
+    placed: list[str] = []
+    for name in names:
+        if not isinstance(name, str):
+            problems.add(key, f"{name!r} is not a host name")
+        elif name in hosts:
+            placed.append(name)
+        elif name in groups:
+            placed.extend(groups[name])
+        else:
+            known = [*hosts, *groups]
+            problems.add(key, f'unknown host "{name}"; {_suggest(name, known)}hosts and groups are: {", ".join(known)}')
+    if not placed and not problems.items:
+        problems.add(key, "names no host; name at least one")
+    return tuple(dict.fromkeys(placed))
+
+
+def _tcp(host: Host, port: int) -> str:
+    return f"tcp://[{host.address}]:{port}" if ":" in host.address else f"tcp://{host.address}:{port}"
+
+
+def _derive_links(problems: _Problems, topo: Topology, doc: dict[str, Any]) -> Topology:
+    """Give every link whose ends are on different hosts a tcp address on the binding host.
+
+    Such a link's address is derived (``[dsat] port_base`` plus a fixed offset);
+    one written by hand is refused: ipc does not cross hosts, and plain tcp
+    needs ``[dsat] insecure = true``.  A link whose peers all share its host
+    keeps its ipc address, as in a one-host topology.
+    """
+    sats = topo.satellites
+    every_step = {h for name in ("tracker", "orchester", *sats) for h in topo.hosts_of(name)}
+    subscribers = {h for name in ("orchester", *sats) for h in topo.hosts_of(name)}
+    senders_to: dict[str, set[str]] = {"orchester": {topo.tracker.host}}
+    for step in sats.values():
+        for target in step.next:
+            senders_to.setdefault(target, set()).update(step.hosts)
+    receivers = sorted(name for name, step in sats.items() if step.listen is not None)
+    # (key path, binding host, peer hosts, port offset, how the table wrote it)
+    links = [
+        ("tracker.events", topo.tracker.host, every_step, TCP_PORTS["tracker.events"], ("tracker", "events")),
+        ("tracker.states", topo.tracker.host, subscribers, TCP_PORTS["tracker.states"], ("tracker", "states")),
+        (
+            "orchester.listen",
+            topo.orchester.host,
+            senders_to["orchester"],
+            TCP_PORTS["orchester.listen"],
+            ("orchester", "listen"),
+        ),
+        *(
+            (
+                f"satellites.{name}.listen",
+                sats[name].hosts[0],
+                {topo.orchester.host, *senders_to.get(name, ())},
+                SATELLITE_PORTS_FROM + i,
+                ("satellites", name, "listen"),
+            )
+            for i, name in enumerate(receivers)
+        ),
+    ]
+    addresses: dict[str, str] = {}
+    binders: dict[str, str] = {}
+    for key, binder, peers, offset, raw_key in links:
+        written = _lookup(doc, raw_key)
+        if peers <= {binder}:
+            continue
+        if written is None:
+            addresses[key] = _tcp(topo.hosts[binder], topo.port_base + offset)
+        elif not str(written).startswith("tcp://"):
+            others = ", ".join(sorted(peers - {binder}))
+            problems.add(key, f"{written!r} cannot be reached from {others}; remove it and DSAT derives a tcp address")
+            continue
+        else:
+            addresses[key] = _address(problems, key, str(written), topo.run_dir)
+        binders[addresses[key]] = binder
+    for key, address in topo.binds():
+        if address.startswith("tcp://") and key not in addresses and not topo.insecure:
+            addresses[key] = address
+    for key, address in addresses.items():
+        if address not in binders and not topo.insecure:
+            problems.add(
+                key,
+                f"{address} is plain tcp written by hand; in a topology with [hosts] remove it (DSAT derives"
+                " tcp links between hosts and secures them with CURVE), or set [dsat] insecure = true",
+            )
+    return _with_addresses(topo, addresses, binders)
+
+
+def _lookup(doc: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    value: Any = doc
+    for key in keys:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def _with_addresses(topo: Topology, addresses: Mapping[str, str], binders: dict[str, str]) -> Topology:
+    """*topo* with the bound addresses of *addresses* (key path -> address) replaced."""
+    tracker = replace(
+        topo.tracker,
+        events=addresses.get("tracker.events", topo.tracker.events),
+        states=addresses.get("tracker.states", topo.tracker.states),
+    )
+    orchester = replace(
+        topo.orchester,
+        listen=replace(topo.orchester.listen, address=addresses.get("orchester.listen", topo.orchester.listen.address)),
+    )
+    satellites = {}
+    for name, step in topo.satellites.items():
+        address = addresses.get(f"satellites.{name}.listen")
+        if address is not None and step.listen is not None:
+            step = replace(step, listen=replace(step.listen, address=address))
+        satellites[name] = step
+    return replace(
+        topo,
+        tracker=tracker,
+        orchester=orchester,
+        satellites=MappingProxyType(satellites),
+        tcp_binders=MappingProxyType(binders),
     )
 
 
@@ -685,6 +970,8 @@ def _satellite(
     registry: Mapping[str, SatelliteSpec],
     run_dir: Path,
     default_codec: str,
+    placed: Any,
+    default_host: str,
 ) -> Step | None:
     key = f"satellites.{_key(name)}"
     if name in RESERVED:
@@ -732,6 +1019,9 @@ def _satellite(
             _address(problems, f"{key}.listen", sat.get("listen", f"ipc://{{run_dir}}/sat-{name}"), run_dir),
             _pattern(problems, f"{key}.pattern", sat.get("pattern", "pull")),
         )
+    hosts = placed(f"{key}.host", sat.get("host"), default_host)
+    if spec.kind != "collector" and len(hosts) > 1:
+        problems.add(f"{key}.host", f"a {spec.kind} runs on one host (only collectors run on many); name one")
     return Step(
         name=name,
         use=use,
@@ -740,7 +1030,7 @@ def _satellite(
         every=every,
         next=nexts,
         options=MappingProxyType(dict(sat.get("options", {}))),
-        host=sat.get("host", ""),
+        hosts=hosts,
         listen=listen,
         codec=_codec(problems, f"{key}.codec", sat.get("codec", default_codec)),
     )
@@ -847,7 +1137,7 @@ def _rules(problems: _Problems, topo: Topology) -> None:
                 problems.add("rules", f"{problem}; fix the rule file")
 
 
-def _environment(problems: _Problems, topo: Topology) -> None:
+def _environment(problems: _Problems, topo: Topology, host: str | None) -> None:
     folders = [("dsat.run_dir", topo.run_dir)]
     if topo.spool.path is not None:
         folders.append(("spool.path", topo.spool.path.parent))
@@ -859,7 +1149,12 @@ def _environment(problems: _Problems, topo: Topology) -> None:
             probe.unlink()
         except OSError as exc:
             problems.add(key, f"{folder} is not a writable folder ({exc.strerror}); pick another")
-    for key, address in topo.binds():
+    if host is not None:
+        from dsat.keys import problems_for
+
+        for problem in problems_for(topo, host):
+            problems.add("dsat.keys", problem)
+    for key, address in topo.binds() if host is None else topo.binds_on(host):
         if not address.startswith("tcp://"):
             continue
         host, _, port = address[len("tcp://") :].rpartition(":")
@@ -872,6 +1167,8 @@ def _environment(problems: _Problems, topo: Topology) -> None:
                 sock.bind(("" if host == "*" else host, int(port)))
             except OSError as exc:
                 problems.add(key, f"cannot bind {address} ({exc.strerror}); stop what uses it or pick another port")
+    if host is not None and "orchester" not in topo.steps_on(host):
+        return
     ingress = topo.ingress
     for key, listener, kind in (
         ("ingress.plaintext", ingress.plaintext, socket.SOCK_STREAM),

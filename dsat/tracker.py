@@ -229,6 +229,7 @@ class TrackerService:
             for name in STEP_COUNTERS:
                 deltas[f"steps.{naming.component(step)}.{name}"] = counters[name]
         deltas["tracker.alerts"] = sum(self.alerts.values())
+        deltas.update({f"tracker.rejected.{reason}": n for reason, n in self.rejected.items()})
         for step, beat in self.heartbeats.items():
             for name, total in beat["counters"].items():
                 deltas[f"steps.{naming.component(step)}.{name}"] = total

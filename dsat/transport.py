@@ -9,6 +9,14 @@ maintained upstream, unlike the old txZMQ bridge.
 Every sending link has a bounded queue of whole frames (one frame is one
 envelope, i.e. one batch).  When it is full the oldest frame is dropped and
 counted; ZeroMQ's own high-water mark bounds what sits in the socket.
+
+A link between hosts carries CURVE keys (:class:`dsat.keys.Curve`): the
+binding side is the CURVE server and asks the process's :class:`ZapHandler`
+about every peer; a peer whose key is not in the allow list, or that speaks
+no CURVE, never completes its handshake, so it can neither send nor receive
+one message.  Each refusal is counted by reason and logged with the peer's
+address (a peer without CURVE is seen by the socket monitor, which knows the
+link but not the peer).
 """
 
 from __future__ import annotations
@@ -16,11 +24,17 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import zmq
 import zmq.asyncio
 from twisted.logger import Logger
+from zmq.utils import z85
+from zmq.utils.monitor import parse_monitor_message
+
+if TYPE_CHECKING:
+    from dsat.counters import Rejections
+    from dsat.keys import AllowList, Curve
 
 #: Receiving pattern -> ZeroMQ socket type, and sending pattern -> socket type.
 RECEIVE_TYPES = {"pull": zmq.PULL, "sub": zmq.SUB, "pair": zmq.PAIR, "rep": zmq.REP}
@@ -65,11 +79,15 @@ def context() -> zmq.asyncio.Context:
     return _context
 
 
-def _socket(kind: int, address: str, *, bind: bool, topics: Sequence[bytes] = (b"",)) -> zmq.asyncio.Socket:
+def _socket(
+    kind: int, address: str, *, bind: bool, topics: Sequence[bytes] = (b"",), curve: Curve | None = None
+) -> zmq.asyncio.Socket:
     sock = context().socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, DEFAULT_HWM)
     sock.setsockopt(zmq.RCVHWM, DEFAULT_HWM)
+    if curve is not None:
+        _secure(sock, curve, address, bind=bind)
     if kind == zmq.SUB:
         for topic in topics:
             sock.setsockopt(zmq.SUBSCRIBE, topic)
@@ -78,6 +96,114 @@ def _socket(kind: int, address: str, *, bind: bool, topics: Sequence[bytes] = (b
     else:
         sock.connect(address)
     return sock
+
+
+def _secure(sock: zmq.asyncio.Socket, curve: Curve, address: str, *, bind: bool) -> None:
+    from dsat.keys import ZAP_DOMAIN
+
+    sock.curve_publickey = curve.public
+    sock.curve_secretkey = curve.secret
+    if bind:
+        if _zap is None:
+            raise RuntimeError("a CURVE server socket needs the ZapHandler started first (transport.start_zap)")
+        sock.curve_server = True
+        sock.zap_domain = ZAP_DOMAIN
+        _zap.watch(sock, address)
+    else:
+        sock.curve_serverkey = curve.server
+
+
+class ZapHandler:
+    """The process's ZAP handler (RFC 27): admits CURVE peers whose key the allow list holds.
+
+    It answers on ``inproc://zeromq.zap.01`` from the reactor's own loop (one
+    ``await`` per handshake, never a blocking call), and watches each CURVE
+    server socket's monitor for handshakes that fail before ZAP is asked (a
+    peer without CURVE, or with the wrong server key).  Refusals are
+    counted by reason (``unknown_key``, ``no_curve``, ``handshake_failed``)
+    into the step's :class:`~dsat.counters.Rejections` once the step exists
+    (:meth:`count_into`), so they show in DSAT's own metrics.
+    """
+
+    log = Logger()
+    #: Monitor events of a handshake refused before ZAP (ZAP's own refusals are counted by ``reply``).
+    HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+
+    def __init__(self, allow: AllowList) -> None:
+        from dsat.counters import Rejections
+
+        self.allow = allow
+        self.rejections = Rejections("links")
+        self.admitted = 0
+        self._sock = context().socket(zmq.REP)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind("inproc://zeromq.zap.01")
+        self._tasks = [asyncio.ensure_future(self._serve())]
+        self._monitors: list[zmq.asyncio.Socket] = []
+
+    def count_into(self, rejections: Rejections) -> None:
+        """Count from now on into *rejections* (the step's), adding what was counted so far."""
+        rejections.update(self.rejections)
+        self.rejections = rejections
+
+    def reply(self, request: list[bytes]) -> list[bytes]:
+        """The ZAP reply frames for one request's frames (pure: tested without sockets)."""
+        if len(request) < 6 or request[0] != b"1.0":
+            self.rejections.reject("bad_zap_request", f"{len(request)} frames")
+            return [b"1.0", request[1] if len(request) > 1 else b"", b"400", b"bad request", b"", b""]
+        _version, request_id, _domain, address, _identity, mechanism, *credentials = request
+        peer = address.decode("ascii", "replace")
+        client_key = z85.encode(credentials[0]) if mechanism == b"CURVE" and credentials else None
+        host, reason = self.allow.check(mechanism, client_key)
+        if reason is not None:
+            shown = client_key.decode() if client_key else mechanism.decode("ascii", "replace")
+            self.rejections.reject(reason, f"peer {peer} refused on a CURVE link ({shown})")
+            return [b"1.0", request_id, b"400", reason.encode(), b"", b""]
+        self.admitted += 1
+        return [b"1.0", request_id, b"200", b"OK", (host or "").encode(), b""]
+
+    async def _serve(self) -> None:
+        sock = self._sock
+        while True:
+            request = await sock.recv_multipart()
+            await sock.send_multipart(self.reply(request))
+
+    def watch(self, sock: zmq.asyncio.Socket, address: str) -> None:
+        """Count the handshakes that fail on *sock* (bound at *address*) before ZAP is asked."""
+        monitor = sock.get_monitor_socket(self.HANDSHAKE_EVENTS)
+        self._monitors.append(monitor)
+        self._tasks.append(asyncio.ensure_future(self._watch(monitor, address)))
+
+    async def _watch(self, monitor: zmq.asyncio.Socket, address: str) -> None:
+        while True:
+            event = parse_monitor_message(await monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_MONITOR_STOPPED:
+                return
+            self.rejections.reject(
+                "handshake_failed",
+                f"a peer of {address} failed the CURVE handshake (no CURVE, or another server key;"
+                f" libzmq error {event['value']})",
+            )
+
+    def close(self) -> None:
+        global _zap
+        for task in self._tasks:
+            task.cancel()
+        for monitor in self._monitors:
+            monitor.close(linger=0)
+        self._sock.close(linger=0)
+        _zap = None
+
+
+_zap: ZapHandler | None = None
+
+
+def start_zap(allow: AllowList) -> ZapHandler:
+    """Start the process's ZAP handler; it must run before any CURVE server socket binds."""
+    global _zap
+    if _zap is None:
+        _zap = ZapHandler(allow)
+    return _zap
 
 
 class ZmqSender:
@@ -97,11 +223,12 @@ class ZmqSender:
         bind: bool = False,
         max_queue: int = DEFAULT_MAX_QUEUE,
         on_drop: Callable[[int], None] | None = None,
+        curve: Curve | None = None,
     ) -> None:
         self.address = address
         self.pattern = pattern
         self._req = pattern == "req"
-        self._sock = _socket(SEND_TYPES[pattern], address, bind=bind)
+        self._sock = _socket(SEND_TYPES[pattern], address, bind=bind, curve=curve)
         self._queue: deque[bytes] = deque()
         self._max_queue = max_queue
         self._on_drop = on_drop
@@ -171,10 +298,11 @@ class ZmqReceiver:
         *,
         bind: bool = True,
         topics: Sequence[bytes] = (b"",),
+        curve: Curve | None = None,
     ) -> None:
         self.address = address
         self._rep = pattern == "rep"
-        self._sock = _socket(RECEIVE_TYPES[pattern], address, bind=bind, topics=topics)
+        self._sock = _socket(RECEIVE_TYPES[pattern], address, bind=bind, topics=topics, curve=curve)
         self._on_frame = on_frame
         self._reading = asyncio.Event()
         self._reading.set()

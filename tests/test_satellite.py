@@ -33,7 +33,7 @@ def make_step(
         every=every,
         next=next,
         options=MappingProxyType({}),
-        host="",
+        hosts=(),
         codec=codec,
         listen=None if kind == "collector" else Link(f"ipc:///tmp/{name}", "pull"),
     )

@@ -92,7 +92,7 @@ def test_minimal_file_loads_with_every_default_expanded() -> None:
         every=10.0,
         next=("rate",),
         options={},
-        host="",
+        hosts=(),
         listen=None,
         codec="msgpack",
     )
@@ -104,7 +104,7 @@ def test_minimal_file_loads_with_every_default_expanded() -> None:
         every=None,
         next=("orchester",),
         options={},
-        host="",
+        hosts=(),
         listen=Link(f"ipc://{run}/sat-rate", "pull"),
         codec="msgpack",
     )
@@ -143,7 +143,6 @@ use = "c"
 every = 2.5
 next = ["rate", "orchester"]
 options = { percpu = true }
-host = "web01"
 codec = "msgpack"
 
 [satellites.rate]
@@ -179,11 +178,11 @@ def test_full_example_loads_every_key() -> None:
     )
     assert topo.carbon == CarbonConf((("10.0.0.1", 2004, None), ("::1", 2104, None)), "plaintext", 0.25)
     cpu, rate, archive = (topo.satellites[n] for n in ("cpu", "rate", "archive"))
-    assert (cpu.every, cpu.next, dict(cpu.options), cpu.host, cpu.codec) == (
+    assert (cpu.every, cpu.next, dict(cpu.options), cpu.hosts, cpu.codec) == (
         2.5,
         ("rate", "orchester"),
         {"percpu": True},
-        "web01",
+        (),
         "msgpack",
     )
     assert (rate.listen, rate.codec) == (Link(f"ipc://{run}/rate-in", "pair"), "json")
