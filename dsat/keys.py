@@ -26,7 +26,9 @@ from pathlib import Path
 
 import zmq
 import zmq.auth
+from zmq.utils import z85
 
+from dsat.counters import Rejections
 from dsat.errors import DsatError, KeyFileError
 from dsat.topology import Topology
 
@@ -194,3 +196,18 @@ class AllowList:
             if key == client_key:
                 return host, None
         return None, "unknown_key"
+
+
+def zap_reply(allow: AllowList, request: list[bytes], rejections: Rejections) -> list[bytes]:
+    """The ZAP (RFC 27) reply to one request's frames: 200 for a known host's key, else 400, counted and logged."""
+    if len(request) < 6 or request[0] != b"1.0":
+        rejections.reject("bad_zap_request", f"a ZAP request of {len(request)} frames")
+        return [b"1.0", request[1] if len(request) > 1 else b"", b"400", b"bad request", b"", b""]
+    _version, request_id, _domain, address, _identity, mechanism, *credentials = request
+    client_key = z85.encode(credentials[0]) if mechanism == b"CURVE" and credentials else None
+    host, reason = allow.check(mechanism, client_key)
+    if reason is not None:
+        shown = f"key {client_key.decode()}" if client_key else f"mechanism {mechanism.decode('ascii', 'replace')}"
+        rejections.reject(reason, f"peer {address.decode('ascii', 'replace')} refused on a CURVE link ({shown})")
+        return [b"1.0", request_id, b"400", reason.encode(), b"", b""]
+    return [b"1.0", request_id, b"200", b"OK", (host or "").encode(), b""]

@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Protocol
 import zmq
 import zmq.asyncio
 from twisted.logger import Logger
-from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 if TYPE_CHECKING:
@@ -134,7 +133,6 @@ class ZapHandler:
 
         self.allow = allow
         self.rejections = Rejections("links")
-        self.admitted = 0
         self._sock = context().socket(zmq.REP)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind("inproc://zeromq.zap.01")
@@ -146,27 +144,13 @@ class ZapHandler:
         rejections.update(self.rejections)
         self.rejections = rejections
 
-    def reply(self, request: list[bytes]) -> list[bytes]:
-        """The ZAP reply frames for one request's frames (pure: tested without sockets)."""
-        if len(request) < 6 or request[0] != b"1.0":
-            self.rejections.reject("bad_zap_request", f"{len(request)} frames")
-            return [b"1.0", request[1] if len(request) > 1 else b"", b"400", b"bad request", b"", b""]
-        _version, request_id, _domain, address, _identity, mechanism, *credentials = request
-        peer = address.decode("ascii", "replace")
-        client_key = z85.encode(credentials[0]) if mechanism == b"CURVE" and credentials else None
-        host, reason = self.allow.check(mechanism, client_key)
-        if reason is not None:
-            shown = client_key.decode() if client_key else mechanism.decode("ascii", "replace")
-            self.rejections.reject(reason, f"peer {peer} refused on a CURVE link ({shown})")
-            return [b"1.0", request_id, b"400", reason.encode(), b"", b""]
-        self.admitted += 1
-        return [b"1.0", request_id, b"200", b"OK", (host or "").encode(), b""]
-
     async def _serve(self) -> None:
+        from dsat.keys import zap_reply
+
         sock = self._sock
         while True:
             request = await sock.recv_multipart()
-            await sock.send_multipart(self.reply(request))
+            await sock.send_multipart(zap_reply(self.allow, request, self.rejections))
 
     def watch(self, sock: zmq.asyncio.Socket, address: str) -> None:
         """Count the handshakes that fail on *sock* (bound at *address*) before ZAP is asked."""

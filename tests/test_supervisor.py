@@ -36,14 +36,23 @@ options = {{ path = "{capture}" }}
 
 def test_step_names_start_sinks_before_collectors() -> None:
     """Processes start tracker, orchester, sinks, transforms, then collectors, so nothing sends into a void."""
-    from types import SimpleNamespace
+    from tests.test_topology import load
 
-    sats = {
-        "c": SimpleNamespace(name="c", kind="collector"),
-        "t": SimpleNamespace(name="t", kind="transform"),
-        "s": SimpleNamespace(name="s", kind="sink"),
-    }
-    assert step_names(SimpleNamespace(satellites=sats)) == ["tracker", "orchester", "s", "t", "c"]
+    topo = load(
+        '[carbon]\ndestinations = ["127.0.0.1:2004"]\n[satellites.c]\nuse = "c"\nevery = "1s"\nnext = ["t"]\n'
+        '[satellites.t]\nuse = "t"\n[satellites.s]\nuse = "s"\n'
+    )
+    assert step_names(topo) == ["tracker", "orchester", "s", "t", "c"]
+
+
+def test_step_names_on_a_host_are_that_hosts_steps_only() -> None:
+    """With [hosts], a host runs its own steps: the hub tracker and orchester, a web host its collector."""
+    from tests.test_topology import MULTI, load
+
+    topo = load(MULTI)
+    assert step_names(topo, "hub") == ["tracker", "orchester"]
+    assert step_names(topo, "web02") == ["rate", "cpu"]
+    assert step_names(topo, "web01") == ["cpu"]
 
 
 def children_by_step(pid: int) -> dict[str, psutil.Process]:

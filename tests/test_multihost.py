@@ -1,0 +1,331 @@
+"""One topology across hosts: Linux network namespaces as hosts, joined by veth pairs on a bridge.
+
+The test creates every namespace itself (names unique per test run), gives
+10.213.0.0/24 addresses that exist only on those veth links, runs real DSAT
+processes inside with ``ip netns exec``, and removes it all afterwards.  The
+hub runs the tracker, the orchester, carbon-cache and graphite-web; web01 and
+web02 run collectors (and web02 a transform); rogue hosts try to get in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import whisper
+
+from dsat.stack import LocalStack, free_port
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+SUBNET = "10.213.0"
+ADDRESSES = {"hub": f"{SUBNET}.1", "web01": f"{SUBNET}.11", "web02": f"{SUBNET}.12", "rogue": f"{SUBNET}.66"}
+PORT_BASE = 7400
+
+TOPOLOGY = """
+[dsat]
+run_dir = "run"
+port_base = {port_base}
+
+[hosts.hub]
+address = "{hub}"
+
+[hosts.web01]
+address = "{web01}"
+
+[hosts.web02]
+address = "{web02}"
+
+[groups]
+web = ["web01", "web02"]
+
+[tracker]
+metrics_every = "1s"
+
+[carbon]
+destinations = ["127.0.0.1:{carbon_port}"]
+
+[satellites.load]
+use = "synthetic"
+every = "1s"
+host = "web"
+options = {{ metrics = 3 }}
+
+[satellites.fast]
+use = "synthetic"
+every = "1s"
+host = "web02"
+options = {{ metrics = 2 }}
+next = ["rate"]
+
+[satellites.rate]
+use = "rate"
+host = "web02"
+"""
+
+SCHEMAS = """
+[dsat]
+pattern = ^dsat\\.
+retentions = 1s:30m
+
+[default]
+pattern = .*
+retentions = 10s:1h
+"""
+
+
+def ip(*args: str) -> None:
+    """Run one ``ip`` command; fail the test with its error output."""
+    done = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"ip {' '.join(args)}: {done.stderr.strip()} (these tests need root and ip netns)")
+
+
+class Network:
+    """Namespaces joined on a bridge: one per host, each with its veth and address."""
+
+    def __init__(self, base: Path) -> None:
+        self.tag = f"dsat{os.getpid()}"
+        self.bridge = f"{self.tag}br"
+        self.namespaces: list[str] = []
+        self.veths: dict[str, str] = {}
+        self.base = base
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def ns(self, host: str) -> str:
+        return f"{self.tag}{host}"
+
+    def create(self) -> None:
+        ip("netns", "add", self.bridge)
+        self.namespaces.append(self.bridge)
+        ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
+        ip("-n", self.bridge, "link", "set", "br0", "up")
+        for i, (host, address) in enumerate(ADDRESSES.items()):
+            ns = self.ns(host)
+            ip("netns", "add", ns)
+            self.namespaces.append(ns)
+            ip("-n", ns, "link", "set", "lo", "up")
+            inside, outside = f"v{os.getpid()}h{i}", f"v{os.getpid()}b{i}"
+            ip("link", "add", inside, "netns", ns, "type", "veth", "peer", "name", outside, "netns", self.bridge)
+            ip("-n", ns, "addr", "add", f"{address}/24", "dev", inside)
+            ip("-n", ns, "link", "set", inside, "up")
+            ip("-n", self.bridge, "link", "set", outside, "master", "br0")
+            ip("-n", self.bridge, "link", "set", outside, "up")
+            self.veths[host] = outside
+
+    def cut(self, host: str, up: bool) -> None:
+        """Take *host*'s link to the bridge down (or up again)."""
+        ip("-n", self.bridge, "link", "set", self.veths[host], "up" if up else "down")
+
+    def start(self, host: str, args: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns(host), *args],
+            stdout=(self.base / f"{log}.log").open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self.procs.append(proc)
+        return proc
+
+    def python(self, host: str, code: str, timeout: float = 60) -> str:
+        """Run a Python snippet inside *host*'s namespace; returns its stdout."""
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.ns(host), sys.executable, "-c", textwrap.dedent(code)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def destroy(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        for ns in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def host_copy(base: Path, source: Path, host: str) -> Path:
+    """What `docs/deploy.rst` says to copy to *host*: the topology, every public key, its own secret key."""
+    folder = base / host
+    (folder / "keys" / "private").mkdir(parents=True)
+    shutil.copy(source / "topology.toml", folder / "topology.toml")
+    shutil.copytree(source / "keys" / "public", folder / "keys" / "public")
+    secret = source / "keys" / "private" / f"{host}.key_secret"
+    if secret.exists():
+        shutil.copy2(secret, folder / "keys" / "private" / secret.name)
+    (folder / "keys" / "private").chmod(0o700)
+    return folder / "topology.toml"
+
+
+class Cluster:
+    """The running three-host topology, its hub's carbon-cache and graphite-web."""
+
+    def __init__(self, net: Network, stack: LocalStack, topologies: dict[str, Path]) -> None:
+        self.net = net
+        self.stack = stack
+        self.topologies = topologies
+
+    def wsp(self, *parts: str) -> Path:
+        return self.stack.whisper_dir.joinpath(*parts[:-1], f"{parts[-1]}.wsp")
+
+    def values(self, *parts: str) -> list[float]:
+        path = self.wsp(*parts)
+        if not path.exists():
+            return []
+        try:
+            _, values = whisper.fetch(str(path), 0)
+        except whisper.CorruptWhisperFile:
+            return []
+        return [v for v in values if v is not None]
+
+    def render(self, target: str) -> list[dict[str, object]]:
+        """graphite-web's /render JSON for *target*, fetched inside the hub's namespace."""
+        url = f"{self.stack.url}render?target={target}&from=-10min&format=json"
+        out = self.net.python(
+            "hub", f"import urllib.request; print(urllib.request.urlopen({url!r}, timeout=20).read().decode())"
+        )
+        return json.loads(out)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    base = Path(tmp_path_factory.mktemp("multihost"))
+    net = Network(base)
+    try:
+        net.create()
+        stack = LocalStack(base / "stack", pickle_port=free_port(), http_port=free_port())
+        stack.prepare_carbon(SCHEMAS)
+        source = base / "source"
+        source.mkdir()
+        (source / "topology.toml").write_text(
+            TOPOLOGY.format(port_base=PORT_BASE, carbon_port=stack.pickle_port, **ADDRESSES)
+        )
+        made = subprocess.run(
+            [sys.executable, "-m", "dsat", "keys", str(source / "topology.toml")], capture_output=True, text=True
+        )
+        assert made.returncode == 0, made.stderr
+        topologies = {host: host_copy(base, source, host) for host in ("hub", "web01", "web02", "rogue")}
+        net.start("hub", stack.carbon_command(), "carbon-cache")
+        net.start("hub", stack.graphite_command(), "graphite-web", env=stack.graphite_env())
+        for host in ("hub", "web01", "web02"):
+            net.start(host, [sys.executable, "-m", "dsat", "up", str(topologies[host]), "--host", host], f"dsat-{host}")
+        yield Cluster(net, stack, topologies)
+    finally:
+        net.destroy()
+
+
+def test_both_collector_hosts_land_under_their_own_names(cluster: Cluster) -> None:
+    """Collectors on web01 and web02 (one through a transform on web02) reach the hub's Whisper over CURVE,
+    each under dsat.<its host>, and graphite-web serves them."""
+    wanted = [("dsat", h, "load", f"m{i}") for h in ("web01", "web02") for i in range(3)]
+    wanted += [("dsat", "web02", "fast", f"m{i}") for i in range(2)]
+    wait_for(
+        lambda: all(cluster.values(*w) for w in wanted),
+        90,
+        "every series of both hosts in Whisper",
+        detail=lambda: [".".join(w) for w in wanted if not cluster.values(*w)],
+    )
+    assert not cluster.wsp("dsat", "web01", "fast", "m0").exists()  # fast runs on web02 only
+    rates = cluster.values("dsat", "web02", "fast", "m0")
+    assert rates and all(v == pytest.approx(1.0, abs=0.2) for v in rates), rates  # rate ran on web02
+    series = cluster.render("dsat.*.load.m0")
+    assert sorted(s["target"] for s in series) == ["dsat.web01.load.m0", "dsat.web02.load.m0"]
+    assert all(any(v is not None for v, _ in s["datapoints"]) for s in series)  # type: ignore[attr-defined]
+
+
+ROGUE = """
+import json, time, zmq
+from pathlib import Path
+from dsat.envelope import Envelope, encode
+from dsat.keys import load_public, load_secret
+hub = load_public({hub_key!r})
+mode = {mode!r}
+ctx = zmq.Context()
+def socket(kind, port):
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    if mode != "plain":
+        public, secret = zmq.curve_keypair() if mode == "rogue" else load_secret(Path({secret!r}))
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, hub
+    if kind == zmq.SUB:
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+    sock.connect(f"tcp://{address}:{{port}}")
+    return sock
+push = socket(zmq.PUSH, {orchester})
+push.setsockopt(zmq.SNDTIMEO, 100)
+sub = socket(zmq.SUB, {states})
+sent = received = 0
+deadline = time.monotonic() + 6
+while time.monotonic() < deadline:
+    env = Envelope.new_batch([(f"dsat.{{mode}}.evil.m0", time.time(), 666.0)], type="gauge", emitter="evil",
+                             where=mode, seq=sent + 1).evolve(next=("orchester",))
+    if mode != "control":
+        try:
+            push.send(encode(env))
+            sent += 1
+        except zmq.Again:
+            pass
+    if sub.poll(200):
+        sub.recv()
+        received += 1
+print(json.dumps({{"sent": sent, "received": received}}))
+"""
+
+
+def peer(cluster: Cluster, host: str, mode: str, secret: str = "") -> dict[str, int]:
+    """Run a peer in *host*'s namespace that pushes batches to the orchester and subscribes to the tracker's
+    states for 6 s: with a stranger's key (``rogue``), no CURVE (``plain``), or a host's own keys (``control``)."""
+    hub_key = str(cluster.topologies[host].parent / "keys" / "public" / "hub.key")
+    code = ROGUE.format(
+        hub_key=hub_key,
+        mode=mode,
+        secret=secret,
+        address=ADDRESSES["hub"],
+        orchester=PORT_BASE + 2,
+        states=PORT_BASE + 1,
+    )
+    return json.loads(cluster.net.python(host, code))  # type: ignore[no-any-return]
+
+
+def test_rogue_hosts_get_nothing_in_and_nothing_out(cluster: Cluster) -> None:
+    """A host with its own key pair and one without CURVE push batches and subscribe to the tracker's states:
+    none of their datapoints lands, they receive nothing, and the hub counts each refusal by reason."""
+    wait_for(lambda: cluster.values("dsat", "web01", "load", "m0"), 90, "the topology to run")
+    # Control: a known host's keys get the tracker's states (so "received nothing" below can fail).
+    web01_secret = cluster.topologies["web01"].parent / "keys" / "private" / "web01.key_secret"
+    control = peer(cluster, "web01", "control", str(web01_secret))
+    assert control["received"] > 0, control
+    for mode in ("rogue", "plain"):
+        result = peer(cluster, "rogue", mode)
+        assert result["received"] == 0, (mode, result)
+    time.sleep(3)  # past two of the orchester's 1 s own-metrics intervals
+    assert not (cluster.stack.whisper_dir / "dsat" / "rogue").exists()
+    assert not (cluster.stack.whisper_dir / "dsat" / "plain").exists()
+    for step in ("orchester", "tracker"):
+        for reason in ("unknown_key", "handshake_failed"):
+            wait_for(
+                lambda step=step, reason=reason: sum(cluster.values("dsat", "hub", "self", step, "rejected", reason)),
+                30,
+                f"the {step}'s count of {reason} refusals",
+            )
+    hub_log = (cluster.net.base / "dsat-hub.log").read_text(errors="replace")
+    assert f"peer {ADDRESSES['rogue']} refused on a CURVE link" in hub_log
