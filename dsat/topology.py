@@ -789,7 +789,7 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         keys_dir=Path(os.path.normpath(keys_dir if keys_dir.is_absolute() else path.parent / keys_dir)),
         port_base=port_base,
     )
-    return _derive_links(problems, topo, doc) if hosts else topo
+    return _derive_links(problems, topo, doc) if hosts and not problems.items else topo
 
 
 def _hosts_tables(problems: _Problems, doc: dict[str, Any]) -> tuple[dict[str, Host], dict[str, tuple[str, ...]]]:
@@ -914,19 +914,16 @@ def _derive_links(problems: _Problems, topo: Topology, doc: dict[str, Any]) -> T
             others = ", ".join(sorted(peers - {binder}))
             problems.add(key, f"{written!r} cannot be reached from {others}; remove it and DSAT derives a tcp address")
             continue
+        elif not topo.insecure:
+            problems.add(
+                key,
+                f"{written} is plain tcp written by hand; in a topology with [hosts] remove it (DSAT derives"
+                " the tcp links between hosts and secures them with CURVE), or set [dsat] insecure = true",
+            )
+            continue
         else:
             addresses[key] = _address(problems, key, str(written), topo.run_dir)
         binders[addresses[key]] = binder
-    for key, address in topo.binds():
-        if address.startswith("tcp://") and key not in addresses and not topo.insecure:
-            addresses[key] = address
-    for key, address in addresses.items():
-        if address not in binders and not topo.insecure:
-            problems.add(
-                key,
-                f"{address} is plain tcp written by hand; in a topology with [hosts] remove it (DSAT derives"
-                " tcp links between hosts and secures them with CURVE), or set [dsat] insecure = true",
-            )
     return _with_addresses(topo, addresses, binders)
 
 

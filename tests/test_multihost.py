@@ -329,3 +329,42 @@ def test_rogue_hosts_get_nothing_in_and_nothing_out(cluster: Cluster) -> None:
             )
     hub_log = (cluster.net.base / "dsat-hub.log").read_text(errors="replace")
     assert f"peer {ADDRESSES['rogue']} refused on a CURVE link" in hub_log
+
+
+def validate(topology_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dsat", "validate", str(topology_file), *args], capture_output=True, text=True
+    )
+
+
+def test_validate_host_catches_a_missing_key_an_unknown_host_and_plain_tcp(tmp_path: Path) -> None:
+    """dsat validate --host fails (status 2) on a host without its secret key, on a host not in the topology
+    and on hand-written plain tcp without insecure = true, and warns when insecure = true allows it."""
+    source = tmp_path / "source"
+    source.mkdir()
+    text = TOPOLOGY.format(port_base=PORT_BASE, carbon_port=2004, **ADDRESSES)
+    (source / "topology.toml").write_text(text)
+    assert subprocess.run([sys.executable, "-m", "dsat", "keys", str(source / "topology.toml")]).returncode == 0
+    web01 = host_copy(tmp_path, source, "web01")
+    ok = validate(web01, "--host", "web01")
+    assert (ok.returncode, ok.stdout.strip()) == (0, f"{web01}: OK for host web01 (steps: load) and the whole graph")
+
+    (web01.parent / "keys" / "private" / "web01.key_secret").unlink()
+    missing = validate(web01, "--host", "web01")
+    assert missing.returncode == 2
+    assert "dsat.keys: " in missing.stderr and "web01.key_secret: cannot read the secret key" in missing.stderr
+
+    unknown = validate(web01, "--host", "web09")
+    assert unknown.returncode == 2
+    assert '--host: "web09" is not in [hosts]; did you mean "web02"? hosts are: hub, web01, web02' in unknown.stderr
+
+    plain = source / "plain.toml"
+    plain.write_text(text.replace('use = "rate"', 'use = "rate"\nlisten = "tcp://10.213.0.12:7999"'))
+    refused = validate(plain, "--host", "hub")
+    assert refused.returncode == 2
+    assert "satellites.rate.listen: tcp://10.213.0.12:7999 is plain tcp written by hand" in refused.stderr
+    plain.write_text(plain.read_text().replace("port_base =", "insecure = true\nport_base ="))
+    warned = validate(plain, "--no-environment")
+    assert warned.returncode == 0
+    assert "warning: [dsat] insecure = true: the links between hosts are plain tcp" in warned.stderr
+    assert "tcp://10.213.0.12:7999" in warned.stderr

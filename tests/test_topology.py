@@ -616,3 +616,131 @@ def test_an_ingress_port_in_use_is_reported(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as error:
             topology.loads(text, path=tmp_path / "t.toml", registry=REGISTRY, check_environment=True)
     assert "ingress.plaintext: cannot listen on 127.0.0.1:" in str(error.value)
+
+
+# -- hosts ---------------------------------------------------------------------
+
+#: Three hosts: the hub (orchester, tracker), a collector on both web hosts, a transform on web02.
+MULTI = """
+[dsat]
+port_base = 7400
+
+[hosts.hub]
+address = "10.0.0.1"
+
+[hosts.web01]
+address = "10.0.0.11"
+
+[hosts.web02]
+address = "fd00::12"
+
+[groups]
+web = ["web01", "web02"]
+
+[carbon]
+destinations = ["127.0.0.1:2004"]
+
+[satellites.cpu]
+use = "c"
+every = "10s"
+host = "web"
+next = ["rate"]
+
+[satellites.rate]
+use = "t"
+host = "web02"
+"""
+
+
+def test_links_between_hosts_get_tcp_addresses_derived_from_the_binding_host() -> None:
+    """Each link with a peer on another host binds tcp on its host's address at port_base + a fixed offset."""
+    topo = load(MULTI)
+    run = "/tmp/dsat-topo/.dsat/run"
+    assert (topo.tracker.events, topo.tracker.states) == ("tcp://10.0.0.1:7400", "tcp://10.0.0.1:7401")
+    assert topo.orchester.listen.address == "tcp://10.0.0.1:7402"
+    assert topo.satellites["rate"].listen == Link("tcp://[fd00::12]:7410", "pull")
+    # Only the CLI on the hub talks to these: they stay ipc.
+    assert (topo.tracker.status, topo.orchester.control) == (
+        f"ipc://{run}/tracker-status",
+        f"ipc://{run}/orchester-control",
+    )
+    assert dict(topo.tcp_binders) == {
+        "tcp://10.0.0.1:7400": "hub",
+        "tcp://10.0.0.1:7401": "hub",
+        "tcp://10.0.0.1:7402": "hub",
+        "tcp://[fd00::12]:7410": "web02",
+    }
+    assert topo.secured("tcp://10.0.0.1:7402") and not topo.secured(f"ipc://{run}/tracker-status")
+
+
+def test_a_group_places_one_collector_on_many_hosts_and_the_hub_defaults_to_the_first_host() -> None:
+    """`host = "web"` runs cpu on web01 and web02; steps without host run where the orchester does."""
+    topo = load(MULTI)
+    assert topo.satellites["cpu"].hosts == ("web01", "web02")
+    assert (topo.orchester.host, topo.tracker.host) == ("hub", "hub")
+    assert topo.steps_on("web02") == ["cpu", "rate"]
+    assert topo.steps_on("hub") == ["tracker", "orchester"]
+    assert [key for key, _ in topo.binds_on("web02")] == ["satellites.rate.listen"]
+
+
+def test_a_link_whose_peers_share_its_host_stays_ipc() -> None:
+    """A transform fed only by a collector of its own host (and the hub's orchester on the same host) keeps ipc."""
+    text = MULTI.replace('host = "web"\nnext = ["rate"]', 'host = "web"').replace('host = "web02"\n', 'host = "hub"\n')
+    topo = load(text)
+    assert topo.satellites["rate"].listen is not None
+    assert topo.satellites["rate"].listen.address == "ipc:///tmp/dsat-topo/.dsat/run/sat-rate"
+
+
+def test_host_names_are_checked_with_a_suggestion() -> None:
+    """An unknown host or group is reported with the close name and every valid one."""
+    problem = only_problem(MULTI.replace('host = "web02"', 'host = "web2"'))
+    assert problem == (
+        'demo.toml: satellites.rate.host: unknown host "web2"; did you mean "web02"?'
+        " hosts and groups are: hub, web01, web02, web"
+    )
+
+
+def test_a_transform_runs_on_one_host_only() -> None:
+    """Only collectors may run on several hosts: a transform's senders would not know which one to reach."""
+    problem = only_problem(MULTI.replace('host = "web02"', 'host = "web"'))
+    assert "satellites.rate.host: a transform runs on one host" in problem
+
+
+def test_host_without_a_hosts_table_is_refused() -> None:
+    """`host` in a one-machine topology names nothing: the fix is a [hosts] table."""
+    problem = only_problem(BASE + 'host = "web01"\n')
+    assert "satellites.rate.host: [hosts] names no host; add [hosts.NAME]" in problem
+
+
+def test_an_address_written_by_hand_for_a_link_between_hosts_is_refused() -> None:
+    """ipc cannot cross hosts, and hand-written tcp is plain: both are refused unless insecure = true."""
+    ipc = only_problem(MULTI + 'listen = "ipc:///tmp/rate"\n')
+    assert "satellites.rate.listen: 'ipc:///tmp/rate' cannot be reached from hub, web01" in ipc
+    plain = only_problem(MULTI + 'listen = "tcp://10.0.0.12:9000"\n')
+    assert "satellites.rate.listen: tcp://10.0.0.12:9000 is plain tcp written by hand" in plain
+    topo = load(
+        MULTI.replace("port_base = 7400", "port_base = 7400\ninsecure = true") + 'listen = "tcp://10.0.0.12:9000"\n'
+    )
+    assert topo.satellites["rate"].listen == Link("tcp://10.0.0.12:9000", "pull")
+    assert not topo.secured("tcp://10.0.0.12:9000") and not topo.secured("tcp://10.0.0.1:7402")
+
+
+def test_a_host_needs_an_address_and_a_group_known_hosts() -> None:
+    """A host without address, and a group naming an unknown host, are reported with the fix."""
+    assert (
+        "hosts.web01.address: needed: the address other hosts reach it at"
+        in problems(MULTI.replace('address = "10.0.0.11"', ""))[0]
+    )
+    problem = only_problem(
+        MULTI.replace('web = ["web01", "web02"]', 'web = ["web01", "web09"]').replace('"web"', '"web01"')
+    )
+    assert problem == "demo.toml: groups.web: unknown host 'web09'; hosts are: hub, web01, web02"
+
+
+def test_an_unknown_host_asked_for_is_refused() -> None:
+    """`--host` names a host of the topology; the problem lists them."""
+    with pytest.raises(ConfigError) as info:
+        topology.loads(MULTI, path=PATH, registry=REGISTRY, host="web03")
+    assert info.value.problems == [
+        'demo.toml: --host: "web03" is not in [hosts]; did you mean "web02"? hosts are: hub, web01, web02'
+    ]
