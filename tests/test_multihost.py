@@ -31,6 +31,8 @@ pytestmark = pytest.mark.integration
 SUBNET = "10.213.0"
 ADDRESSES = {"hub": f"{SUBNET}.1", "web01": f"{SUBNET}.11", "web02": f"{SUBNET}.12", "rogue": f"{SUBNET}.66"}
 PORT_BASE = 7400
+#: Datapoints a second from web01's ``heavy`` collector: the load the link cut is tested under.
+HEAVY = 1000
 
 TOPOLOGY = """
 [dsat]
@@ -60,6 +62,12 @@ use = "synthetic"
 every = "1s"
 host = "web"
 options = {{ metrics = 3 }}
+
+[satellites.heavy]
+use = "synthetic"
+every = "1s"
+host = "web01"
+options = {{ metrics = {heavy} }}
 
 [satellites.fast]
 use = "synthetic"
@@ -183,6 +191,7 @@ class Cluster:
         self.net = net
         self.stack = stack
         self.topologies = topologies
+        self.ups: dict[str, subprocess.Popen[bytes]] = {}
 
     def wsp(self, *parts: str) -> Path:
         return self.stack.whisper_dir.joinpath(*parts[:-1], f"{parts[-1]}.wsp")
@@ -217,7 +226,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         source = base / "source"
         source.mkdir()
         (source / "topology.toml").write_text(
-            TOPOLOGY.format(port_base=PORT_BASE, carbon_port=stack.pickle_port, **ADDRESSES)
+            TOPOLOGY.format(port_base=PORT_BASE, carbon_port=stack.pickle_port, heavy=HEAVY, **ADDRESSES)
         )
         made = subprocess.run(
             [sys.executable, "-m", "dsat", "keys", str(source / "topology.toml")], capture_output=True, text=True
@@ -226,9 +235,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         topologies = {host: host_copy(base, source, host) for host in ("hub", "web01", "web02", "rogue")}
         net.start("hub", stack.carbon_command(), "carbon-cache")
         net.start("hub", stack.graphite_command(), "graphite-web", env=stack.graphite_env())
-        for host in ("hub", "web01", "web02"):
-            net.start(host, [sys.executable, "-m", "dsat", "up", str(topologies[host]), "--host", host], f"dsat-{host}")
-        yield Cluster(net, stack, topologies)
+        ups = {
+            host: net.start(
+                host, [sys.executable, "-m", "dsat", "up", str(topologies[host]), "--host", host], f"dsat-{host}"
+            )
+            for host in ("hub", "web01", "web02")
+        }
+        cluster = Cluster(net, stack, topologies)
+        cluster.ups = ups
+        yield cluster
     finally:
         net.destroy()
 
@@ -342,12 +357,12 @@ def test_validate_host_catches_a_missing_key_an_unknown_host_and_plain_tcp(tmp_p
     and on hand-written plain tcp without insecure = true, and warns when insecure = true allows it."""
     source = tmp_path / "source"
     source.mkdir()
-    text = TOPOLOGY.format(port_base=PORT_BASE, carbon_port=2004, **ADDRESSES)
+    text = TOPOLOGY.format(port_base=PORT_BASE, carbon_port=2004, heavy=HEAVY, **ADDRESSES)
     (source / "topology.toml").write_text(text)
     assert subprocess.run([sys.executable, "-m", "dsat", "keys", str(source / "topology.toml")]).returncode == 0
     web01 = host_copy(tmp_path, source, "web01")
     ok = validate(web01, "--host", "web01")
-    assert (ok.returncode, ok.stdout.strip()) == (0, f"{web01}: OK for host web01 (steps: load) and the whole graph")
+    assert (ok.returncode, ok.stdout.strip()) == (0, f"{web01}: OK for host web01 (steps: load, heavy) and the whole graph")
 
     (web01.parent / "keys" / "private" / "web01.key_secret").unlink()
     missing = validate(web01, "--host", "web01")
@@ -368,3 +383,49 @@ def test_validate_host_catches_a_missing_key_an_unknown_host_and_plain_tcp(tmp_p
     assert warned.returncode == 0
     assert "warning: [dsat] insecure = true: the links between hosts are plain tcp" in warned.stderr
     assert "tcp://10.213.0.12:7999" in warned.stderr
+
+
+def runs(cluster: Cluster, step: str, metrics: int) -> list[list[int]]:
+    """For each metric m0..m<N-1> of *step* on web01, the run numbers stored in Whisper (one per slot)."""
+    return [[int(v) for v in cluster.values("dsat", "web01", step, f"m{i}")] for i in range(metrics)]
+
+
+def test_a_collector_host_cut_off_for_30_seconds_loses_nothing(cluster: Cluster) -> None:
+    """web01's link is down for 30 s under 1,000 datapoints/s: it keeps collecting, nothing arrives meanwhile,
+    and once the link is back every datapoint it produced lands in Whisper, none in two slots."""
+    wait_for(lambda: len(runs(cluster, "heavy", 1)[0]) >= 3, 90, "web01's heavy collector in Whisper")
+    cluster.net.cut("web01", up=False)
+    cut_at = time.monotonic()
+    try:
+        time.sleep(5)  # what was on the wire before the cut has landed
+        during = max(runs(cluster, "heavy", 1)[0])
+        time.sleep(30 - (time.monotonic() - cut_at))
+        assert max(runs(cluster, "heavy", 1)[0]) == during, "data crossed a link that was down"
+        assert cluster.ups["web01"].poll() is None
+    finally:
+        cluster.net.cut("web01", up=True)
+    last_cut_run = during + 30
+    wait_for(
+        lambda: min(max(r, default=0) for r in runs(cluster, "heavy", HEAVY)) >= last_cut_run + 5,
+        120,
+        "web01's runs from the cut to land",
+    )
+    os.killpg(cluster.ups["web01"].pid, signal.SIGTERM)  # stop producing, then let everything settle
+    assert cluster.ups["web01"].wait(60) == 0
+    previous: list[list[list[int]]] = [[]]
+
+    def settled() -> list[list[int]] | None:
+        time.sleep(1)
+        now = runs(cluster, "heavy", HEAVY)
+        same = now == previous[0]
+        previous[0] = now
+        return now if same else None
+
+    stored = wait_for(settled, 60, "carbon-cache to finish writing", interval=0)
+    first = min(min(r) for r in stored)
+    last = max(max(r) for r in stored)
+    assert first == 1 and last >= last_cut_run + 5
+    twice = {i: r for i, r in enumerate(stored) if len(r) != len(set(r))}
+    assert not twice, f"runs stored in two slots: {dict(list(twice.items())[:3])}"
+    missing = {i: sorted(set(range(1, last + 1)) - set(r))[:10] for i, r in enumerate(stored) if len(set(r)) != last}
+    assert not missing, f"runs missing (metric: first missing runs): {dict(list(missing.items())[:5])}"
