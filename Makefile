@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	GRAPHITE_NO_PREFIX=True $(BIN)/python -m pip install --quiet -e '.[graphite,test]'
+	# graphite-web's own metadata pins Django<3.1; dsat[graphite] brings Django 3.2 (see pyproject.toml)
+	GRAPHITE_NO_PREFIX=True $(BIN)/python -m pip install --quiet --no-deps graphite-web==1.1.10
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -51,6 +51,12 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any) -> list[Any]:
     if conf.plaintext:
         factory = PlaintextFactory(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
         ports.append(reactor.listenTCP(conf.plaintext[1], factory, interface=conf.plaintext[0]))
+    if conf.plaintext_tls:
+        from dsat.tls import server_options
+
+        factory = PlaintextFactory(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
+        options = server_options(conf.tls_certificate, conf.tls_key)
+        ports.append(reactor.listenSSL(conf.plaintext_tls[1], factory, options, interface=conf.plaintext_tls[0]))
     if conf.plaintext_udp:
         datagram = PlaintextDatagram(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
         ports.append(reactor.listenUDP(conf.plaintext_udp[1], datagram, interface=conf.plaintext_udp[0]))

@@ -131,6 +131,10 @@ class IngressConf:
     """Where the orchester listens for Graphite and statsd clients: ``(interface, port)`` or None (off)."""
 
     plaintext: tuple[str, int] | None = None
+    #: Graphite plaintext over TLS, with the PEM certificate (chain) and key files it needs.
+    plaintext_tls: tuple[str, int] | None = None
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None
     plaintext_udp: tuple[str, int] | None = None
     pickle: tuple[str, int] | None = None
     statsd: tuple[str, int] | None = None
@@ -367,6 +371,9 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     },
     "ingress": {
         "plaintext": ((str,), 'plaintext = "127.0.0.1:2003"'),
+        "plaintext_tls": ((str,), 'plaintext_tls = "127.0.0.1:2443"'),
+        "tls_certificate": ((str,), 'tls_certificate = "tls/cert.pem"'),
+        "tls_key": ((str,), 'tls_key = "tls/key.pem"'),
         "plaintext_udp": ((str,), 'plaintext_udp = "127.0.0.1:2003"'),
         "pickle": ((str,), 'pickle = "127.0.0.1:2004"'),
         "statsd": ((str,), 'statsd = "127.0.0.1:8125"'),
@@ -526,6 +533,7 @@ def loads(
     problems.raise_if_any()
     _graph(problems, topo)
     _rules(problems, topo)
+    _tls(problems, topo)
     if host is not None and host not in topo.hosts:
         known = list(topo.hosts)
         problems.add(
@@ -697,7 +705,7 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
 
     ing = _check_table(problems, "ingress", doc.get("ingress", {}), "ingress")
     listeners: dict[str, tuple[str, int] | None] = {}
-    for key in ("plaintext", "plaintext_udp", "pickle", "statsd"):
+    for key in ("plaintext", "plaintext_tls", "plaintext_udp", "pickle", "statsd"):
         listeners[key] = None
         if ing.get(key):
             host, _, port = ing[key].rpartition(":")
@@ -709,8 +717,18 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
     if not all(isinstance(p, int | float) and not isinstance(p, bool) and 0 < abs(p) < 100 for p in percentiles):
         problems.add("ingress.statsd_percentiles", f"{percentiles!r}: each must be a number between 0 and 100")
         percentiles = [90]
+    tls_files: dict[str, Path | None] = {}
+    for key in ("tls_certificate", "tls_key"):
+        tls_files[key] = None
+        if ing.get(key):
+            file = Path(ing[key])
+            tls_files[key] = file if file.is_absolute() else path.parent / file
+        elif listeners["plaintext_tls"]:
+            problems.add(f"ingress.{key}", f'plaintext_tls needs it: the PEM file, e.g. {key} = "tls/{key[4:]}.pem"')
     ingress = IngressConf(
         **listeners,
+        tls_certificate=tls_files["tls_certificate"],
+        tls_key=tls_files["tls_key"],
         statsd_flush=_duration(problems, "ingress.statsd_flush", ing.get("statsd_flush"), 10.0),
         statsd_prefix=ing.get("statsd_prefix", "stats"),
         statsd_percentiles=tuple(float(p) for p in percentiles),
@@ -1071,7 +1089,7 @@ def _graph(problems: _Problems, topo: Topology) -> None:
             f"cycle {' -> '.join(cycle)}: a batch would loop forever; break the cycle",
         )
     ingress = topo.ingress
-    listens = any((ingress.plaintext, ingress.plaintext_udp, ingress.pickle, ingress.statsd))
+    listens = any((ingress.plaintext, ingress.plaintext_tls, ingress.plaintext_udp, ingress.pickle, ingress.statsd))
     if not listens and not any(s.kind == "collector" for s in sats.values()):
         problems.add(
             "satellites",
@@ -1134,6 +1152,18 @@ def _rules(problems: _Problems, topo: Topology) -> None:
                 problems.add("rules", f"{problem}; fix the rule file")
 
 
+def _tls(problems: _Problems, topo: Topology) -> None:
+    """The TLS listener's certificate and key must load, and belong together."""
+    conf = topo.ingress
+    if conf.plaintext_tls and conf.tls_certificate and conf.tls_key:
+        from dsat.tls import server_options
+
+        try:
+            server_options(conf.tls_certificate, conf.tls_key)
+        except ConfigError as exc:
+            problems.add("ingress.plaintext_tls", str(exc))
+
+
 def _environment(problems: _Problems, topo: Topology, host: str | None) -> None:
     folders = [("dsat.run_dir", topo.run_dir)]
     if topo.spool.path is not None:
@@ -1169,6 +1199,7 @@ def _environment(problems: _Problems, topo: Topology, host: str | None) -> None:
     ingress = topo.ingress
     for key, listener, kind in (
         ("ingress.plaintext", ingress.plaintext, socket.SOCK_STREAM),
+        ("ingress.plaintext_tls", ingress.plaintext_tls, socket.SOCK_STREAM),
         ("ingress.plaintext_udp", ingress.plaintext_udp, socket.SOCK_DGRAM),
         ("ingress.pickle", ingress.pickle, socket.SOCK_STREAM),
         ("ingress.statsd", ingress.statsd, socket.SOCK_DGRAM),

@@ -206,6 +206,26 @@ def test_graphite_web_serves_its_ui(demo) -> None:
         assert json.loads(resp.read())[0]["text"] == demo["where"]
 
 
+def test_graphite_web_on_the_pinned_django_draws_png_and_serves_composer_and_tags(demo) -> None:
+    """On Django 3.2 (pinned in dsat[graphite]) graphite-web draws a PNG graph, serves the composer and
+    answers the tags API: a series tagged through it is found by its tag."""
+    import django
+
+    assert django.VERSION[:2] == (3, 2)
+    url, where = demo["url"], demo["where"]
+    wait_for(lambda: non_null_series(url, f"dsat.{where}.load.*"), 60, "load averages in graphite-web")
+    query = urllib.parse.urlencode({"target": f"dsat.{where}.load.*", "from": "-10min", "format": "png"})
+    with urllib.request.urlopen(f"{url}render?{query}", timeout=20) as resp:
+        assert resp.headers["Content-Type"] == "image/png" and resp.read().startswith(b"\x89PNG\r\n")
+    with urllib.request.urlopen(f"{url}composer/", timeout=10) as resp:
+        assert resp.status == 200 and b"Composer" in resp.read()
+    body = urllib.parse.urlencode({"path": "dsat.tagged;server=web01;app=shop"}).encode()
+    with urllib.request.urlopen(f"{url}tags/tagSeries", data=body, timeout=10) as resp:
+        assert json.loads(resp.read()) == "dsat.tagged;app=shop;server=web01"
+    with urllib.request.urlopen(f"{url}tags/findSeries?expr=server%3Dweb01", timeout=10) as resp:
+        assert json.loads(resp.read()) == ["dsat.tagged;app=shop;server=web01"]
+
+
 def test_the_demo_dashboard_is_installed_and_every_graph_has_data(demo) -> None:
     """graphite-web starts with carbon_conf/dashboards/dsat.json installed, and its graphs draw real series."""
     url = demo["url"]

@@ -1,0 +1,136 @@
+"""Graphite plaintext over TLS: the certificate files of the topology, and a real TLS client to Whisper."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from dsat.errors import ConfigError
+from dsat.stack import free_port
+from dsat.tls import server_options
+from tests.conftest import Carbon, Processes, wait_for
+from tests.test_clients import values
+from tests.test_topology import BASE, load, only_problem
+
+
+def make_certificate(folder: Path, name: str = "server") -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made by the openssl command."""
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=dsat-test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_server_options_load_a_pem_certificate_and_its_key(tmp_path: Path) -> None:
+    """A matching certificate and key give TLS options offering TLS 1.2 at least."""
+    cert, key = make_certificate(tmp_path)
+    options = server_options(cert, key)
+    from OpenSSL import SSL
+
+    assert isinstance(options.getContext(), SSL.Context)
+
+
+def test_a_key_of_another_certificate_or_a_bad_file_is_a_config_error(tmp_path: Path) -> None:
+    """A key that does not match, a file that is not PEM and a missing file are refused, naming the files."""
+    cert, _ = make_certificate(tmp_path, "one")
+    _, other_key = make_certificate(tmp_path, "two")
+    with pytest.raises(ConfigError, match="two.key: not the PEM private key of the certificate in .*one.pem"):
+        server_options(cert, other_key)
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(ConfigError, match="junk.pem: not a PEM certificate"):
+        server_options(tmp_path / "junk.pem", other_key)
+    with pytest.raises(ConfigError, match="missing.pem: cannot read"):
+        server_options(tmp_path / "missing.pem", other_key)
+
+
+def test_plaintext_tls_needs_its_certificate_and_key_in_the_topology(tmp_path: Path) -> None:
+    """plaintext_tls without tls_certificate and tls_key is refused with the keys to add."""
+    found = load_problems(BASE + '[ingress]\nplaintext_tls = "127.0.0.1:2443"\n')
+    assert [p.split(": ")[1] for p in found] == ["ingress.tls_certificate", "ingress.tls_key"]
+    problem = only_problem(
+        BASE + f'[ingress]\nplaintext_tls = "127.0.0.1:2443"\ntls_certificate = "{tmp_path}/no.pem"\n'
+        f'tls_key = "{tmp_path}/no.key"\n'
+    )
+    assert "ingress.plaintext_tls: " in problem and "no.pem: cannot read" in problem
+
+
+def load_problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load(text)
+    return info.value.problems
+
+
+@pytest.mark.integration
+def test_a_tls_client_reaches_whisper_and_a_plain_one_gets_nothing_in(
+    short_tmp: Path, carbon: Carbon, processes: Processes
+) -> None:
+    """Lines sent by Python's ssl client (checking the server's certificate) land in Whisper; the same lines
+    sent without TLS to the TLS port do not."""
+    cert, key = make_certificate(short_tmp)
+    port = free_port()
+    topo = short_tmp / "t.toml"
+    topo.write_text(
+        f"""
+[dsat]
+where = "testhost"
+run_dir = "run"
+[tracker]
+metrics_every = "1h"
+[ingress]
+plaintext_tls = "127.0.0.1:{port}"
+tls_certificate = "{cert.name}"
+tls_key = "{key.name}"
+[carbon]
+destinations = ["127.0.0.1:{carbon.port}"]
+"""
+    )
+    carbon.start()
+    processes.dsat("up", str(topo), name="up")
+    context = ssl.create_default_context(cafile=str(cert))
+
+    def tls_send(line: str) -> bool:
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname="127.0.0.1") as client,
+            ):
+                assert client.version() in ("TLSv1.2", "TLSv1.3")
+                client.sendall(line.encode())
+        except ConnectionRefusedError:
+            return False
+        return True
+
+    now = int(time.time())
+    wait_for(lambda: tls_send(f"dsat.testhost.tls.ok 4.5 {now}\n"), 30, "the TLS listener")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
+        plain.sendall(f"dsat.testhost.tls.plain 9 {now}\n".encode())
+    wait_for(lambda: values(carbon, "dsat.testhost.tls.ok") == [4.5], 30, "the point sent over TLS")
+    time.sleep(2)  # the plain line had as long as the TLS one
+    assert not (carbon.stack.whisper_dir / "dsat" / "testhost" / "tls" / "plain.wsp").exists()
