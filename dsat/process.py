@@ -90,7 +90,9 @@ def host_of(topo: Any, step: str, host: str) -> str:
         choices = ", ".join(topo.hosts)
         raise ConfigError(f"{topo.path}: say which host this is with --host NAME (one of: {choices}), not {host!r}")
     if step in ("tracker", "orchester", *topo.satellites) and host not in topo.hosts_of(step):
-        raise ConfigError(f"{topo.path}: step {step!r} does not run on host {host!r}; it runs on {topo.hosts_of(step)}")
+        raise ConfigError(
+            f"{topo.path}: step {step!r} does not run on host {host!r}; it runs on {', '.join(topo.hosts_of(step))}"
+        )
     return host
 
 

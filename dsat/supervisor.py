@@ -102,14 +102,8 @@ def up(topology_path: str | Path, *, extra: Any = None, host: str | None = None)
     with ``[hosts]`` needs *host*: each host runs its own part.
     """
     from dsat import keys, process, topology
-    from dsat.errors import ConfigError
 
     topo = topology.load(topology_path, check_environment=True, host=host)
-    if topo.multi_host and host is None:
-        raise ConfigError(
-            f"{topo.path}: this topology spans hosts; start this one's part with --host NAME"
-            f" (one of: {', '.join(topo.hosts)})"
-        )
     keys.require_curve(topo)
     reactor = process.install_reactor()
     process.start_logging()

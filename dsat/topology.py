@@ -542,6 +542,8 @@ def loads(
             if known
             else f'"{host}": this topology has no [hosts] and runs on one machine; drop --host',
         )
+    if check_environment and topo.multi_host and host is None:
+        problems.add("--host", f"this topology spans hosts; say which one this is: one of {', '.join(topo.hosts)}")
     problems.raise_if_any()
     if check_environment:
         _environment(problems, topo, host)

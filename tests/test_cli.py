@@ -41,3 +41,56 @@ def test_status_without_a_tracker_says_so(tmp_path: Path, capsys: pytest.Capture
     topo.write_text((ROOT / "dsat" / "demo.toml").read_text())
     assert main(["status", "--timeout", "0.2", str(topo)]) == 1
     assert "did not answer" in capsys.readouterr().err
+
+
+HOSTS = """
+[hosts.hub]
+address = "10.213.1.1"
+[hosts.web01]
+address = "10.213.1.11"
+[carbon]
+destinations = ["127.0.0.1:2004"]
+[satellites.load]
+use = "synthetic"
+every = "1s"
+host = "web01"
+"""
+
+
+def test_up_of_a_multi_host_topology_needs_the_host(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dsat up` without --host on a topology with [hosts] exits 2 and lists the hosts to pick from."""
+    topo = tmp_path / "t.toml"
+    topo.write_text(HOSTS)
+    assert main(["up", str(topo)]) == 2
+    assert (
+        "t.toml: --host: this topology spans hosts; say which one this is: one of hub, web01" in capsys.readouterr().err
+    )
+
+
+def test_run_of_a_step_on_another_host_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dsat run TOPOLOGY load --host hub` exits 2: load runs on web01."""
+    from dsat import topology
+    from dsat.errors import ConfigError
+    from dsat.process import host_of
+
+    topo = topology.loads(HOSTS, path=tmp_path / "t.toml")
+    assert host_of(topo, "load", "web01") == "web01"
+    with pytest.raises(ConfigError, match="step 'load' does not run on host 'hub'; it runs on web01"):
+        host_of(topo, "load", "hub")
+    with pytest.raises(ConfigError, match=r"say which host this is with --host NAME \(one of: hub, web01\)"):
+        host_of(topo, "orchester", "")
+
+
+def test_keys_makes_the_pairs_and_says_what_to_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dsat keys` makes one pair per host, then keeps them; on a one-host topology it says none is needed."""
+    topo = tmp_path / "t.toml"
+    topo.write_text(HOSTS)
+    assert main(["keys", str(topo)]) == 0
+    out = capsys.readouterr().out
+    assert "hub: new key pair" in out and "web01: new key pair" in out and "to HOST only (mode 0600)" in out
+    assert main(["keys", str(topo)]) == 0
+    assert "hub: kept" in capsys.readouterr().out
+    one = tmp_path / "one.toml"
+    one.write_text((ROOT / "dsat" / "demo.toml").read_text())
+    assert main(["keys", str(one)]) == 2
+    assert "no [hosts], so no link leaves this machine" in capsys.readouterr().err

@@ -362,7 +362,10 @@ def test_validate_host_catches_a_missing_key_an_unknown_host_and_plain_tcp(tmp_p
     assert subprocess.run([sys.executable, "-m", "dsat", "keys", str(source / "topology.toml")]).returncode == 0
     web01 = host_copy(tmp_path, source, "web01")
     ok = validate(web01, "--host", "web01")
-    assert (ok.returncode, ok.stdout.strip()) == (0, f"{web01}: OK for host web01 (steps: load, heavy) and the whole graph")
+    assert (ok.returncode, ok.stdout.strip()) == (
+        0,
+        f"{web01}: OK for host web01 (steps: load, heavy) and the whole graph",
+    )
 
     (web01.parent / "keys" / "private" / "web01.key_secret").unlink()
     missing = validate(web01, "--host", "web01")
