@@ -263,6 +263,12 @@ class Topology:
 # -- helpers -----------------------------------------------------------------
 
 
+def _beside(topology_path: Path, name: str) -> Path:
+    """A file the topology names: absolute, or relative to the topology file's folder."""
+    file = Path(name)
+    return file if file.is_absolute() else topology_path.parent / file
+
+
 def _binder(key: str) -> str:
     """The step that binds the address at key path *key* (``tracker.events`` -> ``tracker``)."""
     table, name, *_ = key.split(".")
@@ -721,11 +727,8 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         percentiles = [90]
     tls_files: dict[str, Path | None] = {}
     for key in ("tls_certificate", "tls_key"):
-        tls_files[key] = None
-        if ing.get(key):
-            file = Path(ing[key])
-            tls_files[key] = file if file.is_absolute() else path.parent / file
-        elif listeners["plaintext_tls"]:
+        tls_files[key] = _beside(path, ing[key]) if ing.get(key) else None
+        if not ing.get(key) and listeners["plaintext_tls"]:
             problems.add(f"ingress.{key}", f'plaintext_tls needs it: the PEM file, e.g. {key} = "tls/{key[4:]}.pem"')
     ingress = IngressConf(
         **listeners,
@@ -740,10 +743,7 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
     rul = _check_table(problems, "rules", doc.get("rules", {}), "rules")
     rule_files: dict[str, Path | None] = {}
     for key in ("rewrite", "aggregation"):
-        rule_files[key] = None
-        if rul.get(key):
-            file = Path(rul[key])
-            rule_files[key] = file if file.is_absolute() else path.parent / file
+        rule_files[key] = _beside(path, rul[key]) if rul.get(key) else None
     patterns: dict[str, tuple[str, ...]] = {}
     for key in ("allow", "deny"):
         values = rul.get(key, [])
@@ -788,7 +788,6 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
     port_base = top.get("port_base", 7400)
     if not 0 < port_base <= 65535 - SATELLITE_PORTS_FROM - len(satellites):
         problems.add("dsat.port_base", f"{port_base}: the derived ports must stay within 1-65535; lower it")
-    keys_dir = Path(top.get("keys", "keys"))
     topo = Topology(
         path=path,
         prefix=prefix,
@@ -806,7 +805,7 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         rules=rules,
         hosts=MappingProxyType(hosts),
         insecure=top.get("insecure", False),
-        keys_dir=Path(os.path.normpath(keys_dir if keys_dir.is_absolute() else path.parent / keys_dir)),
+        keys_dir=Path(os.path.normpath(_beside(path, top.get("keys", "keys")))),
         port_base=port_base,
     )
     return _derive_links(problems, topo, doc) if hosts and not problems.items else topo
