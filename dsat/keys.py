@@ -55,7 +55,8 @@ def require_curve(topo: Topology, has: Callable[[str], bool] = zmq.has) -> None:
 
 def create(topo: Topology, *, replace: Iterable[str] = ()) -> list[str]:
     """Make the key pairs of the hosts that have none (and of *replace*); returns the hosts keyed now."""
-    unknown = sorted(set(replace) - set(topo.hosts))
+    renew = set(replace)
+    unknown = sorted(renew - set(topo.hosts))
     if unknown:
         raise DsatError(f"{topo.path}: no host {unknown[0]!r} in [hosts]; hosts are: {', '.join(topo.hosts)}")
     keys_dir = topo.keys_dir
@@ -65,7 +66,7 @@ def create(topo: Topology, *, replace: Iterable[str] = ()) -> list[str]:
     private.chmod(0o700)
     made = []
     for host in topo.hosts:
-        if host not in replace and public_path(keys_dir, host).exists() and secret_path(keys_dir, host).exists():
+        if host not in renew and public_path(keys_dir, host).exists() and secret_path(keys_dir, host).exists():
             continue
         with tempfile.TemporaryDirectory(dir=private) as scratch:
             public_file, secret_file = zmq.auth.create_certificates(scratch, host)

@@ -124,8 +124,7 @@ class ZapHandler:
     (:meth:`count_into`), so they show in DSAT's own metrics.
     """
 
-    log = Logger()
-    #: Monitor events of a handshake refused before ZAP (ZAP's own refusals are counted by ``reply``).
+    #: Monitor events of a handshake refused before ZAP is asked (ZAP's refusals are counted by ``zap_reply``).
     HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
     def __init__(self, allow: AllowList) -> None:
