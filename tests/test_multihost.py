@@ -372,6 +372,12 @@ def test_validate_host_catches_a_missing_key_an_unknown_host_and_plain_tcp(tmp_p
     assert missing.returncode == 2
     assert "dsat.keys: " in missing.stderr and "web01.key_secret: cannot read the secret key" in missing.stderr
 
+    # This machine is not the hub: the hub's address is not here, so its ports cannot be bound.
+    hub = host_copy(tmp_path, source, "hub")
+    elsewhere = validate(hub, "--host", "hub")
+    assert elsewhere.returncode == 2
+    assert "tracker.events: cannot bind tcp://10.213.0.1:7400 (Cannot assign requested address)" in elsewhere.stderr
+
     unknown = validate(web01, "--host", "web09")
     assert unknown.returncode == 2
     assert '--host: "web09" is not in [hosts]; did you mean "web02"? hosts are: hub, web01, web02' in unknown.stderr
@@ -432,3 +438,42 @@ def test_a_collector_host_cut_off_for_30_seconds_loses_nothing(cluster: Cluster)
     assert not twice, f"runs stored in two slots: {dict(list(twice.items())[:3])}"
     missing = {i: sorted(set(range(1, last + 1)) - set(r))[:10] for i, r in enumerate(stored) if len(set(r)) != last}
     assert not missing, f"runs missing (metric: first missing runs): {dict(list(missing.items())[:5])}"
+
+
+def test_a_new_key_for_a_collector_host_is_taken_without_restarting_the_hub(cluster: Cluster) -> None:
+    """After `dsat keys --replace web01` and the copies, restarting web01 alone is enough: the hub (not
+    restarted) admits its new key, its data lands again, and the old key gets nothing."""
+    source = cluster.topologies["hub"].parent.parent / "source"
+    old_secret = cluster.net.base / "web01-old.key_secret"
+    shutil.copy2(source / "keys" / "private" / "web01.key_secret", old_secret)
+    hub_up = cluster.ups["hub"]
+    if cluster.ups["web01"].poll() is None:
+        os.killpg(cluster.ups["web01"].pid, signal.SIGTERM)
+        cluster.ups["web01"].wait(60)
+    made = subprocess.run(
+        [sys.executable, "-m", "dsat", "keys", str(source / "topology.toml"), "--replace", "web01"],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0 and "web01: new key pair" in made.stdout, made.stderr
+    for host in ("hub", "web02", "rogue"):
+        shutil.copy(source / "keys" / "public" / "web01.key", cluster.topologies[host].parent / "keys" / "public")
+    web01 = cluster.topologies["web01"].parent / "keys"
+    shutil.copy(source / "keys" / "public" / "web01.key", web01 / "public")
+    shutil.copy(source / "keys" / "private" / "web01.key_secret", web01 / "private")
+    restarted_at = time.time()
+    cluster.ups["web01"] = cluster.net.start(
+        "web01",
+        [sys.executable, "-m", "dsat", "up", str(cluster.topologies["web01"]), "--host", "web01"],
+        "dsat-web01-new-key",
+    )
+
+    def landed_since_restart() -> bool:
+        path = cluster.wsp("dsat", "web01", "load", "m0")
+        (start, _end, step), values = whisper.fetch(str(path), int(restarted_at))
+        return any(v is not None for v in values)
+
+    wait_for(landed_since_restart, 60, "web01's data under its new key")
+    assert hub_up.poll() is None  # the hub ran through the whole change
+    stale = peer(cluster, "rogue", "control", str(old_secret))
+    assert stale["received"] == 0, stale
