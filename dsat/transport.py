@@ -81,10 +81,14 @@ def context() -> zmq.asyncio.Context:
 def _socket(
     kind: int, address: str, *, bind: bool, topics: Sequence[bytes] = (b"",), curve: Curve | None = None
 ) -> zmq.asyncio.Socket:
+    if curve is not None and bind and _zap is None:
+        raise RuntimeError("a CURVE server socket needs the ZapHandler started first (transport.start_zap)")
     sock = context().socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, DEFAULT_HWM)
     sock.setsockopt(zmq.RCVHWM, DEFAULT_HWM)
+    if address.startswith("tcp://["):
+        sock.setsockopt(zmq.IPV6, 1)  # ZeroMQ binds and connects IPv6 addresses only when asked
     if curve is not None:
         _secure(sock, curve, address, bind=bind)
     if kind == zmq.SUB:
@@ -103,8 +107,7 @@ def _secure(sock: zmq.asyncio.Socket, curve: Curve, address: str, *, bind: bool)
     sock.curve_publickey = curve.public
     sock.curve_secretkey = curve.secret
     if bind:
-        if _zap is None:
-            raise RuntimeError("a CURVE server socket needs the ZapHandler started first (transport.start_zap)")
+        assert _zap is not None  # checked by _socket before the socket exists
         sock.curve_server = True
         sock.zap_domain = ZAP_DOMAIN
         _zap.watch(sock, address)
