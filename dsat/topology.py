@@ -263,6 +263,15 @@ class Topology:
 # -- helpers -----------------------------------------------------------------
 
 
+def _tables(problems: _Problems, doc: dict[str, Any], name: str, fix: str) -> list[tuple[str, Any]]:
+    """The entries of the top-level table *name* (none if absent); *fix* is the problem when it is no table."""
+    table = doc.get(name, {})
+    if not isinstance(table, dict):
+        problems.add(name, fix)
+        return []
+    return list(table.items())
+
+
 def _beside(topology_path: Path, name: str) -> Path:
     """A file the topology names: absolute, or relative to the topology file's folder."""
     file = Path(name)
@@ -777,11 +786,7 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
     )
 
     satellites: dict[str, Step] = {}
-    raw_sats = doc.get("satellites", {})
-    if not isinstance(raw_sats, dict):
-        problems.add("satellites", "must be tables, one per satellite; write [satellites.NAME]")
-        raw_sats = {}
-    for name, raw in raw_sats.items():
+    for name, raw in _tables(problems, doc, "satellites", "must be tables, one per satellite; write [satellites.NAME]"):
         step = _satellite(problems, name, raw, registry, run_dir, codec, placed, orchester_host)
         if step is not None:
             satellites[name] = step
@@ -814,11 +819,9 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
 def _hosts_tables(problems: _Problems, doc: dict[str, Any]) -> tuple[dict[str, Host], dict[str, tuple[str, ...]]]:
     """``[hosts.NAME]`` (each with its address) and ``[groups]`` (a name for a list of hosts)."""
     hosts: dict[str, Host] = {}
-    raw_hosts = doc.get("hosts", {})
-    if not isinstance(raw_hosts, dict):
-        problems.add("hosts", 'must be tables, one per host; write [hosts.NAME] address = "10.0.0.1"')
-        raw_hosts = {}
-    for name, raw in raw_hosts.items():
+    for name, raw in _tables(
+        problems, doc, "hosts", 'must be tables, one per host; write [hosts.NAME] address = "10.0.0.1"'
+    ):
         key = f"hosts.{_key(name)}"
         if not _NAME.fullmatch(name):
             problems.add(key, "a host name holds only letters, digits, '_' and '-'; rename the host")
@@ -831,11 +834,8 @@ def _hosts_tables(problems: _Problems, doc: dict[str, Any]) -> tuple[dict[str, H
             continue
         hosts[name] = Host(name, address)
     groups: dict[str, tuple[str, ...]] = {}
-    raw_groups = doc.get("groups", {})
-    if not isinstance(raw_groups, dict):
-        problems.add("groups", 'must be a table of host lists; write [groups] then web = ["web01", "web02"]')
-        raw_groups = {}
-    for name, members in raw_groups.items():
+    fix = 'must be a table of host lists; write [groups] then web = ["web01", "web02"]'
+    for name, members in _tables(problems, doc, "groups", fix):
         key = f"groups.{_key(name)}"
         if name in hosts:
             problems.add(key, f'"{name}" is already a host name; give the group another name')

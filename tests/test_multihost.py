@@ -25,6 +25,7 @@ import whisper
 
 from dsat.stack import LocalStack, free_port
 from tests.conftest import wait_for
+from tests.test_clients import values
 
 pytestmark = pytest.mark.integration
 
@@ -197,14 +198,8 @@ class Cluster:
         return self.stack.whisper_dir.joinpath(*parts[:-1], f"{parts[-1]}.wsp")
 
     def values(self, *parts: str) -> list[float]:
-        path = self.wsp(*parts)
-        if not path.exists():
-            return []
-        try:
-            _, values = whisper.fetch(str(path), 0)
-        except whisper.CorruptWhisperFile:
-            return []
-        return [v for v in values if v is not None]
+        """The stored values of the metric whose path components are *parts*."""
+        return values(self, ".".join(parts))
 
     def render(self, target: str) -> list[dict[str, object]]:
         """graphite-web's /render JSON for *target*, fetched inside the hub's namespace."""
