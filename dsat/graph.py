@@ -45,12 +45,14 @@ def to_dot(topo: Any) -> str:
     ]
     hosts: dict[str, list[str]] = {}
     home = topo.where
-    hosts.setdefault(home, []).extend(
-        [f"{quote('orchester')} [{SHAPES['orchester']}];", f"{quote('tracker')} [{SHAPES['tracker']}];"]
-    )
+    for name in ("orchester", "tracker"):
+        hosts.setdefault(topo.hosts_of(name)[0] or home, []).append(f"{quote(name)} [{SHAPES[name]}];")
     for name, step in topo.satellites.items():
         label = f"{name}\n({step.use}, {step.kind}" + (f", every {step.every:g}s)" if step.every else ")")
-        hosts.setdefault(step.host or home, []).append(f"{quote(name)} [{SHAPES[step.kind]}, label={quote(label)}];")
+        if len(step.hosts) > 1:  # a collector on a group: drawn once, in its first host's cluster
+            label += "\non " + ", ".join(step.hosts)
+        first = step.hosts[0] if step.hosts else home
+        hosts.setdefault(first, []).append(f"{quote(name)} [{SHAPES[step.kind]}, label={quote(label)}];")
     for i, (host, nodes) in enumerate(hosts.items()):
         lines.append(f"  subgraph cluster_{i} {{")
         lines.append(f'    label={quote("host " + host)}; style="rounded,dashed";')

@@ -16,8 +16,10 @@ from tests.conftest import ROOT, install_missing_programs
 
 DEMO = ROOT / "dsat" / "demo.toml"
 ROUTED = """
-[dsat]
-where = "hub"
+[hosts.hub]
+address = "10.0.0.1"
+[hosts.web01]
+address = "10.0.0.11"
 [orchester.routes]
 "*" = ["carbon"]
 counter = ["keep", "carbon"]
