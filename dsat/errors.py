@@ -53,3 +53,9 @@ class PluginError(ConfigError):
 
 class BenchError(DsatError):
     """``dsat bench`` could not run its topology or its load (what failed, and the log to read)."""
+
+
+class SpoolCorrupt(DsatError):
+    """The spool file is not an SQLite database, fails its check, or holds another schema."""
+
+    reason = "spool_corrupt"
