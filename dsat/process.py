@@ -49,7 +49,9 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any) -> list[Any]:
     conf = topo.ingress
     ports = []
     if conf.plaintext:
-        factory = PlaintextFactory(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
+        factory = PlaintextFactory(
+            orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line, producers=orch.egress.producers
+        )
         ports.append(reactor.listenTCP(conf.plaintext[1], factory, interface=conf.plaintext[0]))
     if conf.plaintext_udp:
         datagram = PlaintextDatagram(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
@@ -57,7 +59,9 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any) -> list[Any]:
     if conf.pickle:
         ports.append(
             reactor.listenTCP(
-                conf.pickle[1], PickleFactory(orch.ingest, orch.rejected, reactor), interface=conf.pickle[0]
+                conf.pickle[1],
+                PickleFactory(orch.ingest, orch.rejected, reactor, producers=orch.egress.producers),
+                interface=conf.pickle[0],
             )
         )
     if conf.statsd:

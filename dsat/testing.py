@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from dsat.envelope import Envelope, decode
+from dsat.flow import Producers
 
 
 class FakeSender:
@@ -51,7 +52,7 @@ class CaptureEgress:
         self.replayed = 0
         self.resent = 0
         self.spool_pending = 0
-        self.full = False
+        self.producers = Producers()
         self.placing = ["127.0.0.1:2004"]
         self.started = False
 

@@ -20,7 +20,9 @@ from typing import Protocol
 
 import zmq
 import zmq.asyncio
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
+from zope.interface import implementer
 
 #: Receiving pattern -> ZeroMQ socket type, and sending pattern -> socket type.
 RECEIVE_TYPES = {"pull": zmq.PULL, "sub": zmq.SUB, "pair": zmq.PAIR, "rep": zmq.REP}
@@ -152,6 +154,7 @@ class ZmqSender:
         self._sock.close(linger=LINGER_MS)
 
 
+@implementer(IPushProducer)
 class ZmqReceiver:
     """A receiving link: calls ``on_frame(frame)`` for every message.
 
@@ -180,12 +183,17 @@ class ZmqReceiver:
         self._reading.set()
         self._loop = asyncio.ensure_future(self._run())
 
-    def pause(self) -> None:
+    # IPushProducer (dsat.flow pauses the orchester's input link while Carbon cannot take more)
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted API)
         """Stop taking frames: they wait in ZeroMQ, then in the senders' bounded queues."""
         self._reading.clear()
 
-    def resume(self) -> None:
+    def resumeProducing(self) -> None:  # noqa: N802
         self._reading.set()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.close()
 
     async def _run(self) -> None:
         sock = self._sock

@@ -216,22 +216,79 @@ def test_a_slow_destination_spills_to_the_spool_past_max_queue(tmp_path) -> None
     assert dest.dropped == 0 and dest.queued_points + dest.spool_pending == 20
 
 
-def test_a_full_blocking_spool_keeps_the_batch_and_says_full(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Under `block`, a batch the spool refuses is kept in memory (not dropped) and the egress reports full."""
+class Input:
+    """A push producer that records its state."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.paused = False
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.paused = True
+
+
+def test_a_full_blocking_spool_keeps_the_batch_and_pauses_the_inputs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Under `block` a batch the spool refuses waits in memory; at max_queue the inputs pause, connected, resume."""
     from dsat.spool import Spool
 
     reactor = MemoryReactorClock()
     spool = Spool(tmp_path / "s.db", max_bytes=400, policy="block")
-    egress = CarbonEgress(reactor, [("127.0.0.1", 2004)], spool=spool, max_queue=5)
+    egress = CarbonEgress(reactor, [("127.0.0.1", 2004)], spool=spool, max_queue=20)
+    inputs = [Input(), Input()]
+    for i in inputs:
+        egress.producers.register(i)
     done: list[int] = []
-    for i in range(10):
+    i = 0
+    while not egress.full:
         egress.send([(f"m{i}.{j}", 1, 1.0) for j in range(5)], lambda: done.append(1))
-    assert egress.full and egress.dropped == 0
-    assert spool.pending() + egress.queued_points == 50
-    assert len(done) == spool.pending() // 5  # only spooled batches have ended
+        i += 1
+    assert all(i.paused for i in inputs) and egress.dropped == 0
+    assert egress.queued_points == 20 and spool.refused == 4
+    late = Input()
+    egress.producers.register(late)
+    assert late.paused  # a client connecting while paused is not read either
+    assert len(done) == spool.pending() // 5 == i - 4  # only spooled batches have ended
     proto = FakeProto()
     egress.destinations[0].connected(proto)  # type: ignore[arg-type]
-    assert not egress.full and len(done) == 10
+    assert not egress.full and len(done) == i and not any(i.paused for i in [*inputs, late])
+
+
+def test_under_block_past_the_hold_limit_a_batch_is_dropped_and_counted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """What cannot wait (UDP, statsd) and finds spool and memory past HOLD_FACTOR x max_queue is dropped, counted."""
+    from dsat.carbon import HOLD_FACTOR
+    from dsat.spool import Spool
+
+    spool = Spool(tmp_path / "s.db", max_bytes=1, policy="block")
+    dest = Destination(MemoryReactorClock(), "127.0.0.1", 2004, spool=spool, max_queue=10)
+    for i in range(30):
+        dest.send([(f"m{i}", 1, 1.0)])
+    assert dest.queued_points == HOLD_FACTOR * 10 and dest.dropped == 30 - HOLD_FACTOR * 10 and dest.blocked
+
+
+def test_blocked_destination_resumes_at_its_low_watermark(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The inputs resume once the memory queue is down to max_queue // 2, not at the first datapoint written."""
+    from dsat.spool import Spool
+
+    spool = Spool(tmp_path / "s.db", max_bytes=1, policy="block")
+    dest = Destination(MemoryReactorClock(), "127.0.0.1", 2004, spool=spool, max_queue=10)
+    changes: list[bool] = []
+    dest.on_blocked = changes.append
+    for i in range(10):
+        dest.send([(f"m{i}", 1, 1.0)])
+    assert changes == [True]
+    proto = FakeProto()
+    proto.paused = True
+    dest.connected(proto)  # type: ignore[arg-type]
+    for expect_level in range(9, 4, -1):
+        item = dest.queue.popleft()  # one batch taken by a slow carbon-cache
+        dest.queued_points -= item.points
+        dest._level()
+        assert changes == ([True, False] if expect_level <= 5 else [True])
 
 
 def test_what_a_broken_connection_carried_lately_is_sent_again(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -163,25 +163,26 @@ class FakeInput:
     def __init__(self) -> None:
         self.paused = False
 
-    def pause(self) -> None:
+    def pauseProducing(self) -> None:  # noqa: N802
         self.paused = True
 
-    def resume(self) -> None:
+    def resumeProducing(self) -> None:  # noqa: N802
         self.paused = False
 
+    def stopProducing(self) -> None:  # noqa: N802
+        self.paused = True
 
-def test_input_pauses_while_carbon_is_full_and_resumes_after() -> None:
-    """Backpressure: a full egress pauses the orchester's input link; room again resumes it."""
+
+def test_the_input_link_is_one_of_the_egress_producers() -> None:
+    """start() registers the input link with the egress's producers: paused and resumed with them, no timer."""
     orch, egress, _, _, clock = make()
     link = FakeInput()
     orch.start(link)
-    egress.full = True
-    orch.on_frame(frame((("a.b", 1, 1.0),))[1])
+    egress.producers.pause()
     assert link.paused
-    clock.advance(0.2)
+    clock.advance(60)
     assert link.paused
-    egress.full = False
-    clock.advance(0.2)
+    egress.producers.resume()
     assert not link.paused
     orch.stop()
 
