@@ -329,3 +329,178 @@ def test_removing_a_dead_destination_delivers_what_was_spooled_for_it(
         datapoints_stored=sum(len(r) for r in runs),
         batches_spooled_for_the_dead_destination=spooled,
     )
+
+
+class CountingCarbon:
+    """A stand-in for carbon-cache's pickle receiver that marks which datapoint of which client arrived.
+
+    Client ``c`` sends the values 0..N-1 on paths ``bp.c<c>.m<k>``; ``seen[c][n]`` is set when value n
+    of client c is read, so the count of distinct datapoints delivered is exact (a resent one counts once).
+    """
+
+    def __init__(self, port: int, clients: int, per_client: int) -> None:
+        import threading
+
+        self.port = port
+        self.seen = [bytearray(per_client) for _ in range(clients)]
+        self.received = 0
+        self._server: Any = None
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        import socket
+        import threading
+
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        accept = threading.Thread(target=self._accept, daemon=True)
+        accept.start()
+        self._threads.append(accept)
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self._server.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._read, args=(conn,), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _read(self, conn: Any) -> None:
+        import pickle
+        import struct
+
+        buf = b""
+        with conn:
+            while chunk := conn.recv(1 << 20):
+                buf += chunk
+                while len(buf) >= 4 and len(buf) >= 4 + (size := struct.unpack("!L", buf[:4])[0]):
+                    for path, (_, value) in pickle.loads(buf[4 : 4 + size]):
+                        parts = path.split(".")
+                        if parts[0] == "bp":
+                            self.seen[int(parts[1][1:])][int(value)] = 1
+                            self.received += 1
+                    buf = buf[4 + size :]
+
+    def delivered(self) -> int:
+        return sum(sum(s) for s in self.seen)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+def _recv_queued(port: int) -> int:
+    """Bytes waiting unread in the receive queues of the connections to *port* (``ss``'s Recv-Q)."""
+    out = subprocess.run(
+        ["ss", "-tnH", "state", "established", f"( sport = :{port} )"], capture_output=True, text=True, check=True
+    ).stdout
+    return sum(int(line.split()[0]) for line in out.splitlines() if line.strip())
+
+
+def test_block_policy_pauses_tcp_clients_in_bounded_memory_and_then_delivers_everything(
+    short_tmp: Path, processes: Processes
+) -> None:
+    """Carbon down, block, 1 MiB spool: 20 clients sending 2,000,000 datapoints are paused, the orchester's RSS
+    stays bounded, and once Carbon is back every datapoint arrives."""
+    import socket
+    import threading
+
+    clients, per_client, rss_bound = 20, 100_000, 80 * 2**20
+    carbon_port, tcp = free_port(), free_port()
+    topo = short_tmp / "t.toml"
+    topo.write_text(
+        f"""
+[dsat]
+where = "testhost"
+run_dir = "run"
+[tracker]
+metrics_every = "1h"
+[orchester]
+max_queue = 50000
+[ingress]
+plaintext = "127.0.0.1:{tcp}"
+[carbon]
+destinations = ["127.0.0.1:{carbon_port}"]
+[spool]
+path = "spool/carbon.db"
+max_mb = 1
+policy = "block"
+replay_rate = 500000
+"""
+    )
+    up = processes.dsat("up", str(topo), name="up")
+    wait_for(lambda: _connects(tcp), 30, "the orchester's plaintext port")
+    orchester = step_pid(up, "orchester")
+    assert orchester is not None
+    proc = psutil.Process(orchester)
+    rss_at_start = proc.memory_info().rss
+    now = int(time.time())
+    sent = [0] * clients
+
+    def client(c: int) -> None:
+        with socket.create_connection(("127.0.0.1", tcp)) as sock:
+            # a small send buffer, so a paused orchester blocks the client itself rather than its kernel
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+            for start in range(0, per_client, 2000):
+                chunk = "".join(f"bp.c{c}.m{n % 100} {n} {now + n // 100}\n" for n in range(start, start + 2000))
+                sock.sendall(chunk.encode())
+                sent[c] += 2000
+
+    threads = [threading.Thread(target=client, args=(c,), daemon=True) for c in range(clients)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: "inputs paused" in processes.log_of(up), 60, "the orchester to pause its inputs")
+    # Paused: the clients' data waits unread in the kernel, not in the orchester.
+    wait_for(lambda: _recv_queued(tcp) > 0, 30, "data waiting unread at the orchester's sockets")
+    rss_paused = []
+    for _ in range(20):
+        rss_paused.append(proc.memory_info().rss)
+        time.sleep(0.1)
+    queued_unread, sent_while_paused = _recv_queued(tcp), sum(sent)
+    assert "inputs resumed" not in processes.log_of(up)
+    assert sent_while_paused < clients * per_client  # the clients are held back
+    assert max(rss_paused) < rss_bound, f"RSS {max(rss_paused) / 2**20:.0f} MiB while paused"
+
+    sink = CountingCarbon(carbon_port, clients, per_client)
+    sink.start()
+    try:
+        back_at = time.monotonic()
+        wait_for(
+            lambda: sink.delivered() == clients * per_client,
+            120,
+            "every datapoint at the carbon stand-in",
+            detail=lambda: f"{sink.delivered()} of {clients * per_client}",
+        )
+        delivered_in = time.monotonic() - back_at
+        for t in threads:
+            t.join(30)
+        assert sum(sent) == clients * per_client
+        assert processes.stop(up) == 0, processes.log_of(up)[-3000:]
+    finally:
+        sink.stop()
+    record(
+        "block_policy_bounded_memory",
+        clients=clients,
+        datapoints_sent=clients * per_client,
+        datapoints_delivered=sink.delivered(),
+        datapoints_received_with_resends=sink.received,
+        datapoints_sent_by_clients_while_paused=sent_while_paused,
+        bytes_unread_in_kernel_while_paused=queued_unread,
+        orchester_rss_mib_at_start=round(rss_at_start / 2**20, 1),
+        orchester_rss_mib_while_paused=round(max(rss_paused) / 2**20, 1),
+        rss_bound_mib=rss_bound // 2**20,
+        seconds_to_deliver_after_carbon_back=round(delivered_in, 1),
+    )
+
+
+def _connects(port: int) -> bool:
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+    except OSError:
+        return False
+    return True
