@@ -41,6 +41,7 @@ from dsat.flow import PushProducer
 from dsat.rules import RuleSet, load_rules
 from dsat.topology import Topology
 from dsat.transport import Sender
+from dsat.udp import CountingPort
 
 STEP = "orchester"
 #: Seconds between two checks of the rule files' modification times.
@@ -74,6 +75,8 @@ class Orchester:
         self.where = where
         self.clean_path = naming.PathCleaner()
         self.rules_refused = 0
+        #: The UDP listeners (dsat.udp.CountingPort): what the kernel dropped on them is reported.
+        self.udp_ports: list[CountingPort] = []
         self.rejected = Rejections(STEP)
         self.circuits = Circuits()
         self.points_in = 0
@@ -291,6 +294,7 @@ class Orchester:
             "spooled": egress.spooled,
             "replayed": egress.replayed,
             "resent": egress.resent,
+            "udp.dropped": sum(port.kernel_dropped for port in self.udp_ports),
             **{f"rejected.{reason}": n for reason, n in self.rejected.items()},
         }
         path = naming.metric_path

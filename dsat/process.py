@@ -45,6 +45,7 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any) -> list[Any]:
     """Open the orchester's Graphite and statsd listeners (``[ingress]``); returns the ports."""
     from dsat.ingress import PickleFactory, PlaintextDatagram, PlaintextFactory
     from dsat.statsd import StatsdAggregator, StatsdProtocol
+    from dsat.udp import listen_udp
 
     conf = topo.ingress
     ports = []
@@ -55,7 +56,7 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any) -> list[Any]:
         ports.append(reactor.listenTCP(conf.plaintext[1], factory, interface=conf.plaintext[0]))
     if conf.plaintext_udp:
         datagram = PlaintextDatagram(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
-        ports.append(reactor.listenUDP(conf.plaintext_udp[1], datagram, interface=conf.plaintext_udp[0]))
+        orch.udp_ports.append(listen_udp(reactor, conf.plaintext_udp, datagram, receive_buffer=conf.udp_buffer))
     if conf.pickle:
         ports.append(
             reactor.listenTCP(
@@ -72,10 +73,9 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any) -> list[Any]:
             percentiles=conf.statsd_percentiles,
             rejections=orch.rejected,
         )
-        ports.append(
-            reactor.listenUDP(conf.statsd[1], StatsdProtocol(aggregator, orch.ingest), interface=conf.statsd[0])
-        )
-    return ports
+        statsd = StatsdProtocol(aggregator, orch.ingest)
+        orch.udp_ports.append(listen_udp(reactor, conf.statsd, statsd, receive_buffer=conf.udp_buffer))
+    return [*ports, *orch.udp_ports]
 
 
 def run(topology_path: str | Path, step: str) -> int:
