@@ -17,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -331,19 +332,14 @@ def test_removing_a_dead_destination_delivers_what_was_spooled_for_it(
     )
 
 
-class CountingCarbon:
-    """A stand-in for carbon-cache's pickle receiver that marks which datapoint of which client arrived.
+class CarbonStandIn:
+    """A stand-in for carbon-cache's pickle receiver: every datapoint read is handed to *on_point*."""
 
-    Client ``c`` sends the values 0..N-1 on paths ``bp.c<c>.m<k>``; ``seen[c][n]`` is set when value n
-    of client c is read, so the count of distinct datapoints delivered is exact (a resent one counts once).
-    """
-
-    def __init__(self, port: int, clients: int, per_client: int) -> None:
+    def __init__(self, port: int, on_point: Callable[[str, float, float], None]) -> None:
         import threading
 
         self.port = port
-        self.seen = [bytearray(per_client) for _ in range(clients)]
-        self.received = 0
+        self.on_point = on_point
         self._server: Any = None
         self._threads: list[threading.Thread] = []
 
@@ -373,16 +369,37 @@ class CountingCarbon:
         import struct
 
         buf = b""
+        on_point = self.on_point
         with conn:
             while chunk := conn.recv(1 << 20):
                 buf += chunk
                 while len(buf) >= 4 and len(buf) >= 4 + (size := struct.unpack("!L", buf[:4])[0]):
-                    for path, (_, value) in pickle.loads(buf[4 : 4 + size]):
-                        parts = path.split(".")
-                        if parts[0] == "bp":
-                            self.seen[int(parts[1][1:])][int(value)] = 1
-                            self.received += 1
+                    for path, (ts, value) in pickle.loads(buf[4 : 4 + size]):
+                        on_point(path, ts, value)
                     buf = buf[4 + size :]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+class CountingCarbon(CarbonStandIn):
+    """Marks which datapoint of which client arrived.
+
+    Client ``c`` sends the values 0..N-1 on paths ``bp.c<c>.m<k>``; ``seen[c][n]`` is set when value n
+    of client c is read, so the count of distinct datapoints delivered is exact (a resent one counts once).
+    """
+
+    def __init__(self, port: int, clients: int, per_client: int) -> None:
+        super().__init__(port, self._mark)
+        self.seen = [bytearray(per_client) for _ in range(clients)]
+        self.received = 0
+
+    def _mark(self, path: str, ts: float, value: float) -> None:
+        parts = path.split(".")
+        if parts[0] == "bp":
+            self.seen[int(parts[1][1:])][int(value)] = 1
+            self.received += 1
 
     def delivered(self) -> int:
         return sum(sum(s) for s in self.seen)
@@ -504,3 +521,95 @@ def _connects(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+@pytest.mark.parametrize("udp_buffer", [212_992, 8 * 2**20], ids=["linux_default_buffer", "udp_buffer_8MiB"])
+def test_statsd_datagrams_lost_in_the_kernel_are_counted(
+    short_tmp: Path, processes: Processes, udp_buffer: int
+) -> None:
+    """200,000 statsd datagrams sent as fast as one client can: the ones counted plus the ones the kernel
+    dropped (self.orchester.udp.dropped) are exactly the ones sent; no loss is invisible."""
+    import socket
+
+    sent, carbon_port, statsd_port = 200_000, free_port(), _free_udp_port()
+    totals = {"hits": 0.0, "markers": 0.0, "dropped": 0.0, "own": 0}
+
+    def on_point(path: str, ts: float, value: float) -> None:
+        if path.startswith("dsat.testhost.self.orchester."):
+            totals["own"] += 1  # the orchester is up, its statsd port open (opened before its first metrics)
+        if path == "stats.counters.hits.count":
+            totals["hits"] += value
+        elif path == "stats.counters.marker.count":
+            totals["markers"] += value
+        elif path == "dsat.testhost.self.orchester.udp.dropped":
+            totals["dropped"] += value
+
+    sink = CarbonStandIn(carbon_port, on_point)
+    sink.start()
+    topo = short_tmp / "t.toml"
+    topo.write_text(
+        f"""
+[dsat]
+where = "testhost"
+run_dir = "run"
+[tracker]
+metrics_every = "1s"
+[ingress]
+statsd = "127.0.0.1:{statsd_port}"
+statsd_flush = "1s"
+udp_buffer = {udp_buffer}
+[carbon]
+destinations = ["127.0.0.1:{carbon_port}"]
+"""
+    )
+    up = processes.dsat("up", str(topo), name="up")
+    try:
+        wait_for(lambda: totals["own"], 30, "the orchester's own metrics")
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.connect(("127.0.0.1", statsd_port))
+        started = time.monotonic()
+        for burst in range(sent // 1000):  # 1,000 datagrams a millisecond at most: the issue's 134,000/s or so
+            while time.monotonic() < started + burst / 134:
+                pass
+            for _ in range(1000):
+                client.send(b"hits:1|c")
+        rate = sent / (time.monotonic() - started)
+
+        markers = [0]
+
+        def flood_read() -> bool:
+            # The kernel reports its drop count with the next datagram it delivers: keep one coming.
+            client.send(b"marker:1|c")
+            markers[0] += 1
+            return totals["hits"] + totals["markers"] + totals["dropped"] >= sent
+
+        wait_for(flood_read, 30, "the flood to be read or counted as dropped", detail=lambda: totals)
+        client.send(b"marker:1|c")  # into an empty buffer now: it carries the final drop count
+        markers[0] += 1
+        wait_for(
+            lambda: totals["hits"] + totals["markers"] + totals["dropped"] == sent + markers[0],
+            30,
+            "every datagram counted or counted as dropped",
+            detail=lambda: (totals, markers),
+        )
+        client.close()
+        assert processes.stop(up) == 0
+    finally:
+        sink.stop()
+    record(
+        f"statsd_loss_{'default' if udp_buffer == 212_992 else 'sized'}_buffer",
+        udp_buffer_bytes=udp_buffer,
+        datagrams_sent=sent,
+        datagrams_sent_per_second=round(rate),
+        datagrams_counted=int(totals["hits"]),
+        markers_sent_after=markers[0],
+        datagrams_dropped_by_the_kernel_counted=int(totals["dropped"]),
+    )
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
