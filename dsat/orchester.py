@@ -101,9 +101,10 @@ class Orchester:
             self._loops.append(loop)
 
     def heartbeat(self) -> None:
-        """Alive, with the frames its links to satellites dropped and the legs held by open circuits."""
+        """Alive, with what its links and Carbon queues dropped and the legs held by open circuits."""
         self.reporter.heartbeat(
             link_dropped=sum(sender.dropped for sender in self.senders.values()),
+            dropped=self.egress.dropped,
             diverted=self.circuits.diverted,
             routes=json.dumps({t: list(steps) for t, steps in sorted(self.routes.items())}),
             destinations=",".join(self.egress.placing),
