@@ -210,6 +210,8 @@ class Destination:
         factory = Factory.forProtocol(_CarbonProtocol)
         factory.protocol = type("_Bound", (_CarbonProtocol,), {"destination": self})
         factory.noisy = False
+        #: Builds this destination's connections (``buildProtocol``), for the ClientService and for tests.
+        self.factory = factory
         endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
         self.service = ClientService(
             endpoint,
