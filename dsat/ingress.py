@@ -34,9 +34,6 @@ from dsat.errors import BadName
 from dsat.flow import Producers
 from dsat.naming import MAX_PATH_CHARS, PathCleaner, clean_path
 
-DEFAULT_INTERFACE = "127.0.0.1"
-PLAINTEXT_PORT = 2003
-PICKLE_PORT = 2004
 #: Longest plaintext line kept, in bytes, without its newline (carbon's LineOnlyReceiver allows 16384).
 MAX_LINE_LENGTH = 4096
 #: Largest pickle frame, in bytes: carbon's PICKLE_RECEIVER_MAX_LENGTH.

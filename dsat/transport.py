@@ -1,10 +1,11 @@
 """ZeroMQ links behind a tiny interface: ``send``, ``close``, and a receive callback.
 
 Everything else in DSAT talks to a :class:`Sender` or hands a callback to a
-:class:`Receiver`, so the logic is tested in memory (:mod:`dsat.testing`) and
-only a few tests need real sockets.  The real links use ``zmq.asyncio`` on
-Twisted's asyncio reactor (installed once, in :mod:`dsat.cli`): both are
-maintained upstream, unlike the old txZMQ bridge.
+:class:`ZmqReceiver`, so the logic is tested in memory (:mod:`dsat.testing`)
+and only a few tests need real sockets.  The real links use ``zmq.asyncio``
+on Twisted's asyncio reactor (installed once per process, by
+:func:`dsat.process.install_reactor`): both are maintained upstream, unlike
+the old txZMQ bridge.
 
 Every sending link has a bounded queue of whole frames (one frame is one
 envelope, i.e. one batch).  When it is full the oldest frame is dropped and
@@ -46,12 +47,6 @@ class Sender(Protocol):
     def pending(self) -> int: ...
 
     async def flush(self, timeout: float) -> bool: ...
-
-    def close(self) -> None: ...
-
-
-class Receiver(Protocol):
-    """A link that calls back with each frame it receives."""
 
     def close(self) -> None: ...
 
@@ -98,7 +93,6 @@ class ZmqSender:
         *,
         bind: bool = False,
         max_queue: int = DEFAULT_MAX_QUEUE,
-        on_drop: Callable[[int], None] | None = None,
     ) -> None:
         self.address = address
         self.pattern = pattern
@@ -106,7 +100,6 @@ class ZmqSender:
         self._sock = _socket(SEND_TYPES[pattern], address, bind=bind)
         self._queue: deque[bytes] = deque()
         self._max_queue = max_queue
-        self._on_drop = on_drop
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -118,8 +111,6 @@ class ZmqSender:
         if len(self._queue) >= self._max_queue:
             self._queue.popleft()
             self.dropped += 1
-            if self._on_drop is not None:
-                self._on_drop(1)
         self._queue.append(frame)
         self._idle.clear()
         self._wake.set()
