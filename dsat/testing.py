@@ -2,8 +2,9 @@
 
 :class:`FakeSender` stands in for a ZeroMQ link and keeps every frame sent
 (``envelopes()`` reads them back); :class:`CaptureEgress` stands
-in for the carbon egress.  Use them with ``twisted.internet.task.Clock`` as
-the clock, so timers run with ``clock.advance()`` instead of sleeping.
+in for the carbon egress, :class:`FakeProducer` for an input it pauses.
+Use them with ``twisted.internet.task.Clock`` as the clock, so timers run
+with ``clock.advance()`` instead of sleeping.
 """
 
 from __future__ import annotations
@@ -36,6 +37,22 @@ class FakeSender:
 
     def envelopes(self) -> list[Envelope]:
         return [decode(frame) for frame in self.frames]
+
+
+class FakeProducer:
+    """A push producer (``IPushProducer``) that only records whether it is paused: an input for dsat.flow."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted API)
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.paused = False
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.paused = True
 
 
 class CaptureEgress:

@@ -19,6 +19,7 @@ from dsat.carbon import (
     encode_pickle,
     encode_plaintext,
 )
+from dsat.testing import FakeProducer
 
 
 def unpickle_messages(data: bytes) -> list[list]:
@@ -250,22 +251,6 @@ def test_a_slow_destination_spills_to_the_spool_past_max_queue(tmp_path) -> None
     assert dest.dropped == 0 and dest.queued_points + dest.spool_pending == 20
 
 
-class Input:
-    """A push producer that records its state."""
-
-    def __init__(self) -> None:
-        self.paused = False
-
-    def pauseProducing(self) -> None:  # noqa: N802
-        self.paused = True
-
-    def resumeProducing(self) -> None:  # noqa: N802
-        self.paused = False
-
-    def stopProducing(self) -> None:  # noqa: N802
-        self.paused = True
-
-
 def test_a_full_blocking_spool_keeps_the_batch_and_pauses_the_inputs(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Under `block` a batch the spool refuses waits in memory; at max_queue the inputs pause, connected, resume."""
     from dsat.spool import Spool
@@ -273,7 +258,7 @@ def test_a_full_blocking_spool_keeps_the_batch_and_pauses_the_inputs(tmp_path) -
     reactor = MemoryReactorClock()
     spool = Spool(tmp_path / "s.db", max_bytes=400, policy="block")
     egress = CarbonEgress(reactor, [("127.0.0.1", 2004)], spool=spool, max_queue=20)
-    inputs = [Input(), Input()]
+    inputs = [FakeProducer(), FakeProducer()]
     for i in inputs:
         egress.producers.register(i)
     done: list[int] = []
@@ -283,7 +268,7 @@ def test_a_full_blocking_spool_keeps_the_batch_and_pauses_the_inputs(tmp_path) -
         i += 1
     assert all(i.paused for i in inputs) and egress.dropped == 0
     assert egress.queued_points == 20 and spool.refused == 4
-    late = Input()
+    late = FakeProducer()
     egress.producers.register(late)
     assert late.paused  # a client connecting while paused is not read either
     assert len(done) == spool.pending() // 5 == i - 4  # only spooled batches have ended

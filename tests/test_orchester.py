@@ -14,7 +14,7 @@ from dsat.errors import ConfigError
 from dsat.events import Reporter
 from dsat.orchester import Orchester
 from dsat.plugins import Registry, SatelliteSpec
-from dsat.testing import CaptureEgress, FakeSender
+from dsat.testing import CaptureEgress, FakeProducer, FakeSender
 
 TOPOLOGY = """
 [dsat]
@@ -159,24 +159,10 @@ def test_own_metrics_are_written_on_the_clock() -> None:
     orch.stop()
 
 
-class FakeInput:
-    def __init__(self) -> None:
-        self.paused = False
-
-    def pauseProducing(self) -> None:  # noqa: N802
-        self.paused = True
-
-    def resumeProducing(self) -> None:  # noqa: N802
-        self.paused = False
-
-    def stopProducing(self) -> None:  # noqa: N802
-        self.paused = True
-
-
 def test_the_input_link_is_one_of_the_egress_producers() -> None:
     """start() registers the input link with the egress's producers: paused and resumed with them, no timer."""
     orch, egress, _, _, clock = make()
-    link = FakeInput()
+    link = FakeProducer()
     orch.start(link)
     egress.producers.pause()
     assert link.paused
@@ -318,7 +304,7 @@ def test_under_block_a_full_carbon_egress_pauses_the_input_link_until_carbon_tak
     egress = CarbonEgress(MemoryReactorClock(), [("127.0.0.1", 2004)], spool=spool, max_queue=50)
     orch, _, events, _, _ = make()
     orch = Orchester(orch.topology, clock=orch.clock, egress=egress, senders={}, reporter=orch.reporter, where="h")
-    link = FakeInput()
+    link = FakeProducer()
     orch.start(link)
     sent = 0
     while not link.paused:
