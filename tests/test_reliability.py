@@ -205,7 +205,7 @@ def test_a_transform_killed_mid_batch_is_retried_and_every_run_is_stored(
         short_tmp,
         carbon,
         f'[satellites.src]\nuse = "synthetic"\nevery = "1s"\nnext = ["slow"]\noptions = {{ metrics = {metrics} }}\n'
-        f'[satellites.slow]\nuse = "chaos"\noptions = {{ delay = 0.8, busy_file = "{short_tmp}/busy" }}\n',
+        f'[satellites.slow]\nuse = "chaos"\noptions = {{ delay = 0.5, busy_file = "{short_tmp}/busy" }}\n',
         timeout='"3s"',
     )
     carbon.start()
@@ -216,8 +216,8 @@ def test_a_transform_killed_mid_batch_is_retried_and_every_run_is_stored(
     wait_for(lambda: (short_tmp / "busy").exists(), 10, "the transform to be working on a batch", interval=0.01)
     os.kill(slow, signal.SIGKILL)
     wait_for(lambda: (s := status(topo)) and s["tasks"]["retry"] >= 1, 30, "a retry")
-    # a few more runs after the retry (read from one metric only: the transform has 0.2 s to spare per batch,
-    # and polling every Whisper file would take it)
+    # a few more runs after the retry.  (At 0.8 s of work per 1 s batch the restarted transform never caught
+    # up: the timed-out batches it still had queued were sent again, adding work, until they were given up.)
     wait_for_more_runs(carbon, "src", 4)
     assert processes.stop(up) == 0, processes.log_of(up)[-3000:]
     last = assert_every_run_stored(settled_runs(carbon, "src", metrics))
