@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -15,8 +16,8 @@ from dsat.transport import ZmqReceiver, ZmqSender, context
 
 
 def run(test: Callable[[str], Coroutine[Any, Any, None]]) -> None:
-    """Run an async test on a fresh event loop with an inproc address of its own."""
-    asyncio.run(asyncio.wait_for(test(f"inproc://dsat-test-{os.getpid()}-{id(test)}"), 10))
+    """Run an async test on a fresh event loop with an inproc address never used before."""
+    asyncio.run(asyncio.wait_for(test(f"inproc://dsat-test-{os.getpid()}-{uuid.uuid4().hex}"), 10))
 
 
 def test_a_full_sending_link_drops_its_oldest_frames_and_counts_them() -> None:
