@@ -617,3 +617,58 @@ udp_buffer = {udp_buffer}
         markers_sent_after=markers[0],
         datagrams_dropped_by_the_kernel_counted=int(totals["dropped"]),
     )
+
+
+def test_a_truncated_spool_does_not_stop_the_orchester_and_what_reads_back_is_replayed(
+    short_tmp: Path, processes: Processes
+) -> None:
+    """The spool file cut in half while the orchester was down: it starts, moves the file aside with an alert,
+    takes live data, and every datapoint still readable in the old file reaches Carbon."""
+    import shutil
+    import socket
+
+    from dsat.carbon import encode_pickle
+    from dsat.spool import Spool
+
+    carbon_port, tcp = free_port(), free_port()
+    received: set[tuple[str, float]] = set()
+    sink = CarbonStandIn(carbon_port, lambda path, ts, value: received.add((path, ts)))
+    topo = ingress_topology(
+        short_tmp,
+        carbon_port,
+        f'[tracker]\nmetrics_every = "1h"\n[ingress]\nplaintext = "127.0.0.1:{tcp}"\n'
+        '[spool]\npath = "spool/carbon.db"\n',
+    )
+    db = short_tmp / "spool" / "carbon.db"
+    old = Spool(db, sync="normal")
+    for b in range(400):
+        old.put(
+            f"127.0.0.1:{carbon_port}", encode_pickle([(f"old.b{b}.m{i}", 1_700_000_000, 1.0) for i in range(50)]), 50
+        )
+    old.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    old.close()
+    with db.open("r+b") as f:
+        f.truncate(db.stat().st_size // 2)
+    # what can be read back, found the same way on a copy
+    shutil.copy(db, short_tmp / "copy.db")
+    expected = Spool(short_tmp / "copy.db").salvaged
+    assert 0 < expected < 400 * 50
+
+    sink.start()
+    up = processes.dsat("up", str(topo), name="up")
+    try:
+        wait_for(lambda: listening(tcp), 30, "the orchester's plaintext port")
+        with socket.create_connection(("127.0.0.1", tcp)) as client:
+            client.sendall(b"live.after.corruption 1 1700000000\n")
+        wait_for(lambda: ("live.after.corruption", 1_700_000_000) in received, 30, "the live datapoint at Carbon")
+        wait_for(
+            lambda: sum(path.startswith("old.") for path, _ in received) == expected,
+            30,
+            f"the {expected} readable spooled datapoints at Carbon",
+            detail=lambda: sum(path.startswith("old.") for path, _ in received),
+        )
+        assert processes.stop(up) == 0
+    finally:
+        sink.stop()
+    assert [p.name for p in db.parent.iterdir() if ".corrupt-" in p.name]
+    assert "ALERT spool_corrupt" in processes.log_of(up)
