@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import psutil
+import tomli_w
 
 from dsat import bench_load, status, topology
 from dsat.bench_load import Phase
@@ -76,37 +77,6 @@ class Options:
 
 
 # -- the topology copy ----------------------------------------------------------------------------------------
-
-
-def toml_value(value: Any) -> str:
-    """One TOML value (what :mod:`tomllib` reads from a topology: strings, numbers, booleans, arrays, tables)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{toml_value(str(k))} = {toml_value(v)}" for k, v in value.items()) + " }"
-    raise BenchError(f"cannot write {type(value).__name__} {value!r} back as TOML")
-
-
-def dump_toml(doc: dict[str, Any]) -> str:
-    """A topology document as TOML: one ``[table]`` per top-level table, one per satellite."""
-    out = []
-    for table, content in doc.items():
-        if table == "satellites":
-            for name, sat in content.items():
-                out.append(f"[satellites.{toml_value(name)}]")
-                out += [f"{toml_value(k)} = {toml_value(v)}" for k, v in sat.items()]
-                out.append("")
-            continue
-        out.append(f"[{table}]")
-        out += [f"{toml_value(k)} = {toml_value(v)}" for k, v in content.items()]
-        out.append("")
-    return "\n".join(out)
 
 
 @dataclass
@@ -151,7 +121,7 @@ def derive(source: Path, work: Path, options: Options) -> Plan:
             port = free_port()
             doc.setdefault("ingress", {})["plaintext"] = f"127.0.0.1:{port}"
             changes.append(f"added a Graphite plaintext ingress on 127.0.0.1:{port}")
-        plan.ingress = topology.loads(dump_toml(doc), path=plan.path).ingress.plaintext
+        plan.ingress = topology.loads(tomli_w.dumps(doc), path=plan.path).ingress.plaintext
     else:
         collectors = [s for s in original.satellites.values() if s.kind == "collector"]
         if not collectors:
@@ -172,7 +142,7 @@ def derive(source: Path, work: Path, options: Options) -> Plan:
                 changes.append(f"{step.name}: every {step.every:g}s -> {every_cap:g}s (ten runs a phase at least)")
             plan.collectors.append(step.name)
         changes.append(f"collectors {', '.join(plan.collectors)} replaced by bench collectors of the same type")
-    plan.path.write_text(dump_toml(doc))
+    plan.path.write_text(tomli_w.dumps(doc))
     plan.topology = topology.load(plan.path, check_environment=True)
     return plan
 

@@ -6,7 +6,9 @@ destination is a :class:`twisted.application.internet.ClientService` that
 reconnects with backoff; while a destination is down or slow its batches go
 to the disk spool (:mod:`dsat.spool`) and are replayed when it is back (with
 no spool they wait in a bounded memory queue, the oldest dropped and counted
-when it is full).  With several destinations each path is placed with
+when it is full).  Under the spool's ``block`` policy a destination whose
+spool and memory queue are full pauses the orchester's inputs
+(:mod:`dsat.flow`) until its queue is half empty again.  With several destinations each path is placed with
 carbon's own ``carbon_ch`` consistent-hash ring, so DSAT and a carbon-relay
 agree on where a metric lives.  A destination removed at run time, or gone
 from the topology, has what it still holds placed on the others.
@@ -34,7 +36,9 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from dsat.counters import should_log
 from dsat.errors import ConfigError
+from dsat.flow import Producers
 from dsat.spool import Spool
 
 #: carbon-cache's pickle receiver refuses messages over 1 MiB; 500 points a
@@ -42,6 +46,10 @@ from dsat.spool import Spool
 POINTS_PER_MESSAGE = 500
 #: Datapoints a destination holds in memory before spooling (or, with no spool, dropping) the oldest.
 DEFAULT_MAX_QUEUE = 1_000_000
+#: Under the ``block`` policy: the inputs pause at ``max_queue`` datapoints in memory (high watermark) and
+#: resume at ``max_queue // 2`` (low); up to HOLD_FACTOR x ``max_queue`` are held (what was already read,
+#: UDP, statsd, DSAT's own metrics) and a batch past that is dropped and counted.
+HOLD_FACTOR = 2
 #: Datapoints a second replayed from the spool, at most, beside live traffic.
 DEFAULT_REPLAY_RATE = 50_000.0
 #: Seconds between two slices of replay.
@@ -145,6 +153,11 @@ class Destination:
     (and are counted as ended: the spool holds them durably), else the oldest
     are dropped and counted.  Once connected again, the spool is replayed in
     order at ``replay_rate`` datapoints a second at most, beside live traffic.
+    Under the spool's ``block`` policy, a batch the spool refuses waits in
+    memory: at ``max_queue`` datapoints the destination is :attr:`blocked`
+    (``on_blocked(True)``: the inputs pause), at ``max_queue // 2`` it is not
+    (``on_blocked(False)``), and past ``HOLD_FACTOR * max_queue`` a batch is
+    dropped and counted.
 
     Carbon never acknowledges: bytes written to a connection that then breaks
     (carbon-cache stopping, crashing, the network) may never have been read.
@@ -182,10 +195,14 @@ class Destination:
         self.replayed = 0
         self.replay_rate = replay_rate
         self.spool_pending = spool.pending(self.name) if spool is not None else 0
+        self._blocking = spool is not None and spool.policy == "block"
+        self.blocked = False
+        self.on_blocked: Callable[[bool], None] | None = None
         self._proto: _CarbonProtocol | None = None
         self._recent: deque[tuple[float, bytes, int]] = deque()
         self._recent_bytes = 0
         self._stopping = False
+        self._drops = 0
         #: Datapoints sent again because their connection broke soon after they were written.
         self.resent = 0
         self._replay_loop = LoopingCall(self.replay)
@@ -193,6 +210,8 @@ class Destination:
         factory = Factory.forProtocol(_CarbonProtocol)
         factory.protocol = type("_Bound", (_CarbonProtocol,), {"destination": self})
         factory.noisy = False
+        #: Builds this destination's connections (``buildProtocol``), for the ClientService and for tests.
+        self.factory = factory
         endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
         self.service = ClientService(
             endpoint,
@@ -218,6 +237,7 @@ class Destination:
         self.queue.clear()
         self.queued_points = 0
         self.spool_pending = 0
+        self._level()
         self.stop()
         return items
 
@@ -232,13 +252,25 @@ class Destination:
     def send(self, points: Sequence[Point], on_written: Callable[[], None] | None = None) -> None:
         """Take one batch: write it, queue it, spool it, or (no spool, queue full) drop the oldest.
 
-        A spool full under the ``block`` policy refuses the batch: it is kept in
-        memory past ``max_queue`` and :attr:`full` tells the orchester to stop
-        reading its input until there is room again.
+        A spool full under the ``block`` policy refuses the batch: it waits in
+        memory (the inputs pause at ``max_queue``), or is dropped and counted
+        past ``HOLD_FACTOR * max_queue``.
         """
         item = _Pending(self.encode(points), len(points), on_written)
         if self.spool is not None and (self._proto is None or self.queued_points + item.points > self.max_queue):
             if self._to_spool(item):
+                return
+            if self.queued_points + item.points > HOLD_FACTOR * self.max_queue:
+                self.dropped += item.points
+                self._drops += 1
+                if should_log(self._drops):
+                    self.log.warn(
+                        "carbon {name}: spool and memory queue full (policy block): dropped {points} datapoints"
+                        " ({count} batches so far)",
+                        name=self.name,
+                        points=item.points,
+                        count=self._drops,
+                    )
                 return
             self.queue.append(item)
             self.queued_points += item.points
@@ -252,6 +284,20 @@ class Destination:
             self.dropped += old.points
             self.log.warn("carbon {name} queue full: dropped {points} datapoints", name=self.name, points=old.points)
         self.drain()
+
+    def _level(self) -> None:
+        """Under ``block``: say when the memory queue crosses its high or low watermark."""
+        if not self._blocking:
+            return
+        if self.blocked:
+            if self.queued_points <= self.max_queue // 2:
+                self.blocked = False
+                if self.on_blocked is not None:
+                    self.on_blocked(False)
+        elif self.queued_points >= self.max_queue:
+            self.blocked = True
+            if self.on_blocked is not None:
+                self.on_blocked(True)
 
     def _to_spool(self, item: _Pending) -> bool:
         assert self.spool is not None
@@ -270,9 +316,10 @@ class Destination:
         while self.queue:
             item = self.queue[0]
             if not self._to_spool(item):
-                return
+                break
             self.queue.popleft()
             self.queued_points -= item.points
+        self._level()
 
     def connected(self, proto: _CarbonProtocol) -> None:
         self.log.info("connected to carbon {name}", name=self.name)
@@ -309,21 +356,13 @@ class Destination:
             self.queued_points += points
         points = sum(p for _, p in recent)
         self.resent += points
+        self._level()
         self.log.info(
             "connection to carbon {name} lost: sending again the {points} datapoints written in the last {s:g}s",
             name=self.name,
             points=points,
             s=RESEND_SECONDS,
         )
-
-    @property
-    def is_connected(self) -> bool:
-        return self._proto is not None
-
-    @property
-    def full(self) -> bool:
-        """True while this destination cannot take more: upstream should wait."""
-        return self.queued_points >= self.max_queue
 
     def drain(self) -> None:
         proto = self._proto
@@ -334,6 +373,7 @@ class Destination:
             self._written(item.data, item.points)
             if item.on_written is not None:
                 item.on_written()
+        self._level()
 
     def replay(self) -> None:
         """Write the next slice of the spool, oldest first, within the replay rate."""
@@ -385,6 +425,8 @@ class CarbonEgress:
             raise ConfigError(f"carbon.replication: {replication} must be from 1 to {len(destinations)}")
         self.replication = replication
         self.spool = spool
+        #: The inputs (TCP clients, the ZeroMQ input link) paused while a destination is blocked.
+        self.producers = Producers()
         self._make = partial(
             Destination,
             reactor,
@@ -406,6 +448,7 @@ class CarbonEgress:
 
     def _add(self, host: str, port: int, instance: str | None) -> Destination:
         dest = self._make(host, port)
+        dest.on_blocked = self._blocked_changed
         self.destinations.append(dest)
         self._nodes.append((host, instance))
         self._placing.append(True)
@@ -546,8 +589,14 @@ class CarbonEgress:
 
     @property
     def full(self) -> bool:
-        """True while a destination cannot take more (a blocking spool is full): stop reading input."""
-        return any(d.full for d in self.destinations)
+        """True while a destination cannot take more (a blocking spool and its memory queue are full)."""
+        return any(d.blocked for d in self.destinations)
+
+    def _blocked_changed(self, blocked: bool) -> None:
+        if blocked:
+            self.producers.pause()
+        elif not self.full:
+            self.producers.resume()
 
     @property
     def spooled(self) -> int:

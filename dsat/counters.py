@@ -31,9 +31,10 @@ class Rejections(Counter[str]):
         self.owner = owner
 
     def reject(self, reason: str, error: object, count: int = 1) -> None:
-        self[reason] += count
-        total = self[reason]
-        if should_log(total):
+        before = self[reason]
+        total = self[reason] = before + count
+        # logged when the total passes one of should_log's counts, so a batch of many is never silent
+        if before < 10 or total.bit_length() > before.bit_length():
             self.log.warn(
                 "{owner}: rejected ({reason}): {error}; {total} so far",
                 owner=self.owner,

@@ -59,3 +59,9 @@ class KeyFileError(DsatError):
     """A CURVE key file is missing, unreadable, or a secret key others can read."""
 
     reason = "bad_key_file"
+
+
+class SpoolCorrupt(DsatError):
+    """The spool file is not an SQLite database, fails its check, or holds another schema."""
+
+    reason = "spool_corrupt"

@@ -22,19 +22,18 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from twisted.internet.interfaces import IAddress, IReactorTime
+from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Protocol, ServerFactory, connectionDone
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from dsat.counters import Rejections
 from dsat.envelope import Datapoint
 from dsat.errors import BadName
+from dsat.flow import Producers
 from dsat.naming import MAX_PATH_CHARS, PathCleaner, clean_path
 
-DEFAULT_INTERFACE = "127.0.0.1"
-PLAINTEXT_PORT = 2003
-PICKLE_PORT = 2004
 #: Longest plaintext line kept, in bytes, without its newline (carbon's LineOnlyReceiver allows 16384).
 MAX_LINE_LENGTH = 4096
 #: Largest pickle frame, in bytes: carbon's PICKLE_RECEIVER_MAX_LENGTH.
@@ -329,16 +328,38 @@ _Connection = TypeVar("_Connection", bound="PlaintextProtocol | PickleProtocol")
 
 
 class IngressFactory(ServerFactory[_Connection]):
-    """What the connections of one TCP listener share: the sink, the rejections, the clock, the limits."""
+    """What the connections of one TCP listener share: the sink, the rejections, the clock, the limits.
+
+    With *producers* (:class:`dsat.flow.Producers`), every connection
+    registers there as a push producer, so it stops being read while the
+    egress cannot take more.
+    """
 
     def __init__(
-        self, sink: Sink, rejections: Rejections, clock: IReactorTime, *, max_connections: int = MAX_CONNECTIONS
+        self,
+        sink: Sink,
+        rejections: Rejections,
+        clock: IReactorTime,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        producers: Producers | None = None,
     ) -> None:
         self.sink = sink
         self.rejections = rejections
         self.clock = clock
         self.max_connections = max_connections
+        self.producers = producers
         self.connections = 0
+
+    def opened(self, connection: PlaintextProtocol | PickleProtocol) -> None:
+        self.connections += 1
+        if self.producers is not None:
+            self.producers.register(connection)
+
+    def closed(self, connection: PlaintextProtocol | PickleProtocol) -> None:
+        self.connections -= 1
+        if self.producers is not None:
+            self.producers.unregister(connection)
 
     def buildProtocol(self, addr: IAddress | None) -> _Connection | None:
         if self.connections >= self.max_connections:
@@ -349,12 +370,14 @@ class IngressFactory(ServerFactory[_Connection]):
         return super().buildProtocol(addr)
 
 
+@implementer(IPushProducer)
 class PlaintextProtocol(Protocol):
     """One TCP connection speaking carbon's line protocol; each chunk received becomes one batch.
 
     The unfinished last line is kept for the next chunk.  When it grows past
     the line limit it is counted ``line_too_long`` and skipped up to its
-    newline, so the connection buffers at most one line.
+    newline, so the connection buffers at most one line.  As a push producer
+    it pauses by no longer reading its socket.
     """
 
     factory: PlaintextFactory
@@ -365,12 +388,21 @@ class PlaintextProtocol(Protocol):
         self.peer = "?"
 
     def connectionMade(self) -> None:
-        self.factory.connections += 1
         assert self.transport is not None
         self.peer = _peer(self.transport.getPeer())
+        self.factory.opened(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.factory.connections -= 1
+        self.factory.closed(self)
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted API)
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.transport.stopProducing()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         factory = self.factory
@@ -409,8 +441,9 @@ class PlaintextFactory(IngressFactory[PlaintextProtocol]):
         *,
         max_line_length: int = MAX_LINE_LENGTH,
         max_connections: int = MAX_CONNECTIONS,
+        producers: Producers | None = None,
     ) -> None:
-        super().__init__(sink, rejections, clock, max_connections=max_connections)
+        super().__init__(sink, rejections, clock, max_connections=max_connections, producers=producers)
         self.max_line_length = max_line_length
         self.paths = PathCache()
 
@@ -446,6 +479,8 @@ class PickleProtocol(Int32StringReceiver):
 
     A frame declared longer than the factory's ``max_length`` is counted
     ``frame_too_large`` and the connection dropped, before the frame is read.
+    Paused (``Int32StringReceiver`` is a push producer), it stops reading its
+    socket and handles no more of the frames it already holds.
     """
 
     factory: PickleFactory
@@ -454,13 +489,13 @@ class PickleProtocol(Int32StringReceiver):
         self.peer = "?"
 
     def connectionMade(self) -> None:
-        self.factory.connections += 1
         assert self.transport is not None
         self.peer = _peer(self.transport.getPeer())
         self.MAX_LENGTH = self.factory.max_length
+        self.factory.opened(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.factory.connections -= 1
+        self.factory.closed(self)
 
     def stringReceived(self, frame: bytes) -> None:
         factory = self.factory
@@ -491,7 +526,8 @@ class PickleFactory(IngressFactory[PickleProtocol]):
         *,
         max_length: int = MAX_PICKLE_LENGTH,
         max_connections: int = MAX_CONNECTIONS,
+        producers: Producers | None = None,
     ) -> None:
-        super().__init__(sink, rejections, clock, max_connections=max_connections)
+        super().__init__(sink, rejections, clock, max_connections=max_connections, producers=producers)
         self.max_length = max_length
         self.paths = PathCleaner()

@@ -1,7 +1,7 @@
 """The orchester: receives every batch, routes it by ``type``, egresses to Carbon.
 
-It is the one place where data from satellites (and, later, from external
-Graphite and statsd clients) becomes Carbon datapoints: each envelope is
+It is the one place where data from satellites and from external Graphite
+and statsd clients becomes Carbon datapoints: each envelope is
 routed with the topology's ``[orchester.routes]`` (``type`` -> steps, where
 ``carbon`` is the egress), and every datapoint bound for Carbon is checked
 here once: its path made safe by :class:`dsat.naming.PathCleaner`, its value
@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -37,19 +37,15 @@ from dsat.counters import Rejections
 from dsat.envelope import Datapoint, Envelope, encode
 from dsat.errors import BadName, ConfigError
 from dsat.events import Reporter, parse_published
+from dsat.flow import PushProducer
 from dsat.rules import RuleSet, load_rules
 from dsat.topology import Topology
 from dsat.transport import Sender
+from dsat.udp import CountingPort
 
 STEP = "orchester"
 #: Seconds between two checks of the rule files' modification times.
 RULES_CHECK_EVERY = 2.0
-
-
-class Pausable(Protocol):
-    def pause(self) -> None: ...
-
-    def resume(self) -> None: ...
 
 
 class Orchester:
@@ -78,9 +74,9 @@ class Orchester:
         self.reporter = reporter
         self.where = where
         self.clean_path = naming.PathCleaner()
-        self.input_link: Pausable | None = None
         self.rules_refused = 0
-        self.paused = False
+        #: The UDP listeners (dsat.udp.CountingPort): what the kernel dropped on them is reported.
+        self.udp_ports: list[CountingPort] = []
         self.rejected = Rejections(STEP)
         self.circuits = Circuits()
         self.points_in = 0
@@ -88,14 +84,14 @@ class Orchester:
         self._reported: dict[str, int] = {}
         self._loops: list[LoopingCall] = []
 
-    def start(self, input_link: Pausable | None = None) -> None:
-        """Start the egress and the timers; *input_link* is paused while Carbon cannot take more."""
-        self.input_link = input_link
+    def start(self, input_link: PushProducer | None = None) -> None:
+        """Start the egress and the timers; *input_link* is paused while Carbon cannot take more (dsat.flow)."""
+        if input_link is not None:
+            self.egress.producers.register(input_link)
         self.egress.start()
         for fn, every in (
             (self.heartbeat, 5.0),
             (self.write_own_metrics, self.topology.tracker.metrics_every),
-            (self.check_backpressure, 0.2),
             (self.flush_aggregates, 1.0),
             (self.watch_rules, RULES_CHECK_EVERY),
         ):
@@ -105,9 +101,10 @@ class Orchester:
             self._loops.append(loop)
 
     def heartbeat(self) -> None:
-        """Alive, with the frames its links to satellites dropped and the legs held by open circuits."""
+        """Alive, with what its links and Carbon queues dropped and the legs held by open circuits."""
         self.reporter.heartbeat(
             link_dropped=sum(sender.dropped for sender in self.senders.values()),
+            dropped=self.egress.dropped,
             diverted=self.circuits.diverted,
             routes=json.dumps({t: list(steps) for t, steps in sorted(self.routes.items())}),
             destinations=",".join(self.egress.placing),
@@ -127,17 +124,6 @@ class Orchester:
         if env is None:
             return
         self.route(env)
-        if self.egress.full and self.input_link is not None and not self.paused:
-            self.paused = True
-            self.input_link.pause()
-            self.log.warn("carbon cannot take more (spool full, policy block): input paused")
-
-    def check_backpressure(self) -> None:
-        """Resume reading once Carbon can take more again."""
-        if self.paused and not self.egress.full and self.input_link is not None:
-            self.paused = False
-            self.input_link.resume()
-            self.log.info("carbon takes data again: input resumed")
 
     def route(self, env: Envelope) -> None:
         """Send one envelope to every step its type is routed to."""
@@ -309,6 +295,7 @@ class Orchester:
             "spooled": egress.spooled,
             "replayed": egress.replayed,
             "resent": egress.resent,
+            "udp.dropped": sum(port.kernel_dropped for port in self.udp_ports),
             **{f"rejected.{reason}": n for reason, n in self.rejected.items()},
         }
         path = naming.metric_path

@@ -12,8 +12,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dsat.errors import PluginError
-
 #: The kinds of satellite.  A collector produces datapoints every ``every``
 #: seconds; a transform turns one batch into zero, one or several batches;
 #: a sink consumes batches and sends nothing on.
@@ -67,11 +65,3 @@ class Registry(Mapping[str, SatelliteSpec]):
 
     def __len__(self) -> int:
         return len(self._specs)
-
-    def get_spec(self, name: str) -> SatelliteSpec:
-        """Return the spec for *name* or raise :class:`PluginError` listing the valid names."""
-        try:
-            return self._specs[name]
-        except KeyError:
-            valid = ", ".join(sorted(self._specs)) or "(none)"
-            raise PluginError(f"unknown satellite {name!r}; valid satellites are: {valid}") from None

@@ -45,11 +45,14 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any) -> list[Any]:
     """Open the orchester's Graphite and statsd listeners (``[ingress]``); returns the ports."""
     from dsat.ingress import PickleFactory, PlaintextDatagram, PlaintextFactory
     from dsat.statsd import StatsdAggregator, StatsdProtocol
+    from dsat.udp import listen_udp
 
     conf = topo.ingress
     ports = []
     if conf.plaintext:
-        factory = PlaintextFactory(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
+        factory = PlaintextFactory(
+            orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line, producers=orch.egress.producers
+        )
         ports.append(reactor.listenTCP(conf.plaintext[1], factory, interface=conf.plaintext[0]))
     if conf.plaintext_tls:
         from dsat.tls import server_options
@@ -59,11 +62,13 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any) -> list[Any]:
         ports.append(reactor.listenSSL(conf.plaintext_tls[1], factory, options, interface=conf.plaintext_tls[0]))
     if conf.plaintext_udp:
         datagram = PlaintextDatagram(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
-        ports.append(reactor.listenUDP(conf.plaintext_udp[1], datagram, interface=conf.plaintext_udp[0]))
+        orch.udp_ports.append(listen_udp(reactor, conf.plaintext_udp, datagram, receive_buffer=conf.udp_buffer))
     if conf.pickle:
         ports.append(
             reactor.listenTCP(
-                conf.pickle[1], PickleFactory(orch.ingest, orch.rejected, reactor), interface=conf.pickle[0]
+                conf.pickle[1],
+                PickleFactory(orch.ingest, orch.rejected, reactor, producers=orch.egress.producers),
+                interface=conf.pickle[0],
             )
         )
     if conf.statsd:
@@ -74,10 +79,9 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any) -> list[Any]:
             percentiles=conf.statsd_percentiles,
             rejections=orch.rejected,
         )
-        ports.append(
-            reactor.listenUDP(conf.statsd[1], StatsdProtocol(aggregator, orch.ingest), interface=conf.statsd[0])
-        )
-    return ports
+        statsd = StatsdProtocol(aggregator, orch.ingest)
+        orch.udp_ports.append(listen_udp(reactor, conf.statsd, statsd, receive_buffer=conf.udp_buffer))
+    return [*ports, *orch.udp_ports]
 
 
 def host_of(topo: Any, step: str, host: str) -> str:

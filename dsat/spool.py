@@ -12,20 +12,32 @@ thousands of datapoints makes one insert cheap next to its fsync.
 The spool is bounded by bytes.  When full, the ``drop_oldest`` policy deletes
 the oldest batches and counts every datapoint dropped; the ``block`` policy
 refuses the new batch so the caller can push back upstream.
+
+A spool that cannot be trusted never stops the orchester: at open, a file
+that is not an SQLite database, fails SQLite's ``quick_check`` or holds
+another schema is renamed aside (``<name>.corrupt-<UTC time>``, with its WAL
+and shared-memory files), a critical ``ALERT spool_corrupt`` is logged, a new
+spool is started in its place, and every batch that still reads back whole
+from the old file is copied into the new one, so it is replayed as usual.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from twisted.logger import Logger
 
-from dsat.errors import ConfigError
+from dsat.errors import ConfigError, SpoolCorrupt
 
 POLICIES = ("drop_oldest", "block")
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}
+#: The one table a spool holds, and its columns in order.
+TABLE = "batches"
+COLUMNS = ("id", "dest", "points", "size", "data")
 
 
 @dataclass(frozen=True)
@@ -58,24 +70,92 @@ class Spool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.policy = policy
-        self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={SYNC_MODES[sync]}")
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS batches ("
-            " id INTEGER PRIMARY KEY AUTOINCREMENT,"
-            " dest TEXT NOT NULL, points INTEGER NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL)"
-        )
-        self.db.execute("CREATE INDEX IF NOT EXISTS batches_dest ON batches (dest, id)")
+        self.sync = SYNC_MODES[sync]
+        #: Where a spool that failed its check at open was moved, and the datapoints read back from it.
+        self.quarantined: Path | None = None
+        self.salvaged = 0
+        #: Datapoints deleted unsent by the drop_oldest policy since start.
+        self.dropped = 0
+        #: Batches refused by the block policy since start.
+        self.refused = 0
+        try:
+            self.db = self._open()
+        except SpoolCorrupt as exc:
+            self._quarantine(exc)
         size, points = self.db.execute(
             "SELECT COALESCE(SUM(size), 0), COALESCE(SUM(points), 0) FROM batches"
         ).fetchone()
         self.bytes = int(size)
         self.points = int(points)
-        #: Datapoints deleted unsent by the drop_oldest policy since start.
-        self.dropped = 0
-        #: Batches refused by the block policy since start.
-        self.refused = 0
+        if self.quarantined is not None:
+            self._salvage(self.quarantined)
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect, check the file and its schema, create the table; SpoolCorrupt if it cannot be trusted."""
+        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        try:
+            problems = [row[0] for row in db.execute("PRAGMA quick_check")]
+            if problems != ["ok"]:
+                raise SpoolCorrupt(f"SQLite's quick_check: {'; '.join(problems[:3])}")
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables -= {"sqlite_sequence"}
+            if tables - {TABLE}:
+                raise SpoolCorrupt(f"not a DSAT spool: it holds the tables {', '.join(sorted(tables))}")
+            if TABLE in tables:
+                columns = tuple(row[1] for row in db.execute(f"PRAGMA table_info({TABLE})"))
+                if columns != COLUMNS:
+                    raise SpoolCorrupt(f"table {TABLE} has the columns {columns}, a spool has {COLUMNS}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.sync}")
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+                " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " dest TEXT NOT NULL, points INTEGER NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL)"
+            )
+            db.execute(f"CREATE INDEX IF NOT EXISTS batches_dest ON {TABLE} (dest, id)")
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+            db.close()
+            raise SpoolCorrupt(str(exc)) from None
+        except SpoolCorrupt:
+            db.close()
+            raise
+        return db
+
+    def _quarantine(self, exc: SpoolCorrupt) -> None:
+        """Move the untrusted file (and its WAL) aside and start an empty spool in its place."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            part = self.path.with_name(self.path.name + suffix)
+            if part.exists():
+                part.rename(aside.with_name(aside.name + suffix))
+        self.quarantined = aside
+        self.log.critical(
+            "ALERT spool_corrupt: {path} cannot be trusted ({reason}); moved to {aside}, a new spool is started"
+            " and what still reads back from the old one is replayed",
+            path=str(self.path),
+            reason=str(exc),
+            aside=str(aside),
+        )
+        self.db = self._open()
+
+    def _salvage(self, old: Path) -> None:
+        """Copy every batch that reads back whole from a quarantined file into this spool, in order."""
+        batches = refused = 0
+        for dest, points, data in _readable_rows(old):
+            if self.put(dest, data, points):
+                batches += 1
+                self.salvaged += points
+            else:
+                refused += points
+        self.log.warn(
+            "spool {path}: {batches} batches, {points} datapoints read back from {old}{refused}",
+            path=str(self.path),
+            batches=batches,
+            points=self.salvaged,
+            old=str(old),
+            refused=f"; {refused} datapoints did not fit (policy block)" if refused else "",
+        )
 
     def put(self, dest: str, data: bytes, points: int) -> bool:
         """Store one batch durably; False when full under the ``block`` policy."""
@@ -185,3 +265,33 @@ class Spool:
 
     def close(self) -> None:
         self.db.close()
+
+
+def _readable_rows(path: Path) -> Iterator[tuple[str, int, bytes]]:
+    """The rows of a damaged spool that still read back whole, oldest first.
+
+    Reads forward from the first row until an error, then backward from the
+    last one until an error or the rows already read: a damaged page in the
+    middle (or a cut tail) costs only the rows it holds.
+    """
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    rows: dict[int, tuple[str, int, bytes]] = {}
+    try:
+        # read-only; lets SQLite read a file shorter than its header says instead of refusing it whole
+        db.execute("PRAGMA writable_schema=ON")
+        for order in ("ASC", "DESC"):
+            try:
+                for row_id, dest, points, size, data in db.execute(
+                    f"SELECT id, dest, points, size, data FROM {TABLE} ORDER BY id {order}"
+                ):
+                    if row_id in rows:
+                        break
+                    whole = isinstance(dest, str) and isinstance(data, bytes) and len(data) == size
+                    if whole and isinstance(points, int) and points > 0:
+                        rows[row_id] = (dest, points, data)
+            except sqlite3.DatabaseError:
+                continue
+    finally:
+        db.close()
+    for row_id in sorted(rows):
+        yield rows[row_id]

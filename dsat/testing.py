@@ -2,8 +2,9 @@
 
 :class:`FakeSender` stands in for a ZeroMQ link and keeps every frame sent
 (``envelopes()`` reads them back); :class:`CaptureEgress` stands
-in for the carbon egress.  Use them with ``twisted.internet.task.Clock`` as
-the clock, so timers run with ``clock.advance()`` instead of sleeping.
+in for the carbon egress, :class:`FakeProducer` for an input it pauses.
+Use them with ``twisted.internet.task.Clock`` as the clock, so timers run
+with ``clock.advance()`` instead of sleeping.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from dsat.envelope import Envelope, decode
+from dsat.flow import Producers
 
 
 class FakeSender:
@@ -37,6 +39,22 @@ class FakeSender:
         return [decode(frame) for frame in self.frames]
 
 
+class FakeProducer:
+    """A push producer (``IPushProducer``) that only records whether it is paused: an input for dsat.flow."""
+
+    def __init__(self) -> None:
+        self.paused = False
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted API)
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.paused = False
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.paused = True
+
+
 class CaptureEgress:
     """Stands in for :class:`dsat.carbon.CarbonEgress`: keeps batches, acknowledges at once
     (or later, with ``hold=True`` and :meth:`release`)."""
@@ -51,7 +69,7 @@ class CaptureEgress:
         self.replayed = 0
         self.resent = 0
         self.spool_pending = 0
-        self.full = False
+        self.producers = Producers()
         self.placing = ["127.0.0.1:2004"]
         self.started = False
 

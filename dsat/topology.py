@@ -142,6 +142,8 @@ class IngressConf:
     statsd_prefix: str = "stats"
     statsd_percentiles: tuple[float, ...] = (90.0,)
     max_line: int = 4096
+    #: Bytes of kernel receive buffer asked for each UDP listener (dsat.udp).
+    udp_buffer: int = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -396,6 +398,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "statsd_prefix": ((str,), 'statsd_prefix = "stats"'),
         "statsd_percentiles": ((list,), "statsd_percentiles = [90, 99]"),
         "max_line": ((int,), "max_line = 4096"),
+        "udp_buffer": ((int,), "udp_buffer = 8388608"),
     },
     "rules": {
         "rewrite": ((str,), 'rewrite = "rewrite-rules.conf"'),
@@ -747,6 +750,7 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         statsd_prefix=ing.get("statsd_prefix", "stats"),
         statsd_percentiles=tuple(float(p) for p in percentiles),
         max_line=ing.get("max_line", 4096),
+        udp_buffer=ing.get("udp_buffer", IngressConf.udp_buffer),
     )
 
     rul = _check_table(problems, "rules", doc.get("rules", {}), "rules")

@@ -71,7 +71,7 @@ STEP_COUNTERS = (
 )
 TASK_COUNTERS = ("happy_end", "error", "timeout", "retry", "failure")
 #: Totals a step sends in its heartbeats, written as counts per interval.
-HEARTBEAT_COUNTERS = ("link_dropped", "window_evicted", "diverted", "rejected")
+HEARTBEAT_COUNTERS = ("link_dropped", "window_evicted", "diverted", "rejected", "dropped")
 
 
 class TrackerService:

@@ -1,10 +1,11 @@
 """ZeroMQ links behind a tiny interface: ``send``, ``close``, and a receive callback.
 
 Everything else in DSAT talks to a :class:`Sender` or hands a callback to a
-:class:`Receiver`, so the logic is tested in memory (:mod:`dsat.testing`) and
-only a few tests need real sockets.  The real links use ``zmq.asyncio`` on
-Twisted's asyncio reactor (installed once, in :mod:`dsat.cli`): both are
-maintained upstream, unlike the old txZMQ bridge.
+:class:`ZmqReceiver`, so the logic is tested in memory (:mod:`dsat.testing`)
+and only a few tests need real sockets.  The real links use ``zmq.asyncio``
+on Twisted's asyncio reactor (installed once per process, by
+:func:`dsat.process.install_reactor`): both are maintained upstream, unlike
+the old txZMQ bridge.
 
 Every sending link has a bounded queue of whole frames (one frame is one
 envelope, i.e. one batch).  When it is full the oldest frame is dropped and
@@ -28,8 +29,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import zmq
 import zmq.asyncio
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zmq.utils.monitor import parse_monitor_message
+from zope.interface import implementer
 
 if TYPE_CHECKING:
     from dsat.counters import Rejections
@@ -57,12 +60,6 @@ class Sender(Protocol):
     def pending(self) -> int: ...
 
     async def flush(self, timeout: float) -> bool: ...
-
-    def close(self) -> None: ...
-
-
-class Receiver(Protocol):
-    """A link that calls back with each frame it receives."""
 
     def close(self) -> None: ...
 
@@ -208,7 +205,6 @@ class ZmqSender:
         *,
         bind: bool = False,
         max_queue: int = DEFAULT_MAX_QUEUE,
-        on_drop: Callable[[int], None] | None = None,
         curve: Curve | None = None,
     ) -> None:
         self.address = address
@@ -217,7 +213,6 @@ class ZmqSender:
         self._sock = _socket(SEND_TYPES[pattern], address, bind=bind, curve=curve)
         self._queue: deque[bytes] = deque()
         self._max_queue = max_queue
-        self._on_drop = on_drop
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -229,8 +224,6 @@ class ZmqSender:
         if len(self._queue) >= self._max_queue:
             self._queue.popleft()
             self.dropped += 1
-            if self._on_drop is not None:
-                self._on_drop(1)
         self._queue.append(frame)
         self._idle.clear()
         self._wake.set()
@@ -265,6 +258,7 @@ class ZmqSender:
         self._sock.close(linger=LINGER_MS)
 
 
+@implementer(IPushProducer)
 class ZmqReceiver:
     """A receiving link: calls ``on_frame(frame)`` for every message.
 
@@ -294,12 +288,17 @@ class ZmqReceiver:
         self._reading.set()
         self._loop = asyncio.ensure_future(self._run())
 
-    def pause(self) -> None:
+    # IPushProducer (dsat.flow pauses the orchester's input link while Carbon cannot take more)
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted API)
         """Stop taking frames: they wait in ZeroMQ, then in the senders' bounded queues."""
         self._reading.clear()
 
-    def resume(self) -> None:
+    def resumeProducing(self) -> None:  # noqa: N802
         self._reading.set()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.close()
 
     async def _run(self) -> None:
         sock = self._sock

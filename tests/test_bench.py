@@ -53,14 +53,20 @@ def write_topology(tmp_path: Path, text: str, name: str = "small.toml") -> Path:
     return path
 
 
-def test_dump_toml_reads_back_as_the_same_document() -> None:
-    """What the bench writes of a topology is read back by tomllib as the very same document."""
-    doc = {
-        "dsat": {"where": 'we"b\\01 é\x7f', "plugins": ["a.b"]},
-        "orchester": {"routes": {"*": ["carbon"], "a.b": ["rate"]}, "max_queue": 10},
-        "satellites": {"cpu x": {"use": "cpu", "every": 0.5, "options": {"percpu": True, "n": [1, 2.5]}}},
-    }
-    assert tomllib.loads(bench.dump_toml(doc)) == doc
+def test_the_copy_keeps_the_topology_but_what_the_bench_says_it_changed(tmp_path: Path) -> None:
+    """derive's copy reads back with every key of the source, odd strings included, but the changes it reports."""
+    odd = SMALL.replace('where = "bench"', 'where = "we\\"b\\\\01 é"')
+    text = odd + 'options = {{ metrics = 3, "a b" = [1, 2.5] }}\n'
+    source = write_topology(tmp_path, text)
+    work = tmp_path / "work"
+    work.mkdir()
+    plan = bench.derive(source, work, bench.Options(rate=1000.0))
+    want, got = tomllib.loads(source.read_text()), tomllib.loads(plan.path.read_text())
+    assert got["dsat"].pop("run_dir") == str(work / "run") and got["dsat"] == want["dsat"]
+    assert got["satellites"] == want["satellites"] and got["ingress"] == want["ingress"]
+    assert got["carbon"]["destinations"] == [f"127.0.0.1:{plan.sink_ports[0]}"]
+    assert got["tracker"] == {"metrics_every": "1s"}
+    assert len(plan.changes) == 3, plan.changes
 
 
 def test_counting_tells_delivered_duplicates_strays_and_others_apart() -> None:

@@ -5,9 +5,21 @@ from __future__ import annotations
 import struct
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
 
-from dsat.carbon import POINTS_PER_MESSAGE, CarbonEgress, Destination, decode, encode_pickle, encode_plaintext
+from dsat.carbon import (
+    POINTS_PER_MESSAGE,
+    CarbonEgress,
+    Destination,
+    _CarbonProtocol,
+    decode,
+    encode_pickle,
+    encode_plaintext,
+)
+from dsat.testing import FakeProducer
 
 
 def unpickle_messages(data: bytes) -> list[list]:
@@ -35,14 +47,48 @@ def test_plaintext_lines_are_carbons_line_protocol() -> None:
     assert encode_plaintext([("a.b", 1_700_000_000.7, 1.5), ("c", 5, 2)]) == b"a.b 1.5 1700000000\nc 2 5\n"
 
 
-class FakeProto:
-    def __init__(self) -> None:
-        self.transport = StringTransport()
-        self.paused = False
+class OneWriteTransport(StringTransport):
+    """A socket whose send buffer is full after every write: Twisted pauses its producer each time."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        self.producer.pauseProducing()
+
+
+def connect(dest: Destination, transport: StringTransport | None = None) -> _CarbonProtocol:
+    """A connection to *dest* made through its own factory and the real protocol, on an in-memory transport."""
+    proto = dest.factory.buildProtocol(IPv4Address("TCP", dest.host, dest.port))
+    assert isinstance(proto, _CarbonProtocol)
+    proto.makeConnection(transport if transport is not None else StringTransport())
+    return proto
+
+
+def lose(proto: _CarbonProtocol) -> None:
+    """The carbon-cache closed the connection (or the network broke it)."""
+    proto.connectionLost(Failure(ConnectionDone()))
+
+
+def sent_bytes(proto: _CarbonProtocol) -> bytes:
+    """What the connection wrote to carbon-cache."""
+    assert isinstance(proto.transport, StringTransport)
+    return proto.transport.value()
 
 
 def make_destination(max_queue: int = 1000) -> Destination:
     return Destination(MemoryReactorClock(), "127.0.0.1", 2004, max_queue=max_queue)
+
+
+def test_a_connection_registers_as_a_streaming_producer_of_its_transport() -> None:
+    """Built by the destination's factory, the connection registers with its transport so a full socket pauses it."""
+    dest = make_destination()
+    proto = connect(dest)
+    assert isinstance(proto.transport, StringTransport)
+    assert proto.transport.producer is proto and proto.transport.streaming
+    dest.send([("a", 1, 1.0)])
+    assert sent_bytes(proto)
+    lose(proto)
+    dest.send([("b", 1, 1.0)])
+    assert dest.queued_points == 2 and dest.resent == 1  # "a" may be lost with the connection; both wait
 
 
 def test_destination_holds_batches_until_connected_then_writes_in_order() -> None:
@@ -52,10 +98,9 @@ def test_destination_holds_batches_until_connected_then_writes_in_order() -> Non
     dest.send([("a", 1, 1.0)], lambda: written.append(1))
     dest.send([("b", 1, 2.0)], lambda: written.append(2))
     assert written == [] and dest.queued_points == 2
-    proto = FakeProto()
-    dest.connected(proto)  # type: ignore[arg-type]
+    proto = connect(dest)
     assert written == [1, 2] and dest.queued_points == 0
-    got = unpickle_messages(proto.transport.value())
+    got = unpickle_messages(sent_bytes(proto))
     assert got == [[("a", (1, 1.0))], [("b", (1, 2.0))]]
 
 
@@ -71,14 +116,12 @@ def test_destination_queue_is_bounded_and_drops_are_counted() -> None:
 def test_destination_stops_writing_while_the_socket_is_paused() -> None:
     """A paused transport (carbon slow) keeps batches queued until resumeProducing."""
     dest = make_destination()
-    proto = FakeProto()
-    dest.connected(proto)  # type: ignore[arg-type]
-    proto.paused = True
+    proto = connect(dest)
+    proto.pauseProducing()  # what Twisted does when the socket's send buffer is full
     dest.send([("a", 1, 1.0)])
-    assert proto.transport.value() == b"" and dest.queued_points == 1
-    proto.paused = False
-    dest.drain()
-    assert dest.queued_points == 0 and proto.transport.value()
+    assert sent_bytes(proto) == b"" and dest.queued_points == 1
+    proto.resumeProducing()
+    assert dest.queued_points == 0 and sent_bytes(proto)
 
 
 @pytest.mark.parametrize("replication", [1, 2, 3])
@@ -114,12 +157,10 @@ def test_replicated_batch_reaches_every_replica_and_ends_once() -> None:
     egress = CarbonEgress(MemoryReactorClock(), [("127.0.0.1", 2004, "a"), ("127.0.0.1", 2104, "b")], replication=2)
     done: list[int] = []
     egress.send([(f"m{i}", 1, 1.0) for i in range(10)], lambda: done.append(1))
-    protos = [FakeProto(), FakeProto()]
-    for dest, proto in zip(egress.destinations, protos, strict=True):
-        dest.connected(proto)  # type: ignore[arg-type]
+    protos = [connect(dest) for dest in egress.destinations]
     assert done == [1]
     for proto in protos:
-        assert len([p for m in unpickle_messages(proto.transport.value()) for p in m]) == 10
+        assert len([p for m in unpickle_messages(sent_bytes(proto)) for p in m]) == 10
 
 
 def test_empty_batch_is_written_at_once() -> None:
@@ -136,10 +177,9 @@ def test_split_batch_ends_once_every_part_is_written() -> None:
     done: list[int] = []
     egress.send([(f"m{i}", 1, 1.0) for i in range(50)], lambda: done.append(1))
     assert done == []
-    protos = [FakeProto(), FakeProto()]
-    egress.destinations[0].connected(protos[0])  # type: ignore[arg-type]
+    connect(egress.destinations[0])
     assert done == []
-    egress.destinations[1].connected(protos[1])  # type: ignore[arg-type]
+    connect(egress.destinations[1])
     assert done == [1]
 
 
@@ -165,14 +205,13 @@ def test_spool_is_replayed_in_order_within_the_rate_after_reconnect(tmp_path) ->
     dest, reactor = spooled_destination(tmp_path, replay_rate=200)
     for i in range(10):
         dest.send([(f"m{i}.{j}", i, float(j)) for j in range(10)])
-    proto = FakeProto()
-    dest.connected(proto)  # type: ignore[arg-type]
+    proto = connect(dest)
     reactor.advance(0.1)
     assert dest.replayed == 20  # 200 points/s x 0.1 s
     for _ in range(10):
         reactor.advance(0.1)
     assert dest.replayed == 100 and dest.spool_pending == 0
-    got = [p for m in unpickle_messages(proto.transport.value()) for p in m]
+    got = [p for m in unpickle_messages(sent_bytes(proto)) for p in m]
     assert [p[1][0] for p in got] == [i for i in range(10) for _ in range(10)]
 
 
@@ -181,25 +220,22 @@ def test_live_traffic_flows_beside_replay(tmp_path) -> None:  # type: ignore[no-
     dest, reactor = spooled_destination(tmp_path, replay_rate=10)
     for i in range(5):
         dest.send([(f"old{i}", 1, 1.0)])
-    proto = FakeProto()
-    dest.connected(proto)  # type: ignore[arg-type]
+    proto = connect(dest)
     dest.send([("live", 2, 2.0)])
-    assert b"live" in proto.transport.value() and dest.spool_pending == 5
+    assert b"live" in sent_bytes(proto) and dest.spool_pending == 5
 
 
 def test_disconnect_and_stop_move_waiting_batches_to_the_spool(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Batches still in memory when the connection drops, or when stopping, are spooled, not lost."""
     dest, _ = spooled_destination(tmp_path)
-    proto = FakeProto()
-    dest.connected(proto)  # type: ignore[arg-type]
-    proto.paused = True
+    proto = connect(dest)
+    proto.pauseProducing()
     done: list[int] = []
     dest.send([("a", 1, 1.0)], lambda: done.append(1))
     assert done == [] and dest.queued_points == 1
-    dest.disconnected(proto)  # type: ignore[arg-type]
+    lose(proto)
     assert done == [1] and dest.spool_pending == 1 and dest.queued_points == 0
-    dest.connected(FakeProto())  # type: ignore[arg-type]
-    dest._proto.paused = True  # type: ignore[union-attr]
+    connect(dest).pauseProducing()
     dest.send([("b", 1, 1.0)])
     dest.stop()
     assert dest.spool_pending == 2
@@ -208,30 +244,67 @@ def test_disconnect_and_stop_move_waiting_batches_to_the_spool(tmp_path) -> None
 def test_a_slow_destination_spills_to_the_spool_past_max_queue(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Connected but paused (slow): past max_queue in memory, batches are spooled instead of dropped."""
     dest, _ = spooled_destination(tmp_path, max_queue=10)
-    proto = FakeProto()
-    dest.connected(proto)  # type: ignore[arg-type]
-    proto.paused = True
+    proto = connect(dest)
+    proto.pauseProducing()
     for i in range(5):
         dest.send([(f"m{i}.{j}", 1, 1.0) for j in range(4)])
     assert dest.dropped == 0 and dest.queued_points + dest.spool_pending == 20
 
 
-def test_a_full_blocking_spool_keeps_the_batch_and_says_full(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Under `block`, a batch the spool refuses is kept in memory (not dropped) and the egress reports full."""
+def test_a_full_blocking_spool_keeps_the_batch_and_pauses_the_inputs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Under `block` a batch the spool refuses waits in memory; at max_queue the inputs pause, connected, resume."""
     from dsat.spool import Spool
 
     reactor = MemoryReactorClock()
     spool = Spool(tmp_path / "s.db", max_bytes=400, policy="block")
-    egress = CarbonEgress(reactor, [("127.0.0.1", 2004)], spool=spool, max_queue=5)
+    egress = CarbonEgress(reactor, [("127.0.0.1", 2004)], spool=spool, max_queue=20)
+    inputs = [FakeProducer(), FakeProducer()]
+    for i in inputs:
+        egress.producers.register(i)
     done: list[int] = []
-    for i in range(10):
+    i = 0
+    while not egress.full:
         egress.send([(f"m{i}.{j}", 1, 1.0) for j in range(5)], lambda: done.append(1))
-    assert egress.full and egress.dropped == 0
-    assert spool.pending() + egress.queued_points == 50
-    assert len(done) == spool.pending() // 5  # only spooled batches have ended
-    proto = FakeProto()
-    egress.destinations[0].connected(proto)  # type: ignore[arg-type]
-    assert not egress.full and len(done) == 10
+        i += 1
+    assert all(i.paused for i in inputs) and egress.dropped == 0
+    assert egress.queued_points == 20 and spool.refused == 4
+    late = FakeProducer()
+    egress.producers.register(late)
+    assert late.paused  # a client connecting while paused is not read either
+    assert len(done) == spool.pending() // 5 == i - 4  # only spooled batches have ended
+    connect(egress.destinations[0])
+    assert not egress.full and len(done) == i and not any(i.paused for i in [*inputs, late])
+
+
+def test_under_block_past_the_hold_limit_a_batch_is_dropped_and_counted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """What cannot wait (UDP, statsd) and finds spool and memory past HOLD_FACTOR x max_queue is dropped, counted."""
+    from dsat.carbon import HOLD_FACTOR
+    from dsat.spool import Spool
+
+    spool = Spool(tmp_path / "s.db", max_bytes=1, policy="block")
+    dest = Destination(MemoryReactorClock(), "127.0.0.1", 2004, spool=spool, max_queue=10)
+    for i in range(30):
+        dest.send([(f"m{i}", 1, 1.0)])
+    assert dest.queued_points == HOLD_FACTOR * 10 and dest.dropped == 30 - HOLD_FACTOR * 10 and dest.blocked
+
+
+def test_blocked_destination_resumes_at_its_low_watermark(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The inputs resume once the memory queue is down to max_queue // 2, not at the first datapoint written."""
+    from dsat.spool import Spool
+
+    spool = Spool(tmp_path / "s.db", max_bytes=1, policy="block")
+    dest = Destination(MemoryReactorClock(), "127.0.0.1", 2004, spool=spool, max_queue=10)
+    changes: list[bool] = []
+    dest.on_blocked = changes.append
+    for i in range(10):
+        dest.send([(f"m{i}", 1, 1.0)])
+    assert changes == [True]
+    proto = connect(dest, OneWriteTransport())  # one batch written, then the socket is full
+    assert dest.queued_points == 9 and changes == [True]
+    for level in range(8, -1, -1):
+        proto.resumeProducing()  # carbon-cache read some: one more batch written
+        assert dest.queued_points == level
+        assert changes == ([True, False] if level <= 5 else [True]), level
 
 
 def test_what_a_broken_connection_carried_lately_is_sent_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -239,29 +312,26 @@ def test_what_a_broken_connection_carried_lately_is_sent_again(tmp_path) -> None
     from dsat.carbon import RESEND_SECONDS
 
     dest, reactor = spooled_destination(tmp_path)
-    proto = FakeProto()
-    dest.connected(proto)  # type: ignore[arg-type]
+    proto = connect(dest)
     dest.send([("old", 1, 1.0)])
     reactor.advance(RESEND_SECONDS + 1)
     dest.send([("a", 2, 1.0), ("b", 2, 2.0)])
     dest.send([("c", 3, 3.0)])
-    dest.disconnected(proto)  # type: ignore[arg-type]
+    lose(proto)
     assert dest.resent == 3 and dest.spool_pending == 3
-    again = FakeProto()
-    dest.connected(again)  # type: ignore[arg-type]
+    again = connect(dest)
     reactor.advance(0.1)
-    got = [p[0] for m in unpickle_messages(again.transport.value()) for p in m]
+    got = [p[0] for m in unpickle_messages(sent_bytes(again)) for p in m]
     assert got == ["a", "b", "c"]
 
 
 def test_closing_the_connection_ourselves_resends_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """When DSAT stops, the connection it closes carried nothing to send again."""
     dest, _ = spooled_destination(tmp_path)
-    proto = FakeProto()
-    dest.connected(proto)  # type: ignore[arg-type]
+    proto = connect(dest)
     dest.send([("a", 2, 1.0)])
     dest.stop()
-    dest.disconnected(proto)  # type: ignore[arg-type]
+    lose(proto)
     assert dest.resent == 0 and dest.spool_pending == 0
 
 
@@ -279,10 +349,9 @@ def test_a_batch_spooled_under_the_other_protocol_is_replayed_in_the_current_one
     assert dest.spool is not None
     dest.spool.put(dest.name, encode_pickle([("old.pickled", 1_700_000_000, 1.5)]), 1)
     dest.spool_pending = 1
-    proto = FakeProto()
-    dest.connected(proto)  # type: ignore[arg-type]
+    proto = connect(dest)
     reactor.advance(0.1)
-    assert proto.transport.value() == b"old.pickled 1.5 1700000000\n"
+    assert sent_bytes(proto) == b"old.pickled 1.5 1700000000\n"
 
 
 def test_tagged_series_are_placed_by_their_canonical_name_as_carbon_does() -> None:

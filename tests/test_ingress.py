@@ -355,6 +355,44 @@ def test_tcp_connections_over_the_limit_are_refused() -> None:
     assert factory.buildProtocol(PEER) is not None
 
 
+def test_tcp_connections_stop_being_read_while_the_egress_is_full() -> None:
+    """Every TCP connection is a producer of the factory's Producers: paused, its transport stops reading."""
+    from dsat.flow import Producers
+
+    producers = Producers()
+    for make in (PlaintextFactory, PickleFactory):
+        factory = make(Capture(), Rejections("test"), Clock(), producers=producers)
+        _, first = connect(factory)
+        producers.pause()
+        _, second = connect(factory)  # connecting while paused: not read either
+        assert (first.producerState, second.producerState) == ("paused", "paused")
+        producers.resume()
+        assert (first.producerState, second.producerState) == ("producing", "producing")
+    assert len(producers) == 4
+
+
+def test_a_paused_pickle_connection_handles_none_of_the_frames_it_holds() -> None:
+    """Frames already read when the egress fills wait until resume, then come out in order."""
+    from dsat.flow import Producers
+
+    producers = Producers()
+    sink = Capture()
+    factory = PickleFactory(
+        lambda points: (sink(points), producers.pause()), Rejections("test"), Clock(), producers=producers
+    )
+    proto, transport = connect(factory)
+    frames = b"".join(
+        struct.pack("!L", len(body)) + body
+        for body in (pickle.dumps([(f"m{i}", (1_700_000_000, float(i)))], protocol=2) for i in range(3))
+    )
+    proto.dataReceived(frames)
+    assert [b[0][0] for b in sink.batches] == ["m0"] and transport.producerState == "paused"
+    producers.resume()
+    assert [b[0][0] for b in sink.batches] == ["m0", "m1"]
+    producers.resume()
+    assert [b[0][0] for b in sink.batches] == ["m0", "m1", "m2"]
+
+
 def test_udp_datagrams_are_batches_and_need_no_final_newline() -> None:
     """Each datagram is one batch; its last line counts even without a newline, as in carbon."""
     sink, rejections = Capture(), Rejections("test")

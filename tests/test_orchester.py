@@ -14,7 +14,7 @@ from dsat.errors import ConfigError
 from dsat.events import Reporter
 from dsat.orchester import Orchester
 from dsat.plugins import Registry, SatelliteSpec
-from dsat.testing import CaptureEgress, FakeSender
+from dsat.testing import CaptureEgress, FakeProducer, FakeSender
 
 TOPOLOGY = """
 [dsat]
@@ -159,29 +159,16 @@ def test_own_metrics_are_written_on_the_clock() -> None:
     orch.stop()
 
 
-class FakeInput:
-    def __init__(self) -> None:
-        self.paused = False
-
-    def pause(self) -> None:
-        self.paused = True
-
-    def resume(self) -> None:
-        self.paused = False
-
-
-def test_input_pauses_while_carbon_is_full_and_resumes_after() -> None:
-    """Backpressure: a full egress pauses the orchester's input link; room again resumes it."""
+def test_the_input_link_is_one_of_the_egress_producers() -> None:
+    """start() registers the input link with the egress's producers: paused and resumed with them, no timer."""
     orch, egress, _, _, clock = make()
-    link = FakeInput()
+    link = FakeProducer()
     orch.start(link)
-    egress.full = True
-    orch.on_frame(frame((("a.b", 1, 1.0),))[1])
+    egress.producers.pause()
     assert link.paused
-    clock.advance(0.2)
+    clock.advance(60)
     assert link.paused
-    egress.full = False
-    clock.advance(0.2)
+    egress.producers.resume()
     assert not link.paused
     orch.stop()
 
@@ -252,3 +239,82 @@ def test_rules_apply_and_reload_when_the_file_changes_keeping_them_on_a_bad_file
     assert orch.rules_refused == 1
     orch.on_frame(frame((("old.a", 1, 1.0),))[1])
     assert egress.points[-1][0] == "newer.a"
+
+
+def test_ingest_sends_client_datapoints_through_the_rules_to_carbon(tmp_path: Path) -> None:
+    """Graphite/statsd datapoints go through the rules (deny counted by reason) to the egress, untracked."""
+    from dsat.rules import load_rules
+
+    orch, egress, events, _, _ = make()
+    orch.rules = load_rules(deny=["^secret\\."])
+    orch.ingest([("app.requests", 1_700_000_000, 1.0), ("secret.key", 1_700_000_000, 2.0)])
+    assert egress.batches == [[("app.requests", 1_700_000_000, 1.0)]]
+    assert (orch.points_in, orch.points_out) == (2, 1)
+    assert orch.rejected == {"filtered": 1}
+    assert events.frames == []  # no batch to track: nothing for the tracker
+
+
+def test_flush_aggregates_sends_each_closed_interval_once(tmp_path: Path) -> None:
+    """An aggregation rule's output is sent when its interval is closed (past the lateness), and only then."""
+    from dsat.rules import load_rules
+
+    rules_file = tmp_path / "aggregation-rules.conf"
+    rules_file.write_text("app.all.requests (10) = sum app.<host>.requests\n")
+    orch, egress, _, _, clock = make()
+    orch.rules = load_rules(aggregation_path=rules_file, clock=clock)
+    start = int(clock.seconds()) // 10 * 10
+    orch.ingest([("app.a.requests", start, 1.0), ("app.b.requests", start + 5, 2.0)])
+    orch.flush_aggregates()
+    assert ("app.all.requests", float(start), 3.0) not in egress.points  # the interval is still open
+    clock.advance(40)
+    orch.flush_aggregates()
+    orch.flush_aggregates()
+    assert egress.points.count(("app.all.requests", float(start), 3.0)) == 1
+    assert orch.points_out == 2 + 1  # the inputs go on too (forward_all), then the aggregate
+
+
+def test_a_circuit_opened_by_the_tracker_holds_the_legs_to_its_step() -> None:
+    """on_published: an open circuit holds legs to the step (counted as diverted), carbon legs still go; closed again,
+    the step gets batches again; a frame that does not parse is counted bad_state."""
+    from dsat.events import BREAKER_TOPIC, published
+
+    orch, egress, _, archive, _ = make()
+    orch.on_published(published(BREAKER_TOPIC, {"step": "archive", "state": "OPEN"}))
+    orch.on_frame(frame((("a.b", 1_700_000_000, 1.0),), type="audit")[1])
+    assert archive.frames == [] and len(egress.points) == 1 and orch.circuits.diverted == 1
+    orch.heartbeat()
+    assert orch.reporter.sender.envelopes()[-1].meta["diverted"] == 1  # type: ignore[attr-defined]
+    orch.on_published(published(BREAKER_TOPIC, {"step": "archive", "state": "CLOSED"}))
+    orch.on_frame(frame((("a.b", 1_700_000_001, 1.0),), type="audit")[1])
+    assert len(archive.frames) == 1
+    orch.on_published(b"no topic here")
+    assert orch.rejected == {"bad_state": 1}
+
+
+def test_under_block_a_full_carbon_egress_pauses_the_input_link_until_carbon_takes_data(tmp_path: Path) -> None:
+    """The block path end to end in memory: Carbon down, spool full, queue at max_queue: the orchester's input link
+    is paused; once a connection to carbon drains the queue it is resumed, and every held batch ends."""
+    from twisted.internet.testing import MemoryReactorClock
+
+    from dsat.carbon import CarbonEgress
+    from dsat.spool import Spool
+    from tests.test_carbon import connect
+
+    spool = Spool(tmp_path / "s.db", max_bytes=2000, policy="block")
+    egress = CarbonEgress(MemoryReactorClock(), [("127.0.0.1", 2004)], spool=spool, max_queue=50)
+    orch, _, events, _, _ = make()
+    orch = Orchester(orch.topology, clock=orch.clock, egress=egress, senders={}, reporter=orch.reporter, where="h")
+    link = FakeProducer()
+    orch.start(link)
+    sent = 0
+    while not link.paused:
+        orch.on_frame(frame(tuple((f"m{sent}.{j}", 1_700_000_000, 1.0) for j in range(10)))[1])
+        sent += 1
+        assert sent < 100, "never paused"
+    assert spool.refused > 0 and egress.queued_points >= 50 and egress.dropped == 0
+    ended = [e for e in events.envelopes() if e.event == "HAPPY_END"]
+    assert len(ended) < sent  # the held batches have not ended
+    connect(egress.destinations[0])
+    assert not link.paused
+    assert len([e for e in events.envelopes() if e.event == "HAPPY_END"]) == sent
+    orch.stop()

@@ -15,7 +15,7 @@ from dsat.errors import ConfigError
 from dsat.spool import Spool
 from dsat.stack import free_port
 from tests.conftest import Processes, wait_for
-from tests.test_carbon import FakeProto, unpickle_messages
+from tests.test_carbon import connect, sent_bytes, unpickle_messages
 
 
 def test_commands_and_how_they_show_in_force() -> None:
@@ -91,12 +91,9 @@ def test_removing_a_destination_hands_its_memory_queue_to_the_others() -> None:
     egress.send([(f"m{i}", 1.0, float(i)) for i in range(40)], lambda: done.append(1))
     assert egress.remove_destination("127.0.0.1:2004")
     assert egress.destinations[0].queued_points == 0 and egress.destinations[1].queued_points == 40
-    proto = FakeProto()
-    egress.destinations[1].connected(proto)  # type: ignore[arg-type]
+    proto = connect(egress.destinations[1])
     assert done == [1]
-    assert sorted(p[0] for m in unpickle_messages(proto.transport.value()) for p in m) == sorted(
-        f"m{i}" for i in range(40)
-    )
+    assert sorted(p[0] for m in unpickle_messages(sent_bytes(proto)) for p in m) == sorted(f"m{i}" for i in range(40))
 
 
 def test_spool_rows_of_a_destination_no_longer_configured_are_placed_again_at_start(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -113,7 +114,102 @@ def test_committed_batches_survive_kill_9(tmp_path: Path) -> None:
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     spool = Spool(db)
-    values = [int.from_bytes(b.data[:4], "big") for b in spool.peek("a", 10**9)]
-    assert len(values) >= 200
+    assert spool.quarantined is None
+    rows = [data for (data,) in spool.db.execute("SELECT data FROM batches WHERE dest = 'a' ORDER BY id")]
+    values = [int.from_bytes(data[:4], "big") for data in rows]
+    assert len(values) >= 200 and len(values) == spool.pending("a")
     assert values == list(range(len(values)))
-    assert all(b.data == b.data[:4] * 256 for b in spool.peek("a", 10**9))
+    assert all(data == data[:4] * 256 for data in rows)
+
+
+def _filled(path: Path, batches: int) -> None:
+    """A spool of *batches* batches of 4 KiB each (batch i: i+1 datapoints, its 4-byte index repeated)."""
+    spool = Spool(path, sync="normal")
+    for i in range(batches):
+        spool.put("a", i.to_bytes(4, "big") * 1024, i + 1)
+    spool.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    spool.close()
+
+
+def _assert_quarantined(spool: Spool, path: Path, caplog_text: list[str]) -> None:
+    assert spool.quarantined is not None and spool.quarantined.exists()
+    assert spool.quarantined.name.startswith("s.db.corrupt-") and spool.path == path
+    assert any("ALERT spool_corrupt" in line for line in caplog_text)
+    assert spool.pending() == spool.salvaged
+    # the new spool works
+    assert spool.put("b", b"new", 1) and spool.peek("b", 10)[0].data == b"new"
+
+
+def _critical_lines(observer: list[dict]) -> list[str]:
+    from twisted.logger import LogLevel, formatEvent
+
+    return [formatEvent(e) for e in observer if e["log_level"] == LogLevel.critical]
+
+
+@pytest.fixture
+def logged() -> Iterator[list[dict]]:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def test_truncated_spool_is_quarantined_and_its_readable_batches_replayed(tmp_path: Path, logged: list[dict]) -> None:
+    """A spool file cut in half is moved aside with an alert; the whole batches before the cut are in the new one."""
+    path = tmp_path / "s.db"
+    _filled(path, 400)
+    size = path.stat().st_size
+    with path.open("r+b") as f:
+        f.truncate(size // 2)
+    spool = Spool(path)
+    _assert_quarantined(spool, path, _critical_lines(logged))
+    rows = list(spool.db.execute("SELECT points, data FROM batches WHERE dest = 'a' ORDER BY id"))
+    indexes = [int.from_bytes(data[:4], "big") for _, data in rows]
+    assert 0 < len(rows) < 400
+    pairs = zip(rows, indexes, strict=True)
+    assert all(data == data[:4] * 1024 and points == index + 1 for (points, data), index in pairs)
+    assert indexes == sorted(indexes) and len(set(indexes)) == len(indexes)
+    assert spool.salvaged == sum(points for points, _ in rows) == spool.pending("a")
+
+
+def test_garbage_spool_is_quarantined_and_a_new_one_started(tmp_path: Path, logged: list[dict]) -> None:
+    """A file of random bytes is not a database: moved aside with an alert, an empty spool in its place."""
+    path = tmp_path / "s.db"
+    path.write_bytes(os.urandom(64 * 1024))
+    spool = Spool(path)
+    _assert_quarantined(spool, path, _critical_lines(logged))
+    assert spool.quarantined is not None and spool.quarantined.stat().st_size == 64 * 1024
+    assert spool.salvaged == 0
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        "CREATE TABLE batches (id INTEGER PRIMARY KEY, payload BLOB)",
+        "CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('x')",
+    ],
+)
+def test_spool_of_another_schema_is_quarantined(tmp_path: Path, logged: list[dict], schema: str) -> None:
+    """An SQLite file that holds other tables or other columns is moved aside untouched, never written into."""
+    path = tmp_path / "s.db"
+    other = sqlite3.connect(path)
+    other.executescript(schema)
+    other.commit()
+    other.close()
+    before = path.read_bytes()
+    spool = Spool(path)
+    _assert_quarantined(spool, path, _critical_lines(logged))
+    assert spool.quarantined is not None and spool.quarantined.read_bytes() == before
+    assert spool.salvaged == 0
+
+
+def test_a_sound_spool_is_not_quarantined(tmp_path: Path, logged: list[dict]) -> None:
+    """A spool that passes its check opens as it is, with no alert."""
+    path = tmp_path / "s.db"
+    _filled(path, 10)
+    spool = Spool(path)
+    assert spool.quarantined is None and spool.pending("a") == sum(range(1, 11))
+    assert not _critical_lines(logged)
+    assert not [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
