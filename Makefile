@@ -10,12 +10,12 @@ DIST    ?= dist
 
 .PHONY: demo test lint venv docs dist release sign clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml graphite-web.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	GRAPHITE_NO_PREFIX=True $(BIN)/python -m pip install --quiet -e '.[graphite,test]'
 	# graphite-web's own metadata pins Django<3.1; dsat[graphite] brings Django 3.2 (see pyproject.toml)
-	GRAPHITE_NO_PREFIX=True $(BIN)/python -m pip install --quiet --no-deps graphite-web==1.1.10
+	GRAPHITE_NO_PREFIX=True $(BIN)/python -m pip install --quiet --no-deps -r graphite-web.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
