@@ -598,8 +598,8 @@ def format_report(report: dict[str, Any]) -> str:
         "orchester: " + ", ".join(f"{k} {v:,.0f}" for k, v in report["orchester"].items()),
         "",
     ]
-    step_keys = ("points_received", "points_sent", "batches_failed", "batches_timed_out")
-    rows = [["step", "points in", "points out", "failed", "timed out"]]
+    step_keys = ("points_received", "points_sent", "batches_failed", "batches_timed_out", "batches_retried")
+    rows = [["step", "points in", "points out", "failed", "timed out", "retried"]]
     for step, counters in sorted(report["tracker"]["steps"].items()):
         rows.append([step, *(f"{counters.get(k, 0):,}" for k in step_keys)])
     lines += _table(rows) + [""]

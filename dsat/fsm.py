@@ -84,13 +84,15 @@ class Change:
 
 @dataclass
 class StepCounters:
-    """What one step reported, and the batches that timed out after it last reported."""
+    """What one step reported, the batches that timed out after it last reported, and the retries its errors and
+    timeouts caused (the retry is counted against the step where the attempt failed)."""
 
     batches_received: int = 0
     batches_sent: int = 0
     batches_ended: int = 0
     batches_failed: int = 0
     batches_timed_out: int = 0
+    batches_retried: int = 0
     points_received: int = 0
     points_sent: int = 0
     late: int = 0
@@ -290,6 +292,7 @@ class BatchTracker:
             self._finish(task, State.FAILURE, step, f"gave up after {task.attempt} attempts; last: {reason}")
             return
         self.totals["retry"] += 1
+        self._counters(step).batches_retried += 1
         self._restart(task, task.attempt + 1)
         task.state = State.RETRY
         self._changed(task, state, State.RETRY, step, reason)

@@ -20,6 +20,7 @@ COLUMNS = (
     ("ended", "batches_ended"),
     ("failed", "batches_failed"),
     ("timed out", "batches_timed_out"),
+    ("retried", "batches_retried"),
     ("points in", "points_received"),
     ("points out", "points_sent"),
 )

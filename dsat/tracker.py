@@ -66,6 +66,7 @@ STEP_COUNTERS = (
     "batches_ended",
     "batches_failed",
     "batches_timed_out",
+    "batches_retried",
     "points_received",
     "points_sent",
 )

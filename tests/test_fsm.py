@@ -447,3 +447,20 @@ def test_the_retried_attempt_can_end_well_and_old_attempts_are_late() -> None:
     feed(fsm, Ev("HAPPY_END", "orchester", meta={"attempt": 2}))
     assert fsm.state_of("t1") is State.HAPPY_END
     assert clock.getDelayedCalls() == []
+
+
+def test_a_retry_is_counted_against_the_step_where_the_attempt_failed(clock: Clock) -> None:
+    """An ERROR at one step and a timeout after another each count one batches_retried there, and nowhere else."""
+    fsm = BatchTracker(clock, timeout=TIMEOUT, max_retries=1)
+    feed(
+        fsm,
+        send("cpu", points=3, task_id="t1"),
+        ack("orchester", points=3, task_id="t1"),
+        error("orchester", "bad", task_id="t1"),
+        send("cpu", points=5, task_id="t2"),
+        ack("b", points=5, task_id="t2"),
+    )
+    clock.advance(TIMEOUT)
+    retried = {step: c["batches_retried"] for step, c in fsm.snapshot()["steps"].items()}
+    assert retried == {"cpu": 0, "orchester": 1, "b": 1}
+    assert fsm.snapshot()["tasks"]["retry"] == 2
