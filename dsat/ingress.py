@@ -28,11 +28,12 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from dsat.cache import DEFAULT_MAX_BYTES, GenerationalCache
 from dsat.counters import Rejections
 from dsat.envelope import Datapoint
 from dsat.errors import BadName
 from dsat.flow import Producers
-from dsat.naming import MAX_PATH_CHARS, PathCleaner, clean_path
+from dsat.naming import MAX_PATH_CHARS, PathCleaner, clean_path, decode_safe
 
 #: Longest plaintext line kept, in bytes, without its newline (carbon's LineOnlyReceiver allows 16384).
 MAX_LINE_LENGTH = 4096
@@ -49,44 +50,60 @@ _NOT_WHITESPACE = bytes(set(range(256)) - set(b" \t\n\r\x0b\x0c"))
 Sink = Callable[[list[Datapoint]], None]
 
 
-class PathCache(dict[bytes, str]):
+class PathCache:
     """Raw path bytes -> the path :func:`dsat.naming.clean_path` makes of them, ``""`` when it rejects them.
 
-    A missing path is decoded (UTF-8, strictly: undecodable bytes are a bad
-    name) and cleaned on first use; why a path was rejected is kept in
-    :attr:`reasons`.  Paths longer than :data:`~dsat.naming.MAX_PATH_CHARS`
-    bytes are not kept, and the cache is emptied when it holds *max_size*
-    paths, so its memory stays bounded.
+    Held in a :class:`~dsat.cache.GenerationalCache` of *max_bytes*, so it
+    keeps the paths in use however many pass through once.  New paths are
+    cleaned a batch at a time (:meth:`clean_many`): when every one is already
+    safe ASCII (:func:`dsat.naming.decode_safe`) the batch costs one pass and
+    one decode, else each is decoded (UTF-8, strictly: undecodable bytes are a
+    bad name) and cleaned on its own.  Paths longer than
+    :data:`~dsat.naming.MAX_PATH_CHARS` bytes are not kept.  Only the verdict
+    is kept for a rejected path; :meth:`count_rejected` finds its reason again.
     """
 
-    def __init__(self, max_size: int = 100_000) -> None:
-        super().__init__()
-        self.max_size = max_size
-        #: Raw path -> the reason it was rejected (``bad_name``, ``bad_tag``), for the rejected ones kept.
-        self.reasons: dict[bytes, str] = {}
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._cache: GenerationalCache[bytes, str] = GenerationalCache(max_bytes)
 
-    def __missing__(self, raw: bytes) -> str:
-        reason = "bad_name"
-        try:
-            path = clean_path(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            path = ""
-        except BadName as exc:
-            path, reason = "", exc.reason
-        if len(raw) <= MAX_PATH_CHARS:
-            if len(self) >= self.max_size:
-                self.clear()
-                self.reasons.clear()
-            self[raw] = path
-            if not path:
-                self.reasons[raw] = reason
-        return path
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def __getitem__(self, raw: bytes) -> str:
+        return self.clean_many([raw])[0]
+
+    def clean_many(self, raw_paths: list[bytes]) -> list[str]:
+        """The clean path of each of *raw_paths* (``""`` for a rejected one), new ones cleaned as one batch."""
+        cache = self._cache
+        found = cache.get_many(raw_paths)
+        if None not in found:
+            return found  # type: ignore[return-value]
+        missing = [raw for raw, path in zip(raw_paths, found, strict=True) if path is None]
+        fresh = decode_safe(missing)
+        if fresh is None:
+            fresh = [_clean_raw(raw)[0] for raw in missing]
+            kept = [(raw, path) for raw, path in zip(missing, fresh, strict=True) if len(raw) <= MAX_PATH_CHARS]
+            cache.put_many([raw for raw, _ in kept], [path for _, path in kept])
+        else:
+            cache.put_many(missing, fresh)
+        new = iter(fresh)
+        return [next(new) if path is None else path for path in found]
 
     def count_rejected(self, raw_paths: list[bytes], clean: list[str], rejected: Counter[str]) -> None:
         """Count in *rejected*, by reason, the *raw_paths* whose *clean* path is ``""``."""
         for raw, path in zip(raw_paths, clean, strict=True):
             if not path:
-                rejected[self.reasons.get(raw, "bad_name")] += 1
+                rejected[_clean_raw(raw)[1]] += 1
+
+
+def _clean_raw(raw: bytes) -> tuple[str, str]:
+    """The clean path of *raw* and ``""``, or ``""`` and why it was rejected (``bad_name``, ``bad_tag``)."""
+    try:
+        return clean_path(raw.decode("utf-8")), ""
+    except UnicodeDecodeError:
+        return "", "bad_name"
+    except BadName as exc:
+        return "", exc.reason
 
 
 def parse_plaintext(
@@ -152,7 +169,7 @@ def _parse_plain(body: bytes, max_line_length: int, paths: PathCache, rejected: 
     total, since = sum(values), sum(stamps)
     if total - total != 0.0 or since - since != 0.0 or min(stamps) <= 0.0 or max(stamps) >= MAX_TIMESTAMP:
         return None
-    clean = list(map(paths.__getitem__, raw_paths))
+    clean = paths.clean_many(raw_paths)
     if "" not in clean:
         return list(zip(clean, stamps, values, strict=True))
     paths.count_rejected(raw_paths, clean, rejected)

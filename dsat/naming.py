@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 
+from dsat.cache import DEFAULT_MAX_BYTES, GenerationalCache
 from dsat.errors import BadName
 
 #: A Whisper file name is the component plus ".wsp"; NAME_MAX is 255 bytes.
@@ -38,9 +40,12 @@ FORBIDDEN_IN_KEY = ";!^="
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
 _ASCII_SAFE = re.compile(r"[A-Za-z0-9_\-:+=@%#~]+")
 # A whole path already safe: ASCII components of 1 to MAX_COMPONENT_BYTES characters, joined by dots.
-_ASCII_SAFE_PATH = re.compile(
-    rf"[A-Za-z0-9_\-:+=@%#~]{{1,{MAX_COMPONENT_BYTES}}}(?:\.[A-Za-z0-9_\-:+=@%#~]{{1,{MAX_COMPONENT_BYTES}}})*"
-)
+_SAFE_COMPONENT = rf"[A-Za-z0-9_\-:+=@%#~]{{1,{MAX_COMPONENT_BYTES}}}"
+_SAFE_PATH = rf"{_SAFE_COMPONENT}(?:\.{_SAFE_COMPONENT})*"
+_ASCII_SAFE_PATH = re.compile(_SAFE_PATH)
+# Already-safe paths, one a line: a whole batch checked in one pass (text, and raw bytes from the wire).
+_ASCII_SAFE_LINES = re.compile(rf"{_SAFE_PATH}(?:\n{_SAFE_PATH})*")
+_ASCII_SAFE_RAW_LINES = re.compile(_ASCII_SAFE_LINES.pattern.encode())
 
 
 def _safe_chars(text: str) -> str:
@@ -120,6 +125,36 @@ def clean_path(path: str) -> str:
     if is_tagged(path):
         return tagged_path(path)
     return _clean_untagged(path, path)
+
+
+def all_safe(paths: Sequence[str]) -> bool:
+    """Whether :func:`clean_path` returns every one of *paths* unchanged, checked in one pass over them all.
+
+    True when each is already safe ASCII (components of 1 to
+    :data:`MAX_COMPONENT_BYTES` safe characters joined by dots, at most
+    :data:`MAX_PATH_CHARS` characters): the common case, which the orchester
+    checks for a whole batch of new paths at once.  False says nothing about
+    any one path: clean each with :func:`clean_path`.
+    """
+    return (
+        bool(paths)
+        and max(map(len, paths)) <= MAX_PATH_CHARS
+        and _ASCII_SAFE_LINES.fullmatch("\n".join(paths)) is not None
+    )
+
+
+def decode_safe(raw_paths: Sequence[bytes]) -> list[str] | None:
+    """*raw_paths* decoded, if :func:`clean_path` would return every one of them unchanged, else None.
+
+    The raw-bytes twin of :func:`all_safe`, for paths read from the wire:
+    one pass over the batch, one decode.
+    """
+    if not raw_paths or max(map(len, raw_paths)) > MAX_PATH_CHARS:
+        return None
+    joined = b"\n".join(raw_paths)
+    if _ASCII_SAFE_RAW_LINES.fullmatch(joined) is None:
+        return None
+    return joined.decode("ascii").split("\n")
 
 
 def _clean_untagged(path: str, whole: str) -> str:
@@ -248,14 +283,15 @@ def _canonical(name: str, tags: dict[str, str], path: str) -> str:
 class PathCleaner:
     """:func:`clean_path` behind a bounded cache: the orchester calls it for every datapoint.
 
-    Results and rejections are cached for paths up to :data:`MAX_PATH_CHARS`
-    characters (longer ones are rejected at once and not kept); when the
-    cache holds *max_size* paths it is emptied.
+    Results and rejections are kept in a
+    :class:`~dsat.cache.GenerationalCache` of *max_bytes* (the paths in use
+    stay, however many pass through once), for paths up to
+    :data:`MAX_PATH_CHARS` characters; longer ones are rejected at once and
+    not kept.
     """
 
-    def __init__(self, max_size: int = 100_000) -> None:
-        self.max_size = max_size
-        self._cache: dict[str, str | BadName] = {}
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._cache: GenerationalCache[str, str | BadName] = GenerationalCache(max_bytes)
 
     def __call__(self, path: str) -> str:
         result = self._cache.get(path)
@@ -266,9 +302,7 @@ class PathCleaner:
                 result = clean_path(path)
             except BadName as exc:
                 result = exc
-            if len(self._cache) >= self.max_size:
-                self._cache.clear()
-            self._cache[path] = result
+            self._cache.put(path, result)
         if isinstance(result, str):
             return result
         # A fresh exception each time: re-raising the cached one would grow its traceback forever.

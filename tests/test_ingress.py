@@ -14,6 +14,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from dsat.cache import entry_bytes
 from dsat.counters import Rejections
 from dsat.envelope import Datapoint
 from dsat.ingress import (
@@ -124,12 +125,14 @@ def test_the_line_limit_is_configurable() -> None:
 
 
 def test_the_path_cache_keeps_results_and_stays_bounded() -> None:
-    """The cache maps raw paths to clean ones ("" for rejected), drops long keys, and empties when full."""
-    cache = PathCache(max_size=2)
+    """The cache maps raw paths to clean ones ("" for rejected), drops long keys, and stays in its budget."""
+    budget = 2 * 2 * entry_bytes(b"a/b")  # two such paths per generation
+    cache = PathCache(max_bytes=budget)
     assert cache[b"a/b"] == "a_b" and cache[b"\x00"] == ""
     assert len(cache) == 2
-    assert cache[b"c"] == "c" and len(cache) == 1
-    assert cache[b"x" * 2000] == "" and len(cache) == 1
+    assert cache[b"c"] == "c" and len(cache) == 3
+    assert cache[b"d"] == "d" and cache[b"e"] == "e" and len(cache) == 3 and cache._cache.nbytes <= budget
+    assert cache[b"x" * 2000] == "" and len(cache) == 3
 
 
 def lines_corpus(seed: int, count: int) -> bytes:
@@ -505,13 +508,13 @@ def test_hostile_tags_in_a_pickle_are_refused_by_reason_and_the_rest_lands() -> 
     assert rejected == expected
 
 
-def test_the_path_cache_remembers_why_it_refused() -> None:
+def test_the_path_cache_counts_a_refusal_under_its_reason_every_time() -> None:
     """A refused path is counted under its own reason every time, from the cache as on first sight."""
     paths = PathCache()
     for _ in range(2):
         points, rejected, _ = parse_plaintext(b"a;k=~x 1 1700000000\na\x01 1 1700000000\n", NOW, paths=paths)
         assert points == [] and rejected == Counter({"bad_tag": 1, "bad_name": 1})
-    assert paths.reasons == {b"a;k=~x": "bad_tag", b"a\x01": "bad_name"}
+    assert len(paths) == 2 and paths.clean_many([b"a;k=~x", b"a\x01"]) == ["", ""]
 
 
 def test_tcp_a_tagged_batch_lands_and_its_refusals_are_counted() -> None:

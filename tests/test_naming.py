@@ -13,6 +13,7 @@ import pytest
 from carbon.util import TaggedSeries
 
 from dsat import naming
+from dsat.cache import entry_bytes
 from dsat.errors import BadName
 from dsat.naming import MAX_COMPONENT_BYTES, MAX_PATH_CHARS, PathCleaner, clean_path, component, metric_path
 from tests.conftest import ROOT
@@ -339,16 +340,18 @@ def test_path_cleaner_caches_results_and_rejections(monkeypatch: pytest.MonkeyPa
 
 
 def test_path_cleaner_is_bounded() -> None:
-    """A full cache is emptied before the next new path; paths over 1024 characters are never kept."""
-    cleaner = PathCleaner(max_size=3)
-    for path in ("a", "b", "c"):
+    """The cache keeps two generations within its budget; paths over 1024 characters are never kept."""
+    budget = 2 * 3 * entry_bytes("a")  # three one-character paths per generation
+    cleaner = PathCleaner(max_bytes=budget)
+    for path in ("a", "b", "c", "d"):
         cleaner(path)
-    assert len(cleaner) == 3
-    cleaner("d")
-    assert len(cleaner) == 1
+    assert len(cleaner) == 4  # a, b, c in the old generation, d in the young one
+    for path in ("e", "f", "g"):
+        cleaner(path)
+    assert len(cleaner) == 4 and cleaner._cache.nbytes <= budget  # d, e, f old now, g young: a, b, c gone
     with pytest.raises(BadName, match="over 1024"):
         cleaner("x" * 5000)
-    assert len(cleaner) == 1
+    assert len(cleaner) == 4
 
 
 # -- tagged series -------------------------------------------------------------

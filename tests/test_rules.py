@@ -15,6 +15,7 @@ from carbon.aggregator.rules import RuleManager as _carbon_rule_manager
 from carbon.rewrite import _RewriteRuleManager
 from twisted.internet.task import Clock
 
+from dsat.cache import entry_bytes
 from dsat.errors import ConfigError
 from dsat.rules import (
     METHODS,
@@ -248,13 +249,13 @@ def test_rewritten_names_are_made_safe_or_dropped(tmp_path: Path) -> None:
 
 
 def test_routes_cache_is_bounded_and_stays_correct(tmp_path: Path) -> None:
-    """With a tiny route cache, repeated and new paths still get the right names."""
+    """With a route cache of one entry per generation, repeated and new paths still get the right names."""
     rules = _ruleset(tmp_path, "[pre]\n^a = b\n", clock=Clock())
-    small = RuleSet(pre=rules.pre, cache_size=2)
-    points = [(f"a{i % 5}", float(i), 1.0) for i in range(50)]
-    out, _ = small.apply(points)
-    assert [p[0] for p in out] == [f"b{i % 5}" for i in range(50)]
-    assert len(small._routes) <= 2
+    small = RuleSet(pre=rules.pre, cache_bytes=2 * entry_bytes("a0"))
+    for i in range(50):
+        out, _ = small.apply([(f"a{i % 5}", float(i), 1.0)])
+        assert out == [(f"b{i % 5}", float(i), 1.0)]
+        assert len(small._routes) <= 2 and small._routes.nbytes <= 2 * entry_bytes("a0")
 
 
 def test_explain_shows_rewrite_filter_and_aggregates(tmp_path: Path) -> None:

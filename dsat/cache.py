@@ -1,0 +1,114 @@
+"""The bounded cache of the hot path: what a path became, kept while it is used, within a byte budget.
+
+The orchester caches, per distinct metric path, what cleaning it
+(:class:`dsat.ingress.PathCache`, :class:`dsat.naming.PathCleaner`) and the
+rules (:class:`dsat.rules.RuleSet`) made of it.  A cache emptied when full
+collapses as soon as the names outnumber it: every lookup misses, and the
+work of filling it is wasted.  :class:`GenerationalCache` keeps two
+generations instead, *young* and *old*, each a plain dict (so a batch of
+lookups runs inside C, ``map(dict.get, keys)``): new entries go to the young
+one; when its estimated size reaches half the budget, the old generation is
+dropped and the young one becomes old.  A hit in the old generation moves the
+entry back to the young one, so an entry used at least once per generation
+stays, whatever the number of names that pass through once.  Sizes are
+estimated from the key's length (:data:`ENTRY_BYTES` plus twice the key:
+the key and a value of about its size), since a byte count of Python objects
+costs more than the lookup it saves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence, Sized
+from typing import Generic, TypeVar
+
+from dsat.errors import ConfigError
+
+#: Estimated bytes of one entry besides its key's and value's characters: the dict slot and two object headers.
+ENTRY_BYTES = 160
+#: Default budget of one cache, in estimated bytes.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+K = TypeVar("K", bound="Hashable")
+V = TypeVar("V")
+
+
+def entry_bytes(key: Sized) -> int:
+    """The estimated size of one entry whose key is *key* (a path as str or bytes)."""
+    return ENTRY_BYTES + 2 * len(key)
+
+
+class GenerationalCache(Generic[K, V]):
+    """Key -> value in two generations, at most *max_bytes* (estimated) in all; values are never None.
+
+    ``get`` and ``get_many`` answer None for a key not held.  An entry lives
+    until two generation swaps pass without it being used; a swap happens
+    when an insertion would take the young generation past half of
+    *max_bytes*, so each generation holds at most half of it (an entry
+    larger than that is not kept).
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if max_bytes < 2 * ENTRY_BYTES:
+            raise ConfigError(f"cache of {max_bytes} bytes: too small to hold one entry per generation")
+        self.max_bytes = max_bytes
+        self._young: dict[K, V] = {}
+        self._old: dict[K, V] = {}
+        self._young_bytes = 0
+        self._old_bytes = 0
+        #: Generation swaps so far.
+        self.swaps = 0
+
+    def __len__(self) -> int:
+        return len(self._young) + len(self._old)
+
+    @property
+    def nbytes(self) -> int:
+        """The estimated size of what is held, at most :attr:`max_bytes`."""
+        return self._young_bytes + self._old_bytes
+
+    def clear(self) -> None:
+        self._young, self._old = {}, {}
+        self._young_bytes = self._old_bytes = 0
+
+    def get(self, key: K) -> V | None:
+        value = self._young.get(key)
+        if value is None:
+            value = self._old.pop(key, None)
+            if value is not None:
+                self._old_bytes -= entry_bytes(key)  # type: ignore[arg-type]
+                self.put(key, value)
+        return value
+
+    def get_many(self, keys: Sequence[K]) -> list[V | None]:
+        """The value of each key, None where it is not held; the old generation's hits move to the young one."""
+        found = list(map(self._young.get, keys))
+        if self._old and None in found:
+            get = self.get
+            found = [get(key) if value is None else value for key, value in zip(keys, found, strict=True)]
+        return found
+
+    def put(self, key: K, value: V) -> None:
+        cost = entry_bytes(key)  # type: ignore[arg-type]
+        if 2 * cost > self.max_bytes:
+            return  # larger than a generation: not kept
+        if 2 * (self._young_bytes + cost) > self.max_bytes:
+            self._swap()
+        self._young[key] = value
+        self._young_bytes += cost
+
+    def put_many(self, keys: Sequence[K], values: Iterable[V]) -> None:
+        """Hold each key's value, in one dict update (a key given twice is counted twice: the estimate errs high)."""
+        cost = ENTRY_BYTES * len(keys) + 2 * sum(map(len, keys))  # type: ignore[arg-type]
+        if 2 * cost > self.max_bytes:  # more than a generation: one at a time, swapping as it fills
+            for key, value in zip(keys, values, strict=True):
+                self.put(key, value)
+            return
+        if 2 * (self._young_bytes + cost) > self.max_bytes:
+            self._swap()
+        self._young.update(zip(keys, values, strict=True))
+        self._young_bytes += cost
+
+    def _swap(self) -> None:
+        self._old, self._young = self._young, {}
+        self._old_bytes, self._young_bytes = self._young_bytes, 0
+        self.swaps += 1
