@@ -73,19 +73,28 @@ class GenerationalCache(Generic[K, V]):
     def get(self, key: K) -> V | None:
         value = self._young.get(key)
         if value is None:
-            value = self._old.pop(key, None)
+            value = self._old.get(key)
             if value is not None:
-                self._old_bytes -= entry_bytes(key)  # type: ignore[arg-type]
                 self.put(key, value)
         return value
 
     def get_many(self, keys: Sequence[K]) -> list[V | None]:
-        """The value of each key, None where it is not held; the old generation's hits move to the young one."""
+        """The value of each key, None where it is not held; the old generation's hits are copied to the young one.
+
+        Each generation is looked up for the whole batch inside C (``map``);
+        an entry copied stays in the old generation too until it is dropped
+        (counted in both: the estimate errs high).
+        """
         found = list(map(self._young.get, keys))
-        if self._old and None in found:
-            get = self.get
-            found = [get(key) if value is None else value for key, value in zip(keys, found, strict=True)]
-        return found
+        if not self._old or None not in found:
+            return found
+        older = list(map(self._old.get, keys))
+        back = [
+            (key, old) for key, young, old in zip(keys, found, older, strict=True) if young is None and old is not None
+        ]
+        if back:
+            self.put_many([key for key, _ in back], [value for _, value in back])
+        return [old if young is None else young for young, old in zip(found, older, strict=True)]
 
     def put(self, key: K, value: V) -> None:
         cost = entry_bytes(key)  # type: ignore[arg-type]

@@ -22,9 +22,10 @@ from __future__ import annotations
 import pickle
 import struct
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from hashlib import md5
 from typing import Any
 
 from carbon.hashing import ConsistentHashRing
@@ -393,6 +394,24 @@ class Destination:
         self.spool_pending -= points
 
 
+#: carbon_ch ring positions: the first 16 bits of a key's md5.
+RING_POSITIONS = 1 << 16
+
+
+class _PositionRing(ConsistentHashRing):
+    """Carbon's ``carbon_ch`` ring that can also be asked by ring position (an int) rather than by key.
+
+    The ring itself is built by carbon's code from the node names as ever;
+    ``get_nodes(position)`` then walks it exactly as carbon's does for a key
+    at that position.
+    """
+
+    def compute_ring_position(self, key: str | int) -> int:
+        if isinstance(key, int):
+            return key
+        return super().compute_ring_position(key)
+
+
 class CarbonEgress:
     """All carbon destinations; places each datapoint with carbon_ch when there are several.
 
@@ -458,10 +477,35 @@ class CarbonEgress:
     def _rebuild(self) -> None:
         """Build the ring from the destinations new data is placed on."""
         nodes = [node for node, placing in zip(self._nodes, self._placing, strict=True) if placing]
-        self._placement: dict[str, tuple[int, ...]] = {}
         self._index = {node: i for i, node in enumerate(self._nodes) if self._placing[i]}
-        self._ring: ConsistentHashRing | None = ConsistentHashRing(nodes) if len(nodes) > 1 else None
+        self._ring: _PositionRing | None = _PositionRing(nodes) if len(nodes) > 1 else None
+        #: The destinations of each carbon_ch ring position.
+        self._at: list[tuple[int, ...]] = self._table() if self._ring is not None else []
         self._only = (self._index[nodes[0]],)
+
+    def _table(self) -> list[tuple[int, ...]]:
+        """The destinations of every ring position, asked of carbon's ring once per arc between two of its entries.
+
+        Carbon places a position on the first ring entry at or after it
+        (wrapping past the last), so every position of the arc that ends at
+        an entry gets what carbon's ``get_nodes`` gives for that entry's own
+        position.
+        """
+        assert self._ring is not None
+        ring = self._ring
+
+        def nodes_at(position: int) -> tuple[int, ...]:
+            nodes = ring.get_nodes(position)
+            return tuple(self._index[next(nodes)] for _ in range(self.replication))
+
+        table: list[tuple[int, ...]] = []
+        for position, _ in ring.ring:
+            if position >= len(table):
+                end = min(position + 1, RING_POSITIONS)
+                table.extend([nodes_at(position)] * (end - len(table)))
+        if len(table) < RING_POSITIONS:
+            table.extend([nodes_at(len(table))] * (RING_POSITIONS - len(table)))
+        return table
 
     @property
     def placing(self) -> list[str]:
@@ -618,23 +662,26 @@ class CarbonEgress:
         """Indexes of the destinations that hold *path* (carbon_ch, ``replication`` of them)."""
         if self._ring is None:
             return self._only
-        indexes = self._placement.get(path)
-        if indexes is None:
-            if len(self._placement) > 200_000:
-                self._placement.clear()
-            nodes = self._ring.get_nodes(path)
-            indexes = tuple(self._index[next(nodes)] for _ in range(self.replication))
-            self._placement[path] = indexes
-        return indexes
+        return self._place_many([path])[0]
+
+    def _place_many(self, paths: Iterable[str]) -> list[tuple[int, ...]]:
+        """:meth:`place` for each of *paths*: carbon's ring position from the md5, then the position's destinations.
+
+        Carbon's position of a key is the first 16 bits of its md5
+        (``int(md5(key).hexdigest()[:4], 16)``), so the destinations depend on
+        the position alone: a table of the 65,536 positions, made from
+        carbon's own ring (:meth:`_table`), gives them.
+        """
+        at, from_bytes = self._at, int.from_bytes
+        return [at[from_bytes(md5(path.encode("utf-8")).digest()[:2], "big")] for path in paths]
 
     def _split(self, points: Sequence[Point]) -> dict[int, list[Point]]:
         """The batch's points by the index of each destination that holds them."""
         if self._ring is None:
             return {self._only[0]: list(points)} if points else {}
         parts: dict[int, list[Point]] = {}
-        place = self.place
-        for point in points:
-            for index in place(point[0]):
+        for point, indexes in zip(points, self._place_many([point[0] for point in points]), strict=True):
+            for index in indexes:
                 part = parts.get(index)
                 if part is None:
                     part = parts[index] = []

@@ -12,6 +12,7 @@ from twisted.python.failure import Failure
 
 from dsat.carbon import (
     POINTS_PER_MESSAGE,
+    RING_POSITIONS,
     CarbonEgress,
     Destination,
     _CarbonProtocol,
@@ -145,11 +146,36 @@ def test_placement_matches_carbon_relay_consistent_hashing(destinations: list, r
     for dest in destinations:
         router.addDestination(dest)
     egress = CarbonEgress(MemoryReactorClock(), destinations, replication=replication)
+    paths = []
     for i in range(20_000):
-        path = f"servers.host{i % 50:03d}.cpu.core{i % 8}.user{i}" if i % 3 else f"app.{i}.requests.p99"
+        if i % 5 == 0:
+            paths.append(f"disk.used;dc=dc{i % 7};server=web{i}")  # a tagged series, in canonical form
+        else:
+            paths.append(f"servers.host{i % 50:03d}.cpu.core{i % 8}.user{i}" if i % 3 else f"app.{i}.é.p99")
+    for path in paths:
         theirs = [(host, port) for host, port, _instance in router.getDestinations(path)]
         ours = [destinations[index][:2] for index in egress.place(path)]
         assert ours == theirs, path
+    parts = egress._split([(path, 1.0, 1.0) for path in paths])
+    for index, part in parts.items():
+        for path, _, _ in part:
+            assert index in egress.place(path)
+    assert sum(map(len, parts.values())) == replication * len(paths)
+
+
+@pytest.mark.parametrize("count", [2, 3, 5, 12])
+def test_every_ring_position_has_the_destinations_carbons_ring_gives(count: int) -> None:
+    """The position table agrees with carbon's own get_nodes at each of the 65,536 carbon_ch positions."""
+    from carbon.hashing import ConsistentHashRing
+
+    destinations = [(f"10.0.{i}.1", 2004, f"i{i}") for i in range(count)]
+    egress = CarbonEgress(MemoryReactorClock(), destinations, replication=2)
+    ring = ConsistentHashRing([(host, instance) for host, _, instance in destinations])
+    index = {(host, instance): i for i, (host, _, instance) in enumerate(destinations)}
+    for position in range(RING_POSITIONS):
+        ring.compute_ring_position = lambda key, position=position: position  # type: ignore[method-assign]
+        nodes = ring.get_nodes("any")
+        assert egress._at[position] == (index[next(nodes)], index[next(nodes)]), position
 
 
 def test_replicated_batch_reaches_every_replica_and_ends_once() -> None:
