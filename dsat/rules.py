@@ -567,6 +567,9 @@ class RuleSet:
         renamed = paths
         for rule in self.pre:
             renamed = list(map(rule.sub, renamed))
+        if not (self.deny or self.allow or self.aggregator.rules) and self.forward_all:  # rewrites only
+            names = self._final_names(renamed)
+            return [(None, None, "bad_name") if name is None else (name, None, None) for name in names]
         if self.deny or self.allow:
             filtered = [self._filtered_by(path) is not None for path in renamed]
         else:
@@ -581,14 +584,14 @@ class RuleSet:
             for path, out, found in zip(renamed, filtered, outputs, strict=True)
             if not out and forward_all and path not in found
         ]
-        names = iter(self._final_names(forwarded))
+        forwarded_names = iter(self._final_names(forwarded))
         routes: list[_Route] = []
         for path, out, found in zip(renamed, filtered, outputs, strict=True):
             aggregated = path if found else None
             if out:
                 routes.append((None, None, "filtered"))
             elif forward_all and path not in found:
-                name = next(names)
+                name = next(forwarded_names)
                 routes.append((name, aggregated, "bad_name" if name is None else None))
             else:
                 routes.append((None, aggregated, None if found else "not_aggregated"))
