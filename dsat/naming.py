@@ -136,11 +136,11 @@ def all_safe(paths: Sequence[str]) -> bool:
     checks for a whole batch of new paths at once.  False says nothing about
     any one path: clean each with :func:`clean_path`.
     """
-    return (
-        bool(paths)
-        and max(map(len, paths)) <= MAX_PATH_CHARS
-        and _ASCII_SAFE_LINES.fullmatch("\n".join(paths)) is not None
-    )
+    if not paths or max(map(len, paths)) > MAX_PATH_CHARS:
+        return False
+    joined = "\n".join(paths)
+    # A newline inside a path would pass as a separator: there must be none but the separators.
+    return _ASCII_SAFE_LINES.fullmatch(joined) is not None and joined.count("\n") == len(paths) - 1
 
 
 def decode_safe(raw_paths: Sequence[bytes]) -> list[str] | None:
@@ -152,7 +152,7 @@ def decode_safe(raw_paths: Sequence[bytes]) -> list[str] | None:
     if not raw_paths or max(map(len, raw_paths)) > MAX_PATH_CHARS:
         return None
     joined = b"\n".join(raw_paths)
-    if _ASCII_SAFE_RAW_LINES.fullmatch(joined) is None:
+    if _ASCII_SAFE_RAW_LINES.fullmatch(joined) is None or joined.count(b"\n") != len(raw_paths) - 1:
         return None
     return joined.decode("ascii").split("\n")
 

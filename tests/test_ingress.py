@@ -17,6 +17,7 @@ from twisted.internet.testing import StringTransport
 from dsat.cache import entry_bytes
 from dsat.counters import Rejections
 from dsat.envelope import Datapoint
+from dsat.errors import BadName
 from dsat.ingress import (
     MAX_PICKLE_LENGTH,
     PathCache,
@@ -29,6 +30,7 @@ from dsat.ingress import (
     parse_pickle,
     parse_plaintext,
 )
+from dsat.naming import clean_path
 
 NOW = 1_700_000_100.0
 TS = 1_700_000_000
@@ -533,3 +535,23 @@ def test_udp_a_tagged_datagram_lands_canonical_and_a_bad_tag_is_counted() -> Non
     proto.datagramReceived(b"lat;region=eu;az=b 5 1700000000\nlat;=eu 6 1700000000", ("192.0.2.7", 5000))
     assert sink.batches == [[("lat;az=b;region=eu", TS, 5.0)]]
     assert rejections == Counter({"bad_tag": 1})
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_path_cache_batch_agrees_with_cleaning_each_path(seed: int) -> None:
+    """clean_many on new, cached and evicted paths (hostile, tagged, non-UTF-8) gives clean_path's verdicts."""
+    rng = random.Random(seed)
+    pool = [b"a.b", b"servers.host01.cpu.user", b"a..b", b"a b", "é.ü".encode(), b"\xff\xfe", b"x" * 1100]
+    pool += [raw for raw, _ in HOSTILE_TAGS] + [b"disk;b=2;a=1", b"n.m;k=v"] + [b"m%d" % i for i in range(50)]
+
+    def expected(raw: bytes) -> str:
+        try:
+            return clean_path(raw.decode("utf-8"))
+        except (UnicodeDecodeError, BadName):
+            return ""
+
+    cache = PathCache(max_bytes=2 * 20 * entry_bytes(b"m10"))  # small: entries get evicted as it goes
+    for _ in range(100):
+        batch = [rng.choice(pool) for _ in range(rng.randint(1, 30))]
+        assert cache.clean_many(batch) == [expected(raw) for raw in batch]
+    assert cache._cache.swaps > 0

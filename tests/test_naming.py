@@ -491,3 +491,39 @@ def test_random_tagged_paths_agree_with_carbon() -> None:
         assert got == expected, path
         assert clean_path(got) == got
     assert kept > 500 and refused > 500
+
+
+# -- whole batches -----------------------------------------------------------------
+
+
+def _batch_corpus(seed: int) -> list[str]:
+    """Paths of every kind: safe ASCII at the length limits, unsafe, hostile, non-ASCII, tagged."""
+    rng = random.Random(seed)
+    safe = ["a.b", "servers.host01.cpu.user", "x" * 200, ".".join(["y" * 200] * 5) + "." + "z" * 19, "~a:b=c@d%e#f+g-h"]
+    unsafe = ["a..b", ".a", "a.", "x" * 201, "a" * 1025, "a b", "a/b", "../etc", "é.ü", "a\x00b", "a\nb", "", "t;k=v"]
+    unsafe += ["t.x;k=~v", "a{b}", "a*b", "\u2003", "n;b=1;a=2", "n{k=\"v\"}"]
+    alphabet = "ab.;=~\n\x00/ é"
+    return [
+        rng.choice(safe) if rng.random() < 0.7 else rng.choice(unsafe + ["".join(rng.choices(alphabet, k=8))])
+        for _ in range(rng.randint(1, 40))
+    ]
+
+
+def _clean_or_none(path: str) -> str | None:
+    try:
+        return clean_path(path)
+    except BadName:
+        return None
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_a_batch_passes_as_already_safe_only_when_every_path_is_kept_as_it_is(seed: int) -> None:
+    """all_safe and decode_safe say yes only when clean_path keeps every path, and always for safe ASCII ones."""
+    paths = _batch_corpus(seed)
+    unchanged = all(_clean_or_none(path) == path for path in paths)
+    ascii_safe = all(path.isascii() and not naming.is_tagged(path) and _clean_or_none(path) == path for path in paths)
+    raw = [path.encode("utf-8") for path in paths]
+    for verdict in (naming.all_safe(paths), naming.decode_safe(raw) == paths):
+        assert not verdict or unchanged
+        assert verdict or not ascii_safe
+    assert naming.decode_safe(raw) in (None, paths)

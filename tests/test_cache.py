@@ -1,0 +1,97 @@
+"""GenerationalCache: generations, eviction, the byte bound, batch lookups."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dsat.cache import ENTRY_BYTES, GenerationalCache, entry_bytes
+from dsat.errors import ConfigError
+
+
+def test_a_new_entry_is_found_and_a_missing_one_is_none() -> None:
+    """What was put is found, by get and get_many; a key never put answers None."""
+    cache: GenerationalCache[str, str] = GenerationalCache(10 * entry_bytes("k0"))
+    cache.put("k0", "v0")
+    cache.put_many(["k1", "k2"], ["v1", ""])
+    assert cache.get("k0") == "v0" and cache.get("nope") is None
+    assert cache.get_many(["k2", "nope", "k1"]) == ["", None, "v1"]
+
+
+def test_entries_not_used_for_two_generations_are_evicted() -> None:
+    """An entry lives through one swap in the old generation and is gone after the second."""
+    cache: GenerationalCache[str, int] = GenerationalCache(2 * 2 * entry_bytes("a"))  # two per generation
+    cache.put_many(["a", "b"], [1, 2])
+    cache.put("c", 3)  # swap: a, b old
+    assert cache.swaps == 1 and len(cache) == 3
+    cache.put("d", 4)
+    cache.put("e", 5)  # swap: c, d old; a, b dropped
+    assert cache.swaps == 2
+    assert cache.get_many(["a", "b"]) == [None, None]
+    assert cache.get("c") == 3 and cache.get("e") == 5
+
+
+def test_a_hit_in_the_old_generation_keeps_the_entry() -> None:
+    """An entry used once per generation survives any number of swaps, while one-off keys pass through."""
+    cache: GenerationalCache[str, int] = GenerationalCache(2 * 4 * entry_bytes("hot"))
+    for i in range(100):
+        cache.put(f"x{i:02d}", i)  # one-off keys of the same length as "hot"
+        if i % 3 == 0:
+            if i == 0:
+                cache.put("hot", -1)
+            assert cache.get_many(["hot"]) == [-1], i
+    assert cache.swaps > 20
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_estimated_size_never_passes_the_budget(seed: int) -> None:
+    """Whatever the keys, one by one or in batches of any size, the estimate stays within max_bytes."""
+    rng = random.Random(seed)
+    budget = rng.randrange(2 * ENTRY_BYTES, 40_000)
+    cache: GenerationalCache[str, str] = GenerationalCache(budget)
+    for _ in range(300):
+        keys = ["k" * rng.randrange(1, 300) + str(rng.random()) for _ in range(rng.randrange(1, 80))]
+        if rng.random() < 0.5:
+            cache.put_many(keys, keys)
+        else:
+            for key in keys:
+                cache.put(key, key)
+        cache.get_many(keys[: len(keys) // 2])
+        assert cache.nbytes <= budget
+        assert cache.nbytes == sum(entry_bytes(k) for k in cache._young) + sum(entry_bytes(k) for k in cache._old)
+
+
+def test_an_entry_larger_than_a_generation_is_not_kept() -> None:
+    """A key whose entry alone exceeds half the budget is refused, and the others stay."""
+    cache: GenerationalCache[str, str] = GenerationalCache(2 * entry_bytes("a" * 10))
+    cache.put("a", "1")
+    cache.put("b" * 100, "2")
+    assert cache.get("b" * 100) is None and cache.get("a") == "1"
+
+
+def test_a_budget_too_small_is_refused() -> None:
+    """A budget that cannot hold one entry per generation is a ConfigError."""
+    with pytest.raises(ConfigError, match="too small"):
+        GenerationalCache(ENTRY_BYTES)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_lookups_on_a_random_workload_are_right_or_none(batch: bool) -> None:
+    """Under churn every value found is the one put, what was just put is found, and swaps and old hits happen."""
+    rng = random.Random(7)
+    cache: GenerationalCache[str, int] = GenerationalCache(2 * 5 * entry_bytes("x"))  # five keys a generation
+    old_hits = 0
+    for _ in range(300):
+        keys = [str(rng.randrange(10)) for _ in range(rng.randrange(1, 4))]
+        old_hits += sum(k in cache._old and k not in cache._young for k in keys)
+        found = cache.get_many(keys) if batch else [cache.get(k) for k in keys]
+        assert all(value is None or value == int(key) for key, value in zip(keys, found, strict=True))
+        new = [k for k, value in dict(zip(keys, found, strict=True)).items() if value is None]
+        if batch:
+            cache.put_many(new, [int(k) for k in new])
+        else:
+            for k in new:
+                cache.put(k, int(k))
+        assert cache.get_many(new) == [int(k) for k in new]
+    assert cache.swaps > 10 and old_hits > 10
