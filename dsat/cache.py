@@ -27,6 +27,11 @@ from dsat.errors import ConfigError
 ENTRY_BYTES = 160
 #: Default budget of one cache, in estimated bytes.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+#: A generation dropped with fewer hits than 1/THRASH_RATIO of its entries means the names outnumber the cache...
+THRASH_RATIO = 16
+#: ...and then a quarter as many batches of new entries are kept as before, down to one in MAX_ADMIT_EVERY;
+#: each swap that finds the cache useful keeps twice as many, up to every batch.
+MAX_ADMIT_EVERY = 64
 
 K = TypeVar("K", bound="Hashable")
 V = TypeVar("V")
@@ -45,6 +50,15 @@ class GenerationalCache(Generic[K, V]):
     when an insertion would take the young generation past half of
     *max_bytes*, so each generation holds at most half of it (an entry
     larger than that is not kept).
+
+    A cache that names outnumber would only churn: every entry is dropped
+    before its name comes back, and filling it is wasted work.  When the
+    generation dropped at a swap served fewer hits than 1/:data:`THRASH_RATIO`
+    of its entries, :meth:`admit_many` keeps a quarter as many of the batches
+    of new entries as before (one in 4, 16, :data:`MAX_ADMIT_EVERY`): less
+    work per miss, and what is held stays long enough to be hit when its
+    names come round again.  Each swap where the dropped generation was
+    useful admits twice as many, up to every batch.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -57,6 +71,10 @@ class GenerationalCache(Generic[K, V]):
         self._old_bytes = 0
         #: Generation swaps so far.
         self.swaps = 0
+        self._old_hits = 0  # hits the old generation served since it became old
+        #: Batches given to :meth:`admit_many` per batch kept: 1, more while the cache churns.
+        self.admit_every = 1
+        self._batches = 0
 
     def __len__(self) -> int:
         return len(self._young) + len(self._old)
@@ -75,6 +93,7 @@ class GenerationalCache(Generic[K, V]):
         if value is None:
             value = self._old.get(key)
             if value is not None:
+                self._old_hits += 1
                 self.put(key, value)
         return value
 
@@ -93,6 +112,7 @@ class GenerationalCache(Generic[K, V]):
             (key, old) for key, young, old in zip(keys, found, older, strict=True) if young is None and old is not None
         ]
         if back:
+            self._old_hits += len(back)
             self.put_many([key for key, _ in back], [value for _, value in back])
         return [old if young is None else young for young, old in zip(found, older, strict=True)]
 
@@ -117,7 +137,20 @@ class GenerationalCache(Generic[K, V]):
         self._young.update(zip(keys, values, strict=True))
         self._young_bytes += cost
 
+    def admit_many(self, keys: Sequence[K], values: Iterable[V]) -> None:
+        """:meth:`put_many` for entries just worked out after a miss: every batch, or one in :attr:`admit_every`."""
+        self._batches += 1
+        if self._batches % self.admit_every == 0:
+            self.put_many(keys, values)
+
     def _swap(self) -> None:
+        if self._old:
+            churning = self._old_hits * THRASH_RATIO < len(self._old)
+            if churning:
+                self.admit_every = min(4 * self.admit_every, MAX_ADMIT_EVERY)
+            else:
+                self.admit_every = max(self.admit_every // 2, 1)
+        self._old_hits = 0
         self._old, self._young = self._young, {}
         self._old_bytes, self._young_bytes = self._young_bytes, 0
         self.swaps += 1

@@ -83,9 +83,9 @@ class PathCache:
         if fresh is None:
             fresh = [_clean_raw(raw)[0] for raw in missing]
             kept = [(raw, path) for raw, path in zip(missing, fresh, strict=True) if len(raw) <= MAX_PATH_CHARS]
-            cache.put_many([raw for raw, _ in kept], [path for _, path in kept])
+            cache.admit_many([raw for raw, _ in kept], [path for _, path in kept])
         else:
-            cache.put_many(missing, fresh)
+            cache.admit_many(missing, fresh)
         new = iter(fresh)
         return [next(new) if path is None else path for path in found]
 

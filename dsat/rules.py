@@ -476,7 +476,7 @@ class RuleSet:
         if None in routes:
             missing = [path for path, route in zip(paths, routes, strict=True) if route is None]
             fresh = self._routes_for(missing)
-            self._routes.put_many(missing, fresh)
+            self._routes.admit_many(missing, fresh)
             new = iter(fresh)
             routes = [next(new) if route is None else route for route in routes]
         for point, (name, aggregated, reason) in zip(points, routes, strict=True):  # type: ignore[misc]

@@ -95,3 +95,35 @@ def test_lookups_on_a_random_workload_are_right_or_none(batch: bool) -> None:
                 cache.put(k, int(k))
         assert cache.get_many(new) == [int(k) for k in new]
     assert cache.swaps > 10 and old_hits > 10
+
+
+def test_a_scan_larger_than_the_cache_admits_fewer_batches() -> None:
+    """Names that outnumber the cache ten times make it keep fewer new batches, and what it holds then gets hits."""
+    cache: GenerationalCache[str, int] = GenerationalCache(2 * 100 * entry_bytes("k0000"))  # 100 a generation
+    names = [f"k{i:04d}" for i in range(2000)]
+    for start in range(0, len(names), 10):  # first round: every name new, in batches of 10
+        batch = names[start : start + 10]
+        assert cache.get_many(batch) == [None] * 10
+        cache.admit_many(batch, list(range(10)))
+    assert cache.admit_every >= 4 and cache.nbytes <= cache.max_bytes
+    hits = 0
+    for _ in range(5):  # the next rounds find some of what stayed (admitting everything would find none)
+        for start in range(0, len(names), 10):
+            batch = names[start : start + 10]
+            found = cache.get_many(batch)
+            hits += 10 - found.count(None)
+            cache.admit_many([k for k, v in zip(batch, found, strict=True) if v is None], [0] * found.count(None))
+    assert hits >= 100 and cache.nbytes <= cache.max_bytes
+
+
+def test_a_cache_that_serves_hits_admits_every_batch() -> None:
+    """A working set that fits, beside one-off names, keeps every new batch admitted."""
+    cache: GenerationalCache[str, int] = GenerationalCache(2 * 100 * entry_bytes("k0000"))
+    hot = [f"h{i:04d}" for i in range(40)]
+    for round_ in range(50):
+        found = cache.get_many(hot)
+        cache.admit_many([k for k, v in zip(hot, found, strict=True) if v is None], [1] * found.count(None))
+        one_off = [f"o{round_:02d}{i:02d}" for i in range(20)]
+        cache.admit_many(one_off, [2] * 20)
+    assert cache.swaps > 5 and cache.admit_every == 1
+    assert cache.get_many(hot) == [1] * 40
