@@ -17,13 +17,21 @@ refused with its line and reason, and the rules in force stay.
 
 The orchester writes its own metrics (``<prefix>.<where>.self.orchester.*``)
 straight into the egress every ``metrics_every`` seconds.
+
+In an orchester pair (``docs/ha.rst``) each server's orchester holds a
+:class:`PairMember`: the Binary Star machine of :mod:`dsat.binarystar`, its
+heartbeats, and the switch that opens the Graphite ingress only while ACTIVE.
+A passive orchester routes nothing: a satellite's batch reaching it is a
+client vote, refused (counted as ``rejected.passive``) unless it makes the
+server ACTIVE.  Its own tracker's metrics are not votes and always pass, and
+its egress keeps draining the spool to Carbon.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -31,12 +39,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dsat import naming
+from dsat.binarystar import HEARTBEAT_TOPIC, BinaryStar, State, Transition
 from dsat.breaker import Circuits
 from dsat.carbon import CarbonEgress, Point
 from dsat.counters import Rejections
 from dsat.envelope import Datapoint, Envelope, encode
 from dsat.errors import BadName, ConfigError
-from dsat.events import Reporter, parse_published
+from dsat.events import Reporter, parse_published, published
 from dsat.flow import PushProducer
 from dsat.rules import RuleSet, load_rules
 from dsat.topology import Topology
@@ -46,6 +55,82 @@ from dsat.udp import CountingPort
 STEP = "orchester"
 #: Seconds between two checks of the rule files' modification times.
 RULES_CHECK_EVERY = 2.0
+
+
+class PairMember:
+    """One server of an orchester pair: runs its :class:`BinaryStar`, beats its state, hears its peer's.
+
+    *publisher* is the server's ``orchester.heartbeat`` PUB link (its peer and
+    every satellite subscribe); ``on_active(bool)`` is called when the server
+    starts or stops being ACTIVE (the process opens or closes the ingress);
+    ``on_change(transition)`` after every transition (the orchester sends a
+    heartbeat to its tracker at once, so ``dsat status`` and the alert follow).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        *,
+        host: str,
+        role: str,
+        heartbeat: float,
+        missed_beats: int,
+        publisher: Sender,
+    ) -> None:
+        self.clock = clock
+        self.host = host
+        self.publisher = publisher
+        self.fsm = BinaryStar(clock, role=role, heartbeat=heartbeat, missed_beats=missed_beats, on_change=self._changed)
+        self.on_active: Callable[[bool], object] | None = None
+        self.on_change: Callable[[Transition], object] | None = None
+        self._loop: LoopingCall | None = None
+
+    def start(self) -> None:
+        self._loop = LoopingCall(self.beat)
+        self._loop.clock = self.clock
+        self._loop.start(self.fsm.heartbeat, now=True)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+    def beat(self) -> None:
+        """Publish this server's state (to its peer and the satellites)."""
+        body = {"host": self.host, "role": self.fsm.role, "state": self.fsm.state.value, "at": self.clock.seconds()}
+        self.publisher.send(published(HEARTBEAT_TOPIC, body))
+
+    def client_request(self) -> bool:
+        return self.fsm.client_request()
+
+    def _changed(self, transition: Transition) -> None:
+        fields = {"old": transition.old.value, "new": transition.new.value, "reason": transition.reason}
+        if transition.alert:
+            self.log.critical(
+                "ALERT {kind} on {host}: {old} -> {new}: {reason}", kind=transition.alert, host=self.host, **fields
+            )
+        else:
+            self.log.info("pair: {host} {old} -> {new}: {reason}", host=self.host, **fields)
+        if transition.old is not transition.new:
+            self.beat()  # the peer and the satellites learn at once, not at the next beat
+        if (transition.old is State.ACTIVE) != (transition.new is State.ACTIVE) and self.on_active is not None:
+            self.on_active(transition.new is State.ACTIVE)
+        if self.on_change is not None:
+            self.on_change(transition)
+
+    def heartbeat_fields(self) -> dict[str, int | str]:
+        """What the orchester's heartbeat tells its tracker: counts (ints) and the state (strings)."""
+        fsm = self.fsm
+        last = fsm.last_failover
+        peer = fsm.peer_state.value if fsm.peer_state is not None else "unheard"
+        return {
+            "failovers": fsm.counts["failovers"],
+            "dual_active": fsm.counts["dual_active"],
+            "ha_state": f"{self.host} ({fsm.role}) {fsm.state.value}",
+            "ha_peer": peer,
+            "ha_last_failover": f"at {last.at:.0f}: {last.reason}" if last is not None else "none",
+        }
 
 
 class Orchester:
@@ -63,8 +148,10 @@ class Orchester:
         reporter: Reporter,
         where: str,
         rules: RuleSet | None = None,
+        pair: PairMember | None = None,
     ) -> None:
         self.topology = topology
+        self.pair = pair
         self.routes: dict[str, tuple[str, ...]] = dict(topology.orchester.routes)
         self.rules = rules
         self._rule_stamp = self._rule_files_stamp()
@@ -83,6 +170,8 @@ class Orchester:
         self.points_out = 0
         self._reported: dict[str, int] = {}
         self._loops: list[LoopingCall] = []
+        if pair is not None:
+            pair.on_change = lambda _transition: self.heartbeat()
 
     def start(self, input_link: PushProducer | None = None) -> None:
         """Start the egress and the timers; *input_link* is paused while Carbon cannot take more (dsat.flow)."""
@@ -108,6 +197,7 @@ class Orchester:
             diverted=self.circuits.diverted,
             routes=json.dumps({t: list(steps) for t, steps in sorted(self.routes.items())}),
             destinations=",".join(self.egress.placing),
+            **(self.pair.heartbeat_fields() if self.pair is not None else {}),
         )
 
     def stop(self) -> None:
@@ -122,6 +212,13 @@ class Orchester:
         """Handle one frame from the input link: decode, route, egress."""
         env = self.rejected.decode(frame, channel="data")
         if env is None:
+            return
+        if self.pair is not None and env.emitter != "tracker" and not self.pair.client_request():
+            self.rejected.reject(
+                "passive",
+                f"batch {env.task_id} of {env.emitter}: this server is {self.pair.fsm.state.value} and its peer is"
+                " alive; the emitter sends it again",
+            )
             return
         self.route(env)
 
@@ -180,6 +277,20 @@ class Orchester:
             self.egress.remove_destination(str(change.get("destination", "")))
         else:
             raise ConfigError(f"unknown control action {action!r}; valid: route, add, drain, remove")
+
+    def on_peer_heartbeat(self, frame: bytes) -> None:
+        """A heartbeat from the pair's other server (its ``orchester.heartbeat`` PUB socket)."""
+        if self.pair is None:
+            return
+        try:
+            topic, body = parse_published(frame)
+        except ValueError as exc:
+            self.rejected.reject("bad_heartbeat", exc)
+            return
+        if topic != HEARTBEAT_TOPIC or body.get("host") == self.pair.host:
+            self.rejected.reject("bad_heartbeat", f"not a peer's heartbeat: topic {topic!r}, host {body.get('host')!r}")
+            return
+        self.pair.fsm.on_peer(body.get("state"))
 
     def on_published(self, frame: bytes) -> None:
         """Circuit changes from the tracker's PUB socket."""
@@ -297,6 +408,7 @@ class Orchester:
             "resent": egress.resent,
             "udp.dropped": sum(port.kernel_dropped for port in self.udp_ports),
             **{f"rejected.{reason}": n for reason, n in self.rejected.items()},
+            **({f"ha.{name}": n for name, n in self.pair.fsm.counts.items()} if self.pair is not None else {}),
         }
         path = naming.metric_path
         points: list[Point] = []
@@ -309,7 +421,10 @@ class Orchester:
                 )
             )
             self._reported[name] = total
-        for name, level in (("queue_depth", egress.queued_points), ("spool_depth", egress.spool_pending)):
+        levels = [("queue_depth", egress.queued_points), ("spool_depth", egress.spool_pending)]
+        if self.pair is not None:
+            levels.append(("ha.active", int(self.pair.fsm.active)))
+        for name, level in levels:
             points.append((path(self.topology.prefix, self.where, "self", f"orchester.{name}"), now, level))
         return points
 

@@ -6,6 +6,12 @@ tracker, the orchester or a satellite runtime around them, and runs until
 SIGTERM or SIGINT.  Stopping is graceful: the input links close first, then
 the process waits (up to ``DRAIN_SECONDS``) for what is in flight to be handed
 to the next links and to Carbon.
+
+With an orchester pair, the tracker and the orchester of each server use that
+server's own addresses (:meth:`dsat.topology.Topology.for_server`); the
+orchester beats on ``orchester.heartbeat``, hears its peer's, and opens its
+Graphite ingress only while ACTIVE.  A satellite connects to both servers and
+sends to the one its :class:`dsat.binarystar.ServerChoice` picks.
 """
 
 from __future__ import annotations
@@ -109,11 +115,14 @@ def run(topology_path: str | Path, step: str, host: str = "") -> int:
 
     from dsat import keys as keys_mod
     from dsat import topology as topo_mod
+    from dsat.binarystar import HEARTBEAT_TOPIC
     from dsat.events import BREAKER_TOPIC, Reporter, topic_for
-    from dsat.transport import Sender, ZmqReceiver, ZmqSender, start_zap
+    from dsat.transport import PairSender, Sender, ZmqReceiver, ZmqSender, start_zap
 
     topo = topo_mod.load(topology_path)
     host = host_of(topo, step, host)
+    if topo.servers and step in ("tracker", "orchester"):
+        topo = topo.for_server(host)
     keyring = zap = None
     if topo.multi_host and not topo.insecure:
         keys_mod.require_curve(topo)
@@ -139,11 +148,32 @@ def run(topology_path: str | Path, step: str, host: str = "") -> int:
         receivers.append(link_receiver)
         return link_receiver
 
-    def sender_to(name: str) -> ZmqSender:
+    choice = None
+    if topo.servers and step not in ("tracker", "orchester"):
+        from dsat.binarystar import ServerChoice
+
+        choice = ServerChoice(
+            reactor,
+            tuple(server.host for server in topo.servers),
+            heartbeat=topo.orchester.heartbeat,
+            missed_beats=topo.orchester.missed_beats,
+        )
+
+    def to_pair(address_of: Callable[[topo_mod.Server], str], pattern: str) -> Sender:
+        """One link to each server of the pair, used as one: frames go to the server *choice* picks."""
+        assert choice is not None
+        return PairSender({s.host: sender(pattern, address_of(s)) for s in topo.servers}, lambda: choice.current)
+
+    def sender_to(name: str) -> Sender:
         link = topo.input_of(name)
+        if name == "orchester" and choice is not None:
+            return to_pair(lambda server: server.listen, link.sender_pattern)
         return sender(link.sender_pattern, link.address)
 
-    events = sender("push", topo.tracker.events)
+    if choice is not None:
+        events = to_pair(lambda server: server.events, "push")
+    else:
+        events = sender("push", topo.tracker.events)
     reporter = Reporter(events, step=step, where=where, pid=pid)
 
     if step == "tracker":
@@ -188,6 +218,19 @@ def run(topology_path: str | Path, step: str, host: str = "") -> int:
             )
         # Every transform and sink can be a route target (`dsat route` may point a type at any of them).
         targets = {name for name, sat in topo.satellites.items() if sat.kind != "collector"}
+        pair = None
+        if topo.servers:
+            from dsat.orchester import PairMember
+
+            server = topo.server(host)
+            pair = PairMember(
+                reactor,
+                host=host,
+                role=server.role,
+                heartbeat=topo.orchester.heartbeat,
+                missed_beats=topo.orchester.missed_beats,
+                publisher=sender("pub", server.heartbeat, bind=True),
+            )
         orch = Orchester(
             topo,
             clock=reactor,
@@ -196,9 +239,28 @@ def run(topology_path: str | Path, step: str, host: str = "") -> int:
             where=where,
             senders={name: sender_to(name) for name in targets},
             rules=rules,
+            pair=pair,
         )
-        ports = listen_ingress(reactor, topo, orch)
-        stop_hooks.append(lambda: defer.gatherResults([defer.maybeDeferred(p.stopListening) for p in ports]))
+        ports: list[Any] = []
+
+        def ingress(listening: bool) -> Any:
+            """Open the Graphite and statsd listeners (a pair's ACTIVE server), or close them."""
+            if listening and not ports:
+                ports.extend(listen_ingress(reactor, topo, orch))
+                return None
+            closing = [defer.maybeDeferred(port.stopListening) for port in ports]
+            ports.clear()
+            return defer.gatherResults(closing)
+
+        if pair is None:
+            ingress(True)
+        else:
+            pair.on_active = ingress
+            peer = next(s for s in topo.servers if s.host != host)
+            receiver("sub", peer.heartbeat, orch.on_peer_heartbeat, bind=False, topics=(HEARTBEAT_TOPIC,))
+            pair.start()
+            stop_hooks.append(pair.stop)
+        stop_hooks.append(lambda: ingress(False))
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(orch.reload_rules))
         link = topo.orchester.listen
         orchester_input = receiver(link.pattern, link.address, orch.on_frame)
@@ -229,10 +291,17 @@ def run(topology_path: str | Path, step: str, host: str = "") -> int:
             senders={name: sender_to(name) for name in conf.next},
             reporter=reporter,
             pid=pid,
+            choice=choice,
         )
         if conf.listen is not None:
             receiver(conf.listen.pattern, conf.listen.address, runtime.on_frame)
-        receiver("sub", topo.tracker.states, runtime.on_published, bind=False, topics=(topic_for(step), BREAKER_TOPIC))
+        topics = (topic_for(step), BREAKER_TOPIC)
+        if topo.servers:
+            for server in topo.servers:  # both trackers: the one of the server in use answers
+                receiver("sub", server.states, runtime.on_published, bind=False, topics=topics)
+                receiver("sub", server.heartbeat, runtime.on_heartbeat, bind=False, topics=(HEARTBEAT_TOPIC,))
+        else:
+            receiver("sub", topo.tracker.states, runtime.on_published, bind=False, topics=topics)
         rejections = runtime.rejected
         runtime.start()
         stop_hooks.insert(0, runtime.stop)

@@ -7,6 +7,13 @@ scheduling collectors on the reactor's clock, building metric paths (through
 ``next`` link, reporting tracker events, heartbeats, and a graceful stop that
 hands what is in flight to the links before the process exits.
 
+With an orchester pair (``docs/ha.rst``) the runtime holds a
+:class:`dsat.binarystar.ServerChoice`: it hears both servers' heartbeats,
+checks every heartbeat interval whether its batches wait while the current
+server is silent, and when it moves (or the current server becomes ACTIVE)
+sends every batch of its retry window again, to the server now chosen.
+The links to the pair (:class:`dsat.transport.PairSender`) follow the choice.
+
 Nothing here opens a socket: links are passed in, so the runtime is tested
 in memory with :mod:`dsat.testing`.
 """
@@ -24,6 +31,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dsat import naming
+from dsat.binarystar import HEARTBEAT_TOPIC, ServerChoice
 from dsat.breaker import Circuits
 from dsat.counters import Rejections, should_log
 from dsat.envelope import Batches, Datapoint, Envelope, encode
@@ -43,20 +51,37 @@ class RetryWindow:
     """The batches an emitter created, kept until the tracker says they ended or failed.
 
     Bounded: past ``max_batches`` the oldest is forgotten (counted in
-    ``evicted`` and logged), and can no longer be sent again.
+    ``evicted`` and logged), and can no longer be sent again.  With a *clock*,
+    it knows how long its batches have waited without any of them ending
+    (:meth:`stalled_for`).
     """
 
     log = Logger()
 
-    def __init__(self, max_batches: int = RETRY_WINDOW) -> None:
+    def __init__(self, max_batches: int = RETRY_WINDOW, clock: IReactorTime | None = None) -> None:
         self.max_batches = max_batches
+        self.clock = clock
         self.batches: OrderedDict[str, Envelope] = OrderedDict()
         self.evicted = 0
         self.retried = 0
         self.failed = 0
+        #: Since when batches wait with none ending (None while the window is empty).
+        self.waiting_since: float | None = None
+
+    def stalled_for(self) -> float:
+        """Seconds the window has held batches with none of them ending (0 when empty or without a clock)."""
+        if not self.batches or self.waiting_since is None or self.clock is None:
+            return 0.0
+        return self.clock.seconds() - self.waiting_since
+
+    def _progress(self) -> None:
+        if self.clock is not None:
+            self.waiting_since = self.clock.seconds() if self.batches else None
 
     def keep(self, env: Envelope) -> None:
         self.batches[env.task_id] = env
+        if len(self.batches) == 1:
+            self._progress()  # the window was empty: its batches wait from now
         if len(self.batches) > self.max_batches:
             task_id, _ = self.batches.popitem(last=False)
             self.evicted += 1
@@ -76,9 +101,11 @@ class RetryWindow:
             return None
         if new == "HAPPY_END":
             del self.batches[task_id]
+            self._progress()
         elif new == "FAILURE":
             del self.batches[task_id]
             self.failed += 1
+            self._progress()
         elif new == "RETRY":
             env = self.batches[task_id]
             env = self.batches[task_id] = env.evolve(meta={**env.meta, "attempt": int(change.get("attempt", 2))})
@@ -103,6 +130,7 @@ class SatelliteRuntime:
         senders: Mapping[str, Sender],
         reporter: Reporter,
         pid: int | None = None,
+        choice: ServerChoice | None = None,
     ) -> None:
         self.step = step
         self.spec = spec
@@ -114,8 +142,12 @@ class SatelliteRuntime:
         self.pid = os.getpid() if pid is None else pid
         self.seq = 0
         self.rejected = Rejections(f"step {step.name}")
-        self.window = RetryWindow()
+        self.window = RetryWindow(clock=clock)
         self.circuits = Circuits()
+        self.choice = choice
+        if choice is not None:
+            choice.on_move = self.on_server_move
+            choice.on_active = lambda _host: self.resend_window()
         self.fn: Callable[..., Any] = spec.factory(step.options)
         self._paths: dict[str, str] = {}
         self._loops: list[LoopingCall] = []
@@ -128,6 +160,9 @@ class SatelliteRuntime:
             assert self.step.every is not None
             self._loop(self.collect_once, self.step.every, now=True)
         self._loop(self.heartbeat, HEARTBEAT_EVERY, now=True)
+        if self.choice is not None:
+            choice = self.choice
+            self._loop(lambda: choice.check(self.window.stalled_for()), choice.heartbeat, now=False)
 
     def _loop(self, fn: Callable[[], object], every: float, *, now: bool) -> None:
         loop = LoopingCall(fn)
@@ -265,4 +300,32 @@ class SatelliteRuntime:
             return
         env = self.window.on_change(body)
         if env is not None:
+            self._send_on(env, [env])
+
+    # -- an orchester pair ---------------------------------------------------
+
+    def on_heartbeat(self, frame: bytes) -> None:
+        """Handle one frame from a server's heartbeat PUB socket."""
+        try:
+            topic, body = parse_published(frame)
+        except ValueError as exc:
+            self.rejected.reject("bad_heartbeat", exc)
+            return
+        if topic == HEARTBEAT_TOPIC and self.choice is not None:
+            self.choice.on_heartbeat(body)
+
+    def on_server_move(self, host: str, reason: str) -> None:
+        """The satellite now sends to *host*: what is not confirmed goes there (each batch a client vote)."""
+        self.log.warn(
+            "{step}: sending to the orchester on {host} now ({reason}); {n} unconfirmed batches sent again",
+            step=self.step.name,
+            host=host,
+            reason=reason,
+            n=len(self.window.batches),
+        )
+        self.resend_window()
+
+    def resend_window(self) -> None:
+        """Send every unconfirmed batch again (duplicates land once: Whisper keeps one value per slot)."""
+        for env in list(self.window.batches.values()):
             self._send_on(env, [env])

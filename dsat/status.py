@@ -2,7 +2,9 @@
 
 The tracker answers on its REP socket (``[tracker] status``) with a JSON
 snapshot: batches per FSM state, per-step counters, and how long ago each step
-last sent a heartbeat.
+last sent a heartbeat.  On a server of an orchester pair it also shows the
+pair: this server's state, its peer's as last heard, the failovers and the
+last one's reason (from the orchester's heartbeat).
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ def format_status(snap: dict[str, Any]) -> str:
     config = snap.get("heartbeats", {}).get("orchester", {}).get("config", {})
     if config:
         lines += ["", f"orchester routes: {config.get('routes')}", f"carbon destinations: {config.get('destinations')}"]
+    if "ha_state" in config:
+        failovers = snap["heartbeats"]["orchester"].get("counters", {}).get("failovers", 0)
+        lines += [
+            f"pair: this server {config['ha_state']}; peer {config.get('ha_peer')}",
+            f"failovers: {failovers}; last: {config.get('ha_last_failover')}",
+        ]
     if snap.get("circuits"):
         lines += ["circuits: " + ", ".join(f"{k} {v}" for k, v in sorted(snap["circuits"].items()))]
     if snap.get("alerts"):

@@ -14,6 +14,11 @@ A topology with ``[hosts]`` spans many machines: each step runs on one host
 hosts gets a ``tcp://`` address derived here from the binding host's address
 and ``[dsat] port_base``; links within one host stay ``ipc://``.  Those tcp
 links are secured with CURVE (:mod:`dsat.keys`) unless ``[dsat] insecure``.
+
+``[orchester] host = ["a", "b"]`` makes the orchester (with its tracker) a
+Binary Star pair (:mod:`dsat.binarystar`, ``docs/ha.rst``): the first host is
+the primary, the second the backup; each runs both steps on its own tcp
+addresses (:class:`Server`), and they beat on ``orchester.heartbeat``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from dsat.binarystar import ROLES
 from dsat.envelope import CODECS
 from dsat.errors import ConfigError
 from dsat.plugins import SatelliteSpec
@@ -46,7 +52,9 @@ MAX_IPC_PATH = 107
 
 _TABLES = ("dsat", "hosts", "groups", "tracker", "orchester", "carbon", "ingress", "rules", "spool", "satellites")
 #: Offsets from ``[dsat] port_base`` of the derived tcp ports; receiving satellites follow, in name order.
-TCP_PORTS = {"tracker.events": 0, "tracker.states": 1, "orchester.listen": 2}
+TCP_PORTS = {"tracker.events": 0, "tracker.states": 1, "orchester.listen": 2, "orchester.heartbeat": 3}
+#: The keys whose address each server of an orchester pair binds on its own host.
+SERVER_LINKS = ("tracker.events", "tracker.states", "orchester.listen", "orchester.heartbeat")
 SATELLITE_PORTS_FROM = 10
 SPOOL_POLICIES = ("drop_oldest", "block")
 SPOOL_SYNC = ("full", "normal")
@@ -113,6 +121,11 @@ class OrchesterConf:
     routes: Mapping[str, tuple[str, ...]]
     max_queue: int
     host: str = ""
+    #: Both hosts of a Binary Star pair (primary first); empty for one orchester.
+    hosts: tuple[str, ...] = ()
+    #: Seconds between two state heartbeats of a pair's servers, and how many missed make the peer dead.
+    heartbeat: float = 1.0
+    missed_beats: int = 3
 
 
 @dataclass(frozen=True)
@@ -176,6 +189,18 @@ class Host:
 
 
 @dataclass(frozen=True)
+class Server:
+    """One server of an orchester pair: its host, role and the addresses its tracker and orchester bind."""
+
+    host: str
+    role: str
+    events: str
+    states: str
+    listen: str
+    heartbeat: str
+
+
+@dataclass(frozen=True)
 class Topology:
     """A validated topology file; addresses have ``{run_dir}`` expanded."""
 
@@ -202,13 +227,33 @@ class Topology:
     port_base: int = 7400
     #: Every derived tcp address -> the host that binds it (and whose key a connecting peer checks).
     tcp_binders: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: The two servers of an orchester pair (primary, backup); empty for one orchester.
+    servers: tuple[Server, ...] = ()
 
     @property
     def multi_host(self) -> bool:
         return bool(self.hosts)
 
+    def server(self, host: str) -> Server:
+        """The server of the pair on *host*; KeyError if *host* runs none."""
+        for server in self.servers:
+            if server.host == host:
+                return server
+        raise KeyError(f"no server of the orchester pair runs on {host!r}")
+
+    def for_server(self, host: str) -> Topology:
+        """This topology as *host*'s tracker and orchester see it: their own bound addresses in front."""
+        server = self.server(host)
+        return replace(
+            self,
+            tracker=replace(self.tracker, events=server.events, states=server.states, host=host),
+            orchester=replace(self.orchester, listen=replace(self.orchester.listen, address=server.listen), host=host),
+        )
+
     def hosts_of(self, step: str) -> tuple[str, ...]:
         """The hosts *step* (tracker, orchester or a satellite) runs on; ``("",)`` without ``[hosts]``."""
+        if step in ("tracker", "orchester") and self.servers:
+            return tuple(server.host for server in self.servers)
         if step == "tracker":
             host = self.tracker.host
         elif step == "orchester":
@@ -244,6 +289,10 @@ class Topology:
     def binds_on(self, host: str) -> list[tuple[str, str]]:
         """The addresses the steps on *host* bind, as ``(key path, address)``."""
         here = self.steps_on(host)
+        if self.servers and "orchester" in here:
+            own = self.for_server(host)
+            heartbeat = [("orchester.heartbeat", own.server(host).heartbeat)]
+            return [(key, address) for key, address in own.binds() + heartbeat if _binder(key) in here]
         return [(key, address) for key, address in self.binds() if _binder(key) in here]
 
     def binds(self) -> list[tuple[str, str]]:
@@ -378,7 +427,9 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "control": ((str,), 'control = "ipc://{run_dir}/orchester-control"'),
         "max_queue": ((int,), "max_queue = 1000000"),
         "routes": ((dict,), '[orchester.routes] then "*" = ["carbon"]'),
-        "host": ((str,), 'host = "hub"'),
+        "host": ((str, list), 'host = "hub" or, for a Binary Star pair, host = ["hub-a", "hub-b"]'),
+        "heartbeat": (_DURATION_TYPES, 'heartbeat = "1s"'),
+        "missed_beats": ((int,), "missed_beats = 3"),
     },
     "carbon": {
         "destinations": ((list,), 'destinations = ["127.0.0.1:2004"]'),
@@ -662,8 +713,17 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         problems.add("tracker.breaker_min_failures", f"{tracker.breaker_min_failures} must be at least 1")
 
     orc = _check_table(problems, "orchester", doc.get("orchester", {}), "orchester")
-    (orchester_host,) = placed("orchester.host", orc.get("host"), first_host)[:1] or ("",)
+    orchester_hosts = placed("orchester.host", orc.get("host"), first_host)
+    (orchester_host,) = orchester_hosts[:1] or ("",)
+    pair = len(orchester_hosts) == 2
+    if len(orchester_hosts) > 2:
+        problems.add("orchester.host", 'names more than two hosts; a pair is a primary and a backup, e.g. ["a", "b"]')
+    if pair and "host" in tr:
+        problems.add("tracker.host", "with an orchester pair a tracker runs beside each orchester; remove the key")
     (tracker_host,) = placed("tracker.host", tr.get("host"), orchester_host)[:1] or ("",)
+    missed_beats = orc.get("missed_beats", 3)
+    if missed_beats < 1:
+        problems.add("orchester.missed_beats", f"{missed_beats} must be at least 1")
     raw_routes = orc.get("routes", {"*": ["carbon"]})
     if not raw_routes:
         problems.add("orchester.routes", 'no route: the orchester would drop everything; add "*" = ["carbon"]')
@@ -688,6 +748,9 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         routes=MappingProxyType(routes),
         max_queue=max_queue,
         host=orchester_host,
+        hosts=orchester_hosts if pair else (),
+        heartbeat=_duration(problems, "orchester.heartbeat", orc.get("heartbeat"), 1.0),
+        missed_beats=missed_beats,
     )
     tracker = replace(tracker, host=tracker_host)
 
@@ -896,15 +959,17 @@ def _derive_links(problems: _Problems, topo: Topology, doc: dict[str, Any]) -> T
     keeps its ipc address, as in a one-host topology.
     """
     sats = topo.satellites
-    every_step = {h for name in ("tracker", "orchester", *sats) for h in topo.hosts_of(name)}
-    subscribers = {h for name in ("orchester", *sats) for h in topo.hosts_of(name)}
+    pair = topo.orchester.hosts
+    servers = set(pair) or {topo.orchester.host}
+    every_step = {h for name in ("tracker", *sats) for h in topo.hosts_of(name)} | servers
+    subscribers = {h for name in sats for h in topo.hosts_of(name)} | servers
     senders_to: dict[str, set[str]] = {"orchester": {topo.tracker.host}}
     for step in sats.values():
         for target in step.next:
             senders_to.setdefault(target, set()).update(step.hosts)
     receivers = sorted(name for name, step in sats.items() if step.listen is not None)
     # (key path, binding host, peer hosts, port offset, how the table wrote it)
-    links = [
+    server_links = [
         ("tracker.events", topo.tracker.host, every_step, TCP_PORTS["tracker.events"], ("tracker", "events")),
         ("tracker.states", topo.tracker.host, subscribers, TCP_PORTS["tracker.states"], ("tracker", "states")),
         (
@@ -914,11 +979,14 @@ def _derive_links(problems: _Problems, topo: Topology, doc: dict[str, Any]) -> T
             TCP_PORTS["orchester.listen"],
             ("orchester", "listen"),
         ),
+    ]
+    links = [
+        *([] if pair else server_links),
         *(
             (
                 f"satellites.{name}.listen",
                 sats[name].hosts[0],
-                {topo.orchester.host, *senders_to.get(name, ())},
+                {*servers, *senders_to.get(name, ())},
                 SATELLITE_PORTS_FROM + i,
                 ("satellites", name, "listen"),
             )
@@ -947,7 +1015,28 @@ def _derive_links(problems: _Problems, topo: Topology, doc: dict[str, Any]) -> T
         else:
             addresses[key] = _address(problems, key, str(written), topo.run_dir)
         binders[addresses[key]] = binder
-    return _with_addresses(topo, addresses, binders)
+    if not pair:
+        return _with_addresses(topo, addresses, binders)
+    for key in SERVER_LINKS[:3]:  # orchester.heartbeat is never written: [orchester] heartbeat is the interval
+        if _lookup(doc, tuple(key.split("."))) is not None:
+            problems.add(key, "with an orchester pair DSAT derives each server's tcp address; remove the key")
+    pair_servers = []
+    for host, role in zip(pair, ROLES, strict=True):
+        own = {key: _tcp(topo.hosts[host], topo.port_base + TCP_PORTS[key]) for key in SERVER_LINKS}
+        binders.update((address, host) for address in own.values())
+        pair_servers.append(
+            Server(
+                host,
+                role,
+                own["tracker.events"],
+                own["tracker.states"],
+                own["orchester.listen"],
+                own["orchester.heartbeat"],
+            )
+        )
+        if role == "primary":
+            addresses.update(own)
+    return replace(_with_addresses(topo, addresses, binders), servers=tuple(pair_servers))
 
 
 def _lookup(doc: Mapping[str, Any], keys: tuple[str, ...]) -> Any:

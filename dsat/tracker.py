@@ -72,7 +72,9 @@ STEP_COUNTERS = (
 )
 TASK_COUNTERS = ("happy_end", "error", "timeout", "retry", "failure")
 #: Totals a step sends in its heartbeats, written as counts per interval.
-HEARTBEAT_COUNTERS = ("link_dropped", "window_evicted", "diverted", "rejected", "dropped")
+HEARTBEAT_COUNTERS = ("link_dropped", "window_evicted", "diverted", "rejected", "dropped", "failovers", "dual_active")
+#: Heartbeat counters whose every increase is an alert (an orchester pair's failovers and two actives).
+ALERTING_COUNTERS = ("failovers", "dual_active")
 
 
 class TrackerService:
@@ -145,6 +147,7 @@ class TrackerService:
             if breaker is not None and env.event != "ACK":
                 breaker.record(env.event != "ERROR")
         elif env.channel == "control" and env.type == "heartbeat":
+            self._alert_on_increase(env)
             self.heartbeats[env.step] = {
                 "where": env.where,
                 "pid": env.pid,
@@ -154,6 +157,23 @@ class TrackerService:
             }
         else:
             self.rejected.reject("wrong_channel", f"{env.channel!r}/{env.type!r} from {env.step!r}")
+
+    def _alert_on_increase(self, env: Envelope) -> None:
+        """Alert when a heartbeat's failover (or two-actives) count went up since the step's last one."""
+        before = self.heartbeats.get(env.step, {}).get("counters", {})
+        for name in ALERTING_COUNTERS:
+            now = env.meta.get(name)
+            if isinstance(now, int) and now > before.get(name, 0):
+                self.alert(
+                    "failover" if name == "failovers" else name,
+                    {
+                        "step": env.step,
+                        "host": env.where,
+                        "state": env.meta.get("ha_state", ""),
+                        "last_failover": env.meta.get("ha_last_failover", ""),
+                        "count": now,
+                    },
+                )
 
     def publish(self, change: Change) -> None:
         """Publish one state change under its emitter's topic; alert on FAILURE.

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import zmq
@@ -53,7 +53,10 @@ LINGER_MS = 2_000
 class Sender(Protocol):
     """Where a step puts frames for one link."""
 
-    dropped: int
+    @property
+    def dropped(self) -> int:
+        """Frames dropped because the link's queue was full."""
+        ...
 
     def send(self, frame: bytes) -> None: ...
 
@@ -256,6 +259,36 @@ class ZmqSender:
         """Stop the pump; ZeroMQ keeps trying to deliver what it holds for LINGER_MS."""
         self._pump.cancel()
         self._sock.close(linger=LINGER_MS)
+
+
+class PairSender:
+    """A link to both servers of an orchester pair: each frame goes to the server ``current()`` names.
+
+    The satellite's :class:`dsat.binarystar.ServerChoice` decides which; the
+    link to the other server stays connected, so moving costs no handshake.
+    """
+
+    def __init__(self, senders: Mapping[str, Sender], current: Callable[[], str]) -> None:
+        self.senders = senders
+        self.current = current
+
+    @property
+    def dropped(self) -> int:
+        return sum(sender.dropped for sender in self.senders.values())
+
+    def send(self, frame: bytes) -> None:
+        self.senders[self.current()].send(frame)
+
+    def pending(self) -> int:
+        return sum(sender.pending() for sender in self.senders.values())
+
+    async def flush(self, timeout: float) -> bool:
+        done = await asyncio.gather(*(sender.flush(timeout) for sender in self.senders.values()))
+        return all(done)
+
+    def close(self) -> None:
+        for sender in self.senders.values():
+            sender.close()
 
 
 @implementer(IPushProducer)

@@ -104,7 +104,8 @@ def ip(*args: str) -> None:
 class Network:
     """Namespaces joined on a bridge: one per host, each with its veth and address."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, addresses: dict[str, str] = ADDRESSES) -> None:
+        self.addresses = addresses
         self.tag = f"dsat{os.getpid()}"
         self.bridge = f"{self.tag}br"
         self.namespaces: list[str] = []
@@ -120,7 +121,7 @@ class Network:
         self.namespaces.append(self.bridge)
         ip("-n", self.bridge, "link", "add", "br0", "type", "bridge")
         ip("-n", self.bridge, "link", "set", "br0", "up")
-        for i, (host, address) in enumerate(ADDRESSES.items()):
+        for i, (host, address) in enumerate(self.addresses.items()):
             ns = self.ns(host)
             ip("netns", "add", ns)
             self.namespaces.append(ns)

@@ -318,3 +318,62 @@ def test_under_block_a_full_carbon_egress_pauses_the_input_link_until_carbon_tak
     assert not link.paused
     assert len([e for e in events.envelopes() if e.event == "HAPPY_END"]) == sent
     orch.stop()
+
+
+def make_pair_member(role: str = "backup") -> tuple[Orchester, CaptureEgress, FakeSender, Clock, list[bool]]:
+    from dsat.orchester import PairMember
+
+    orch, egress, events, _, clock = make()
+    beats = FakeSender()
+    pair = PairMember(clock, host="hub-b", role=role, heartbeat=0.5, missed_beats=3, publisher=beats)
+    listening: list[bool] = []
+    pair.on_active = listening.append
+    orch.pair = pair
+    pair.on_change = lambda _transition: orch.heartbeat()
+    pair.start()
+    return orch, egress, beats, clock, listening
+
+
+def peer_beat(state: str, host: str = "hub-a") -> bytes:
+    from dsat.binarystar import HEARTBEAT_TOPIC
+    from dsat.events import published
+
+    return published(HEARTBEAT_TOPIC, {"host": host, "state": state})
+
+
+def test_a_passive_orchester_refuses_batches_until_a_vote_after_the_peer_fell_silent() -> None:
+    """A passive server routes nothing (rejected.passive) while its peer beats, lets its own tracker's metrics
+    through, fails over on the first batch after the peer missed its beats, opens its ingress and says so."""
+    from dsat.events import parse_published
+
+    orch, egress, beats, clock, listening = make_pair_member()
+    orch.on_peer_heartbeat(peer_beat("ACTIVE"))
+    assert orch.pair is not None and orch.pair.fsm.state.value == "PASSIVE"
+    _, data = frame((("a.b", 1_700_000_000, 1.0),))
+    orch.on_frame(data)
+    own = Envelope.new_batch((("dsat.h.self.t", 1_700_000_000, 1.0),), type="self", emitter="tracker", where="h", seq=1)
+    orch.on_frame(encode(own.evolve(next=("orchester",))))
+    assert egress.points == [("dsat.h.self.t", 1_700_000_000, 1.0)] and orch.rejected["passive"] == 1
+    clock.advance(1.6)
+    orch.on_frame(data)
+    assert orch.pair.fsm.active and listening == [True]
+    assert egress.points[-1] == ("a.b", 1_700_000_000, 1.0)
+    assert parse_published(beats.frames[-1])[1]["state"] == "ACTIVE"  # told at once, not at the next beat
+    metrics = {path.split(".self.orchester.")[1]: v for path, _, v in orch.own_metrics()}
+    assert (metrics["ha.failovers"], metrics["ha.active"], metrics["ha.refused"]) == (1, 1, 1)
+
+
+def test_two_actives_the_backup_yields_and_odd_heartbeats_are_counted() -> None:
+    """An active backup hearing an active primary goes passive and closes its ingress; a heartbeat that is not a
+    peer's (its own host, garbage) is counted as bad_heartbeat."""
+    orch, _, _, clock, listening = make_pair_member()
+    orch.on_peer_heartbeat(peer_beat("PRIMARY"))  # BACKUP ignores a primary still waiting
+    orch.on_peer_heartbeat(peer_beat("ACTIVE"))
+    orch.on_peer_heartbeat(peer_beat("PRIMARY"))  # the primary restarted: take over
+    assert orch.pair is not None and orch.pair.fsm.active and listening == [True]
+    orch.on_peer_heartbeat(peer_beat("ACTIVE"))
+    assert orch.pair.fsm.state.value == "PASSIVE" and listening == [True, False]
+    assert orch.pair.fsm.counts["dual_active"] == 1
+    orch.on_peer_heartbeat(peer_beat("ACTIVE", host="hub-b"))
+    orch.on_peer_heartbeat(b"junk")
+    assert orch.rejected["bad_heartbeat"] == 2

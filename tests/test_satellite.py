@@ -287,3 +287,32 @@ def test_open_circuit_holds_the_leg_and_half_open_sends_one_probe() -> None:
     runtime.on_published(b"no topic")
     runtime.on_published(BREAKER_TOPIC + b"\xc1")
     assert runtime.rejected["bad_state"] == 2
+
+
+def test_a_satellite_of_a_pair_sends_its_unconfirmed_batches_to_the_server_it_moves_to() -> None:
+    """Batches waiting past the deadline while the current server is silent move the satellite (a vote), and
+    every unconfirmed batch goes again; a confirmed one does not; the new server's ACTIVE sends them once more."""
+    from dsat.binarystar import HEARTBEAT_TOPIC, ServerChoice
+    from dsat.events import published
+
+    runtime, senders, _, clock = make_runtime("collector", lambda: [("m", 1.0)], every=1.0)
+    choice = ServerChoice(clock, ("a", "b"), heartbeat=0.5, missed_beats=3)
+    runtime.choice = choice
+    choice.on_move, choice.on_active = runtime.on_server_move, lambda _host: runtime.resend_window()
+    runtime.on_heartbeat(published(HEARTBEAT_TOPIC, {"host": "a", "state": "ACTIVE"}))
+    confirmed = runtime.collect_once()
+    assert confirmed is not None
+    runtime.on_published(published_change(confirmed.task_id, "HAPPY_END"))
+    waiting = [runtime.collect_once() for _ in range(2)]
+    clock.advance(1.0)
+    choice.check(runtime.window.stalled_for())
+    assert choice.current == "a" and runtime.window.stalled_for() == 1.0
+    clock.advance(1.0)
+    choice.check(runtime.window.stalled_for())
+    assert choice.current == "b"
+    resent = [e.task_id for e in senders["orchester"].envelopes()[3:]]
+    assert resent == [e.task_id for e in waiting if e is not None]
+    runtime.on_heartbeat(published(HEARTBEAT_TOPIC, {"host": "b", "state": "ACTIVE"}))
+    assert len(senders["orchester"].envelopes()) == 7
+    runtime.on_heartbeat(b"garbage")
+    assert runtime.rejected["bad_heartbeat"] == 1

@@ -744,3 +744,48 @@ def test_an_unknown_host_asked_for_is_refused() -> None:
     assert info.value.problems == [
         'demo.toml: --host: "web03" is not in [hosts]; did you mean "web02"? hosts are: hub, web01, web02'
     ]
+
+
+# -- an orchester pair -----------------------------------------------------------
+
+PAIR = MULTI.replace(
+    '[hosts.hub]\naddress = "10.0.0.1"', '[hosts.hub]\naddress = "10.0.0.1"\n\n[hosts.hub2]\naddress = "10.0.0.2"'
+)
+PAIR += '\n[orchester]\nhost = ["hub", "hub2"]\nheartbeat = "250ms"\nmissed_beats = 4\n'
+
+
+def test_an_orchester_pair_gives_each_server_its_own_addresses_primary_first() -> None:
+    """host = [a, b]: a is the primary, b the backup; each binds the tracker, orchester and heartbeat links on its
+    own address, the tracker runs on both, and for_server puts a server's own addresses in front."""
+    topo = load(PAIR)
+    (primary, backup) = topo.servers
+    assert (primary.host, primary.role, backup.host, backup.role) == ("hub", "primary", "hub2", "backup")
+    assert (backup.events, backup.states, backup.listen, backup.heartbeat) == tuple(
+        f"tcp://10.0.0.2:{port}" for port in (7400, 7401, 7402, 7403)
+    )
+    assert topo.orchester.listen.address == primary.listen == "tcp://10.0.0.1:7402"
+    assert (topo.orchester.heartbeat, topo.orchester.missed_beats) == (0.25, 4)
+    assert topo.hosts_of("tracker") == topo.hosts_of("orchester") == ("hub", "hub2")
+    assert topo.steps_on("hub2") == ["tracker", "orchester"]
+    assert topo.tcp_binders[backup.heartbeat] == "hub2" and topo.tcp_binders[primary.listen] == "hub"
+    own = topo.for_server("hub2")
+    assert (own.tracker.events, own.orchester.listen.address) == (backup.events, backup.listen)
+    assert ("orchester.heartbeat", backup.heartbeat) in topo.binds_on("hub2")
+    assert primary.listen not in dict(topo.binds_on("hub2")).values()
+
+
+def test_an_orchester_pair_is_checked() -> None:
+    """Three hosts, a tracker.host beside a pair, hand-written server addresses and zero missed beats are refused."""
+    assert "orchester.host: names more than two hosts" in only_problem(
+        PAIR.replace('host = ["hub", "hub2"]', 'host = ["hub", "hub2", "web01"]')
+    )
+    assert "tracker.host: with an orchester pair a tracker runs beside each orchester" in only_problem(
+        PAIR + '\n[tracker]\nhost = "hub"\n'
+    )
+    written = PAIR.replace("missed_beats = 4", 'missed_beats = 4\nlisten = "tcp://10.0.0.1:7999"')
+    assert "orchester.listen: with an orchester pair DSAT derives each server's tcp address" in " ".join(
+        problems(written.replace("port_base = 7400", "port_base = 7400\ninsecure = true"))
+    )
+    assert "orchester.missed_beats: 0 must be at least 1" in only_problem(
+        PAIR.replace("missed_beats = 4", "missed_beats = 0")
+    )

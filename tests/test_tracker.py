@@ -154,3 +154,15 @@ def test_a_failing_step_opens_its_circuit_publishes_it_and_alerts() -> None:
     assert svc.status()["circuits"] == {"c": "HALF_OPEN"}
     values = {p: v for p, _, v in svc.own_metrics()}
     assert values["dsat.h.self.steps.c.circuit_open"] == 1.0 and values["dsat.h.self.tracker.alerts"] == 1
+
+
+def test_a_failover_in_the_orchester_heartbeat_is_an_alert() -> None:
+    """Each increase of the failover count an orchester's heartbeat carries raises one failover alert."""
+    svc, _, _, _ = make()
+    reporter = Reporter(events := FakeSender(), step="orchester", where="hub-b", pid=2)
+    for count in (0, 1, 1, 2):
+        reporter.heartbeat(failovers=count, ha_state="hub-b (backup) ACTIVE", ha_last_failover="at 5: peer silent")
+    for frame in events.frames:
+        svc.on_event(frame)
+    assert svc.alerts["failover"] == 2
+    assert svc.status()["heartbeats"]["orchester"]["counters"]["failovers"] == 2
