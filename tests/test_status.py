@@ -1,8 +1,26 @@
-"""`dsat status`'s table: what it prints from a tracker snapshot."""
+"""`dsat status` formatting of a tracker snapshot."""
 
 from __future__ import annotations
 
 from dsat.status import format_status
+
+
+def test_table_has_a_row_per_step_with_counts_and_heartbeat_age() -> None:
+    """Each step with counters or a heartbeat gets a row; the FSM totals head the table."""
+    snap = {
+        "tasks": {"in_flight": 2, "happy_end": 10, "error": 1, "timeout": 0},
+        "steps": {"cpu": {"batches_sent": 12}, "orchester": {"batches_received": 11, "batches_ended": 10}},
+        "heartbeats": {"cpu": {"age": 3.2}, "rate": {"age": 1.0}},
+        "rejected": {"bad_magic": 2},
+    }
+    text = format_status(snap)
+    lines = text.splitlines()
+    assert lines[0] == "batches: error 1, happy_end 10, in_flight 2, timeout 0"
+    rows = {line.split()[0]: line.split() for line in lines[3:] if line and not line.startswith("tracker")}
+    assert rows["cpu"][2] == "12" and rows["cpu"][-2:] == ["3s", "ago"]
+    assert rows["orchester"][1] == "11" and rows["orchester"][3] == "10"
+    assert rows["rate"][-1] == "ago"
+    assert "tracker rejected: bad_magic 2" in text
 
 
 def test_a_server_of_a_pair_shows_its_state_its_peer_and_the_last_failover() -> None:
