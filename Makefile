@@ -25,11 +25,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check dsat satellites tests carbon_conf bench docker
+	$(BIN)/ruff format --check dsat satellites tests carbon_conf bench docker
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check dsat satellites tests carbon_conf bench docker
+	$(BIN)/ruff format --check dsat satellites tests carbon_conf bench docker
 	$(BIN)/mypy
 
 docs: $(STAMP)

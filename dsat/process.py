@@ -55,17 +55,17 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any) -> list[Any]:
 
     conf = topo.ingress
     ports = []
+    # one factory for the plain and the TLS listener: the same parser, the same flow control (paused under block)
+    plaintext = PlaintextFactory(
+        orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line, producers=orch.egress.producers
+    )
     if conf.plaintext:
-        factory = PlaintextFactory(
-            orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line, producers=orch.egress.producers
-        )
-        ports.append(reactor.listenTCP(conf.plaintext[1], factory, interface=conf.plaintext[0]))
+        ports.append(reactor.listenTCP(conf.plaintext[1], plaintext, interface=conf.plaintext[0]))
     if conf.plaintext_tls:
         from dsat.tls import server_options
 
-        factory = PlaintextFactory(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
         options = server_options(conf.tls_certificate, conf.tls_key)
-        ports.append(reactor.listenSSL(conf.plaintext_tls[1], factory, options, interface=conf.plaintext_tls[0]))
+        ports.append(reactor.listenSSL(conf.plaintext_tls[1], plaintext, options, interface=conf.plaintext_tls[0]))
     if conf.plaintext_udp:
         datagram = PlaintextDatagram(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
         orch.udp_ports.append(listen_udp(reactor, conf.plaintext_udp, datagram, receive_buffer=conf.udp_buffer))

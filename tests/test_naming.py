@@ -501,7 +501,7 @@ def _batch_corpus(seed: int) -> list[str]:
     rng = random.Random(seed)
     safe = ["a.b", "servers.host01.cpu.user", "x" * 200, ".".join(["y" * 200] * 5) + "." + "z" * 19, "~a:b=c@d%e#f+g-h"]
     unsafe = ["a..b", ".a", "a.", "x" * 201, "a" * 1025, "a b", "a/b", "../etc", "é.ü", "a\x00b", "a\nb", "", "t;k=v"]
-    unsafe += ["t.x;k=~v", "a{b}", "a*b", "\u2003", "n;b=1;a=2", "n{k=\"v\"}"]
+    unsafe += ["t.x;k=~v", "a{b}", "a*b", "\u2003", "n;b=1;a=2", 'n{k="v"}']
     alphabet = "ab.;=~\n\x00/ é"
     return [
         rng.choice(safe) if rng.random() < 0.7 else rng.choice(unsafe + ["".join(rng.choices(alphabet, k=8))])
