@@ -27,8 +27,6 @@ from tests.test_e2e import demo, render  # noqa: F401 (demo is a module-scoped f
 
 pytestmark = pytest.mark.e2e
 
-NOW = int(time.time()) // 10 * 10 - 10  # one 10 s Whisper slot, already closed
-
 
 def series_values(url: str, target: str) -> dict[str, list[float]]:
     """Each series *target* renders and its non-null values; empty while graphite-web cannot serve it."""
@@ -49,13 +47,16 @@ def sent(demo):  # noqa: F811 (the imported fixture)
     """Tagged datapoints sent once over plaintext (with a refused one in the batch), pickle and statsd."""
     conf = topology.load(demo["topology"]).ingress
     assert conf.plaintext and conf.pickle and conf.statsd
+    # one 10 s Whisper slot, already closed, taken now: render() reads the last 10 minutes, and a suite run
+    # takes longer than that between importing this module and running it
+    now = int(time.time()) // 10 * 10 - 10
     with socket.create_connection(conf.plaintext) as client:
         client.sendall(
-            f"tags.e2e.plain;host=web01;dc=eu 42 {NOW}\n"  # tags out of order: stored canonical
-            f"tags.e2e.bad;dc=~eu 666 {NOW}\n"  # carbon refuses a value starting with ~
-            f"tags.e2e.untagged 7 {NOW}\n".encode()
+            f"tags.e2e.plain;host=web01;dc=eu 42 {now}\n"  # tags out of order: stored canonical
+            f"tags.e2e.bad;dc=~eu 666 {now}\n"  # carbon refuses a value starting with ~
+            f"tags.e2e.untagged 7 {now}\n".encode()
         )
-    body = pickle.dumps([("tags.e2e.pickle;host=web02;dc=eu", (NOW, 43.0))], protocol=2)
+    body = pickle.dumps([("tags.e2e.pickle;host=web02;dc=eu", (now, 43.0))], protocol=2)
     with socket.create_connection(conf.pickle) as client:
         client.sendall(struct.pack("!L", len(body)) + body)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
