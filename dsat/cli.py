@@ -140,9 +140,9 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_test_rules(args: argparse.Namespace) -> int:
-    from dsat import testrules
+    from dsat import explain
 
-    return testrules.run([Path(f) for f in args.rules], sys.stdin, sys.stdout, args.topology)
+    return explain.run([Path(f) for f in args.rules], sys.stdin, sys.stdout, args.topology)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

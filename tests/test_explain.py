@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dsat import testrules
+from dsat import explain
 from dsat.errors import ConfigError
 
 REWRITE = "[pre]\n^servers\\.(\\w+)\\.cpu\\. = servers.\\1.processor.\n"
@@ -24,7 +24,7 @@ def test_prints_rewrite_aggregate_and_destination(tmp_path: Path) -> None:
     )
     out = io.StringIO()
     stdin = io.StringIO("servers.web1.cpu.user 1 1700000000\nsecret.thing 1 1\n\nplain.metric\n")
-    assert testrules.run([], stdin, out, str(tmp_path / "t.toml")) == 0
+    assert explain.run([], stdin, out, str(tmp_path / "t.toml")) == 0
     text = out.getvalue()
     assert "rewritten to   servers.web1.processor.user" in text
     assert "aggregated to  servers.all.processor.user" in text
@@ -38,12 +38,12 @@ def test_rule_files_are_told_apart_by_content(tmp_path: Path) -> None:
     (tmp_path / "a").write_text(REWRITE)
     (tmp_path / "b").write_text(AGGREGATION)
     (tmp_path / "c").write_text("nothing here\n")
-    assert testrules.rule_kind(tmp_path / "a") == "rewrite"
-    assert testrules.rule_kind(tmp_path / "b") == "aggregation"
+    assert explain.rule_kind(tmp_path / "a") == "rewrite"
+    assert explain.rule_kind(tmp_path / "b") == "aggregation"
     with pytest.raises(ConfigError, match="neither"):
-        testrules.rule_kind(tmp_path / "c")
+        explain.rule_kind(tmp_path / "c")
     out = io.StringIO()
-    testrules.run([tmp_path / "b", tmp_path / "a"], io.StringIO("servers.x.cpu.idle 1 1\n"), out)
+    explain.run([tmp_path / "b", tmp_path / "a"], io.StringIO("servers.x.cpu.idle 1 1\n"), out)
     assert "servers.x.processor.idle" in out.getvalue()
 
 
@@ -52,7 +52,7 @@ def test_tagged_names_show_their_canonical_form_tags_and_refusals(tmp_path: Path
     (tmp_path / "rw.conf").write_text("[pre]\n;dc.eu-west = ;dc=eu\n")  # a regex cannot hold "=": "." stands in
     out = io.StringIO()
     stdin = io.StringIO("disk.used;server=web01;dc=eu-west 1 1\ndisk.used;dc=~eu 1 1\n")
-    testrules.run([tmp_path / "rw.conf"], stdin, out)
+    explain.run([tmp_path / "rw.conf"], stdin, out)
     first, second = out.getvalue().split("\ndisk.used;dc=~eu\n")
     assert "    canonical      disk.used;dc=eu-west;server=web01\n" in first
     assert "    rewritten to   disk.used;dc=eu;server=web01\n" in first
