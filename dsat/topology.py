@@ -32,15 +32,19 @@ import re
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dsat.binarystar import ROLES
 from dsat.envelope import CODECS
 from dsat.errors import ConfigError
 from dsat.plugins import SatelliteSpec
+from dsat.spool import POLICIES, SYNC_MODES
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 #: Receiving pattern -> the pattern its senders use.
 PATTERNS = {"pull": "push", "sub": "pub", "pair": "pair", "rep": "req"}
@@ -56,8 +60,6 @@ TCP_PORTS = {"tracker.events": 0, "tracker.states": 1, "orchester.listen": 2, "o
 #: The keys whose address each server of an orchester pair binds on its own host.
 SERVER_LINKS = ("tracker.events", "tracker.states", "orchester.listen", "orchester.heartbeat")
 SATELLITE_PORTS_FROM = 10
-SPOOL_POLICIES = ("drop_oldest", "block")
-SPOOL_SYNC = ("full", "normal")
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -100,8 +102,8 @@ class TrackerConf:
     events: str
     states: str
     status: str
-    timeout: float
-    metrics_every: float
+    timeout: float = 30.0
+    metrics_every: float = 10.0
     max_retries: int = 3
     backoff: float = 2.0
     alert_command: str = ""
@@ -119,7 +121,8 @@ class OrchesterConf:
     listen: Link
     control: str
     routes: Mapping[str, tuple[str, ...]]
-    max_queue: int
+    #: Datapoints a carbon destination holds in memory before spooling (or, with no spool, dropping) the oldest.
+    max_queue: int = 1_000_000
     host: str = ""
     #: Both hosts of a Binary Star pair (primary first); empty for one orchester.
     hosts: tuple[str, ...] = ()
@@ -134,8 +137,8 @@ class CarbonConf:
     and how many destinations hold each metric (``replication``, as carbon-relay's REPLICATION_FACTOR)."""
 
     destinations: tuple[tuple[str, int, str | None], ...]
-    protocol: str
-    timeout: float
+    protocol: str = "pickle"
+    timeout: float = 10.0
     replication: int = 1
 
 
@@ -174,10 +177,11 @@ class SpoolConf:
     """The disk spool in front of Carbon: file (None = no spool), size bound, overflow policy, replay rate."""
 
     path: Path | None
-    max_bytes: int
-    policy: str
-    sync: str
-    replay_rate: float
+    max_bytes: int = 1024 * 1024 * 1024
+    policy: str = "drop_oldest"
+    sync: str = "full"
+    #: Datapoints a second replayed from the spool, at most, beside live traffic.
+    replay_rate: float = 50_000.0
 
 
 @dataclass(frozen=True)
@@ -663,45 +667,124 @@ def _registry(problems: _Problems, plugins: Any) -> Mapping[str, SatelliteSpec]:
 
 
 def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapping[str, SatelliteSpec]) -> Topology:
+    """The whole document, one table at a time; every problem is added to *problems*."""
+    _unknown_tables(problems, doc)
+    top = _check_table(problems, "dsat", doc.get("dsat", {}), "dsat")
+    run_dir = _run_dir(top, path)
+    codec = _codec(problems, "dsat.codec", top.get("codec", "msgpack"))
+    prefix = _prefix(problems, top)
+    hosts, groups = _hosts_tables(problems, doc)
+    place = _Placer(problems, hosts, groups)
+    tr = _check_table(problems, "tracker", doc.get("tracker", {}), "tracker")
+    tracker = _tracker(problems, tr, run_dir)
+    orc = _check_table(problems, "orchester", doc.get("orchester", {}), "orchester")
+    orchester_hosts = _orchester_hosts(problems, orc, place, next(iter(hosts), ""))
+    orchester_host = orchester_hosts[0] if orchester_hosts else ""
+    tracker = replace(tracker, host=_tracker_host(problems, tr, place, orchester_hosts))
+    orchester = _orchester(problems, orc, run_dir, orchester_hosts)
+    satellites = _satellites(problems, doc, registry, run_dir, codec, place, orchester_host)
+    topo = Topology(
+        path=path,
+        prefix=prefix,
+        # DSAT_WHERE lets one topology file serve many hosts (the compose stack sets it).
+        where=os.environ.get("DSAT_WHERE") or top.get("where") or socket.gethostname(),
+        run_dir=run_dir,
+        codec=codec,
+        satellites=MappingProxyType(satellites),
+        tracker=tracker,
+        orchester=orchester,
+        carbon=_carbon(problems, doc.get("carbon", {})),
+        spool=_spool(problems, doc.get("spool", {}), path),
+        registry=registry,
+        ingress=_ingress(problems, doc.get("ingress", {}), path),
+        rules=_rules_table(problems, doc.get("rules", {}), path),
+        hosts=MappingProxyType(hosts),
+        insecure=top.get("insecure", Topology.insecure),
+        keys_dir=Path(os.path.normpath(_beside(path, top.get("keys", "keys")))),
+        port_base=_port_base(problems, top, len(satellites)),
+    )
+    return _derive_links(problems, topo, doc) if hosts and not problems.items else topo
+
+
+_Conf = TypeVar("_Conf", bound="DataclassInstance")
+
+
+def _build(problems: _Problems, table: str, entries: Mapping[str, Any], conf: type[_Conf], **given: Any) -> _Conf:
+    """*conf* made from the checked *entries* of *table*, and *given* (what the table's builder computed).
+
+    Every key of *table* that is a field of *conf* with a default goes in
+    as written, a duration as seconds and a number as a float (by the key's
+    types in ``_SCHEMA``); an absent key keeps the dataclass default.  So a
+    new key is one field of *conf* with its default and one line of
+    ``_SCHEMA``.  *given* (addresses, hosts, lists) takes precedence.
+    """
+    defaults = {f.name: f.default for f in fields(conf) if f.default is not MISSING}
+    out: dict[str, Any] = {}
+    for name, value in entries.items():
+        if name not in defaults:
+            continue
+        types = _SCHEMA[table][name][0]
+        if types == _DURATION_TYPES:
+            out[name] = _duration(problems, f"{table}.{name}", value, defaults[name])
+        elif float in types:
+            out[name] = float(value)
+        else:
+            out[name] = value
+    return conf(**(out | given))
+
+
+def _unknown_tables(problems: _Problems, doc: Mapping[str, Any]) -> None:
     for name in doc:
         if name not in _TABLES:
             problems.add(
                 _key(name),
                 f"unknown table; {_suggest(name, list(_TABLES))}valid tables are: {', '.join(_TABLES)}",
             )
-    top = _check_table(problems, "dsat", doc.get("dsat", {}), "dsat")
+
+
+def _run_dir(top: Mapping[str, Any], path: Path) -> Path:
+    """``[dsat] run_dir``, relative to the topology file's folder, normalised."""
     run_dir = Path(top.get("run_dir", ".dsat/run"))
     if not run_dir.is_absolute():
         run_dir = path.parent / run_dir
-    run_dir = Path(os.path.normpath(run_dir))
-    codec = _codec(problems, "dsat.codec", top.get("codec", "msgpack"))
-    prefix = top.get("prefix", "dsat")
+    return Path(os.path.normpath(run_dir))
+
+
+def _prefix(problems: _Problems, top: Mapping[str, Any]) -> str:
+    prefix: str = top.get("prefix", "dsat")
     if not _NAME.fullmatch(prefix):
         problems.add("dsat.prefix", f"{prefix!r} is not one path component; use letters, digits, '_' and '-'")
+    return prefix
 
-    def addr(key: str, value: str) -> str:
-        return _address(problems, key, value, run_dir)
 
-    hosts, groups = _hosts_tables(problems, doc)
-    first_host = next(iter(hosts), "")
+def _port_base(problems: _Problems, top: Mapping[str, Any], satellites: int) -> int:
+    port_base: int = top.get("port_base", Topology.port_base)
+    if not 0 < port_base <= 65535 - SATELLITE_PORTS_FROM - satellites:
+        problems.add("dsat.port_base", f"{port_base}: the derived ports must stay within 1-65535; lower it")
+    return port_base
 
-    def placed(key: str, value: str | list[str] | None, default: str) -> tuple[str, ...]:
-        return _placement(problems, key, value, hosts, groups, default)
 
-    tr = _check_table(problems, "tracker", doc.get("tracker", {}), "tracker")
-    tracker = TrackerConf(
-        events=addr("tracker.events", tr.get("events", "ipc://{run_dir}/tracker-events")),
-        states=addr("tracker.states", tr.get("states", "ipc://{run_dir}/tracker-states")),
-        status=addr("tracker.status", tr.get("status", "ipc://{run_dir}/tracker-status")),
-        timeout=_duration(problems, "tracker.timeout", tr.get("timeout"), 30.0),
-        metrics_every=_duration(problems, "tracker.metrics_every", tr.get("metrics_every"), 10.0),
-        max_retries=tr.get("max_retries", 3),
-        backoff=float(tr.get("backoff", 2.0)),
-        alert_command=tr.get("alert_command", ""),
-        breaker_window=_duration(problems, "tracker.breaker_window", tr.get("breaker_window"), 30.0),
-        breaker_threshold=float(tr.get("breaker_threshold", 0.5)),
-        breaker_min_failures=tr.get("breaker_min_failures", 5),
-        breaker_cooldown=_duration(problems, "tracker.breaker_cooldown", tr.get("breaker_cooldown"), 30.0),
+class _Placer:
+    """:func:`_placement` against one topology's ``[hosts]`` and ``[groups]``."""
+
+    def __init__(self, problems: _Problems, hosts: Mapping[str, Host], groups: Mapping[str, tuple[str, ...]]) -> None:
+        self.problems, self.hosts, self.groups = problems, hosts, groups
+
+    def __call__(self, key: str, value: str | list[str] | None, default: str) -> tuple[str, ...]:
+        return _placement(self.problems, key, value, self.hosts, self.groups, default)
+
+
+def _tracker(problems: _Problems, tr: Mapping[str, Any], run_dir: Path) -> TrackerConf:
+    """``[tracker]`` (its ``host`` aside: :func:`_tracker_host`)."""
+    tracker = _build(
+        problems,
+        "tracker",
+        tr,
+        TrackerConf,
+        events=_address(problems, "tracker.events", tr.get("events", "ipc://{run_dir}/tracker-events"), run_dir),
+        states=_address(problems, "tracker.states", tr.get("states", "ipc://{run_dir}/tracker-states"), run_dir),
+        status=_address(problems, "tracker.status", tr.get("status", "ipc://{run_dir}/tracker-status"), run_dir),
+        host="",
     )
     if tracker.max_retries < 0:
         problems.add("tracker.max_retries", f"{tracker.max_retries} must be 0 or more")
@@ -711,24 +794,56 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         problems.add("tracker.breaker_threshold", f"{tracker.breaker_threshold:g} is a share of failures: 0 to 1")
     if tracker.breaker_min_failures < 1:
         problems.add("tracker.breaker_min_failures", f"{tracker.breaker_min_failures} must be at least 1")
+    return tracker
 
-    orc = _check_table(problems, "orchester", doc.get("orchester", {}), "orchester")
-    orchester_hosts = placed("orchester.host", orc.get("host"), first_host)
-    (orchester_host,) = orchester_hosts[:1] or ("",)
-    pair = len(orchester_hosts) == 2
-    if len(orchester_hosts) > 2:
+
+def _orchester_hosts(problems: _Problems, orc: Mapping[str, Any], place: _Placer, default: str) -> tuple[str, ...]:
+    """The host(s) of ``[orchester] host``: one, or a Binary Star pair (primary first); none without [hosts]."""
+    hosts = place("orchester.host", orc.get("host"), default)
+    if len(hosts) > 2:
         problems.add("orchester.host", 'names more than two hosts; a pair is a primary and a backup, e.g. ["a", "b"]')
-    if pair and "host" in tr:
+    return hosts
+
+
+def _tracker_host(problems: _Problems, tr: Mapping[str, Any], place: _Placer, orchester_hosts: tuple[str, ...]) -> str:
+    """``[tracker] host``: beside the orchester unless said; with an orchester pair it may not be said."""
+    if len(orchester_hosts) == 2 and "host" in tr:
         problems.add("tracker.host", "with an orchester pair a tracker runs beside each orchester; remove the key")
-    (tracker_host,) = placed("tracker.host", tr.get("host"), orchester_host)[:1] or ("",)
-    missed_beats = orc.get("missed_beats", 3)
-    if missed_beats < 1:
-        problems.add("orchester.missed_beats", f"{missed_beats} must be at least 1")
-    raw_routes = orc.get("routes", {"*": ["carbon"]})
-    if not raw_routes:
+    (host,) = place("tracker.host", tr.get("host"), orchester_hosts[0] if orchester_hosts else "")[:1] or ("",)
+    return host
+
+
+def _orchester(problems: _Problems, orc: Mapping[str, Any], run_dir: Path, hosts: tuple[str, ...]) -> OrchesterConf:
+    """``[orchester]`` on *hosts* (from :func:`_orchester_hosts`)."""
+    conf = _build(
+        problems,
+        "orchester",
+        orc,
+        OrchesterConf,
+        listen=Link(
+            _address(problems, "orchester.listen", orc.get("listen", "ipc://{run_dir}/orchester"), run_dir),
+            _pattern(problems, "orchester.pattern", orc.get("pattern", "pull")),
+        ),
+        control=_address(
+            problems, "orchester.control", orc.get("control", "ipc://{run_dir}/orchester-control"), run_dir
+        ),
+        routes=MappingProxyType(_routes(problems, orc.get("routes", {"*": ["carbon"]}))),
+        host=hosts[0] if hosts else "",
+        hosts=hosts if len(hosts) == 2 else (),
+    )
+    if conf.missed_beats < 1:
+        problems.add("orchester.missed_beats", f"{conf.missed_beats} must be at least 1")
+    if conf.max_queue < 1:
+        problems.add("orchester.max_queue", f"{conf.max_queue} holds nothing; set it to at least 1")
+    return conf
+
+
+def _routes(problems: _Problems, raw: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """``[orchester.routes]``: type -> the steps it goes to."""
+    if not raw:
         problems.add("orchester.routes", 'no route: the orchester would drop everything; add "*" = ["carbon"]')
     routes: dict[str, tuple[str, ...]] = {}
-    for type_name, targets in raw_routes.items():
+    for type_name, targets in raw.items():
         if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
             problems.add(
                 f"orchester.routes.{_key(type_name)}",
@@ -736,28 +851,14 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
             )
             continue
         routes[type_name] = tuple(targets)
-    max_queue = orc.get("max_queue", 1_000_000)
-    if max_queue < 1:
-        problems.add("orchester.max_queue", f"{max_queue} holds nothing; set it to at least 1")
-    orchester = OrchesterConf(
-        listen=Link(
-            addr("orchester.listen", orc.get("listen", "ipc://{run_dir}/orchester")),
-            _pattern(problems, "orchester.pattern", orc.get("pattern", "pull")),
-        ),
-        control=addr("orchester.control", orc.get("control", "ipc://{run_dir}/orchester-control")),
-        routes=MappingProxyType(routes),
-        max_queue=max_queue,
-        host=orchester_host,
-        hosts=orchester_hosts if pair else (),
-        heartbeat=_duration(problems, "orchester.heartbeat", orc.get("heartbeat"), 1.0),
-        missed_beats=missed_beats,
-    )
-    tracker = replace(tracker, host=tracker_host)
+    return routes
 
-    raw_carbon = doc.get("carbon", {})
-    car = _check_table(problems, "carbon", raw_carbon, "carbon")
+
+def _carbon(problems: _Problems, raw: Any) -> CarbonConf:
+    """``[carbon]``: its destinations (carbon-relay's DESTINATIONS), replication, protocol, timeout."""
+    car = _check_table(problems, "carbon", raw, "carbon")
     destinations: list[tuple[str, int, str | None]] = []
-    mistyped = isinstance(raw_carbon, dict) and "destinations" in raw_carbon and "destinations" not in car
+    mistyped = isinstance(raw, dict) and "destinations" in raw and "destinations" not in car
     if not car.get("destinations") and not mistyped:
         problems.add("carbon.destinations", 'at least one is needed; write destinations = ["127.0.0.1:2004"]')
     for i, dest in enumerate(car.get("destinations", [])):
@@ -776,19 +877,23 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
             "two destinations share a host and instance, so carbon's consistent-hash ring cannot tell them apart;"
             ' name each, e.g. "127.0.0.1:2004:a" and "127.0.0.1:2104:b"',
         )
-    replication = car.get("replication", 1)
-    if not 1 <= replication <= max(1, len(destinations)):
-        problems.add("carbon.replication", f"{replication} must be from 1 to the number of destinations")
-    protocol = car.get("protocol", "pickle")
-    if protocol not in PROTOCOLS:
-        problems.add("carbon.protocol", f'unknown protocol "{protocol}"; use one of: {", ".join(PROTOCOLS)}')
-    carbon = CarbonConf(
-        tuple(destinations), protocol, _duration(problems, "carbon.timeout", car.get("timeout"), 10.0), replication
-    )
+    conf = _build(problems, "carbon", car, CarbonConf, destinations=tuple(destinations))
+    if not 1 <= conf.replication <= max(1, len(destinations)):
+        problems.add("carbon.replication", f"{conf.replication} must be from 1 to the number of destinations")
+    if conf.protocol not in PROTOCOLS:
+        problems.add("carbon.protocol", f'unknown protocol "{conf.protocol}"; use one of: {", ".join(PROTOCOLS)}')
+    return conf
 
-    ing = _check_table(problems, "ingress", doc.get("ingress", {}), "ingress")
+
+#: The ``[ingress]`` keys that open a listener, each ``"interface:port"``.
+_LISTENERS = ("plaintext", "plaintext_tls", "plaintext_udp", "pickle", "statsd")
+
+
+def _ingress(problems: _Problems, raw: Any, path: Path) -> IngressConf:
+    """``[ingress]``: the Graphite and statsd listeners, TLS files (beside the topology), statsd and line options."""
+    ing = _check_table(problems, "ingress", raw, "ingress")
     listeners: dict[str, tuple[str, int] | None] = {}
-    for key in ("plaintext", "plaintext_tls", "plaintext_udp", "pickle", "statsd"):
+    for key in _LISTENERS:
         listeners[key] = None
         if ing.get(key):
             host, _, port = ing[key].rpartition(":")
@@ -796,27 +901,29 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
                 problems.add(f"ingress.{key}", f'{ing[key]!r} is not "interface:port"; write e.g. "127.0.0.1:2003"')
             else:
                 listeners[key] = (host.strip("[]"), int(port))
-    percentiles = ing.get("statsd_percentiles", [90])
+    percentiles = ing.get("statsd_percentiles", IngressConf.statsd_percentiles)
     if not all(isinstance(p, int | float) and not isinstance(p, bool) and 0 < abs(p) < 100 for p in percentiles):
         problems.add("ingress.statsd_percentiles", f"{percentiles!r}: each must be a number between 0 and 100")
-        percentiles = [90]
+        percentiles = IngressConf.statsd_percentiles
     tls_files: dict[str, Path | None] = {}
     for key in ("tls_certificate", "tls_key"):
         tls_files[key] = _beside(path, ing[key]) if ing.get(key) else None
         if not ing.get(key) and listeners["plaintext_tls"]:
             problems.add(f"ingress.{key}", f'plaintext_tls needs it: the PEM file, e.g. {key} = "tls/{key[4:]}.pem"')
-    ingress = IngressConf(
+    return _build(
+        problems,
+        "ingress",
+        ing,
+        IngressConf,
         **listeners,
-        tls_certificate=tls_files["tls_certificate"],
-        tls_key=tls_files["tls_key"],
-        statsd_flush=_duration(problems, "ingress.statsd_flush", ing.get("statsd_flush"), 10.0),
-        statsd_prefix=ing.get("statsd_prefix", "stats"),
+        **tls_files,
         statsd_percentiles=tuple(float(p) for p in percentiles),
-        max_line=ing.get("max_line", 4096),
-        udp_buffer=ing.get("udp_buffer", IngressConf.udp_buffer),
     )
 
-    rul = _check_table(problems, "rules", doc.get("rules", {}), "rules")
+
+def _rules_table(problems: _Problems, raw: Any, path: Path) -> RulesConf:
+    """``[rules]``: the rule files (beside the topology) and the allow/deny regular expressions."""
+    rul = _check_table(problems, "rules", raw, "rules")
     rule_files: dict[str, Path | None] = {}
     for key in ("rewrite", "aggregation"):
         rule_files[key] = _beside(path, rul[key]) if rul.get(key) else None
@@ -832,55 +939,47 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
             except re.error as exc:
                 problems.add(f"rules.{key}[{j}]", f"{value!r} is not a regular expression: {exc}")
         patterns[key] = tuple(values)
-    rules = RulesConf(rule_files["rewrite"], rule_files["aggregation"], patterns["allow"], patterns["deny"])
+    return RulesConf(rule_files["rewrite"], rule_files["aggregation"], patterns["allow"], patterns["deny"])
 
-    sp = _check_table(problems, "spool", doc.get("spool", {}), "spool")
+
+_MB = 1024 * 1024
+
+
+def _spool(problems: _Problems, raw: Any, path: Path) -> SpoolConf:
+    """``[spool]``: its file (beside the topology; ``path = ""`` for none), size bound, policy, sync, replay rate."""
+    sp = _check_table(problems, "spool", raw, "spool")
     spool_path: Path | None = None
     if sp.get("path", "spool/carbon.db"):
         spool_path = Path(sp.get("path", "spool/carbon.db"))
         spool_path = Path(os.path.normpath(spool_path if spool_path.is_absolute() else path.parent / spool_path))
-    max_mb = sp.get("max_mb", 1024)
+    max_mb = sp.get("max_mb", SpoolConf.max_bytes // _MB)
     if max_mb < 1:
         problems.add("spool.max_mb", f"{max_mb} must be at least 1 (megabytes)")
-    for key, valid in (("policy", SPOOL_POLICIES), ("sync", SPOOL_SYNC)):
-        if sp.get(key, valid[0]) not in valid:
+    for key, valid in (("policy", POLICIES), ("sync", tuple(SYNC_MODES))):
+        if key in sp and sp[key] not in valid:
             problems.add(f"spool.{key}", f'unknown {key} "{sp[key]}"; use one of: {", ".join(valid)}')
-    replay_rate = float(sp.get("replay_rate", 50_000))
-    if not replay_rate > 0:
-        problems.add("spool.replay_rate", f"{replay_rate:g} must be more than 0 (datapoints a second)")
-    spool = SpoolConf(
-        spool_path, max_mb * 1024 * 1024, sp.get("policy", "drop_oldest"), sp.get("sync", "full"), replay_rate
-    )
+    conf = _build(problems, "spool", sp, SpoolConf, path=spool_path, max_bytes=max_mb * _MB)
+    if not conf.replay_rate > 0:
+        problems.add("spool.replay_rate", f"{conf.replay_rate:g} must be more than 0 (datapoints a second)")
+    return conf
 
+
+def _satellites(
+    problems: _Problems,
+    doc: dict[str, Any],
+    registry: Mapping[str, SatelliteSpec],
+    run_dir: Path,
+    codec: str,
+    place: _Placer,
+    default_host: str,
+) -> dict[str, Step]:
+    """``[satellites.NAME]``, each a :class:`Step` (those with problems left out)."""
     satellites: dict[str, Step] = {}
     for name, raw in _tables(problems, doc, "satellites", "must be tables, one per satellite; write [satellites.NAME]"):
-        step = _satellite(problems, name, raw, registry, run_dir, codec, placed, orchester_host)
+        step = _satellite(problems, name, raw, registry, run_dir, codec, place, default_host)
         if step is not None:
             satellites[name] = step
-    port_base = top.get("port_base", 7400)
-    if not 0 < port_base <= 65535 - SATELLITE_PORTS_FROM - len(satellites):
-        problems.add("dsat.port_base", f"{port_base}: the derived ports must stay within 1-65535; lower it")
-    topo = Topology(
-        path=path,
-        prefix=prefix,
-        # DSAT_WHERE lets one topology file serve many hosts (the compose stack sets it).
-        where=os.environ.get("DSAT_WHERE") or top.get("where") or socket.gethostname(),
-        run_dir=run_dir,
-        codec=codec,
-        satellites=MappingProxyType(satellites),
-        tracker=tracker,
-        orchester=orchester,
-        carbon=carbon,
-        spool=spool,
-        registry=registry,
-        ingress=ingress,
-        rules=rules,
-        hosts=MappingProxyType(hosts),
-        insecure=top.get("insecure", False),
-        keys_dir=Path(os.path.normpath(_beside(path, top.get("keys", "keys")))),
-        port_base=port_base,
-    )
-    return _derive_links(problems, topo, doc) if hosts and not problems.items else topo
+    return satellites
 
 
 def _hosts_tables(problems: _Problems, doc: dict[str, Any]) -> tuple[dict[str, Host], dict[str, tuple[str, ...]]]:

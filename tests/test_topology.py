@@ -789,3 +789,112 @@ def test_an_orchester_pair_is_checked() -> None:
     assert "orchester.missed_beats: 0 must be at least 1" in only_problem(
         PAIR.replace("missed_beats = 4", "missed_beats = 0")
     )
+
+
+# -- one table at a time ---------------------------------------------------------
+
+
+def table_problems() -> topology._Problems:
+    return topology._Problems(PATH)
+
+
+def test_build_converts_each_plain_key_and_keeps_the_dataclass_default_for_absent_ones() -> None:
+    """A duration key becomes seconds, a number key a float; an absent key is the dataclass's default, and what
+    the table's builder computed wins over a key of the same name."""
+    found = table_problems()
+    conf = topology._build(
+        found,
+        "tracker",
+        {"timeout": "1m", "backoff": 3, "host": "raw"},
+        TrackerConf,
+        events="e",
+        states="s",
+        status="t",
+    )
+    assert (conf.timeout, conf.backoff, conf.metrics_every) == (60.0, 3.0, TrackerConf.metrics_every)
+    assert isinstance(conf.backoff, float) and conf.host == "raw" and found.items == []
+    assert topology._build(found, "tracker", {"host": "raw"}, TrackerConf, events="e", states="s", status="t", host="")
+    bad = topology._build(found, "tracker", {"timeout": "soon"}, TrackerConf, events="e", states="s", status="t")
+    assert bad.timeout == TrackerConf.timeout
+    assert found.items == ["demo.toml: tracker.timeout: 'soon' is not a duration; " + topology._DURATION_HINT]
+
+
+def test_tracker_table_alone_reports_its_bounds() -> None:
+    found = table_problems()
+    conf = topology._tracker(found, {"max_retries": -1, "breaker_threshold": 2}, Path("/run"))
+    assert conf.events == "ipc:///run/tracker-events" and conf.host == ""
+    assert found.items == [
+        "demo.toml: tracker.max_retries: -1 must be 0 or more",
+        "demo.toml: tracker.breaker_threshold: 2 is a share of failures: 0 to 1",
+    ]
+
+
+def test_orchester_table_alone_defaults_and_bounds() -> None:
+    found = table_problems()
+    conf = topology._orchester(found, {}, Path("/run"), ())
+    assert conf == OrchesterConf(
+        Link("ipc:///run/orchester", "pull"), "ipc:///run/orchester-control", {"*": ("carbon",)}
+    )
+    assert found.items == []
+    topology._orchester(found, {"max_queue": 0, "missed_beats": 0, "routes": {}}, Path("/run"), ("a", "b"))
+    assert [item.split(": ")[1] for item in found.items] == [
+        "orchester.routes",
+        "orchester.missed_beats",
+        "orchester.max_queue",
+    ]
+
+
+def test_a_pair_refuses_a_tracker_host_and_puts_the_tracker_on_the_primary() -> None:
+    hosts = {name: topology.Host(name, f"10.0.0.{i}") for i, name in enumerate(("a", "b"), 1)}
+    found = table_problems()
+    place = topology._Placer(found, hosts, {})
+    pair = topology._orchester_hosts(found, {"host": ["a", "b"]}, place, "a")
+    assert pair == ("a", "b")
+    assert topology._tracker_host(found, {}, place, pair) == "a" and found.items == []
+    topology._tracker_host(found, {"host": "b"}, place, pair)
+    assert found.items == [
+        "demo.toml: tracker.host: with an orchester pair a tracker runs beside each orchester; remove the key"
+    ]
+
+
+def test_carbon_table_alone() -> None:
+    found = table_problems()
+    assert topology._carbon(found, {"destinations": ["h:2004:a", "[::1]:2104"]}) == CarbonConf(
+        (("h", 2004, "a"), ("::1", 2104, None))
+    )
+    assert found.items == []
+    topology._carbon(found, {"destinations": ["h:2004", "h:2104"], "replication": 3, "protocol": "json"})
+    assert [item.split(": ")[1] for item in found.items] == [
+        "carbon.destinations",
+        "carbon.replication",
+        "carbon.protocol",
+    ]
+
+
+def test_spool_table_alone() -> None:
+    found = table_problems()
+    assert topology._spool(found, {"path": ""}, PATH).path is None
+    conf = topology._spool(found, {"max_mb": 2, "policy": "block", "replay_rate": 10}, PATH)
+    assert (conf.path, conf.max_bytes, conf.policy, conf.sync, conf.replay_rate) == (
+        PATH.parent / "spool/carbon.db",
+        2 * 1024 * 1024,
+        "block",
+        "full",
+        10.0,
+    )
+    assert found.items == []
+    topology._spool(found, {"policy": "wait", "replay_rate": 0}, PATH)
+    assert [item.split(": ")[1] for item in found.items] == ["spool.policy", "spool.replay_rate"]
+
+
+def test_ingress_table_alone() -> None:
+    found = table_problems()
+    conf = topology._ingress(found, {"plaintext": "[::1]:2003", "statsd_flush": "2s", "max_line": 100}, PATH)
+    assert (conf.plaintext, conf.statsd, conf.statsd_flush, conf.max_line) == (("::1", 2003), None, 2.0, 100)
+    assert conf.statsd_percentiles == topology.IngressConf.statsd_percentiles and found.items == []
+    topology._ingress(found, {"plaintext_tls": "0.0.0.0:2443", "statsd_percentiles": [100]}, PATH)
+    assert [item.split(": ")[1] for item in found.items] == [
+        "ingress.statsd_percentiles",
+        "ingress.tls_certificate",
+        "ingress.tls_key",
+    ]
