@@ -41,18 +41,15 @@ from dsat.counters import should_log
 from dsat.errors import ConfigError
 from dsat.flow import Producers
 from dsat.spool import Spool
+from dsat.topology import CarbonConf, OrchesterConf, SpoolConf, parse_destination
 
 #: carbon-cache's pickle receiver refuses messages over 1 MiB; 500 points a
 #: message is carbon's own MAX_DATAPOINTS_PER_MESSAGE default.
 POINTS_PER_MESSAGE = 500
-#: Datapoints a destination holds in memory before spooling (or, with no spool, dropping) the oldest.
-DEFAULT_MAX_QUEUE = 1_000_000
 #: Under the ``block`` policy: the inputs pause at ``max_queue`` datapoints in memory (high watermark) and
 #: resume at ``max_queue // 2`` (low); up to HOLD_FACTOR x ``max_queue`` are held (what was already read,
 #: UDP, statsd, DSAT's own metrics) and a batch past that is dropped and counted.
 HOLD_FACTOR = 2
-#: Datapoints a second replayed from the spool, at most, beside live traffic.
-DEFAULT_REPLAY_RATE = 50_000.0
 #: Seconds between two slices of replay.
 REPLAY_TICK = 0.1
 #: Carbon's protocols have no acknowledgement: what was written in the last RESEND_SECONDS
@@ -123,26 +120,36 @@ class _Pending:
 class _CarbonProtocol(Protocol):
     """One connection to a carbon-cache; writes while the socket keeps up."""
 
-    destination: Destination
+    factory: _CarbonFactory
 
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
         self.paused = False
         assert self.transport is not None
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
-        self.destination.connected(self)
+        self.factory.destination.connected(self)
 
     def connectionLost(self, reason: object = None) -> None:  # noqa: N802
-        self.destination.disconnected(self)
+        self.factory.destination.disconnected(self)
 
     def pauseProducing(self) -> None:  # noqa: N802
         self.paused = True
 
     def resumeProducing(self) -> None:  # noqa: N802
         self.paused = False
-        self.destination.drain()
+        self.factory.destination.drain()
 
     def stopProducing(self) -> None:  # noqa: N802
         self.paused = True
+
+
+class _CarbonFactory(Factory[_CarbonProtocol]):
+    """Builds the connections of one :class:`Destination` (``buildProtocol`` sets each one's ``factory``)."""
+
+    protocol = _CarbonProtocol
+    noisy = False
+
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
 
 
 class Destination:
@@ -176,11 +183,11 @@ class Destination:
         host: str,
         port: int,
         *,
-        protocol: str = "pickle",
-        max_queue: int = DEFAULT_MAX_QUEUE,
-        timeout: float = 10.0,
+        protocol: str = CarbonConf.protocol,
+        max_queue: int = OrchesterConf.max_queue,
+        timeout: float = CarbonConf.timeout,
         spool: Spool | None = None,
-        replay_rate: float = DEFAULT_REPLAY_RATE,
+        replay_rate: float = SpoolConf.replay_rate,
     ) -> None:
         self.host, self.port = host, port
         self.name = f"{host}:{port}"
@@ -208,15 +215,12 @@ class Destination:
         self.resent = 0
         self._replay_loop = LoopingCall(self.replay)
         self._replay_loop.clock = reactor
-        factory = Factory.forProtocol(_CarbonProtocol)
-        factory.protocol = type("_Bound", (_CarbonProtocol,), {"destination": self})
-        factory.noisy = False
         #: Builds this destination's connections (``buildProtocol``), for the ClientService and for tests.
-        self.factory = factory
+        self.factory = _CarbonFactory(self)
         endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
         self.service = ClientService(
             endpoint,
-            factory,
+            self.factory,
             retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
             clock=reactor,
         )
@@ -412,6 +416,17 @@ class _PositionRing(ConsistentHashRing):
         return super().compute_ring_position(key)
 
 
+@dataclass
+class _Member:
+    """One destination of a :class:`CarbonEgress`: its client, its carbon_ch ring node ``(host, instance)``,
+    whether new data is placed on it (False: draining), and whether it was removed for good."""
+
+    destination: Destination
+    node: tuple[str, str | None]
+    placing: bool = True
+    removed: bool = False
+
+
 class CarbonEgress:
     """All carbon destinations; places each datapoint with carbon_ch when there are several.
 
@@ -429,12 +444,12 @@ class CarbonEgress:
         reactor: Any,
         destinations: Sequence[tuple[str, int] | tuple[str, int, str | None]],
         *,
-        protocol: str = "pickle",
-        max_queue: int = DEFAULT_MAX_QUEUE,
-        timeout: float = 10.0,
+        protocol: str = CarbonConf.protocol,
+        max_queue: int = OrchesterConf.max_queue,
+        timeout: float = CarbonConf.timeout,
         spool: Spool | None = None,
-        replay_rate: float = DEFAULT_REPLAY_RATE,
-        replication: int = 1,
+        replay_rate: float = SpoolConf.replay_rate,
+        replication: int = CarbonConf.replication,
     ) -> None:
         if not destinations:
             raise ConfigError("carbon: at least one destination is needed")
@@ -455,29 +470,28 @@ class CarbonEgress:
             spool=spool,
             replay_rate=replay_rate,
         )
-        self.destinations: list[Destination] = []
-        #: The ring node of each destination, and whether new data is placed on it (False: draining).
-        self._nodes: list[tuple[str, str | None]] = []
-        self._placing: list[bool] = []
-        self._removed: list[bool] = []
+        #: One record per destination, in the order they were added (``place`` gives indexes into it).
+        self._members: list[_Member] = []
         self._started = False
         for dest in destinations:
             self._add(dest[0], dest[1], dest[2] if len(dest) > 2 else None)
         self._rebuild()
 
+    @property
+    def destinations(self) -> list[Destination]:
+        """Every destination, including those drained or removed, in the order :meth:`place` indexes them."""
+        return [member.destination for member in self._members]
+
     def _add(self, host: str, port: int, instance: str | None) -> Destination:
         dest = self._make(host, port)
         dest.on_blocked = self._blocked_changed
-        self.destinations.append(dest)
-        self._nodes.append((host, instance))
-        self._placing.append(True)
-        self._removed.append(False)
+        self._members.append(_Member(dest, (host, instance)))
         return dest
 
     def _rebuild(self) -> None:
         """Build the ring from the destinations new data is placed on."""
-        nodes = [node for node, placing in zip(self._nodes, self._placing, strict=True) if placing]
-        self._index = {node: i for i, node in enumerate(self._nodes) if self._placing[i]}
+        self._index = {member.node: i for i, member in enumerate(self._members) if member.placing}
+        nodes = list(self._index)
         self._ring: _PositionRing | None = _PositionRing(nodes) if len(nodes) > 1 else None
         #: The destinations of each carbon_ch ring position.
         self._at: list[tuple[int, ...]] = self._table() if self._ring is not None else []
@@ -510,23 +524,21 @@ class CarbonEgress:
     @property
     def placing(self) -> list[str]:
         """Names of the destinations new data goes to."""
-        return [d.name for d, placing in zip(self.destinations, self._placing, strict=True) if placing]
+        return [member.destination.name for member in self._members if member.placing]
 
     def add_destination(self, text: str) -> bool:
         """Place data on one more destination (``host:port[:instance]``); False if it already is."""
-        from dsat.topology import parse_destination
-
         parsed = parse_destination(text)
         if parsed is None:
             raise ConfigError(f"{text!r} is not host:port or host:port:instance")
         host, port, instance = parsed
-        for i, dest in enumerate(self.destinations):
-            if (dest.host, dest.port) == (host, port):
-                if self._removed[i]:
+        for member in self._members:
+            if (member.destination.host, member.destination.port) == (host, port):
+                if member.removed:
                     raise ConfigError(f"{text} was removed; it comes back with a restart")
-                if self._placing[i]:
+                if member.placing:
                     return False
-                self._placing[i] = True
+                member.placing = True
                 self._rebuild()
                 return True
         if (host, instance) in self._index:
@@ -537,20 +549,21 @@ class CarbonEgress:
         self._rebuild()
         return True
 
-    def _find(self, text: str) -> int:
-        for i, dest in enumerate(self.destinations):
-            if dest.name == text or f"{dest.name}:{self._nodes[i][1]}" == text:
-                return i
+    def _find(self, text: str) -> _Member:
+        for member in self._members:
+            name = member.destination.name
+            if name == text or f"{name}:{member.node[1]}" == text:
+                return member
         raise ConfigError(f"{text} is not a carbon destination; they are {', '.join(self.placing)}")
 
     def drain_destination(self, text: str) -> bool:
         """Place no new data on a destination; what it has queued or spooled still goes to it."""
-        i = self._find(text)
-        if not self._placing[i]:
+        member = self._find(text)
+        if not member.placing:
             return False
-        if sum(self._placing) - 1 < self.replication:
+        if sum(member.placing for member in self._members) - 1 < self.replication:
             raise ConfigError(f"cannot drain {text}: fewer destinations than the replication factor would be left")
-        self._placing[i] = False
+        member.placing = False
         self._rebuild()
         return True
 
@@ -559,12 +572,12 @@ class CarbonEgress:
 
         For a carbon-cache that is gone for good: nothing waits for it any more.
         """
-        i = self._find(text)
-        if self._removed[i]:
+        member = self._find(text)
+        if member.removed:
             return False
         self.drain_destination(text)
-        self._removed[i] = True
-        dest = self.destinations[i]
+        member.removed = True
+        dest = member.destination
         queued = dest.retire()
         moved = self._place_spooled(dest.name)
         for points, on_written in queued:
@@ -596,7 +609,7 @@ class CarbonEgress:
                         lost=batch.points - len(points),
                     )
                 for index, part in self._split(points).items():
-                    target = self.destinations[index]
+                    target = self._members[index].destination
                     rows.append((target.name, target.encode(part), len(part)))
                     target.spool_pending += len(part)
                 moved += len(points)
@@ -628,7 +641,7 @@ class CarbonEgress:
     @property
     def dropped(self) -> int:
         """Datapoints dropped unsent: memory queues full with no spool, and the spool's drop_oldest."""
-        spool = self.destinations[0].spool
+        spool = self.spool
         return sum(d.dropped for d in self.destinations) + (spool.dropped if spool is not None else 0)
 
     @property
@@ -695,7 +708,7 @@ class CarbonEgress:
                 on_written()
             return
         if self._ring is None:
-            self.destinations[self._only[0]].send(points, on_written)
+            self._members[self._only[0]].destination.send(points, on_written)
             return
         parts = self._split(points)
         remaining = [len(parts)]
@@ -706,4 +719,4 @@ class CarbonEgress:
                 on_written()
 
         for index, part in parts.items():
-            self.destinations[index].send(part, part_written)
+            self._members[index].destination.send(part, part_written)

@@ -85,6 +85,7 @@ def test_a_connection_registers_as_a_streaming_producer_of_its_transport() -> No
     proto = connect(dest)
     assert isinstance(proto.transport, StringTransport)
     assert proto.transport.producer is proto and proto.transport.streaming
+    assert proto.factory is dest.factory and dest.factory.destination is dest
     dest.send([("a", 1, 1.0)])
     assert sent_bytes(proto)
     lose(proto)
