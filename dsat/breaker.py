@@ -20,6 +20,7 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from dsat.events import BREAKER_TOPIC
+from dsat.topology import TrackerConf
 
 
 class Circuit(enum.Enum):
@@ -37,10 +38,10 @@ class Breaker:
         clock: IReactorTime,
         *,
         on_change: Callable[[str, Circuit, str], None],
-        window: float = 30.0,
-        threshold: float = 0.5,
-        min_failures: int = 5,
-        cooldown: float = 30.0,
+        window: float = TrackerConf.breaker_window,
+        threshold: float = TrackerConf.breaker_threshold,
+        min_failures: int = TrackerConf.breaker_min_failures,
+        cooldown: float = TrackerConf.breaker_cooldown,
     ) -> None:
         self.step = step
         self.clock = clock

@@ -29,6 +29,8 @@ from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from dsat.topology import TrackerConf
+
 
 class State(enum.Enum):
     """Where a batch is.  ``HAPPY_END`` and ``FAILURE`` are final; ``ERROR`` and ``TIMEOUT`` lead to
@@ -171,8 +173,8 @@ class BatchTracker:
         on_change: Callable[[Change], None] | None = None,
         max_in_flight: int = 100_000,
         max_finished: int = 10_000,
-        max_retries: int = 3,
-        backoff: float = 2.0,
+        max_retries: int = TrackerConf.max_retries,
+        backoff: float = TrackerConf.backoff,
     ) -> None:
         self.clock = clock
         self.timeout = timeout
