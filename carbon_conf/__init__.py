@@ -4,6 +4,6 @@
 :func:`dsat.stack.render_carbon_conf` (the local ``make demo`` stack) and by
 the container entry points, so both run the same Carbon.  The schemas and
 aggregation files are used as they are; ``local_settings.py`` is graphite-web's
-settings module (``GRAPHITE_SETTINGS_MODULE=carbon_conf.local_settings``) and
+settings module (``GRAPHITE_SETTINGS_MODULE=dsat.carbon_conf.local_settings``) and
 reads its paths from the environment.
 """

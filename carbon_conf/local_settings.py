@@ -1,4 +1,4 @@
-"""graphite-web settings for DSAT stacks (GRAPHITE_SETTINGS_MODULE=carbon_conf.local_settings).
+"""graphite-web settings for DSAT stacks (GRAPHITE_SETTINGS_MODULE=dsat.carbon_conf.local_settings).
 
 Paths and peers come from the environment so one file serves the local
 ``make demo`` stack and the containers:

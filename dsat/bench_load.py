@@ -140,7 +140,7 @@ def bench_collector(options: Mapping[str, Any]) -> Callable[[], list[tuple[str, 
 
 
 def _specs() -> list[SatelliteSpec]:
-    from satellites import REGISTRY
+    from dsat.satellites import REGISTRY
 
     types = sorted({spec.type for spec in REGISTRY.values() if spec.kind == "collector" and spec.type})
     return [

@@ -4,7 +4,7 @@
 application in Twisted's WSGI container (a thread pool, not Django's
 development server) and serves the UI files (``/static/...``) from where pip
 installed them, with Twisted's static file resource.  Settings come from the
-environment (``GRAPHITE_SETTINGS_MODULE=carbon_conf.local_settings``); see
+environment (``GRAPHITE_SETTINGS_MODULE=dsat.carbon_conf.local_settings``); see
 :class:`dsat.stack.LocalStack`.
 
 Before serving it prepares graphite-web's database (creates or migrates it)
@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 
 def dashboards_dir() -> Path:
     """The shipped dashboards: graphite-web's own state format, as ``/dashboard/load/NAME`` returns it."""
-    import carbon_conf
+    from importlib import resources
 
-    return Path(carbon_conf.__file__).resolve().parent / "dashboards"
+    return Path(str(resources.files("dsat.carbon_conf") / "dashboards")).resolve()
 
 
 def static_dir() -> Path:
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "graphite.settings")
-    os.environ.setdefault("GRAPHITE_SETTINGS_MODULE", "carbon_conf.local_settings")
+    os.environ.setdefault("GRAPHITE_SETTINGS_MODULE", "dsat.carbon_conf.local_settings")
     prepare_database()
     from graphite.wsgi import application
     from twisted.internet import reactor

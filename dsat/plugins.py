@@ -2,7 +2,7 @@
 
 A topology's ``use = "cpu"`` is looked up here and nowhere else: no name that
 arrives from a file or the wire is ever imported.  The built-in satellites
-register themselves in :mod:`satellites`; a program embedding DSAT can build
+register themselves in :mod:`dsat.satellites`; a program embedding DSAT can build
 its own :class:`Registry`.
 """
 

@@ -3,7 +3,7 @@
 carbon-cache (from the ``carbon`` package) and graphite-web (from the
 ``graphite-web`` package, served by Twisted's WSGI container, see
 :mod:`dsat.graphite_web`) run as supervised processes next to the topology's own, from one
-state directory: configuration rendered from :mod:`carbon_conf`, the Whisper
+state directory: configuration rendered from :mod:`dsat.carbon_conf`, the Whisper
 tree, graphite-web's sqlite database and the logs.  carbon-cache listens for
 pickle on the port of the topology's first carbon destination, and registers
 the tagged series it creates in graphite-web's TagDB (``ENABLE_TAGS``).
@@ -31,7 +31,7 @@ def free_port(interface: str = "127.0.0.1") -> int:
 
 
 def conf_text(name: str) -> str:
-    return resources.files("carbon_conf").joinpath(name).read_text()
+    return resources.files("dsat.carbon_conf").joinpath(name).read_text()
 
 
 def render_carbon_conf(**fields: object) -> str:
@@ -75,7 +75,7 @@ class LocalStack:
             key_file.write_text(secrets.token_hex(32))
         return {
             "DJANGO_SETTINGS_MODULE": "graphite.settings",
-            "GRAPHITE_SETTINGS_MODULE": "carbon_conf.local_settings",
+            "GRAPHITE_SETTINGS_MODULE": "dsat.carbon_conf.local_settings",
             "GRAPHITE_STORAGE_DIR": str(self.state_dir / "graphite"),
             "DSAT_WHISPER_DIR": str(self.whisper_dir),
             "DSAT_CARBONLINK_HOSTS": f"{self.interface}:{self.query_port}:a",

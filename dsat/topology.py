@@ -642,7 +642,7 @@ def parse_destination(text: object) -> tuple[str, int, str | None] | None:
 def _registry(problems: _Problems, plugins: Any) -> Mapping[str, SatelliteSpec]:
     """The built-in satellites plus the ``SPECS`` of every module in ``[dsat] plugins``."""
     from dsat.plugins import Registry
-    from satellites import REGISTRY
+    from dsat.satellites import REGISTRY
 
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         problems.add("dsat.plugins", 'must be a list of module names, e.g. plugins = ["mycompany.satellites"]')

@@ -9,7 +9,7 @@ here by hand, one module each (``disk`` holds both ``disk`` and
 from __future__ import annotations
 
 from dsat.plugins import Registry, SatelliteSpec
-from satellites import capture, cpu, disk, load, memory, network, rate, synthetic
+from dsat.satellites import capture, cpu, disk, load, memory, network, rate, synthetic
 
 REGISTRY = Registry(
     [

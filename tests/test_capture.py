@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from dsat.errors import ConfigError
-from satellites import REGISTRY, capture
+from dsat.satellites import REGISTRY, capture
 
 
 def test_batches_are_appended_as_plaintext_lines(tmp_path: Path) -> None:

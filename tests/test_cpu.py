@@ -10,7 +10,7 @@ import pytest
 
 from dsat.errors import ConfigError
 from dsat.naming import metric_path
-from satellites import REGISTRY, cpu
+from dsat.satellites import REGISTRY, cpu
 
 Times = namedtuple("Times", "user system idle iowait")
 

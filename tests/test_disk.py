@@ -11,7 +11,7 @@ import pytest
 
 from dsat.errors import ConfigError
 from dsat.naming import metric_path
-from satellites import REGISTRY, disk
+from dsat.satellites import REGISTRY, disk
 
 IO = namedtuple("IO", "read_count write_count read_bytes write_bytes read_time write_time busy_time")
 IONoBusy = namedtuple("IONoBusy", "read_count write_count read_bytes write_bytes")

@@ -43,21 +43,24 @@ def test_twine_check_passes_strict_on_the_sdist_and_the_wheel(dist: Path) -> Non
     assert done.stdout.count("PASSED") == 2 and "WARNING" not in done.stdout
 
 
-def test_the_wheel_holds_what_dsat_needs_at_run_time(dist: Path) -> None:
-    """Satellites, carbon_conf (with the dashboards) and the demo topology are in the wheel."""
+def test_the_wheel_holds_what_dsat_needs_at_run_time_under_dsat_alone(dist: Path) -> None:
+    """Satellites, carbon_conf (with the dashboards) and the demo topology are in the wheel, all inside the dsat
+    package: the folders satellites/ and carbon_conf/ of the repository install as dsat.satellites and
+    dsat.carbon_conf, so the wheel adds no generic top-level name to site-packages."""
     names = set(zipfile.ZipFile(built(dist, "*.whl")).namelist())
     wanted = {
         "dsat/demo.toml",
         "dsat/bench_load.py",
-        "satellites/__init__.py",
-        "satellites/synthetic.py",
-        "carbon_conf/carbon.conf",
-        "carbon_conf/storage-schemas.conf",
-        "carbon_conf/storage-aggregation.conf",
-        "carbon_conf/local_settings.py",
-        "carbon_conf/dashboards/dsat.json",
+        "dsat/satellites/__init__.py",
+        "dsat/satellites/synthetic.py",
+        "dsat/carbon_conf/carbon.conf",
+        "dsat/carbon_conf/storage-schemas.conf",
+        "dsat/carbon_conf/storage-aggregation.conf",
+        "dsat/carbon_conf/local_settings.py",
+        "dsat/carbon_conf/dashboards/dsat.json",
     }
     assert wanted <= names, sorted(wanted - names)
+    assert {name.split("/")[0] for name in names if not name.startswith("dsat-")} == {"dsat"}
 
 
 def test_the_wheel_installed_in_a_fresh_venv_validates_the_packaged_demo(dist: Path, tmp_path: Path) -> None:
@@ -76,7 +79,8 @@ def test_the_wheel_installed_in_a_fresh_venv_validates_the_packaged_demo(dist: P
         [
             str(py),
             "-c",
-            "import dsat, importlib.resources as r; print(dsat.__file__); print(r.files('dsat') / 'demo.toml')",
+            "import dsat, dsat.satellites, importlib.resources as r; print(dsat.__file__);"
+            " print(r.files('dsat') / 'demo.toml'); print(r.files('dsat.carbon_conf') / 'carbon.conf')",
         ],
         capture_output=True,
         text=True,
@@ -84,6 +88,7 @@ def test_the_wheel_installed_in_a_fresh_venv_validates_the_packaged_demo(dist: P
         env=env,
     ).stdout.split()
     assert where[0].startswith(str(env_dir)), f"dsat imported from {where[0]}, not the venv"
+    assert Path(where[2]).is_file()
     dsat = str(env_dir / "bin" / "dsat")
     version = subprocess.run([dsat, "--version"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert version.stdout.strip() == f"dsat {wheel.name.split('-')[1]}"

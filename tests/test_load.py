@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-from satellites import REGISTRY, load
+from dsat.satellites import REGISTRY, load
 
 
 def test_three_load_averages() -> None:

@@ -7,7 +7,7 @@ from collections import namedtuple
 from types import SimpleNamespace
 
 from dsat.naming import metric_path
-from satellites import REGISTRY, memory
+from dsat.satellites import REGISTRY, memory
 
 Virtual = namedtuple("Virtual", "total available percent used free")
 Swap = namedtuple("Swap", "total used free percent sin sout")

@@ -10,7 +10,7 @@ import pytest
 
 from dsat.errors import ConfigError
 from dsat.naming import metric_path
-from satellites import REGISTRY, network
+from dsat.satellites import REGISTRY, network
 
 NIC = namedtuple("NIC", "bytes_sent bytes_recv packets_sent packets_recv errin errout dropin dropout")
 FAKE = SimpleNamespace(

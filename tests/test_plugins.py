@@ -45,7 +45,7 @@ def test_the_registry_is_read_only() -> None:
 
 def test_the_built_in_satellites_are_one_registry() -> None:
     """`satellites.REGISTRY` holds the built-ins, each a spec under its own name."""
-    from satellites import REGISTRY
+    from dsat.satellites import REGISTRY
 
     assert isinstance(REGISTRY, Registry) and len(REGISTRY) > 5
     assert all(REGISTRY[name].name == name for name in REGISTRY)

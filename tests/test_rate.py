@@ -7,8 +7,8 @@ import math
 import pytest
 
 from dsat.errors import ConfigError
-from satellites import REGISTRY, rate
-from satellites.rate import Rate
+from dsat.satellites import REGISTRY, rate
+from dsat.satellites.rate import Rate
 
 
 def test_first_sample_gives_nothing() -> None:

@@ -55,7 +55,7 @@ def test_graphite_env_points_graphite_web_at_the_state_dir(tmp_path: Path) -> No
     """graphite-web gets its settings module, storage, Whisper dir and carbon's query port; the key is kept."""
     stack = LocalStack(tmp_path, pickle_port=2104)
     env = stack.graphite_env()
-    assert env["GRAPHITE_SETTINGS_MODULE"] == "carbon_conf.local_settings"
+    assert env["GRAPHITE_SETTINGS_MODULE"] == "dsat.carbon_conf.local_settings"
     assert env["DSAT_WHISPER_DIR"] == str(tmp_path.resolve() / "whisper")
     assert env["DSAT_CARBONLINK_HOSTS"] == f"127.0.0.1:{stack.query_port}:a"
     assert stack.graphite_env()["DSAT_SECRET_KEY"] == env["DSAT_SECRET_KEY"]
