@@ -700,7 +700,7 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         rules=_rules_table(problems, doc.get("rules", {}), path),
         hosts=MappingProxyType(hosts),
         insecure=top.get("insecure", Topology.insecure),
-        keys_dir=Path(os.path.normpath(_beside(path, top.get("keys", "keys")))),
+        keys_dir=Path(os.path.normpath(_beside(path, top.get("keys", str(Topology.keys_dir))))),
         port_base=_port_base(problems, top, len(satellites)),
     )
     return _derive_links(problems, topo, doc) if hosts and not problems.items else topo
@@ -948,10 +948,8 @@ _MB = 1024 * 1024
 def _spool(problems: _Problems, raw: Any, path: Path) -> SpoolConf:
     """``[spool]``: its file (beside the topology; ``path = ""`` for none), size bound, policy, sync, replay rate."""
     sp = _check_table(problems, "spool", raw, "spool")
-    spool_path: Path | None = None
-    if sp.get("path", "spool/carbon.db"):
-        spool_path = Path(sp.get("path", "spool/carbon.db"))
-        spool_path = Path(os.path.normpath(spool_path if spool_path.is_absolute() else path.parent / spool_path))
+    written = sp.get("path", "spool/carbon.db")
+    spool_path = Path(os.path.normpath(_beside(path, written))) if written else None
     max_mb = sp.get("max_mb", SpoolConf.max_bytes // _MB)
     if max_mb < 1:
         problems.add("spool.max_mb", f"{max_mb} must be at least 1 (megabytes)")
@@ -1178,7 +1176,7 @@ def _satellite(
     registry: Mapping[str, SatelliteSpec],
     run_dir: Path,
     default_codec: str,
-    placed: Any,
+    placed: _Placer,
     default_host: str,
 ) -> Step | None:
     key = f"satellites.{_key(name)}"
