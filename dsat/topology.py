@@ -667,7 +667,7 @@ def _registry(problems: _Problems, plugins: Any) -> Mapping[str, SatelliteSpec]:
 
 
 def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapping[str, SatelliteSpec]) -> Topology:
-    """The whole document, one table at a time; every problem is added to *problems*."""
+    """The whole document, one table at a time (in the order their problems are reported)."""
     _unknown_tables(problems, doc)
     top = _check_table(problems, "dsat", doc.get("dsat", {}), "dsat")
     run_dir = _run_dir(top, path)
@@ -682,6 +682,10 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
     orchester_host = orchester_hosts[0] if orchester_hosts else ""
     tracker = replace(tracker, host=_tracker_host(problems, tr, place, orchester_hosts))
     orchester = _orchester(problems, orc, run_dir, orchester_hosts)
+    carbon = _carbon(problems, doc.get("carbon", {}))
+    ingress = _ingress(problems, doc.get("ingress", {}), path)
+    rules = _rules_table(problems, doc.get("rules", {}), path)
+    spool = _spool(problems, doc.get("spool", {}), path)
     satellites = _satellites(problems, doc, registry, run_dir, codec, place, orchester_host)
     topo = Topology(
         path=path,
@@ -693,11 +697,11 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         satellites=MappingProxyType(satellites),
         tracker=tracker,
         orchester=orchester,
-        carbon=_carbon(problems, doc.get("carbon", {})),
-        spool=_spool(problems, doc.get("spool", {}), path),
+        carbon=carbon,
+        spool=spool,
         registry=registry,
-        ingress=_ingress(problems, doc.get("ingress", {}), path),
-        rules=_rules_table(problems, doc.get("rules", {}), path),
+        ingress=ingress,
+        rules=rules,
         hosts=MappingProxyType(hosts),
         insecure=top.get("insecure", Topology.insecure),
         keys_dir=Path(os.path.normpath(_beside(path, top.get("keys", str(Topology.keys_dir))))),
@@ -714,22 +718,22 @@ def _build(problems: _Problems, table: str, entries: Mapping[str, Any], conf: ty
 
     Every key of *table* that is a field of *conf* with a default goes in
     as written, a duration as seconds and a number as a float (by the key's
-    types in ``_SCHEMA``); an absent key keeps the dataclass default.  So a
+    types in ``_SCHEMA``, in the order of the fields); an absent key keeps
+    the dataclass default.  So a
     new key is one field of *conf* with its default and one line of
     ``_SCHEMA``.  *given* (addresses, hosts, lists) takes precedence.
     """
-    defaults = {f.name: f.default for f in fields(conf) if f.default is not MISSING}
     out: dict[str, Any] = {}
-    for name, value in entries.items():
-        if name not in defaults:
+    for f in fields(conf):
+        if f.name not in entries or f.default is MISSING:
             continue
-        types = _SCHEMA[table][name][0]
+        value, types = entries[f.name], _SCHEMA[table][f.name][0]
         if types == _DURATION_TYPES:
-            out[name] = _duration(problems, f"{table}.{name}", value, defaults[name])
+            out[f.name] = _duration(problems, f"{table}.{f.name}", value, f.default)
         elif float in types:
-            out[name] = float(value)
+            out[f.name] = float(value)
         else:
-            out[name] = value
+            out[f.name] = value
     return conf(**(out | given))
 
 
@@ -815,7 +819,14 @@ def _tracker_host(problems: _Problems, tr: Mapping[str, Any], place: _Placer, or
 
 def _orchester(problems: _Problems, orc: Mapping[str, Any], run_dir: Path, hosts: tuple[str, ...]) -> OrchesterConf:
     """``[orchester]`` on *hosts* (from :func:`_orchester_hosts`)."""
-    conf = _build(
+    missed_beats = orc.get("missed_beats", OrchesterConf.missed_beats)
+    if missed_beats < 1:
+        problems.add("orchester.missed_beats", f"{missed_beats} must be at least 1")
+    routes = _routes(problems, orc.get("routes", {"*": ["carbon"]}))
+    max_queue = orc.get("max_queue", OrchesterConf.max_queue)
+    if max_queue < 1:
+        problems.add("orchester.max_queue", f"{max_queue} holds nothing; set it to at least 1")
+    return _build(
         problems,
         "orchester",
         orc,
@@ -827,15 +838,10 @@ def _orchester(problems: _Problems, orc: Mapping[str, Any], run_dir: Path, hosts
         control=_address(
             problems, "orchester.control", orc.get("control", "ipc://{run_dir}/orchester-control"), run_dir
         ),
-        routes=MappingProxyType(_routes(problems, orc.get("routes", {"*": ["carbon"]}))),
+        routes=MappingProxyType(routes),
         host=hosts[0] if hosts else "",
         hosts=hosts if len(hosts) == 2 else (),
     )
-    if conf.missed_beats < 1:
-        problems.add("orchester.missed_beats", f"{conf.missed_beats} must be at least 1")
-    if conf.max_queue < 1:
-        problems.add("orchester.max_queue", f"{conf.max_queue} holds nothing; set it to at least 1")
-    return conf
 
 
 def _routes(problems: _Problems, raw: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -877,12 +883,13 @@ def _carbon(problems: _Problems, raw: Any) -> CarbonConf:
             "two destinations share a host and instance, so carbon's consistent-hash ring cannot tell them apart;"
             ' name each, e.g. "127.0.0.1:2004:a" and "127.0.0.1:2104:b"',
         )
-    conf = _build(problems, "carbon", car, CarbonConf, destinations=tuple(destinations))
-    if not 1 <= conf.replication <= max(1, len(destinations)):
-        problems.add("carbon.replication", f"{conf.replication} must be from 1 to the number of destinations")
-    if conf.protocol not in PROTOCOLS:
-        problems.add("carbon.protocol", f'unknown protocol "{conf.protocol}"; use one of: {", ".join(PROTOCOLS)}')
-    return conf
+    replication = car.get("replication", CarbonConf.replication)
+    if not 1 <= replication <= max(1, len(destinations)):
+        problems.add("carbon.replication", f"{replication} must be from 1 to the number of destinations")
+    protocol = car.get("protocol", CarbonConf.protocol)
+    if protocol not in PROTOCOLS:
+        problems.add("carbon.protocol", f'unknown protocol "{protocol}"; use one of: {", ".join(PROTOCOLS)}')
+    return _build(problems, "carbon", car, CarbonConf, destinations=tuple(destinations))
 
 
 #: The ``[ingress]`` keys that open a listener, each ``"interface:port"``.

@@ -838,8 +838,8 @@ def test_orchester_table_alone_defaults_and_bounds() -> None:
     assert found.items == []
     topology._orchester(found, {"max_queue": 0, "missed_beats": 0, "routes": {}}, Path("/run"), ("a", "b"))
     assert [item.split(": ")[1] for item in found.items] == [
-        "orchester.routes",
         "orchester.missed_beats",
+        "orchester.routes",
         "orchester.max_queue",
     ]
 
