@@ -898,3 +898,23 @@ def test_ingress_table_alone() -> None:
         "ingress.tls_certificate",
         "ingress.tls_key",
     ]
+
+
+def test_run_dir_is_beside_the_topology_unless_absolute() -> None:
+    assert topology._run_dir({}, PATH) == PATH.parent / ".dsat/run"
+    assert topology._run_dir({"run_dir": "/var/run/dsat/../dsat"}, PATH) == Path("/var/run/dsat")
+
+
+def test_routes_keep_the_good_ones_and_name_each_bad_one() -> None:
+    found = table_problems()
+    routes = topology._routes(found, {"*": ["carbon"], "audit": "carbon", "x": []})
+    assert routes == {"*": ("carbon",)}
+    assert [item.split(": ")[1] for item in found.items] == ["orchester.routes.audit", "orchester.routes.x"]
+
+
+def test_rules_table_alone() -> None:
+    found = table_problems()
+    conf = topology._rules_table(found, {"rewrite": "rw.conf", "deny": ["^tmp\\."]}, PATH)
+    assert (conf.rewrite, conf.aggregation, conf.allow, conf.deny) == (PATH.parent / "rw.conf", None, (), ("^tmp\\.",))
+    topology._rules_table(found, {"allow": ["("], "deny": [1]}, PATH)
+    assert [item.split(": ")[1] for item in found.items] == ["rules.allow[0]", "rules.deny"]
