@@ -892,7 +892,7 @@ def test_ingress_table_alone() -> None:
     conf = topology._ingress(found, {"plaintext": "[::1]:2003", "statsd_flush": "2s", "max_line": 100}, PATH)
     assert (conf.plaintext, conf.statsd, conf.statsd_flush, conf.max_line) == (("::1", 2003), None, 2.0, 100)
     assert conf.statsd_percentiles == topology.IngressConf.statsd_percentiles and found.items == []
-    topology._ingress(found, {"plaintext_tls": "0.0.0.0:2443", "statsd_percentiles": [100]}, PATH)
+    topology._ingress(found, {"plaintext_tls": "0.0.0.0:2443", "statsd_percentiles": [150]}, PATH)
     assert [item.split(": ")[1] for item in found.items] == [
         "ingress.statsd_percentiles",
         "ingress.tls_certificate",
