@@ -160,6 +160,8 @@ CODECS: Mapping[str, Codec] = {
     "msgpack": Codec("msgpack", 1, _msgpack_dumps, _msgpack_loads),
     "json": Codec("json", 2, _json_dumps, _json_loads),
 }
+#: The codec of every link that names none (``[dsat] codec``).
+DEFAULT_CODEC = "msgpack"
 _BY_WIRE_ID = {codec.wire_id: codec for codec in CODECS.values()}
 # What the decoders raise on a body they cannot read: msgpack.unpackb's errors (incomplete input,
 # ExtraData, FormatError, StackError, limits), UnicodeDecodeError and JSONDecodeError are all
@@ -178,7 +180,7 @@ def codec_for(name: str) -> Codec:
 # -- encode / decode -------------------------------------------------------
 
 
-def encode(env: Envelope, codec: str = "msgpack") -> bytes:
+def encode(env: Envelope, codec: str = DEFAULT_CODEC) -> bytes:
     """The frame for *env*, its body encoded with *codec*.
 
     Raises EnvelopeError (reason ``unencodable``) when the codec cannot carry a

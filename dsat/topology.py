@@ -38,7 +38,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dsat.binarystar import ROLES
-from dsat.envelope import CODECS
+from dsat.envelope import CODECS, DEFAULT_CODEC
 from dsat.errors import ConfigError
 from dsat.plugins import SatelliteSpec
 from dsat.spool import POLICIES, SYNC_MODES
@@ -671,7 +671,7 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
     _unknown_tables(problems, doc)
     top = _check_table(problems, "dsat", doc.get("dsat", {}), "dsat")
     run_dir = _run_dir(top, path)
-    codec = _codec(problems, "dsat.codec", top.get("codec", "msgpack"))
+    codec = _codec(problems, "dsat.codec", top.get("codec", DEFAULT_CODEC))
     prefix = _prefix(problems, top)
     hosts, groups = _hosts_tables(problems, doc)
     place = _Placer(problems, hosts, groups)
