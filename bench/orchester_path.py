@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from relay import PATTERN, REPLACEMENT, Cell, workload  # noqa: E402
 
 from dsat.carbon import CarbonEgress, encode_plaintext  # noqa: E402
-from dsat.ingress import PathCache, parse_plaintext  # noqa: E402
+from dsat.datapoint import Validator  # noqa: E402
+from dsat.ingress import parse_plaintext  # noqa: E402
 from dsat.rules import RewriteRule, RuleSet  # noqa: E402
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     data = workload(cell)
     per_round = len(data) // args.rounds
     rounds = [chunks(data[i * per_round : (i + 1) * per_round], args.chunk) for i in range(args.rounds)]
-    paths = PathCache()
+    validator = Validator()
     rules = RuleSet(pre=[RewriteRule(PATTERN, REPLACEMENT)])
     egress = CarbonEgress(None, [("127.0.0.1", 2003 + i, f"c{i}") for i in range(args.destinations)])
     gc.collect()
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         points_total = 0
         begin = time.process_time()
         for piece in pieces:
-            points, _, _ = parse_plaintext(piece, 0.0, paths=paths)
+            points, _, _ = parse_plaintext(piece, 0.0, validator=validator)
             kept, _ = rules.apply(points)
             for part in egress._split(kept).values():
                 encode_plaintext(part)

@@ -20,9 +20,9 @@ from typing import Any
 
 import msgpack
 
+from dsat.datapoint import Datapoint
 from dsat.errors import EnvelopeError, PluginError
 
-Datapoint = tuple[str, float, float]
 Batch = Sequence[Datapoint]
 
 CHANNELS = ("data", "event", "control")

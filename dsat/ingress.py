@@ -28,19 +28,14 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from dsat.cache import DEFAULT_MAX_BYTES, GenerationalCache
 from dsat.counters import Rejections
-from dsat.envelope import Datapoint
+from dsat.datapoint import BadDatapoint, Datapoint, Validator, all_numbers_acceptable
 from dsat.errors import BadName
 from dsat.flow import Producers
-from dsat.naming import MAX_PATH_CHARS, PathCleaner, clean_path, decode_safe
+from dsat.topology import IngressConf
 
-#: Longest plaintext line kept, in bytes, without its newline (carbon's LineOnlyReceiver allows 16384).
-MAX_LINE_LENGTH = 4096
 #: Largest pickle frame, in bytes: carbon's PICKLE_RECEIVER_MAX_LENGTH.
 MAX_PICKLE_LENGTH = 2**20
-#: Timestamps must be below this: Whisper stores 32-bit unsigned seconds (millisecond timestamps land here).
-MAX_TIMESTAMP = 2**32
 #: Open TCP connections per listener; more are refused (carbon's MAX_RECEIVER_CONNECTIONS).
 MAX_CONNECTIONS = 1024
 
@@ -50,64 +45,8 @@ _NOT_WHITESPACE = bytes(set(range(256)) - set(b" \t\n\r\x0b\x0c"))
 Sink = Callable[[list[Datapoint]], None]
 
 
-class PathCache:
-    """Raw path bytes -> the path :func:`dsat.naming.clean_path` makes of them, ``""`` when it rejects them.
-
-    Held in a :class:`~dsat.cache.GenerationalCache` of *max_bytes*, so it
-    keeps the paths in use however many pass through once.  New paths are
-    cleaned a batch at a time (:meth:`clean_many`): when every one is already
-    safe ASCII (:func:`dsat.naming.decode_safe`) the batch costs one pass and
-    one decode, else each is decoded (UTF-8, strictly: undecodable bytes are a
-    bad name) and cleaned on its own.  Paths longer than
-    :data:`~dsat.naming.MAX_PATH_CHARS` bytes are not kept.  Only the verdict
-    is kept for a rejected path; :meth:`count_rejected` finds its reason again.
-    """
-
-    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._cache: GenerationalCache[bytes, str] = GenerationalCache(max_bytes)
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-    def __getitem__(self, raw: bytes) -> str:
-        return self.clean_many([raw])[0]
-
-    def clean_many(self, raw_paths: list[bytes]) -> list[str]:
-        """The clean path of each of *raw_paths* (``""`` for a rejected one), new ones cleaned as one batch."""
-        cache = self._cache
-        found = cache.get_many(raw_paths)
-        if None not in found:
-            return found  # type: ignore[return-value]
-        missing = [raw for raw, path in zip(raw_paths, found, strict=True) if path is None]
-        fresh = decode_safe(missing)
-        if fresh is None:
-            fresh = [_clean_raw(raw)[0] for raw in missing]
-            kept = [(raw, path) for raw, path in zip(missing, fresh, strict=True) if len(raw) <= MAX_PATH_CHARS]
-            cache.admit_many([raw for raw, _ in kept], [path for _, path in kept])
-        else:
-            cache.admit_many(missing, fresh)
-        new = iter(fresh)
-        return [next(new) if path is None else path for path in found]
-
-    def count_rejected(self, raw_paths: list[bytes], clean: list[str], rejected: Counter[str]) -> None:
-        """Count in *rejected*, by reason, the *raw_paths* whose *clean* path is ``""``."""
-        for raw, path in zip(raw_paths, clean, strict=True):
-            if not path:
-                rejected[_clean_raw(raw)[1]] += 1
-
-
-def _clean_raw(raw: bytes) -> tuple[str, str]:
-    """The clean path of *raw* and ``""``, or ``""`` and why it was rejected (``bad_name``, ``bad_tag``)."""
-    try:
-        return clean_path(raw.decode("utf-8")), ""
-    except UnicodeDecodeError:
-        return "", "bad_name"
-    except BadName as exc:
-        return "", exc.reason
-
-
 def parse_plaintext(
-    buffer: bytes, now: float, *, max_line_length: int = MAX_LINE_LENGTH, paths: PathCache | None = None
+    buffer: bytes, now: float, *, max_line_length: int = IngressConf.max_line, validator: Validator | None = None
 ) -> tuple[list[Datapoint], Counter[str], bytes]:
     """The datapoints in the complete ``path value timestamp`` lines of *buffer*, the rejections, the rest.
 
@@ -117,36 +56,37 @@ def parse_plaintext(
     timestamp are read with ``float()`` as carbon does, and a timestamp in
     ``(-2, -1]`` (carbon: ``int(ts) == -1``) means *now*.  Rejected lines are
     counted by reason: ``line_too_long`` (over *max_line_length* bytes),
-    ``invalid_line`` (not three fields), ``bad_value``, ``nan`` (a NaN or
-    infinite value), ``bad_timestamp`` (not a number, or not in
-    ``(0, MAX_TIMESTAMP)``), ``bad_name``, ``bad_tag`` (a tagged path whose
-    tags break carbon's rules, :func:`dsat.naming.check_tag`).
+    ``invalid_line`` (not three fields), then the datapoint rule's
+    (:mod:`dsat.datapoint`: ``bad_value``, also for a value that is not a
+    number, ``nan``, ``bad_timestamp``, ``bad_name``, ``bad_tag``).
     """
-    if paths is None:
-        paths = PathCache()
+    if validator is None:
+        validator = Validator()
     rejected: Counter[str] = Counter()
     end = buffer.rfind(b"\n") + 1
     body, rest = buffer[:end], buffer[end:]
     if not body:
         return [], rejected, rest
-    points = _parse_plain(body, max_line_length, paths, rejected)
+    points = _parse_plain(body, max_line_length, validator, rejected)
     if points is None:
-        points = _parse_each(body, now, max_line_length, paths, rejected)
+        points = _parse_each(body, now, max_line_length, validator, rejected)
     return points, rejected, rest
 
 
-def _parse_plain(body: bytes, max_line_length: int, paths: PathCache, rejected: Counter[str]) -> list[Datapoint] | None:
+def _parse_plain(
+    body: bytes, max_line_length: int, validator: Validator, rejected: Counter[str]
+) -> list[Datapoint] | None:
     """The datapoints of *body* if it is plain (bad names aside), else None for :func:`_parse_each` to sort out.
 
     Plain: every line is three fields joined by single spaces, within the
-    length limit, with a finite value and an ordinary timestamp.  That is
-    what clients send, so this is the fast path: each step runs over the
-    whole batch inside C (``translate``, ``split``, ``map``, ``zip``,
-    ``sum``), and a batch that is not plain costs one more pass.  The
-    whitespace of a plain body is exactly ``"  \\n"`` once per line, and
-    then splitting it yields three fields per line unless one is empty; a
-    finite sum proves every number in it finite (an overflowing sum of
-    finite numbers only sends the batch to the slow path).
+    length limit, with numbers the datapoint rule accepts
+    (:func:`dsat.datapoint.all_numbers_acceptable`).  That is what clients
+    send, so this is the fast path: each step runs over the whole batch
+    inside C (``translate``, ``split``, ``map``, ``zip``, ``sum``), and a
+    batch that is not plain costs one more pass.  The whitespace of a plain
+    body is exactly ``"  \\n"`` once per line, and then splitting it yields
+    three fields per line unless one is empty.  Names are the rule's too:
+    the validator's path cache cleans the batch's new ones together.
     """
     separators = body.translate(None, _NOT_WHITESPACE)
     lines = len(separators) // 3
@@ -166,9 +106,9 @@ def _parse_plain(body: bytes, max_line_length: int, paths: PathCache, rejected: 
             stamps = list(map(float, raw_stamps))
     except (ValueError, OverflowError):
         return None
-    total, since = sum(values), sum(stamps)
-    if total - total != 0.0 or since - since != 0.0 or min(stamps) <= 0.0 or max(stamps) >= MAX_TIMESTAMP:
+    if not all_numbers_acceptable(stamps, values):
         return None
+    paths = validator.paths
     clean = paths.clean_many(raw_paths)
     if "" not in clean:
         return list(zip(clean, stamps, values, strict=True))
@@ -176,12 +116,26 @@ def _parse_plain(body: bytes, max_line_length: int, paths: PathCache, rejected: 
     return [point for point in zip(clean, stamps, values, strict=True) if point[0]]
 
 
+def _number(raw: bytes | str) -> float | None:
+    """*raw* read as carbon reads a number (``float()``), None if it is not one (the rule then refuses it)."""
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def _when(stamp: object, now: float) -> object:
+    """Carbon's "-1 means now": a timestamp in ``(-2, -1]`` is *now*; the datapoint rule checks the rest."""
+    return now if type(stamp) in (int, float) and -2.0 < stamp <= -1.0 else stamp  # type: ignore[operator]
+
+
 def _parse_each(
-    body: bytes, now: float, max_line_length: int, paths: PathCache, rejected: Counter[str]
+    body: bytes, now: float, max_line_length: int, validator: Validator, rejected: Counter[str]
 ) -> list[Datapoint]:
     """The datapoints of *body*, checked line by line, each rejection counted by reason."""
     points: list[Datapoint] = []
     append = points.append
+    check = validator.check
     lines = body.split(b"\n")
     lines.pop()  # empty: the body ends with a newline
     for line in lines:
@@ -194,28 +148,9 @@ def _parse_each(
             continue
         raw_path, raw_value, raw_stamp = fields
         try:
-            value = float(raw_value)
-        except ValueError:
-            rejected["bad_value"] += 1
-            continue
-        try:
-            stamp = float(raw_stamp)
-        except ValueError:
-            rejected["bad_timestamp"] += 1
-            continue
-        if value - value != 0.0:
-            rejected["nan"] += 1
-            continue
-        if not 0.0 < stamp < MAX_TIMESTAMP:
-            if not -2.0 < stamp <= -1.0:
-                rejected["bad_timestamp"] += 1
-                continue
-            stamp = now
-        path = paths[raw_path]
-        if not path:
-            paths.count_rejected([raw_path], [path], rejected)
-            continue
-        append((path, stamp, value))
+            append(check(raw_path, _when(_number(raw_stamp), now), _number(raw_value)))
+        except (BadDatapoint, BadName) as exc:
+            rejected[exc.reason] += 1
     return points
 
 
@@ -223,12 +158,14 @@ def _parse_each(
 
 
 # The opcodes that build what carbon's pickle holds, in every protocol: lists, tuples, strings,
-# integers and floats, with marks, the memo and protocol 4 framing.  None of them loads a global
-# (so nothing can be called) or builds anything else.
+# integers and floats (None and booleans too, so that an item holding one is refused alone), with
+# marks, the memo and protocol 4 framing.  None of them loads a global (so nothing can be called)
+# or builds anything else.
 _CARBON_OPCODES = (
     *(pickle.PROTO, pickle.FRAME, pickle.STOP, pickle.MARK, pickle.POP, pickle.POP_MARK, pickle.DUP),
     *(pickle.INT, pickle.BININT, pickle.BININT1, pickle.BININT2, pickle.LONG, pickle.LONG1, pickle.LONG4),
     *(pickle.FLOAT, pickle.BINFLOAT),
+    *(pickle.NONE, pickle.NEWTRUE, pickle.NEWFALSE),  # constants: an item holding one is refused by the rule alone
     *(pickle.STRING, pickle.BINSTRING, pickle.SHORT_BINSTRING),
     *(pickle.UNICODE, pickle.BINUNICODE, pickle.SHORT_BINUNICODE, pickle.BINUNICODE8),
     *(pickle.EMPTY_LIST, pickle.LIST, pickle.APPEND, pickle.APPENDS),
@@ -264,20 +201,23 @@ _UNLOADABLE = (
     TypeError,
     AttributeError,
 )
-_NUMBERS = (int, float, str)  # carbon float()s each value; a string such as "1.5" passes
 _PAIRS = (tuple, list)
 
 
-def parse_pickle(frame: bytes, now: float, *, paths: PathCleaner | None = None) -> tuple[list[Datapoint], Counter[str]]:
+def parse_pickle(
+    frame: bytes, now: float, *, validator: Validator | None = None
+) -> tuple[list[Datapoint], Counter[str]]:
     """The datapoints in one carbon pickle frame (a list of ``(path, (timestamp, value))``) and the rejections.
 
     A frame that does not load with carbon's opcodes alone, or is not a list,
     counts one ``bad_pickle`` and yields nothing; an item not shaped like
-    carbon's counts ``bad_point``; the others are checked as in
-    :func:`parse_plaintext` (``bad_value``, ``bad_timestamp``, ``nan``,
-    ``bad_name``, ``bad_tag``).
+    carbon's (a pair of a string and a pair) counts ``bad_point``.  A string
+    value or timestamp is read with ``float()``, as carbon does, and a
+    timestamp in ``(-2, -1]`` means now; then each item is checked by the
+    datapoint rule as in :func:`parse_plaintext` (``bad_value``, ``nan``,
+    ``bad_timestamp``, ``bad_name``, ``bad_tag``).
     """
-    clean = PathCleaner() if paths is None else paths
+    check = (Validator() if validator is None else validator).check
     rejected: Counter[str] = Counter()
     try:
         items = _CarbonUnpickler(io.BytesIO(frame), encoding="utf-8").load()
@@ -295,36 +235,20 @@ def parse_pickle(frame: bytes, now: float, *, paths: PathCleaner | None = None) 
             or type(item[0]) is not str
             or type(item[1]) not in _PAIRS
             or len(item[1]) != 2
-            or type(item[1][0]) not in _NUMBERS
-            or type(item[1][1]) not in _NUMBERS
         ):
             rejected["bad_point"] += 1
             continue
-        raw_path, (raw_stamp, raw_value) = item
+        raw_path, (stamp, value) = item
+        if type(value) is str:
+            value = _number(value)
+        if type(stamp) is str:
+            stamp = _number(stamp)
         try:
-            value = float(raw_value)
-        except (ValueError, OverflowError):
-            rejected["bad_value"] += 1
-            continue
-        try:
-            stamp = float(raw_stamp)
-        except (ValueError, OverflowError):
-            rejected["bad_timestamp"] += 1
-            continue
-        if value - value != 0.0:
-            rejected["nan"] += 1
-            continue
-        if not 0.0 < stamp < MAX_TIMESTAMP:
-            if not -2.0 < stamp <= -1.0:
-                rejected["bad_timestamp"] += 1
-                continue
-            stamp = now
-        try:
-            path = clean(raw_path)
-        except BadName as exc:
+            path, stamp, value = check(raw_path, _when(stamp, now), value)
+        except (BadDatapoint, BadName) as exc:
             rejected[exc.reason] += 1
             continue
-        points.append((path, stamp, value))
+        points.append((path, float(stamp), float(value)))
     return points, rejected
 
 
@@ -433,7 +357,7 @@ class PlaintextProtocol(Protocol):
             self._buffer + data,
             factory.clock.seconds(),
             max_line_length=factory.max_line_length,
-            paths=factory.paths,
+            validator=factory.validator,
         )
         if len(rest) > factory.max_line_length:
             rejected["line_too_long"] += 1
@@ -456,13 +380,13 @@ class PlaintextFactory(IngressFactory[PlaintextProtocol]):
         rejections: Rejections,
         clock: IReactorTime,
         *,
-        max_line_length: int = MAX_LINE_LENGTH,
+        max_line_length: int = IngressConf.max_line,
         max_connections: int = MAX_CONNECTIONS,
         producers: Producers | None = None,
     ) -> None:
         super().__init__(sink, rejections, clock, max_connections=max_connections, producers=producers)
         self.max_line_length = max_line_length
-        self.paths = PathCache()
+        self.validator = Validator()
 
 
 class PlaintextDatagram(DatagramProtocol):
@@ -472,19 +396,19 @@ class PlaintextDatagram(DatagramProtocol):
     """
 
     def __init__(
-        self, sink: Sink, rejections: Rejections, clock: IReactorTime, *, max_line_length: int = MAX_LINE_LENGTH
+        self, sink: Sink, rejections: Rejections, clock: IReactorTime, *, max_line_length: int = IngressConf.max_line
     ) -> None:
         self.sink = sink
         self.rejections = rejections
         self.clock = clock
         self.max_line_length = max_line_length
-        self.paths = PathCache()
+        self.validator = Validator()
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
         if not datagram.endswith(b"\n"):
             datagram += b"\n"
         points, rejected, _ = parse_plaintext(
-            datagram, self.clock.seconds(), max_line_length=self.max_line_length, paths=self.paths
+            datagram, self.clock.seconds(), max_line_length=self.max_line_length, validator=self.validator
         )
         if points:
             self.sink(points)
@@ -516,7 +440,7 @@ class PickleProtocol(Int32StringReceiver):
 
     def stringReceived(self, frame: bytes) -> None:
         factory = self.factory
-        points, rejected = parse_pickle(frame, factory.clock.seconds(), paths=factory.paths)
+        points, rejected = parse_pickle(frame, factory.clock.seconds(), validator=factory.validator)
         if points:
             factory.sink(points)
         _report(factory.rejections, rejected, self.peer)
@@ -547,4 +471,4 @@ class PickleFactory(IngressFactory[PickleProtocol]):
     ) -> None:
         super().__init__(sink, rejections, clock, max_connections=max_connections, producers=producers)
         self.max_length = max_length
-        self.paths = PathCleaner()
+        self.validator = Validator()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Sequence
 
 from dsat.cache import DEFAULT_MAX_BYTES, GenerationalCache
@@ -280,33 +281,83 @@ def _canonical(name: str, tags: dict[str, str], path: str) -> str:
     return canonical
 
 
-class PathCleaner:
-    """:func:`clean_path` behind a bounded cache: the orchester calls it for every datapoint.
+class PathCache:
+    """:func:`clean_path` behind one bounded cache: what every entry of the orchester calls per batch.
 
-    Results and rejections are kept in a
-    :class:`~dsat.cache.GenerationalCache` of *max_bytes* (the paths in use
-    stay, however many pass through once), for paths up to
-    :data:`MAX_PATH_CHARS` characters; longer ones are rejected at once and
-    not kept.
+    Raw paths, as ``str`` or as ``bytes`` from the wire (decoded as UTF-8,
+    strictly: undecodable bytes are a ``bad_name``), map to the path
+    :func:`clean_path` makes of them, or to ``""`` when it rejects them.
+    Held in a :class:`~dsat.cache.GenerationalCache` of *max_bytes*, so it
+    keeps the paths in use however many pass through once.  New paths are
+    cleaned a batch at a time (:meth:`clean_many`): when every one is already
+    safe ASCII (:func:`all_safe`, :func:`decode_safe`) the batch costs one
+    pass, else each is cleaned on its own.  Paths longer than
+    :data:`MAX_PATH_CHARS` are not kept.  Only the verdict is kept for a
+    rejected path; its reason is found again when asked (:meth:`clean`,
+    :meth:`count_rejected`), so a cached rejection raises a fresh
+    :class:`BadName`.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self._cache: GenerationalCache[str, str | BadName] = GenerationalCache(max_bytes)
-
-    def __call__(self, path: str) -> str:
-        result = self._cache.get(path)
-        if result is None:
-            if len(path) > MAX_PATH_CHARS:
-                return clean_path(path)  # raises BadName
-            try:
-                result = clean_path(path)
-            except BadName as exc:
-                result = exc
-            self._cache.put(path, result)
-        if isinstance(result, str):
-            return result
-        # A fresh exception each time: re-raising the cached one would grow its traceback forever.
-        raise BadName(str(result), reason=result.reason)
+        self._cache: GenerationalCache[str | bytes, str] = GenerationalCache(max_bytes)
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    def clean(self, raw: str | bytes) -> str:
+        """The clean path of *raw*; raises :class:`BadName` (``bad_name``, ``bad_tag``) when it has none."""
+        path = self._cache.get(raw)
+        if path is None:
+            path = self.clean_many([raw])[0]
+        if path:
+            return path
+        raise _why(raw)
+
+    def clean_many(self, raw_paths: Sequence[str | bytes]) -> list[str]:
+        """The clean path of each of *raw_paths* (``""`` for a rejected one), new ones cleaned as one batch."""
+        cache = self._cache
+        found = cache.get_many(raw_paths)
+        if None not in found:
+            return found  # type: ignore[return-value]
+        missing = [raw for raw, path in zip(raw_paths, found, strict=True) if path is None]
+        fresh = _all_safe(missing)
+        if fresh is None:
+            fresh = [_clean_raw(raw) for raw in missing]
+            kept = [(raw, path) for raw, path in zip(missing, fresh, strict=True) if len(raw) <= MAX_PATH_CHARS]
+            cache.admit_many([raw for raw, _ in kept], [path for _, path in kept])
+        else:
+            cache.admit_many(missing, fresh)
+        new = iter(fresh)
+        return [next(new) if path is None else path for path in found]
+
+    def count_rejected(self, raw_paths: Sequence[str | bytes], clean: Sequence[str], rejected: Counter[str]) -> None:
+        """Count in *rejected*, by reason, the *raw_paths* whose *clean* path is ``""``."""
+        for raw, path in zip(raw_paths, clean, strict=True):
+            if not path:
+                rejected[_why(raw).reason] += 1
+
+
+def _all_safe(raw_paths: list[str | bytes]) -> list[str] | None:
+    """*raw_paths* as str if :func:`clean_path` keeps every one unchanged, else None (one pass)."""
+    if isinstance(raw_paths[0], bytes):
+        return decode_safe(raw_paths)  # type: ignore[arg-type]
+    return raw_paths if all_safe(raw_paths) else None  # type: ignore[return-value, arg-type]
+
+
+def _clean_raw(raw: str | bytes) -> str:
+    """The clean path of *raw*, ``""`` if it has none."""
+    try:
+        return clean_path(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except (UnicodeDecodeError, BadName):
+        return ""
+
+
+def _why(raw: str | bytes) -> BadName:
+    """Why :func:`clean_path` rejects *raw* (which it does), as a fresh :class:`BadName`."""
+    try:
+        clean_path(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except UnicodeDecodeError as exc:
+        return BadName(f"{raw[:60]!r}: not UTF-8 ({exc.reason} at byte {exc.start})", reason="bad_name")
+    except BadName as exc:
+        return exc
+    raise AssertionError(f"{raw[:60]!r} was rejected but cleans")  # pragma: no cover

@@ -3,20 +3,28 @@
 It is the one place where data from satellites and from external Graphite
 and statsd clients becomes Carbon datapoints: each envelope is
 routed with the topology's ``[orchester.routes]`` (``type`` -> steps, where
-``carbon`` is the egress), and every datapoint bound for Carbon is checked
-here once: its path made safe by :class:`dsat.naming.PathCleaner`, its value
-and timestamp finite.  A rejected datapoint is counted by reason and logged;
-the rest of its batch goes on.
+``carbon`` is the egress).  Every datapoint bound for Carbon takes one path,
+:meth:`Orchester.to_egress`: the datapoint rule (:mod:`dsat.datapoint`: a
+safe path, a finite value, a timestamp in ``(0, 2**32)``), then the
+carbon-compatible rules (:mod:`dsat.rules`: rewrite, allow/deny,
+aggregation), then placement and the egress.  A rejected datapoint is counted
+by reason and logged; the rest of its batch goes on.  The four entries differ
+only where ``docs/architecture.rst`` ("One path to Carbon") says why:
+satellite batches (:meth:`Orchester.to_carbon`) and the orchester's own
+metrics (:meth:`Orchester.write_own_metrics`) take all of it; Graphite and
+statsd datapoints (:meth:`Orchester.ingest`) were checked by the same rule as
+they were read; aggregates (:meth:`Orchester.flush_aggregates`) are the
+rules' own output and skip them.
 
-Datapoints from Graphite and statsd clients (:mod:`dsat.ingress`,
-:mod:`dsat.statsd`) arrive already checked through :meth:`Orchester.ingest`.
-Every datapoint bound for Carbon then goes through the carbon-compatible
-rules (:mod:`dsat.rules`: rewrite, allow/deny, aggregation), reloaded on
-SIGHUP or when a rule file changes; a rule file that does not parse is
-refused with its line and reason, and the rules in force stay.
+The rules are reloaded on SIGHUP or when a rule file changes; a rule file
+that does not parse is refused with its line and reason (counted as
+``rules_refused``), and the rules in force stay.  Aggregation buffers whose
+rule is gone are discarded and counted (``rejected.rule_removed``).
 
 The orchester writes its own metrics (``<prefix>.<where>.self.orchester.*``)
-straight into the egress every ``metrics_every`` seconds.
+every ``metrics_every`` seconds.  A spool quarantined at start
+(:class:`dsat.spool.Spool`) is told to the tracker in every heartbeat
+(``spool_corrupt``), which raises the ``spool_corrupt`` alert.
 
 In an orchester pair (``docs/ha.rst``) each server's orchester holds a
 :class:`PairMember`: the Binary Star machine of :mod:`dsat.binarystar`, its
@@ -30,8 +38,7 @@ its egress keeps draining the spool to Carbon.
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -41,10 +48,11 @@ from twisted.logger import Logger
 from dsat import naming
 from dsat.binarystar import HEARTBEAT_TOPIC, BinaryStar, State, Transition
 from dsat.breaker import Circuits
-from dsat.carbon import CarbonEgress, Point
+from dsat.carbon import CarbonEgress
 from dsat.counters import Rejections
-from dsat.envelope import Datapoint, Envelope, encode
-from dsat.errors import BadName, ConfigError
+from dsat.datapoint import Datapoint, Validator
+from dsat.envelope import Envelope, encode
+from dsat.errors import ConfigError
 from dsat.events import Reporter, parse_published, published
 from dsat.flow import PushProducer
 from dsat.rules import RuleSet, load_rules
@@ -160,7 +168,8 @@ class Orchester:
         self.senders = senders
         self.reporter = reporter
         self.where = where
-        self.clean_path = naming.PathCleaner()
+        self.validator = Validator()
+        #: Rule reloads refused because a rule file did not parse.
         self.rules_refused = 0
         #: The UDP listeners (dsat.udp.CountingPort): what the kernel dropped on them is reported.
         self.udp_ports: list[CountingPort] = []
@@ -197,8 +206,16 @@ class Orchester:
             diverted=self.circuits.diverted,
             routes=json.dumps({t: list(steps) for t, steps in sorted(self.routes.items())}),
             destinations=",".join(self.egress.placing),
+            **self._spool_fields(),
             **(self.pair.heartbeat_fields() if self.pair is not None else {}),
         )
+
+    def _spool_fields(self) -> dict[str, int | str]:
+        """What the heartbeat says of a spool quarantined at start: the tracker alerts on ``spool_corrupt``."""
+        spool = self.egress.spool
+        if spool is None or spool.quarantined is None:
+            return {}
+        return {"spool_corrupt": 1, "spool_quarantined": f"{spool.path} moved to {spool.quarantined}"}
 
     def stop(self) -> None:
         for loop in self._loops:
@@ -301,31 +318,49 @@ class Orchester:
             return
         self.circuits.take(topic, body)
 
-    def ingest(self, points: list[Point]) -> None:
-        """Datapoints from Graphite or statsd clients (already checked by the ingress): rules, then Carbon."""
-        self.points_in += len(points)
-        points = self.apply_rules(points)
-        self.egress.send(points, None)
-        self.points_out += len(points)
+    # -- the one path to Carbon ---------------------------------------------
 
-    def apply_rules(self, points: list[Point]) -> list[Point]:
-        if self.rules is None:
-            return points
-        kept, drops = self.rules.apply(points)
-        for reason, count in drops.items():
-            self.rejected.reject(reason, f"{count} datapoints ({reason}) by the rules", count)
-        return kept
+    def to_egress(
+        self,
+        points: Sequence[Datapoint],
+        *,
+        checked: bool = False,
+        ruled: bool = False,
+        on_written: Callable[[list[Datapoint]], None] | None = None,
+    ) -> None:
+        """The one way to Carbon: the datapoint rule, the rules, placement and the egress.
+
+        *checked*: the entry applied the datapoint rule already (the Graphite
+        ingress as it parsed, the statsd flush).  *ruled*: the points are the
+        rules' own output (aggregates), which the rules must not see again.
+        *on_written* is called with the datapoints that went, once the egress
+        has them.
+        """
+        if not checked:
+            points = self.validator.keep(points, self.rejected)
+        if not ruled and self.rules is not None:
+            kept, drops = self.rules.apply(points)
+            for reason, count in drops.items():
+                self.rejected.reject(reason, f"{count} datapoints ({reason}) by the rules", count)
+            points = kept
+        sent = list(points)
+        self.egress.send(sent, None if on_written is None else lambda: on_written(sent))
+        self.points_out += len(sent)
+
+    def ingest(self, points: list[Datapoint]) -> None:
+        """Datapoints from Graphite or statsd clients, checked by the datapoint rule as they were read."""
+        self.points_in += len(points)
+        self.to_egress(points, checked=True)
 
     def flush_aggregates(self) -> None:
-        """Send the aggregates whose intervals are complete."""
+        """Send the aggregates whose intervals are complete (checked, not ruled again: they are the rules' output)."""
         if self.rules is None:
             return
         points, drops = self.rules.flush()
         for reason, count in drops.items():
             self.rejected.reject(reason, f"{count} datapoints ({reason}) at aggregation", count)
         if points:
-            self.egress.send(points, None)
-            self.points_out += len(points)
+            self.to_egress(points, ruled=True)
 
     # -- rules reload ----------------------------------------------------------
 
@@ -356,46 +391,25 @@ class Orchester:
             self.rules_refused += 1
             return False
         if self.rules is not None:
-            new.adopt(self.rules)
+            for reason, count in new.adopt(self.rules).items():
+                self.rejected.reject(reason, f"{count} datapoints held for aggregation, their rule gone", count)
         self.rules = new
         self.log.info(
             "rules reloaded from {rewrite} and {aggregation}", rewrite=conf.rewrite, aggregation=conf.aggregation
         )
         return True
 
-    def clean(self, points: tuple[Datapoint, ...]) -> list[Point]:
-        """The datapoints of a batch that Carbon may store; the others are counted."""
-        clean_path, reject = self.clean_path, self.rejected.reject
-        isfinite = math.isfinite
-        out: list[Point] = []
-        append = out.append
-        for path, ts, value in points:
-            try:
-                safe = clean_path(path)
-            except BadName as exc:
-                reject(exc.reason, exc)
-                continue
-            if not isfinite(value):
-                reject("nan", f"{safe}: value {value!r} is not a finite number")
-            elif not isfinite(ts) or ts <= 0:
-                reject("bad_timestamp", f"{safe}: timestamp {ts!r} is not a positive finite number")
-            else:
-                append((safe, ts, value))
-        return out
-
     def to_carbon(self, env: Envelope) -> None:
-        points = self.apply_rules(self.clean(env.points))
-        rejected = len(env.points) - len(points)
+        """A batch routed to carbon, by the one path; HAPPY_END once written, with how many were rejected."""
 
-        def written() -> None:
-            self.points_out += len(points)
-            self.reporter.ended(env, points=len(points), rejected=rejected)
+        def written(sent: list[Datapoint]) -> None:
+            self.reporter.ended(env, points=len(sent), rejected=len(env.points) - len(sent))
 
-        self.egress.send(points, written)
+        self.to_egress(env.points, on_written=written)
 
     # -- DSAT's own metrics --------------------------------------------------
 
-    def own_metrics(self) -> list[Point]:
+    def own_metrics(self) -> list[Datapoint]:
         """``self.orchester.*``: counts since the last call, and the queue and spool depths now."""
         now = int(self.clock.seconds())
         egress = self.egress
@@ -406,12 +420,14 @@ class Orchester:
             "spooled": egress.spooled,
             "replayed": egress.replayed,
             "resent": egress.resent,
+            "rules_refused": self.rules_refused,
+            "spool_refused": egress.spool.refused if egress.spool is not None else 0,
             "udp.dropped": sum(port.kernel_dropped for port in self.udp_ports),
             **{f"rejected.{reason}": n for reason, n in self.rejected.items()},
             **({f"ha.{name}": n for name, n in self.pair.fsm.counts.items()} if self.pair is not None else {}),
         }
         path = naming.metric_path
-        points: list[Point] = []
+        points: list[Datapoint] = []
         for name, total in totals.items():
             points.append(
                 (
@@ -429,4 +445,5 @@ class Orchester:
         return points
 
     def write_own_metrics(self) -> None:
-        self.egress.send(self.own_metrics())
+        """``self.orchester.*`` to Carbon, by the one path: a ``deny`` rule filters them as any datapoint."""
+        self.to_egress(self.own_metrics())

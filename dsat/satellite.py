@@ -20,7 +20,6 @@ in memory with :mod:`dsat.testing`.
 
 from __future__ import annotations
 
-import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -34,7 +33,8 @@ from dsat import naming
 from dsat.binarystar import HEARTBEAT_TOPIC, ServerChoice
 from dsat.breaker import Circuits
 from dsat.counters import Rejections, should_log
-from dsat.envelope import Batches, Datapoint, Envelope, encode
+from dsat.datapoint import Datapoint, number_problem
+from dsat.envelope import Batches, Envelope, encode
 from dsat.errors import BadName, EnvelopeError
 from dsat.events import Reporter, parse_published
 from dsat.plugins import SatelliteSpec
@@ -209,8 +209,9 @@ class SatelliteRuntime:
             try:
                 metric, value = item[0], item[1]
                 ts = item[2] if len(item) > 2 else now
-                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                    self.rejected.reject("bad_value", f"{metric}: {value!r} is not a finite number")
+                problem = number_problem(ts, value)
+                if problem is not None:
+                    self.rejected.reject(problem, f"{metric}: timestamp {ts!r}, value {value!r}")
                     continue
                 points.append((self._path(metric), ts, value))
             except BadName as exc:

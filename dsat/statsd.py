@@ -25,20 +25,27 @@ from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 
 from dsat.counters import Rejections
-from dsat.envelope import Datapoint
+from dsat.datapoint import Datapoint, Validator
 from dsat.errors import BadName, ConfigError
 from dsat.ingress import Sink
-from dsat.naming import MAX_PATH_CHARS, TAG_SEPARATOR, PathCleaner, clean_path
+from dsat.naming import MAX_PATH_CHARS, TAG_SEPARATOR, PathCache, clean_path
+from dsat.topology import IngressConf
 
-STATSD_PORT = 8125
-#: etsy statsd's ``globalPrefix``.
-DEFAULT_PREFIX = "stats"
 #: Distinct names held at once, all types together (gauges are held for good).
 MAX_KEYS = 20_000
 #: Timer values and set members held between two flushes, all names together.
 MAX_VALUES = 1_000_000
 
 _TYPES = frozenset(("c", "ms", "g", "s"))
+
+
+def valid_percentile(pct: object) -> bool:
+    """Whether *pct* is a percentile etsy statsd flushes: a number in ``[-100, 0)`` or ``(0, 100]`` (not a bool).
+
+    ``90`` is over the lowest 90 per cent of a timer's samples, ``-10`` over
+    the highest 10 per cent; ``100`` and ``-100`` over all of them.
+    """
+    return isinstance(pct, int | float) and not isinstance(pct, bool) and 0 < abs(pct) <= 100
 
 
 def percentile_label(pct: float) -> str:
@@ -138,17 +145,17 @@ class StatsdAggregator:
     def __init__(
         self,
         clock: IReactorTime,
-        flush_interval: float = 10.0,
-        prefix: str = DEFAULT_PREFIX,
+        flush_interval: float = IngressConf.statsd_flush,
+        prefix: str = IngressConf.statsd_prefix,
         *,
-        percentiles: Sequence[float] = (90,),
+        percentiles: Sequence[float] = IngressConf.statsd_percentiles,
         max_keys: int = MAX_KEYS,
         max_values: int = MAX_VALUES,
         rejections: Rejections | None = None,
     ) -> None:
         if not flush_interval > 0:
             raise ConfigError(f"statsd flush_interval is {flush_interval!r}; it must be a positive number of seconds")
-        bad = [p for p in percentiles if not 0 < abs(p) <= 100]
+        bad = [p for p in percentiles if not valid_percentile(p)]
         if bad:
             raise ConfigError(f"statsd percentiles {bad!r}: each must be in [-100, 0) or (0, 100], like 90 or 99.9")
         try:
@@ -167,7 +174,8 @@ class StatsdAggregator:
         self.gauges: dict[str, float] = {}
         self.sets: dict[str, set[str]] = {}
         self.values_held = 0
-        self._clean = PathCleaner()
+        self._paths = PathCache()
+        self._validator = Validator(self._paths)
         # The longest name whose flushed paths (".timers.<name>.sum_squares_99_9"...) stay within MAX_PATH_CHARS.
         suffixes = [".sum_squares", *(f".sum_squares_{percentile_label(p)}" for p in self.percentiles)]
         self._longest_name = MAX_PATH_CHARS - len(self.prefix) - len(".counters.") - max(map(len, suffixes))
@@ -204,7 +212,7 @@ class StatsdAggregator:
             self._reject("invalid_line", source, line)
             return
         try:
-            name = self._clean(key + tags)
+            name = self._paths.clean(key + tags)
         except BadName as exc:
             self._reject(exc.reason, source, line)
             return
@@ -283,7 +291,9 @@ class StatsdAggregator:
     def flush(self) -> list[Datapoint]:
         """The datapoints for everything received since the last flush, stamped now; then start over.
 
-        Gauges are kept; counters, timers and sets are emptied.
+        Gauges are kept; counters, timers and sets are emptied.  What comes
+        out has passed the datapoint rule (:mod:`dsat.datapoint`): a sum that
+        overflowed to infinity is counted ``nan`` and left out, alone.
         """
         now = round(self.clock.seconds())
         interval = self.flush_interval
@@ -308,7 +318,7 @@ class StatsdAggregator:
         self.timer_counts.clear()
         self.sets.clear()
         self.values_held = 0
-        return points
+        return self._validator.keep(points, self.rejections)
 
 
 class StatsdProtocol(DatagramProtocol):

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from dsat.envelope import Envelope, decode
 from dsat.flow import Producers
+from dsat.spool import Spool
 
 
 class FakeSender:
@@ -69,6 +70,7 @@ class CaptureEgress:
         self.replayed = 0
         self.resent = 0
         self.spool_pending = 0
+        self.spool: Spool | None = None
         self.producers = Producers()
         self.placing = ["127.0.0.1:2004"]
         self.started = False

@@ -909,8 +909,10 @@ def _ingress(problems: _Problems, raw: Any, path: Path) -> IngressConf:
             else:
                 listeners[key] = (host.strip("[]"), int(port))
     percentiles = ing.get("statsd_percentiles", IngressConf.statsd_percentiles)
-    if not all(isinstance(p, int | float) and not isinstance(p, bool) and 0 < abs(p) < 100 for p in percentiles):
-        problems.add("ingress.statsd_percentiles", f"{percentiles!r}: each must be a number between 0 and 100")
+    from dsat.statsd import valid_percentile  # here: dsat.statsd imports this module
+
+    if not all(valid_percentile(p) for p in percentiles):
+        problems.add("ingress.statsd_percentiles", f"{percentiles!r}: each must be in [-100, 0) or (0, 100]")
         percentiles = IngressConf.statsd_percentiles
     tls_files: dict[str, Path | None] = {}
     for key in ("tls_certificate", "tls_key"):

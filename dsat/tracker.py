@@ -9,10 +9,12 @@ every ``metrics_every`` seconds the tracker sends DSAT's own metrics
 orchester as an ordinary tracked batch.
 
 It also keeps a circuit breaker per step (:mod:`dsat.breaker`), fed by the
-steps' outcomes, and raises **alerts** when a batch is given up (FAILURE) or
-a circuit opens: a critical log line, the ``self.tracker.alerts`` count, and,
-when ``[tracker] alert_command`` is set, that command run with the alert as a
-JSON object on its standard input.
+steps' outcomes, and raises **alerts** when a batch is given up (FAILURE), a
+circuit opens, or an orchester's heartbeat says it failed over, found two
+actives or quarantined a corrupt spool (:data:`ALERTING_COUNTERS`): a
+critical log line, the ``self.tracker.alerts`` count, and, when ``[tracker]
+alert_command`` is set, that command run with the alert as a JSON object on
+its standard input.
 """
 
 from __future__ import annotations
@@ -72,9 +74,24 @@ STEP_COUNTERS = (
 )
 TASK_COUNTERS = ("happy_end", "error", "timeout", "retry", "failure")
 #: Totals a step sends in its heartbeats, written as counts per interval.
-HEARTBEAT_COUNTERS = ("link_dropped", "window_evicted", "diverted", "rejected", "dropped", "failovers", "dual_active")
-#: Heartbeat counters whose every increase is an alert (an orchester pair's failovers and two actives).
-ALERTING_COUNTERS = ("failovers", "dual_active")
+HEARTBEAT_COUNTERS = (
+    "link_dropped",
+    "window_evicted",
+    "diverted",
+    "rejected",
+    "dropped",
+    "failovers",
+    "dual_active",
+    "spool_corrupt",
+)
+_HA_DETAILS = {"state": "ha_state", "last_failover": "ha_last_failover"}
+#: Heartbeat counters whose every increase is an alert: an orchester pair's failovers and two actives, and a
+#: spool quarantined at start; each with its alert's kind and the heartbeat fields it carries (detail: field).
+ALERTING_COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
+    "failovers": ("failover", _HA_DETAILS),
+    "dual_active": ("dual_active", _HA_DETAILS),
+    "spool_corrupt": ("spool_corrupt", {"quarantined": "spool_quarantined"}),
+}
 
 
 class TrackerService:
@@ -159,21 +176,13 @@ class TrackerService:
             self.rejected.reject("wrong_channel", f"{env.channel!r}/{env.type!r} from {env.step!r}")
 
     def _alert_on_increase(self, env: Envelope) -> None:
-        """Alert when a heartbeat's failover (or two-actives) count went up since the step's last one."""
+        """Alert when one of a heartbeat's :data:`ALERTING_COUNTERS` went up since the step's last heartbeat."""
         before = self.heartbeats.get(env.step, {}).get("counters", {})
-        for name in ALERTING_COUNTERS:
+        for name, (kind, fields) in ALERTING_COUNTERS.items():
             now = env.meta.get(name)
             if isinstance(now, int) and now > before.get(name, 0):
-                self.alert(
-                    "failover" if name == "failovers" else name,
-                    {
-                        "step": env.step,
-                        "host": env.where,
-                        "state": env.meta.get("ha_state", ""),
-                        "last_failover": env.meta.get("ha_last_failover", ""),
-                        "count": now,
-                    },
-                )
+                details = {detail: env.meta.get(field, "") for detail, field in fields.items()}
+                self.alert(kind, {"step": env.step, "host": env.where, **details, "count": now})
 
     def publish(self, change: Change) -> None:
         """Publish one state change under its emitter's topic; alert on FAILURE.

@@ -16,11 +16,10 @@ from twisted.internet.testing import StringTransport
 
 from dsat.cache import entry_bytes
 from dsat.counters import Rejections
-from dsat.envelope import Datapoint
+from dsat.datapoint import Datapoint, Validator
 from dsat.errors import BadName
 from dsat.ingress import (
     MAX_PICKLE_LENGTH,
-    PathCache,
     PickleFactory,
     PickleProtocol,
     PlaintextDatagram,
@@ -30,7 +29,7 @@ from dsat.ingress import (
     parse_pickle,
     parse_plaintext,
 )
-from dsat.naming import clean_path
+from dsat.naming import PathCache, clean_path
 
 NOW = 1_700_000_100.0
 TS = 1_700_000_000
@@ -126,17 +125,6 @@ def test_the_line_limit_is_configurable() -> None:
     assert points == [("a", 1_700_000_000.0, 1.0)] and rejected == Counter({"line_too_long": 1})
 
 
-def test_the_path_cache_keeps_results_and_stays_bounded() -> None:
-    """The cache maps raw paths to clean ones ("" for rejected), drops long keys, and stays in its budget."""
-    budget = 2 * 2 * entry_bytes(b"a/b")  # two such paths per generation
-    cache = PathCache(max_bytes=budget)
-    assert cache[b"a/b"] == "a_b" and cache[b"\x00"] == ""
-    assert len(cache) == 2
-    assert cache[b"c"] == "c" and len(cache) == 3
-    assert cache[b"d"] == "d" and cache[b"e"] == "e" and len(cache) == 3 and cache._cache.nbytes <= budget
-    assert cache[b"x" * 2000] == "" and len(cache) == 3
-
-
 def lines_corpus(seed: int, count: int) -> bytes:
     """Good lines, mangled lines and random bytes, mixed."""
     rng = random.Random(seed)
@@ -186,7 +174,7 @@ def test_the_fast_path_agrees_with_the_line_by_line_path(seed: int) -> None:
         lines[rng.randrange(200)] = b" a.b 1 1700000000"
     body = b"\n".join(lines) + b"\n"
     slow: Counter[str] = Counter()
-    expected = _parse_each(body, NOW, 4096, PathCache(), slow)
+    expected = _parse_each(body, NOW, 4096, Validator(), slow)
     points, rejected, _ = parse_plaintext(body, NOW)
     assert points == expected and rejected == slow
     assert all(type(ts) is float and type(v) is float for _, ts, v in points)
@@ -239,8 +227,6 @@ def test_a_malicious_pickle_is_rejected_and_never_run(tmp_path: Path) -> None:
     "frame",
     [
         pickle.dumps({"a": (TS, 1.0)}, protocol=2),  # a dict
-        pickle.dumps([("a", (TS, None))], protocol=2),
-        pickle.dumps([("a", (TS, True))], protocol=2),
         pickle.dumps([(b"a", (TS, 1.0))], protocol=3),  # bytes
         pickle.dumps([("a", (TS, {1.0}))], protocol=4),  # a set
         pickle.dumps(Counter(a=1), protocol=2),  # a class
@@ -251,8 +237,15 @@ def test_a_malicious_pickle_is_rejected_and_never_run(tmp_path: Path) -> None:
     ],
 )
 def test_frames_that_are_not_carbon_pickles_count_bad_pickle(frame: bytes) -> None:
-    """A frame is one bad_pickle unless it is a list or tuple built of lists, tuples, strings and numbers."""
+    """A frame is one bad_pickle unless it is a list or tuple built of lists, tuples, strings, numbers and constants."""
     assert parse_pickle(frame, NOW) == ([], Counter({"bad_pickle": 1}))
+
+
+@pytest.mark.parametrize("value", [None, True, False])
+def test_a_none_or_boolean_value_is_refused_alone(value: object) -> None:
+    """None and booleans load (constants, nothing called) and the datapoint rule refuses the item, not the frame."""
+    frame = pickle.dumps([("a", (TS, value)), ("b", (TS, 1.0)), ("c", (value, 1.0))], protocol=2)
+    assert parse_pickle(frame, NOW) == ([("b", TS, 1.0)], Counter({"bad_value": 1, "bad_timestamp": 1}))
 
 
 def test_a_huge_memo_index_costs_nothing() -> None:
@@ -512,9 +505,10 @@ def test_hostile_tags_in_a_pickle_are_refused_by_reason_and_the_rest_lands() -> 
 
 def test_the_path_cache_counts_a_refusal_under_its_reason_every_time() -> None:
     """A refused path is counted under its own reason every time, from the cache as on first sight."""
-    paths = PathCache()
+    validator = Validator()
+    paths = validator.paths
     for _ in range(2):
-        points, rejected, _ = parse_plaintext(b"a;k=~x 1 1700000000\na\x01 1 1700000000\n", NOW, paths=paths)
+        points, rejected, _ = parse_plaintext(b"a;k=~x 1 1700000000\na\x01 1 1700000000\n", NOW, validator=validator)
         assert points == [] and rejected == Counter({"bad_tag": 1, "bad_name": 1})
     assert len(paths) == 2 and paths.clean_many([b"a;k=~x", b"a\x01"]) == ["", ""]
 

@@ -15,7 +15,7 @@ from carbon.util import TaggedSeries
 from dsat import naming
 from dsat.cache import entry_bytes
 from dsat.errors import BadName
-from dsat.naming import MAX_COMPONENT_BYTES, MAX_PATH_CHARS, PathCleaner, clean_path, component, metric_path
+from dsat.naming import MAX_COMPONENT_BYTES, MAX_PATH_CHARS, PathCache, clean_path, component, metric_path
 from tests.conftest import ROOT
 
 SAFE_PUNCTUATION = set("_-:+=@%#~")
@@ -323,35 +323,34 @@ def counting_clean_path(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_path_cleaner_caches_results_and_rejections(monkeypatch: pytest.MonkeyPatch) -> None:
-    """PathCleaner cleans each path once; a cached rejection raises a fresh BadName with the same message."""
+def test_the_path_cache_caches_results_and_rejections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PathCache cleans each path once; a cached rejection raises a fresh BadName with the same message."""
     calls = counting_clean_path(monkeypatch)
-    cleaner = PathCleaner()
-    assert cleaner("a..b c") == "a.b_c"
-    assert cleaner("a..b c") == "a.b_c"
+    cache = PathCache()
+    assert cache.clean("a..b c") == "a.b_c"
+    assert cache.clean("a..b c") == "a.b_c"
     errors = []
     for _ in range(2):
         with pytest.raises(BadName, match="U\\+0000") as caught:
-            cleaner("a\x00b")
+            cache.clean("a\x00b")
         errors.append(caught.value)
-    assert calls == ["a..b c", "a\x00b"]
+    assert calls.count("a..b c") == 1  # a rejection is cleaned again to find its reason, an accepted path never
     assert errors[0] is not errors[1] and str(errors[0]) == str(errors[1])
     assert errors[1].reason == "bad_name"
 
 
-def test_path_cleaner_is_bounded() -> None:
-    """The cache keeps two generations within its budget; paths over 1024 characters are never kept."""
-    budget = 2 * 3 * entry_bytes("a")  # three one-character paths per generation
-    cleaner = PathCleaner(max_bytes=budget)
-    for path in ("a", "b", "c", "d"):
-        cleaner(path)
-    assert len(cleaner) == 4  # a, b, c in the old generation, d in the young one
-    for path in ("e", "f", "g"):
-        cleaner(path)
-    assert len(cleaner) == 4 and cleaner._cache.nbytes <= budget  # d, e, f old now, g young: a, b, c gone
+def test_the_path_cache_keeps_results_and_stays_bounded() -> None:
+    """Raw paths (str or bytes) map to clean ones ("" for rejected); long keys are not kept; the budget holds."""
+    budget = 2 * 2 * entry_bytes(b"a/b")  # two such paths per generation
+    cache = PathCache(max_bytes=budget)
+    assert cache.clean_many([b"a/b", b"\x00"]) == ["a_b", ""]
+    assert len(cache) == 2
+    assert cache.clean(b"c") == "c" and len(cache) == 3
+    assert cache.clean("d") == "d" and cache.clean(b"e") == "e" and len(cache) == 3
+    assert cache._cache.nbytes <= budget
     with pytest.raises(BadName, match="over 1024"):
-        cleaner("x" * 5000)
-    assert len(cleaner) == 4
+        cache.clean("x" * 5000)
+    assert cache.clean_many([b"x" * 2000]) == [""] and len(cache) == 3
 
 
 # -- tagged series -------------------------------------------------------------

@@ -377,3 +377,84 @@ def test_two_actives_the_backup_yields_and_odd_heartbeats_are_counted() -> None:
     orch.on_peer_heartbeat(peer_beat("ACTIVE", host="hub-b"))
     orch.on_peer_heartbeat(b"junk")
     assert orch.rejected["bad_heartbeat"] == 2
+
+
+def test_a_satellite_sending_milliseconds_is_refused_as_the_ingress_refuses_them() -> None:
+    """The one datapoint rule at the satellites' entry: a timestamp at or past 2**32 (milliseconds) is bad_timestamp,
+    as over the Graphite ingress; the rest of the batch lands."""
+    orch, egress, events, _, _ = make()
+    points = (("ms", 1_700_000_000_000, 1.0), ("edge", 2**32, 1.0), ("ok", 2**32 - 1, 1.0), ("zero", 0, 1.0))
+    orch.on_frame(frame(points)[1])
+    assert egress.points == [("ok", 2**32 - 1, 1.0)]
+    assert orch.rejected == {"bad_timestamp": 3}
+    assert events.envelopes()[-1].meta == {"points": 1, "rejected": 3}
+
+
+def test_a_deny_rule_filters_the_orchesters_own_metrics_as_any_datapoint() -> None:
+    """write_own_metrics takes the one path: a deny rule on self.orchester drops them (counted filtered)."""
+    from dsat.rules import load_rules
+
+    orch, egress, _, _, _ = make()
+    orch.rules = load_rules(deny=["\\.self\\.orchester\\.rejected\\."])
+    orch.on_frame(frame((("a.b", 1_700_000_000, 1.0), ("bad\x00", 1_700_000_000, 1.0)))[1])
+    orch.write_own_metrics()
+    written = [path for path, _, _ in egress.points]
+    assert "dsat.h.self.orchester.points_in" in written
+    assert not [path for path in written if ".rejected." in path]
+    assert orch.rejected["filtered"] == 1  # the one rejected.bad_name datapoint
+
+
+def test_an_aggregate_that_overflows_is_refused_by_the_rule_alone(tmp_path: Path) -> None:
+    """Aggregates go through the datapoint rule (not the rules again): a sum past 1e308 is nan, the others land."""
+    from dsat.rules import load_rules
+
+    rules_file = tmp_path / "aggregation-rules.conf"
+    rules_file.write_text("big.all (10) = sum big.<host>\nsmall.all (10) = sum small.<host>\n")
+    orch, egress, _, _, clock = make()
+    orch.rules = load_rules(aggregation_path=rules_file, clock=clock)
+    start = int(clock.seconds()) // 10 * 10
+    orch.ingest([("big.a", start, 1e308), ("big.b", start, 1e308), ("small.a", start, 1.0), ("small.b", start, 2.0)])
+    clock.advance(40)
+    orch.flush_aggregates()
+    assert ("small.all", float(start), 3.0) in egress.points
+    assert not [p for p in egress.points if p[0] == "big.all"]
+    assert orch.rejected == {"nan": 1}
+
+
+def test_a_reload_counts_the_aggregation_buffers_it_discards(tmp_path: Path) -> None:
+    """Rules reloaded without an aggregation rule: the datapoints it held are counted as rejected.rule_removed, and
+    the refused reloads as rules_refused, both in the orchester's own metrics."""
+    import dataclasses
+    import os
+
+    from dsat.rules import load_rules
+    from dsat.topology import RulesConf
+
+    rules_file = tmp_path / "aggregation-rules.conf"
+    rules_file.write_text("app.all (60) = sum app.<host>\n")
+    orch, egress, _, _, clock = make()
+    topo = dataclasses.replace(orch.topology, rules=RulesConf(aggregation=rules_file))
+    rules = load_rules(aggregation_path=rules_file, clock=clock)
+    orch = Orchester(topo, clock=clock, egress=egress, senders={}, reporter=orch.reporter, where="h", rules=rules)
+    orch.ingest([("app.a", 1_700_000_000, 1.0), ("app.b", 1_700_000_001, 2.0), ("app.c", 1_700_000_002, 3.0)])
+    rules_file.write_text("other.all (60) = sum other.<host>\n")
+    os.utime(rules_file, (1, 1))
+    orch.watch_rules()
+    assert orch.rejected == {"rule_removed": 3}
+    rules_file.write_text("this is ( not a rule\n")
+    os.utime(rules_file, (2, 2))
+    orch.watch_rules()
+    metrics = {path.split(".self.orchester.")[1]: v for path, _, v in orch.own_metrics()}
+    assert metrics["rejected.rule_removed"] == 3 and metrics["rules_refused"] == 1
+
+
+def test_the_spools_refusals_are_in_the_own_metrics(tmp_path: Path) -> None:
+    """Spool.refused (batches a full spool refused under block) is reported as self.orchester.spool_refused."""
+    from dsat.spool import Spool
+
+    orch, egress, _, _, _ = make()
+    egress.spool = Spool(tmp_path / "s.db", max_bytes=10, policy="block")
+    assert not egress.spool.put("a", b"x" * 100, 1) and not egress.spool.put("a", b"x" * 100, 1)
+    first = {path.split(".self.orchester.")[1]: v for path, _, v in orch.own_metrics()}
+    second = {path.split(".self.orchester.")[1]: v for path, _, v in orch.own_metrics()}
+    assert (first["spool_refused"], second["spool_refused"]) == (2, 0)

@@ -87,17 +87,19 @@ def test_collector_builds_paths_stamps_time_and_sends_to_every_next() -> None:
 
 
 def test_collector_rejects_bad_values_and_names_and_keeps_the_rest() -> None:
-    """NaN, booleans, strings and malformed items are counted by reason; good points still go."""
+    """The datapoint rule at the source: NaN, booleans, strings, millisecond timestamps and malformed items are
+    counted by reason (the orchester's reasons); good points still go."""
     runtime, senders, _, _ = make_runtime(
         "collector",
-        lambda: [("ok", 1), ("nan", math.nan), ("flag", True), ("s", "x"), ("short",), ("", 3)],
+        lambda: (
+            [("ok", 1), ("nan", math.nan), ("flag", True), ("s", "x"), ("short",), ("", 3)]
+            + [("ms", 1.0, 1_700_000_000_000), ("when", 1.0, True)]
+        ),
         every=10,
     )
     env = runtime.collect_once()
     assert env is not None and [p[0] for p in env.points] == ["dsat.host1.s1.ok"]
-    assert runtime.rejected["bad_value"] == 3
-    assert runtime.rejected["bad_datapoint"] == 1
-    assert runtime.rejected["bad_name"] == 1
+    assert runtime.rejected == {"nan": 1, "bad_value": 2, "bad_timestamp": 2, "bad_datapoint": 1, "bad_name": 1}
 
 
 def test_collector_metrics_may_carry_graphite_tags() -> None:

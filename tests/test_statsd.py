@@ -10,9 +10,9 @@ import pytest
 from twisted.internet.task import Clock
 
 from dsat.counters import Rejections
-from dsat.envelope import Datapoint
+from dsat.datapoint import Datapoint
 from dsat.errors import ConfigError
-from dsat.statsd import StatsdAggregator, StatsdProtocol, percentile_label, timer_stats
+from dsat.statsd import StatsdAggregator, StatsdProtocol, percentile_label, timer_stats, valid_percentile
 
 NOW = 1_700_000_000
 
@@ -233,7 +233,8 @@ def test_garbage_packets_never_raise() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"flush_interval": 0}, {"percentiles": [0]}, {"percentiles": [101]}, {"prefix": ""}, {"prefix": "a\x00"}],
+    [{"flush_interval": 0}, {"percentiles": [0]}, {"percentiles": [101]}, {"percentiles": [True]}]
+    + [{"prefix": ""}, {"prefix": "a\x00"}],
 )
 def test_bad_settings_raise_config_error(options: dict[str, object]) -> None:
     """A zero flush interval, a percentile outside (0, 100] (or its negative) or a bad prefix is a ConfigError."""
@@ -290,3 +291,30 @@ def test_graphite_tags_in_a_statsd_name_are_canonical() -> None:
     agg, _ = make()
     agg.receive(b"q;b=2;a=1:1|c\nq:2|c|#a:1,b:2")
     assert flushed(agg) == {"stats.counters.q.rate;a=1;b=2": 0.3, "stats.counters.q.count;a=1;b=2": 3.0}
+
+
+def test_a_sum_past_the_float_range_is_refused_by_the_datapoint_rule_alone() -> None:
+    """The flush output goes through the one datapoint rule: a counter that overflowed to inf is counted nan and
+    left out; the other names flush."""
+    agg, _ = make()
+    agg.receive(b"big:1e308|c\nbig:1e308|c\nsmall:1|c\n")
+    assert flushed(agg) == {"stats.counters.small.rate": 0.1, "stats.counters.small.count": 1.0}
+    assert agg.rejections == Counter({"nan": 2})  # big's rate and count
+
+
+@pytest.mark.parametrize(("pct", "valid"), [(90, True), (99.9, True), (100, True), (-10, True), (-100, True)]
+    + [(0, False), (100.5, False), (-101, False), (True, False), ("90", False), (math.nan, False)])  # fmt: skip
+def test_the_one_percentile_rule(pct: object, valid: bool) -> None:
+    """One rule for the aggregator and the topology's [ingress] statsd_percentiles."""
+    from pathlib import Path
+
+    from dsat import topology
+
+    assert valid_percentile(pct) is valid
+    text = '[dsat]\nwhere = "h"\n[carbon]\ndestinations = ["127.0.0.1:2004"]\n[ingress]\nstatsd = "127.0.0.1:8125"\n'
+    text += f"statsd_percentiles = [{pct!r}]\n".replace("True", "true").replace("'", '"')
+    if valid:
+        topology.loads(text, path=Path("/tmp/t.toml"))
+    else:
+        with pytest.raises(ConfigError, match="statsd_percentiles"):
+            topology.loads(text, path=Path("/tmp/t.toml"))

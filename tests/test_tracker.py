@@ -166,3 +166,56 @@ def test_a_failover_in_the_orchester_heartbeat_is_an_alert() -> None:
         svc.on_event(frame)
     assert svc.alerts["failover"] == 2
     assert svc.status()["heartbeats"]["orchester"]["counters"]["failovers"] == 2
+
+
+def test_a_spool_quarantined_at_start_reaches_the_alert_command_once(tmp_path: Path) -> None:
+    """An orchester whose spool was quarantined says so in every heartbeat; the tracker alerts once, through the
+    alert command, with where the file went."""
+    from dsat.orchester import Orchester
+    from dsat.spool import Spool
+    from dsat.testing import CaptureEgress
+
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not an SQLite database" * 100)
+    egress = CaptureEgress()
+    egress.spool = Spool(path)
+    assert egress.spool.quarantined is not None
+    clock = SpawningClock()
+    topo = topology.loads(
+        TOPOLOGY.replace('timeout = "30s"', 'timeout = "30s"\nalert_command = "/bin/cat -"'),
+        path=Path("/tmp/t.toml"),
+        registry=REGISTRY,
+    )
+    events = FakeSender()
+    orch = Orchester(
+        topo, clock=clock, egress=egress, senders={}, reporter=Reporter(events, step="orchester", where="h", pid=2),
+        where="h",
+    )  # fmt: skip
+    svc = TrackerService(topo, clock=clock, where="h", publisher=FakeSender(), orchester=FakeSender())
+    for _ in range(3):
+        orch.heartbeat()
+    for frame in events.frames:
+        svc.on_event(frame)
+    assert svc.alerts == {"spool_corrupt": 1}
+    [(hook, executable, _)] = clock.spawned
+    alert = json.loads(hook.payload)  # type: ignore[attr-defined]
+    assert alert["alert"] == "spool_corrupt" and alert["step"] == "orchester" and alert["count"] == 1
+    assert str(egress.spool.quarantined) in alert["quarantined"] and str(path) in alert["quarantined"]
+    values = {p: v for p, _, v in svc.own_metrics()}
+    assert values["dsat.h.self.steps.orchester.spool_corrupt"] == 1 and values["dsat.h.self.tracker.alerts"] == 1
+
+
+def test_a_sound_spool_raises_no_alert(tmp_path: Path) -> None:
+    from dsat.orchester import Orchester
+    from dsat.spool import Spool
+    from dsat.testing import CaptureEgress
+
+    egress = CaptureEgress()
+    egress.spool = Spool(tmp_path / "s.db")
+    svc, _, _, clock = make()
+    events = FakeSender()
+    reporter = Reporter(events, step="orchester", where="h", pid=2)
+    orch = Orchester(svc.topology, clock=clock, egress=egress, senders={}, reporter=reporter, where="h")
+    orch.heartbeat()
+    svc.on_event(events.frames[-1])
+    assert svc.alerts == {} and "spool_corrupt" not in events.envelopes()[-1].meta
