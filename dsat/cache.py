@@ -1,7 +1,7 @@
 """The bounded cache of the hot path: what a path became, kept while it is used, within a byte budget.
 
 The orchester caches, per distinct metric path, what cleaning it
-(:class:`dsat.ingress.PathCache`, :class:`dsat.naming.PathCleaner`) and the
+(:class:`dsat.naming.PathCache`) and the
 rules (:class:`dsat.rules.RuleSet`) made of it.  A cache emptied when full
 collapses as soon as the names outnumber it: every lookup misses, and the
 work of filling it is wasted.  :class:`GenerationalCache` keeps two

@@ -254,15 +254,20 @@ def test_ingest_sends_client_datapoints_through_the_rules_to_carbon(tmp_path: Pa
     assert events.frames == []  # no batch to track: nothing for the tracker
 
 
-def test_flush_aggregates_sends_each_closed_interval_once(tmp_path: Path) -> None:
-    """An aggregation rule's output is sent when its interval is closed (past the lateness), and only then."""
+def aggregating(tmp_path: Path, rules: str) -> tuple[Orchester, CaptureEgress, Clock, int]:
+    """An orchester with these aggregation rules, and the start of the current 10 s interval."""
     from dsat.rules import load_rules
 
     rules_file = tmp_path / "aggregation-rules.conf"
-    rules_file.write_text("app.all.requests (10) = sum app.<host>.requests\n")
+    rules_file.write_text(rules)
     orch, egress, _, _, clock = make()
     orch.rules = load_rules(aggregation_path=rules_file, clock=clock)
-    start = int(clock.seconds()) // 10 * 10
+    return orch, egress, clock, int(clock.seconds()) // 10 * 10
+
+
+def test_flush_aggregates_sends_each_closed_interval_once(tmp_path: Path) -> None:
+    """An aggregation rule's output is sent when its interval is closed (past the lateness), and only then."""
+    orch, egress, clock, start = aggregating(tmp_path, "app.all.requests (10) = sum app.<host>.requests\n")
     orch.ingest([("app.a.requests", start, 1.0), ("app.b.requests", start + 5, 2.0)])
     orch.flush_aggregates()
     assert ("app.all.requests", float(start), 3.0) not in egress.points  # the interval is still open
@@ -406,13 +411,9 @@ def test_a_deny_rule_filters_the_orchesters_own_metrics_as_any_datapoint() -> No
 
 def test_an_aggregate_that_overflows_is_refused_by_the_rule_alone(tmp_path: Path) -> None:
     """Aggregates go through the datapoint rule (not the rules again): a sum past 1e308 is nan, the others land."""
-    from dsat.rules import load_rules
-
-    rules_file = tmp_path / "aggregation-rules.conf"
-    rules_file.write_text("big.all (10) = sum big.<host>\nsmall.all (10) = sum small.<host>\n")
-    orch, egress, _, _, clock = make()
-    orch.rules = load_rules(aggregation_path=rules_file, clock=clock)
-    start = int(clock.seconds()) // 10 * 10
+    orch, egress, clock, start = aggregating(
+        tmp_path, "big.all (10) = sum big.<host>\nsmall.all (10) = sum small.<host>\n"
+    )
     orch.ingest([("big.a", start, 1e308), ("big.b", start, 1e308), ("small.a", start, 1.0), ("small.b", start, 2.0)])
     clock.advance(40)
     orch.flush_aggregates()
