@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -326,7 +327,7 @@ class Orchester:
         *,
         checked: bool = False,
         ruled: bool = False,
-        on_written: Callable[[list[Datapoint]], None] | None = None,
+        on_written: Callable[[Sequence[Datapoint]], None] | None = None,
     ) -> None:
         """The one way to Carbon: the datapoint rule, the rules, placement and the egress.
 
@@ -343,9 +344,8 @@ class Orchester:
             for reason, count in drops.items():
                 self.rejected.reject(reason, f"{count} datapoints ({reason}) by the rules", count)
             points = kept
-        sent = list(points)
-        self.egress.send(sent, None if on_written is None else lambda: on_written(sent))
-        self.points_out += len(sent)
+        self.egress.send(points, None if on_written is None else partial(on_written, points))
+        self.points_out += len(points)
 
     def ingest(self, points: list[Datapoint]) -> None:
         """Datapoints from Graphite or statsd clients, checked by the datapoint rule as they were read."""
@@ -402,7 +402,7 @@ class Orchester:
     def to_carbon(self, env: Envelope) -> None:
         """A batch routed to carbon, by the one path; HAPPY_END once written, with how many were rejected."""
 
-        def written(sent: list[Datapoint]) -> None:
+        def written(sent: Sequence[Datapoint]) -> None:
             self.reporter.ended(env, points=len(sent), rejected=len(env.points) - len(sent))
 
         self.to_egress(env.points, on_written=written)
