@@ -3,9 +3,10 @@
 Feeds ``bench/relay.py``'s workload (``--names`` distinct names, ``--rounds``
 rounds of them) to the same objects the orchester runs for a plaintext
 listener: :func:`dsat.ingress.parse_plaintext` with one
-:class:`~dsat.ingress.PathCache`, the bench's rewrite rule in a
-:class:`~dsat.rules.RuleSet`, then :class:`~dsat.carbon.CarbonEgress`
-placement over ``--destinations`` and plaintext encoding of each part.  No
+:class:`~dsat.datapoint.Validator` (the datapoint rule and its path cache),
+the bench's rewrite rule in a :class:`~dsat.rules.RuleSet`, then
+:class:`~dsat.carbon.CarbonEgress` placement over ``--destinations`` and
+plaintext encoding of each part.  No
 sockets and no reactor, so the figure is CPU time (``time.process_time``) and
 is not disturbed much by other work on the machine.  Each round is timed on
 its own: the first is the cold path (every name new), the later ones show

@@ -31,7 +31,7 @@ from typing import Any
 from twisted.internet.interfaces import IReactorTime
 
 from dsat.cache import DEFAULT_MAX_BYTES, GenerationalCache
-from dsat.envelope import Datapoint
+from dsat.datapoint import Datapoint
 from dsat.errors import BadName, ConfigError
 from dsat.naming import MAX_PATH_CHARS, all_safe, clean_path
 
