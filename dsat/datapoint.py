@@ -25,7 +25,7 @@ lists, and sends any chunk it does not prove acceptable to the per-line path
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from dsat.cache import DEFAULT_MAX_BYTES
@@ -48,19 +48,25 @@ class BadDatapoint(DsatError):
     """A datapoint's value or timestamp is not one Carbon may store; ``reason`` is one of :data:`REASONS`."""
 
 
+#: The exact types of a number, checked first (a set lookup); an ``int`` or ``float`` subclass but ``bool`` also is one.
+_EXACT = frozenset((int, float))
+
+
+def _not_number(x: object) -> bool:
+    return type(x) not in _EXACT and (isinstance(x, bool) or not isinstance(x, int | float))
+
+
 def number_problem(timestamp: object, value: object) -> str | None:
     """Why a datapoint with *timestamp* and *value* is refused (``bad_value``, ``nan``, ``bad_timestamp``), or None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if _not_number(value):
         return BAD_VALUE
     try:
-        finite = math.isfinite(value)
+        finite = math.isfinite(value)  # type: ignore[arg-type]
     except OverflowError:  # an int too large for a float
         return BAD_VALUE
     if not finite:
         return NAN
-    if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
-        return BAD_TIMESTAMP
-    if not 0 < timestamp < MAX_TIMESTAMP:  # NaN compares false: refused too
+    if _not_number(timestamp) or not 0 < timestamp < MAX_TIMESTAMP:  # type: ignore[operator]  # NaN compares false
         return BAD_TIMESTAMP
     return None
 
@@ -78,6 +84,20 @@ def all_numbers_acceptable(timestamps: Sequence[float], values: Sequence[float])
     return total - total == 0.0 and since - since == 0.0 and min(timestamps) > 0.0 and max(timestamps) < MAX_TIMESTAMP
 
 
+def _all_plain_numbers(timestamps: list[object], values: list[object]) -> bool:
+    """:func:`all_numbers_acceptable` for numbers of any type: exactly ``int`` or ``float``, and acceptable."""
+    kinds = set(map(type, values))
+    kinds.update(map(type, timestamps))
+    if not kinds <= _EXACT:
+        return False
+    if int in kinds:
+        try:
+            timestamps, values = list(map(float, timestamps)), list(map(float, values))  # type: ignore[arg-type]
+        except OverflowError:
+            return False
+    return all_numbers_acceptable(timestamps, values)  # type: ignore[arg-type]
+
+
 class Validator:
     """The datapoint rule behind a bounded :class:`~dsat.naming.PathCache` (pass *paths* to share one)."""
 
@@ -91,14 +111,27 @@ class Validator:
             raise BadDatapoint(f"{path[:80]!r}: timestamp {timestamp!r}, value {value!r}", reason=problem)
         return self.paths.clean(path), timestamp, value  # type: ignore[return-value]  # numbers: checked
 
-    def keep(self, points: Iterable[Datapoint], rejections: Rejections) -> list[Datapoint]:
-        """The acceptable datapoints of *points*, made safe; each other one counted (and logged) in *rejections*."""
-        check, reject = self.check, rejections.reject
+    def keep(self, points: Sequence[Datapoint], rejections: Rejections) -> list[Datapoint]:
+        """The acceptable datapoints of *points*, made safe; each other one counted (and logged) in *rejections*.
+
+        The batch is checked whole first: its paths cleaned together
+        (:meth:`~dsat.naming.PathCache.clean_many`) and its numbers by
+        :func:`all_numbers_acceptable`; when every one passes unchanged (the
+        usual batch), that is all.  Otherwise each datapoint is checked, and
+        a refused one goes through :meth:`check` for its reason and message.
+        """
+        raw = [point[0] for point in points]
+        paths = self.paths.clean_many(raw)
+        if paths == raw and _all_plain_numbers([p[1] for p in points], [p[2] for p in points]):
+            return list(points)
         out: list[Datapoint] = []
         append = out.append
-        for path, timestamp, value in points:
+        for point, path in zip(points, paths, strict=True):
+            if path and number_problem(point[1], point[2]) is None:
+                append(point if path == point[0] else (path, point[1], point[2]))
+                continue
             try:
-                append(check(path, timestamp, value))
+                self.check(*point)
             except (BadDatapoint, BadName) as exc:
-                reject(exc.reason, exc)
+                rejections.reject(exc.reason, exc)
         return out

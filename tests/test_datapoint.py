@@ -100,6 +100,45 @@ def test_the_vectorised_bounds_are_the_rules() -> None:
         assert all_numbers_acceptable(stamps, values) == each, (stamps, values)
 
 
+@pytest.mark.parametrize("seed", range(30))
+def test_keep_checks_a_batch_whole_as_the_rule_checks_each(seed: int) -> None:
+    """keep's whole-batch check (paths together, numbers inside C) gives what check() gives each datapoint."""
+    rng = random.Random(seed)
+    values: list[object] = [1, 1.5, -3, 0, 1e20, 2**40]
+    stamps: list[object] = [TS, float(TS), 1, MAX_TIMESTAMP - 1, 1_700_000_000.5]
+    hostile_values: list[object] = [math.nan, math.inf, True, False, 10**400, "1", None]
+    hostile_stamps: list[object] = [0, -1, MAX_TIMESTAMP, 1e20, math.nan, True, TS * 1000, 10**400]
+    paths = ["a.b", "servers.web01.cpu", "m.1"]
+    hostile_paths = ["..", "/", "a/b", "a..b", "x" * 1100, "a\x01b", "lat;k=~v", "lat;region=eu", "é.ü"]
+    hostile = rng.choice([0.0, 0.0, 0.05, 0.5])  # a half of the batches are plain
+    points = [
+        (
+            rng.choice(hostile_paths if rng.random() < hostile else paths),
+            rng.choice(hostile_stamps if rng.random() < hostile else stamps),
+            rng.choice(hostile_values if rng.random() < hostile else values),
+        )
+        for _ in range(rng.randint(1, 40))
+    ]
+    want, want_rejected = [], Counter()
+    for point in points:
+        try:
+            want.append(Validator().check(*point))
+        except (BadDatapoint, BadName) as exc:
+            want_rejected[exc.reason] += 1
+    rejections = Rejections("test")
+    assert Validator().keep(points, rejections) == want  # type: ignore[arg-type]
+    assert rejections == want_rejected
+
+
+@pytest.mark.parametrize(("timestamp", "value", "reason"), [n for n in NUMBERS if n[2] is not None])
+def test_one_bad_number_in_a_plain_batch_is_refused_alone(timestamp: object, value: object, reason: str) -> None:
+    """The case the whole-batch check must not miss: one hostile number among plain datapoints."""
+    plain = [("a.b", TS, 1), ("c", float(TS), 2.5)]
+    rejections = Rejections("test")
+    kept = Validator().keep([*plain, ("d", timestamp, value), *plain], rejections)  # type: ignore[list-item]
+    assert kept == plain + plain and rejections == {reason: 1}
+
+
 # -- the ingress fast path against the rule ------------------------------------
 
 HOSTILE_PATHS = [b"a.b", b"servers.web01.cpu", b"..", b"/", b"a/b", b"a..b", b"x" * 1100, b"x" * 300, b"a\x01b"]
