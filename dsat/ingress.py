@@ -5,12 +5,14 @@ buffers in, datapoints and rejection counts out, never an exception) and the
 Twisted protocols and factories that feed them.  It accepts what
 carbon-cache's ``MetricLineReceiver``, ``MetricDatagramReceiver`` and
 ``MetricPickleReceiver`` accept, with the same "-1 means now" timestamp, and
-rejects the rest by reason (``docs/ingress.rst``).  Every path is made safe by
-:mod:`dsat.naming`, a tagged one (``name;k=v``) put in carbon's canonical
-form; pickles are loaded by an unpickler that knows only the opcodes carbon's
-format needs, so a pickle can build lists, tuples, strings and numbers and
-call nothing.  Each connection only ever handles its own bounded buffer, so a
-garbage client cannot stall the others.
+rejects the rest by reason (``docs/ingress.rst``).  Every datapoint read is
+checked by the one datapoint rule (:mod:`dsat.datapoint`): its path made safe
+by :mod:`dsat.naming`, a tagged one (``name;k=v``) put in carbon's canonical
+form, its value and timestamp in bounds; pickles are loaded by an unpickler
+that knows only the opcodes carbon's format needs, so a pickle can build
+lists, tuples, strings, numbers and constants and call nothing.  Each
+connection only ever handles its own bounded buffer, so a garbage client
+cannot stall the others.
 """
 
 from __future__ import annotations
