@@ -38,6 +38,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from dsat.counters import should_log
+from dsat.datapoint import Datapoint
 from dsat.errors import ConfigError
 from dsat.flow import Producers
 from dsat.spool import Spool
@@ -57,10 +58,8 @@ REPLAY_TICK = 0.1
 RESEND_SECONDS = 5.0
 RESEND_BYTES = 32 * 1024 * 1024
 
-Point = tuple[str, float, float]
 
-
-def encode_pickle(points: Sequence[Point]) -> bytes:
+def encode_pickle(points: Sequence[Datapoint]) -> bytes:
     """Encode points as carbon pickle messages of at most POINTS_PER_MESSAGE each."""
     out = []
     for start in range(0, len(points), POINTS_PER_MESSAGE):
@@ -73,12 +72,12 @@ def encode_pickle(points: Sequence[Point]) -> bytes:
     return b"".join(out)
 
 
-def encode_plaintext(points: Sequence[Point]) -> bytes:
+def encode_plaintext(points: Sequence[Datapoint]) -> bytes:
     """Encode points as carbon plaintext lines ``path value timestamp``."""
     return "".join([f"{path} {value!r} {int(ts)}\n" for path, ts, value in points]).encode()
 
 
-ENCODERS: dict[str, Callable[[Sequence[Point]], bytes]] = {
+ENCODERS: dict[str, Callable[[Sequence[Datapoint]], bytes]] = {
     "pickle": encode_pickle,
     "plaintext": encode_plaintext,
 }
@@ -89,7 +88,7 @@ def is_pickle(data: bytes) -> bool:
     return data[4:6] == b"\x80\x02"
 
 
-def decode(data: bytes) -> list[Point]:
+def decode(data: bytes) -> list[Datapoint]:
     """The datapoints of a batch as :func:`encode_pickle` or :func:`encode_plaintext` wrote it.
 
     Reads spooled and queued batches back, whichever protocol wrote them
@@ -100,7 +99,7 @@ def decode(data: bytes) -> list[Point]:
 
     if not is_pickle(data):
         return parse_plaintext(data, 0.0)[0]
-    points: list[Point] = []
+    points: list[Datapoint] = []
     offset = 0
     while offset + 4 <= len(data):
         (size,) = struct.unpack_from("!L", data, offset)
@@ -233,7 +232,7 @@ class Destination:
         if self.spool is not None:
             self._replay_loop.start(REPLAY_TICK, now=False)
 
-    def retire(self) -> list[tuple[list[Point], Callable[[], None] | None]]:
+    def retire(self) -> list[tuple[list[Datapoint], Callable[[], None] | None]]:
         """Stop for good (the destination is removed): the batches still in memory, decoded, with their callbacks.
 
         What the spool holds for it is the egress's to place elsewhere.
@@ -254,7 +253,7 @@ class Destination:
         self.spool_queue()
         return self.service.stopService()
 
-    def send(self, points: Sequence[Point], on_written: Callable[[], None] | None = None) -> None:
+    def send(self, points: Sequence[Datapoint], on_written: Callable[[], None] | None = None) -> None:
         """Take one batch: write it, queue it, spool it, or (no spool, queue full) drop the oldest.
 
         A spool full under the ``block`` policy refuses the batch: it waits in
@@ -688,11 +687,11 @@ class CarbonEgress:
         at, from_bytes = self._at, int.from_bytes
         return [at[from_bytes(md5(path.encode("utf-8")).digest()[:2], "big")] for path in paths]
 
-    def _split(self, points: Sequence[Point]) -> dict[int, list[Point]]:
+    def _split(self, points: Sequence[Datapoint]) -> dict[int, list[Datapoint]]:
         """The batch's points by the index of each destination that holds them."""
         if self._ring is None:
             return {self._only[0]: list(points)} if points else {}
-        parts: dict[int, list[Point]] = {}
+        parts: dict[int, list[Datapoint]] = {}
         for point, indexes in zip(points, self._place_many([point[0] for point in points]), strict=True):
             for index in indexes:
                 part = parts.get(index)
@@ -701,7 +700,7 @@ class CarbonEgress:
                 part.append(point)
         return parts
 
-    def send(self, points: Sequence[Point], on_written: Callable[[], None] | None = None) -> None:
+    def send(self, points: Sequence[Datapoint], on_written: Callable[[], None] | None = None) -> None:
         """Send one batch; ``on_written`` fires once every part is written (or spooled) at every destination."""
         if not points:
             if on_written is not None:

@@ -35,6 +35,10 @@ from dsat.errors import ConfigError, SpoolCorrupt
 
 POLICIES = ("drop_oldest", "block")
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}
+#: ``[spool]`` defaults (:class:`dsat.topology.SpoolConf` takes them from here).
+DEFAULT_MAX_BYTES = 1 << 30
+DEFAULT_POLICY = "drop_oldest"
+DEFAULT_SYNC = "full"
 #: The one table a spool holds, and its columns in order.
 TABLE = "batches"
 COLUMNS = ("id", "dest", "points", "size", "data")
@@ -58,9 +62,9 @@ class Spool:
         self,
         path: str | Path,
         *,
-        max_bytes: int = 1 << 30,
-        policy: str = "drop_oldest",
-        sync: str = "full",
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        policy: str = DEFAULT_POLICY,
+        sync: str = DEFAULT_SYNC,
     ) -> None:
         if policy not in POLICIES:
             raise ConfigError(f"spool policy {policy!r} is not one of {', '.join(POLICIES)}")

@@ -41,7 +41,7 @@ from dsat.binarystar import ROLES
 from dsat.envelope import CODECS, DEFAULT_CODEC
 from dsat.errors import ConfigError
 from dsat.plugins import SatelliteSpec
-from dsat.spool import POLICIES, SYNC_MODES
+from dsat.spool import DEFAULT_MAX_BYTES, DEFAULT_POLICY, DEFAULT_SYNC, POLICIES, SYNC_MODES
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -177,9 +177,9 @@ class SpoolConf:
     """The disk spool in front of Carbon: file (None = no spool), size bound, overflow policy, replay rate."""
 
     path: Path | None
-    max_bytes: int = 1024 * 1024 * 1024
-    policy: str = "drop_oldest"
-    sync: str = "full"
+    max_bytes: int = DEFAULT_MAX_BYTES
+    policy: str = DEFAULT_POLICY
+    sync: str = DEFAULT_SYNC
     #: Datapoints a second replayed from the spool, at most, beside live traffic.
     replay_rate: float = 50_000.0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import configparser
 import os
 import random
 import re
@@ -526,3 +527,25 @@ def test_a_batch_passes_as_already_safe_only_when_every_path_is_kept_as_it_is(se
         assert not verdict or unchanged
         assert verdict or not ascii_safe
     assert naming.decode_safe(raw) in (None, paths)
+
+
+@pytest.mark.parametrize(
+    ("metric", "method"),
+    [
+        ("dsat.web01.self.orchester.points_in", "sum"),
+        ("dsat.web01.self.orchester.rejected.bad_timestamp", "sum"),
+        ("dsat.web01.self.tracker.rejected.bad_frame", "sum"),
+        ("dsat.web01.self.orchester.ha.failovers", "sum"),
+        ("dsat.web01.self.orchester.ha.active", "max"),
+        ("dsat.web01.self.orchester.queue_depth", "max"),
+        ("dsat.web01.self.cpu.in_flight", "max"),
+        ("stats.timers.api.upper", "max"),
+        ("servers.web01.cpu.total.user", "average"),
+    ],
+)
+def test_storage_aggregation_sums_counts_and_keeps_worst_levels(metric: str, method: str) -> None:
+    """carbon_conf/storage-aggregation.conf: the first section whose pattern matches decides, as in carbon."""
+    conf = configparser.ConfigParser()
+    conf.read(Path(__file__).parent.parent / "carbon_conf" / "storage-aggregation.conf")
+    first = next(conf[s] for s in conf.sections() if re.search(conf[s]["pattern"], metric))
+    assert first["aggregationMethod"] == method
