@@ -26,6 +26,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from hashlib import md5
+
+try:  # CPython's own md5 (HACL*): the same digest as hashlib's, twice as fast on a short key
+    from _md5 import md5 as _md5
+except ImportError:  # pragma: no cover - a Python built without it
+    _md5 = md5
 from typing import Any
 
 from carbon.hashing import ConsistentHashRing
@@ -685,19 +690,25 @@ class CarbonEgress:
         carbon's own ring (:meth:`_table`), gives them.
         """
         at, from_bytes = self._at, int.from_bytes
-        return [at[from_bytes(md5(path.encode("utf-8")).digest()[:2], "big")] for path in paths]
+        return [at[from_bytes(_md5(path.encode("utf-8")).digest()[:2], "big")] for path in paths]
 
     def _split(self, points: Sequence[Datapoint]) -> dict[int, list[Datapoint]]:
         """The batch's points by the index of each destination that holds them."""
         if self._ring is None:
             return {self._only[0]: list(points)} if points else {}
-        parts: dict[int, list[Datapoint]] = {}
+        # Grouped by the table's tuple of destinations first (a few distinct ones), then per destination.
+        groups: dict[tuple[int, ...], list[Datapoint]] = {}
         for point, indexes in zip(points, self._place_many([point[0] for point in points]), strict=True):
+            group = groups.get(indexes)
+            if group is None:
+                group = groups[indexes] = []
+            group.append(point)
+        # A name always gets the same tuple, so each name's points keep their order in every part.
+        parts: dict[int, list[Datapoint]] = {}
+        for indexes, group in groups.items():
             for index in indexes:
                 part = parts.get(index)
-                if part is None:
-                    part = parts[index] = []
-                part.append(point)
+                parts[index] = group if part is None else [*part, *group]
         return parts
 
     def send(self, points: Sequence[Datapoint], on_written: Callable[[], None] | None = None) -> None:

@@ -164,6 +164,21 @@ def test_placement_matches_carbon_relay_consistent_hashing(destinations: list, r
     assert sum(map(len, parts.values())) == replication * len(paths)
 
 
+@pytest.mark.parametrize("replication", [1, 2])
+def test_split_keeps_each_names_points_in_batch_order(replication: int) -> None:
+    """Points are grouped per destination, but a name's points stay in the order of the batch."""
+    egress = CarbonEgress(
+        MemoryReactorClock(), [("127.0.0.1", 2003 + i, f"c{i}") for i in range(4)], replication=replication
+    )
+    batch = [(f"app.name{i % 37}", float(i), float(i)) for i in range(2_000)]
+    parts = egress._split(batch)
+    for index, part in parts.items():
+        expected = [point for point in batch if index in egress.place(point[0])]
+        assert sorted(part) == sorted(expected)
+        for name in {point[0] for point in expected}:
+            assert [p for p in part if p[0] == name] == [p for p in expected if p[0] == name]
+
+
 @pytest.mark.parametrize("count", [2, 3, 5, 12])
 def test_every_ring_position_has_the_destinations_carbons_ring_gives(count: int) -> None:
     """The position table agrees with carbon's own get_nodes at each of the 65,536 carbon_ch positions."""
