@@ -3,7 +3,10 @@
 Installs Twisted's asyncio reactor (once, here, so ``zmq.asyncio`` and
 Twisted share one loop), opens the step's links from the topology, builds the
 tracker, the orchester or a satellite runtime around them, and runs until
-SIGTERM or SIGINT.  Stopping is graceful: the input links close first, then
+SIGTERM or SIGINT.  Each kind of step has its builder (:func:`tracker`,
+:func:`orchester`, :func:`satellite`), given a :class:`Wiring`: the reactor,
+the topology and the factories of its links, ZeroMQ ones from :func:`run`,
+fakes in a test.  Stopping is graceful: the input links close first, then
 the process waits (up to ``DRAIN_SECONDS``) for what is in flight to be handed
 to the next links and to Carbon.
 
@@ -21,8 +24,17 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dsat.events import Reporter
+    from dsat.orchester import Orchester
+    from dsat.satellite import SatelliteRuntime
+    from dsat.topology import Server, Topology
+    from dsat.tracker import TrackerService
+    from dsat.transport import Sender
 
 #: How long a stopping step waits for its queues to drain.
 DRAIN_SECONDS = 5.0
@@ -106,6 +118,225 @@ def host_of(topo: Any, step: str, host: str) -> str:
     return host
 
 
+class Wiring:
+    """What a step's builder needs: the reactor, the topology, and the factories of its links.
+
+    *sender* ``(pattern, address, *, bind=False)`` opens a sending link and
+    *receiver* ``(pattern, address, on_frame, *, bind=True, **options)`` a
+    receiving one; :func:`run` gives ZeroMQ ones, a test gives fakes that
+    record what the step listens on and sends to.  *stop_hooks* are called in
+    order at a graceful stop, after the receivers have closed.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        topo: Topology,
+        step: str,
+        *,
+        host: str,
+        pid: int,
+        sender: Callable[..., Sender],
+        receiver: Callable[..., Any],
+    ) -> None:
+        self.reactor = reactor
+        self.topo = topo
+        self.step = step
+        self.host = host
+        # `where` in metric paths is the host a step runs on.
+        self.where = host or topo.where
+        self.pid = pid
+        self.sender = sender
+        self.receiver = receiver
+        self.stop_hooks: list[Callable[[], object]] = []
+        self.choice = None
+        if topo.servers and step not in ("tracker", "orchester"):
+            from dsat.binarystar import ServerChoice
+
+            self.choice = ServerChoice(
+                reactor,
+                tuple(server.host for server in topo.servers),
+                heartbeat=topo.orchester.heartbeat,
+                missed_beats=topo.orchester.missed_beats,
+            )
+
+    def to_pair(self, address_of: Callable[[Server], str], pattern: str) -> Sender:
+        """One link to each server of the pair, used as one: frames go to the server ``choice`` picks."""
+        from dsat.transport import PairSender
+
+        choice = self.choice
+        assert choice is not None
+        return PairSender(
+            {s.host: self.sender(pattern, address_of(s)) for s in self.topo.servers}, lambda: choice.current
+        )
+
+    def sender_to(self, name: str) -> Sender:
+        """The link to step *name*'s input (to the pair's chosen server for the orchester)."""
+        link = self.topo.input_of(name)
+        if name == "orchester" and self.choice is not None:
+            return self.to_pair(lambda server: server.listen, link.sender_pattern)
+        return self.sender(link.sender_pattern, link.address)
+
+    @cached_property
+    def reporter(self) -> Reporter:
+        """The step's task events and heartbeats, to its tracker (to both trackers of a pair)."""
+        from dsat.events import Reporter
+
+        if self.choice is not None:
+            events = self.to_pair(lambda server: server.events, "push")
+        else:
+            events = self.sender("push", self.topo.tracker.events)
+        return Reporter(events, step=self.step, where=self.where, pid=self.pid)
+
+
+def tracker(wiring: Wiring) -> TrackerService:
+    """The tracker: hears every step's events, publishes states, answers ``dsat status``."""
+    from dsat.tracker import TrackerService
+
+    topo, sender, receiver = wiring.topo, wiring.sender, wiring.receiver
+    svc = TrackerService(
+        topo,
+        clock=wiring.reactor,
+        where=wiring.where,
+        publisher=sender("pub", topo.tracker.states, bind=True),
+        orchester=wiring.sender_to("orchester"),
+        pid=wiring.pid,
+    )
+    receiver("pull", topo.tracker.events, svc.on_event)
+    receiver("rep", topo.tracker.status, svc.on_status_request)
+    svc.start()
+    wiring.stop_hooks.append(svc.stop)
+    return svc
+
+
+def orchester(wiring: Wiring) -> Orchester:
+    """The orchester: its carbon egress and spool, its rules, its links, its Graphite ingress (while ACTIVE)."""
+    from twisted.internet import defer
+
+    from dsat.binarystar import HEARTBEAT_TOPIC
+    from dsat.carbon import CarbonEgress
+    from dsat.events import BREAKER_TOPIC
+    from dsat.orchester import Orchester
+    from dsat.rules import load_rules
+    from dsat.spool import Spool
+
+    reactor, topo, host, sender, receiver = wiring.reactor, wiring.topo, wiring.host, wiring.sender, wiring.receiver
+    reporter = wiring.reporter
+    spool = None
+    if topo.spool.path is not None:
+        spool = Spool(topo.spool.path, max_bytes=topo.spool.max_bytes, policy=topo.spool.policy, sync=topo.spool.sync)
+    egress = CarbonEgress(
+        reactor,
+        topo.carbon.destinations,
+        protocol=topo.carbon.protocol,
+        max_queue=topo.orchester.max_queue,
+        timeout=topo.carbon.timeout,
+        spool=spool,
+        replay_rate=topo.spool.replay_rate,
+        replication=topo.carbon.replication,
+    )
+    rules_conf = topo.rules
+    rules = None
+    if rules_conf.rewrite or rules_conf.aggregation or rules_conf.allow or rules_conf.deny:
+        rules = load_rules(rules_conf.rewrite, rules_conf.aggregation, rules_conf.allow, rules_conf.deny, clock=reactor)
+    # Every transform and sink can be a route target (`dsat route` may point a type at any of them).
+    targets = {name for name, sat in topo.satellites.items() if sat.kind != "collector"}
+    pair = None
+    if topo.servers:
+        from dsat.orchester import PairMember
+
+        server = topo.server(host)
+        pair = PairMember(
+            reactor,
+            host=host,
+            role=server.role,
+            heartbeat=topo.orchester.heartbeat,
+            missed_beats=topo.orchester.missed_beats,
+            publisher=sender("pub", server.heartbeat, bind=True),
+        )
+    orch = Orchester(
+        topo,
+        clock=reactor,
+        egress=egress,
+        reporter=reporter,
+        where=wiring.where,
+        senders={name: wiring.sender_to(name) for name in targets},
+        rules=rules,
+        pair=pair,
+    )
+    ports: list[Any] = []
+
+    def ingress(listening: bool) -> Any:
+        """Open the Graphite and statsd listeners (a pair's ACTIVE server), or close them."""
+        if listening and not ports:
+            ports.extend(listen_ingress(reactor, topo, orch))
+            return None
+        closing = [defer.maybeDeferred(port.stopListening) for port in ports]
+        ports.clear()
+        return defer.gatherResults(closing)
+
+    stop_hooks = wiring.stop_hooks
+    if pair is None:
+        ingress(True)
+    else:
+        pair.on_active = ingress
+        peer = next(s for s in topo.servers if s.host != host)
+        receiver("sub", peer.heartbeat, orch.on_peer_heartbeat, bind=False, topics=(HEARTBEAT_TOPIC,))
+        pair.start()
+        stop_hooks.append(pair.stop)
+    stop_hooks.append(lambda: ingress(False))
+    link = topo.orchester.listen
+    orchester_input = receiver(link.pattern, link.address, orch.on_frame)
+    receiver("sub", topo.tracker.states, orch.on_published, bind=False, topics=(BREAKER_TOPIC,))
+    receiver("sub", topo.orchester.control, orch.on_control)
+    orch.start(orchester_input)
+    stop_hooks.append(orch.stop)
+
+    async def drain_carbon() -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_SECONDS
+        while egress.queued_points and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    stop_hooks.append(lambda: defer.Deferred.fromFuture(asyncio.ensure_future(drain_carbon())))
+    stop_hooks.append(lambda: defer.gatherResults(egress.stop()))  # type: ignore[arg-type]
+    return orch
+
+
+def satellite(wiring: Wiring) -> SatelliteRuntime:
+    """A satellite: its plugin's runtime, its input (transforms and sinks), the tracker's states it follows."""
+    from dsat.binarystar import HEARTBEAT_TOPIC
+    from dsat.events import BREAKER_TOPIC, topic_for
+    from dsat.satellite import SatelliteRuntime
+
+    topo, step, receiver = wiring.topo, wiring.step, wiring.receiver
+    reporter = wiring.reporter
+    conf = topo.satellites[step]
+    runtime = SatelliteRuntime(
+        conf,
+        topo.registry[conf.use],
+        clock=wiring.reactor,
+        prefix=topo.prefix,
+        where=wiring.where,
+        senders={name: wiring.sender_to(name) for name in conf.next},
+        reporter=reporter,
+        pid=wiring.pid,
+        choice=wiring.choice,
+    )
+    if conf.listen is not None:
+        receiver(conf.listen.pattern, conf.listen.address, runtime.on_frame)
+    topics = (topic_for(step), BREAKER_TOPIC)
+    if topo.servers:
+        for server in topo.servers:  # both trackers: the one of the server in use answers
+            receiver("sub", server.states, runtime.on_published, bind=False, topics=topics)
+            receiver("sub", server.heartbeat, runtime.on_heartbeat, bind=False, topics=(HEARTBEAT_TOPIC,))
+    else:
+        receiver("sub", topo.tracker.states, runtime.on_published, bind=False, topics=topics)
+    runtime.start()
+    wiring.stop_hooks.insert(0, runtime.stop)
+    return runtime
+
+
 def run(topology_path: str | Path, step: str, host: str = "") -> int:
     """Run one step of a topology (on *host*, for a topology with ``[hosts]``) until stopped."""
     reactor = install_reactor()
@@ -115,9 +346,7 @@ def run(topology_path: str | Path, step: str, host: str = "") -> int:
 
     from dsat import keys as keys_mod
     from dsat import topology as topo_mod
-    from dsat.binarystar import HEARTBEAT_TOPIC
-    from dsat.events import BREAKER_TOPIC, Reporter, topic_for
-    from dsat.transport import PairSender, Sender, ZmqReceiver, ZmqSender, start_zap
+    from dsat.transport import ZmqReceiver, ZmqSender, start_zap
 
     topo = topo_mod.load(topology_path)
     host = host_of(topo, step, host)
@@ -128,12 +357,8 @@ def run(topology_path: str | Path, step: str, host: str = "") -> int:
         keys_mod.require_curve(topo)
         keyring = keys_mod.KeyRing(topo, host)
         zap = start_zap(keyring.allow_list())
-    # `where` in metric paths is the host a step runs on.
-    where = host or topo.where
-    pid = os.getpid()
     senders: list[Sender] = []
     receivers: list[ZmqReceiver] = []
-    stop_hooks: list[Callable[[], object]] = []
 
     def curve(address: str, *, bind: bool) -> Any:
         return keyring.curve_for(address, bind=bind) if keyring is not None else None
@@ -148,166 +373,17 @@ def run(topology_path: str | Path, step: str, host: str = "") -> int:
         receivers.append(link_receiver)
         return link_receiver
 
-    choice = None
-    if topo.servers and step not in ("tracker", "orchester"):
-        from dsat.binarystar import ServerChoice
-
-        choice = ServerChoice(
-            reactor,
-            tuple(server.host for server in topo.servers),
-            heartbeat=topo.orchester.heartbeat,
-            missed_beats=topo.orchester.missed_beats,
-        )
-
-    def to_pair(address_of: Callable[[topo_mod.Server], str], pattern: str) -> Sender:
-        """One link to each server of the pair, used as one: frames go to the server *choice* picks."""
-        assert choice is not None
-        return PairSender({s.host: sender(pattern, address_of(s)) for s in topo.servers}, lambda: choice.current)
-
-    def sender_to(name: str) -> Sender:
-        link = topo.input_of(name)
-        if name == "orchester" and choice is not None:
-            return to_pair(lambda server: server.listen, link.sender_pattern)
-        return sender(link.sender_pattern, link.address)
-
-    if choice is not None:
-        events = to_pair(lambda server: server.events, "push")
-    else:
-        events = sender("push", topo.tracker.events)
-    reporter = Reporter(events, step=step, where=where, pid=pid)
-
+    wiring = Wiring(reactor, topo, step, host=host, pid=os.getpid(), sender=sender, receiver=receiver)
     if step == "tracker":
-        from dsat.tracker import TrackerService
-
-        publisher = sender("pub", topo.tracker.states, bind=True)
-        svc = TrackerService(
-            topo, clock=reactor, where=where, publisher=publisher, orchester=sender_to("orchester"), pid=pid
-        )
-        receiver("pull", topo.tracker.events, svc.on_event)
-        receiver("rep", topo.tracker.status, svc.on_status_request)
-        rejections = svc.rejected
-        svc.start()
-        stop_hooks.append(svc.stop)
+        built: Any = tracker(wiring)
     elif step == "orchester":
-        from dsat.carbon import CarbonEgress
-        from dsat.orchester import Orchester
-        from dsat.spool import Spool
-
-        spool = None
-        if topo.spool.path is not None:
-            spool = Spool(
-                topo.spool.path, max_bytes=topo.spool.max_bytes, policy=topo.spool.policy, sync=topo.spool.sync
-            )
-        egress = CarbonEgress(
-            reactor,
-            topo.carbon.destinations,
-            protocol=topo.carbon.protocol,
-            max_queue=topo.orchester.max_queue,
-            timeout=topo.carbon.timeout,
-            spool=spool,
-            replay_rate=topo.spool.replay_rate,
-            replication=topo.carbon.replication,
-        )
-        from dsat.rules import load_rules
-
-        rules_conf = topo.rules
-        rules = None
-        if rules_conf.rewrite or rules_conf.aggregation or rules_conf.allow or rules_conf.deny:
-            rules = load_rules(
-                rules_conf.rewrite, rules_conf.aggregation, rules_conf.allow, rules_conf.deny, clock=reactor
-            )
-        # Every transform and sink can be a route target (`dsat route` may point a type at any of them).
-        targets = {name for name, sat in topo.satellites.items() if sat.kind != "collector"}
-        pair = None
-        if topo.servers:
-            from dsat.orchester import PairMember
-
-            server = topo.server(host)
-            pair = PairMember(
-                reactor,
-                host=host,
-                role=server.role,
-                heartbeat=topo.orchester.heartbeat,
-                missed_beats=topo.orchester.missed_beats,
-                publisher=sender("pub", server.heartbeat, bind=True),
-            )
-        orch = Orchester(
-            topo,
-            clock=reactor,
-            egress=egress,
-            reporter=reporter,
-            where=where,
-            senders={name: sender_to(name) for name in targets},
-            rules=rules,
-            pair=pair,
-        )
-        ports: list[Any] = []
-
-        def ingress(listening: bool) -> Any:
-            """Open the Graphite and statsd listeners (a pair's ACTIVE server), or close them."""
-            if listening and not ports:
-                ports.extend(listen_ingress(reactor, topo, orch))
-                return None
-            closing = [defer.maybeDeferred(port.stopListening) for port in ports]
-            ports.clear()
-            return defer.gatherResults(closing)
-
-        if pair is None:
-            ingress(True)
-        else:
-            pair.on_active = ingress
-            peer = next(s for s in topo.servers if s.host != host)
-            receiver("sub", peer.heartbeat, orch.on_peer_heartbeat, bind=False, topics=(HEARTBEAT_TOPIC,))
-            pair.start()
-            stop_hooks.append(pair.stop)
-        stop_hooks.append(lambda: ingress(False))
-        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(orch.reload_rules))
-        link = topo.orchester.listen
-        orchester_input = receiver(link.pattern, link.address, orch.on_frame)
-        receiver("sub", topo.tracker.states, orch.on_published, bind=False, topics=(BREAKER_TOPIC,))
-        receiver("sub", topo.orchester.control, orch.on_control)
-        rejections = orch.rejected
-        orch.start(orchester_input)
-        stop_hooks.append(orch.stop)
-
-        async def drain_carbon() -> None:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + DRAIN_SECONDS
-            while egress.queued_points and loop.time() < deadline:
-                await asyncio.sleep(0.05)
-
-        stop_hooks.append(lambda: defer.Deferred.fromFuture(asyncio.ensure_future(drain_carbon())))
-        stop_hooks.append(lambda: defer.gatherResults(egress.stop()))  # type: ignore[arg-type]
+        built = orchester(wiring)
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(built.reload_rules))
     else:
-        from dsat.satellite import SatelliteRuntime
-
-        conf = topo.satellites[step]
-        runtime = SatelliteRuntime(
-            conf,
-            topo.registry[conf.use],
-            clock=reactor,
-            prefix=topo.prefix,
-            where=where,
-            senders={name: sender_to(name) for name in conf.next},
-            reporter=reporter,
-            pid=pid,
-            choice=choice,
-        )
-        if conf.listen is not None:
-            receiver(conf.listen.pattern, conf.listen.address, runtime.on_frame)
-        topics = (topic_for(step), BREAKER_TOPIC)
-        if topo.servers:
-            for server in topo.servers:  # both trackers: the one of the server in use answers
-                receiver("sub", server.states, runtime.on_published, bind=False, topics=topics)
-                receiver("sub", server.heartbeat, runtime.on_heartbeat, bind=False, topics=(HEARTBEAT_TOPIC,))
-        else:
-            receiver("sub", topo.tracker.states, runtime.on_published, bind=False, topics=topics)
-        rejections = runtime.rejected
-        runtime.start()
-        stop_hooks.insert(0, runtime.stop)
-
+        built = satellite(wiring)
+    stop_hooks = wiring.stop_hooks
     if zap is not None:
-        zap.count_into(rejections)  # refused peers show in this step's own metrics
+        zap.count_into(built.rejected)  # refused peers show in this step's own metrics
         stop_hooks.append(zap.close)
 
     @defer.inlineCallbacks

@@ -1,4 +1,8 @@
-"""Integration on real ZeroMQ sockets: step processes started by `dsat up`, no Graphite.
+"""One step as one process: its builders with fake links, and real processes started by `dsat up`.
+
+The builders of :mod:`dsat.process` are checked with fake link factories and
+Twisted's memory reactor (what each step listens on and sends to).  Then, on
+real ZeroMQ sockets, no Graphite:
 
 A real collector sends through the real orchester to a capturing sink that
 writes plaintext lines to a file; garbage frames thrown at the orchester's
@@ -12,14 +16,17 @@ import math
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
+from twisted.internet.testing import MemoryReactorClock
 
+from dsat import process, topology
+from dsat.events import BREAKER_TOPIC
 from dsat.stack import free_port
+from dsat.testing import FakeProducer, FakeSender
 from tests.conftest import Processes, wait_for
-
-pytestmark = pytest.mark.integration
 
 TOPOLOGY = """
 [dsat]
@@ -56,6 +63,7 @@ def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
+@pytest.mark.integration
 def test_collector_to_orchester_to_capturing_sink(short_tmp: Path, processes: Processes) -> None:
     """Batches travel collector -> orchester -> sink over real sockets, both codecs, and end well."""
     capture = short_tmp / "captured.txt"
@@ -104,6 +112,7 @@ def test_collector_to_orchester_to_capturing_sink(short_tmp: Path, processes: Pr
         assert f"orchester: rejected ({reason})" in log, reason
 
 
+@pytest.mark.integration
 def test_up_refuses_an_invalid_topology(short_tmp: Path) -> None:
     """`dsat up` validates first: a topology with an unknown `next` does not start, exit status 2."""
     topo = short_tmp / "bad.toml"
@@ -115,3 +124,88 @@ def test_up_refuses_an_invalid_topology(short_tmp: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "dsat", "up", str(topo)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "satellites.memory.next[0]" in out.stderr and "nowhere" in out.stderr
+
+
+# -- the step builders, without processes or sockets -------------------------------------------------
+
+WIRED = """
+[dsat]
+where = "testhost"
+run_dir = "run"
+[ingress]
+plaintext = "127.0.0.1:{plain}"
+pickle = "127.0.0.1:{pickle}"
+[orchester.routes]
+"*" = ["carbon"]
+"capture" = ["capture"]
+[carbon]
+destinations = ["127.0.0.1:{carbon}"]
+[spool]
+path = ""
+[satellites.gen]
+use = "synthetic"
+every = "1s"
+[satellites.capture]
+use = "capture"
+options = {{ path = "captured.txt" }}
+"""
+
+
+class Links:
+    """Sender and receiver factories that record every link a builder opens."""
+
+    def __init__(self) -> None:
+        self.sent: dict[tuple[str, str, bool], FakeSender] = {}
+        self.received: dict[tuple[str, str, bool], tuple[Any, dict[str, Any]]] = {}
+
+    def sender(self, pattern: str, address: str, *, bind: bool = False) -> FakeSender:
+        link = self.sent[(pattern, address, bind)] = FakeSender()
+        return link
+
+    def receiver(self, pattern: str, address: str, on_frame: Any, *, bind: bool = True, **kw: Any) -> FakeProducer:
+        self.received[(pattern, address, bind)] = (on_frame, kw)
+        return FakeProducer()
+
+
+def wired(tmp_path: Path, step: str) -> tuple[Any, Links, MemoryReactorClock, topology.Topology, tuple[int, int, int]]:
+    ports = (free_port(), free_port(), free_port())
+    plain, pickle, carbon = ports
+    topo = topology.loads(WIRED.format(plain=plain, pickle=pickle, carbon=carbon), path=tmp_path / "t.toml")
+    links, reactor = Links(), MemoryReactorClock()
+    wiring = process.Wiring(reactor, topo, step, host="", pid=4242, sender=links.sender, receiver=links.receiver)
+    built = {"orchester": process.orchester, "tracker": process.tracker}.get(step, process.satellite)(wiring)
+    return built, links, reactor, topo, ports
+
+
+def test_the_orchester_step_listens_and_wires_as_its_topology_says(tmp_path: Path) -> None:
+    """Built with fakes: Graphite listeners on its ports, its input, the tracker's states, control, Carbon."""
+    orch, links, reactor, topo, (plain, pickle, carbon) = wired(tmp_path, "orchester")
+    listening = sorted((port, interface) for port, _factory, _backlog, interface in reactor.tcpServers)
+    assert listening == sorted([(plain, "127.0.0.1"), (pickle, "127.0.0.1")])
+    assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.0.1", carbon)]
+    link = topo.orchester.listen
+    assert links.received.keys() == {
+        (link.pattern, link.address, True),
+        ("sub", topo.tracker.states, False),
+        ("sub", topo.orchester.control, True),
+    }
+    assert links.received[(link.pattern, link.address, True)][0] == orch.on_frame
+    assert links.received[("sub", topo.tracker.states, False)][1] == {"topics": (BREAKER_TOPIC,)}
+    capture = topo.input_of("capture")
+    assert links.sent.keys() == {("push", topo.tracker.events, False), (capture.sender_pattern, capture.address, False)}
+    assert orch.senders == {"capture": links.sent[(capture.sender_pattern, capture.address, False)]}
+    # started: its first heartbeat is on the events link, from this process
+    (beat,) = links.sent[("push", topo.tracker.events, False)].envelopes()
+    assert (beat.step, beat.pid) == ("orchester", 4242)
+
+
+def test_the_tracker_and_a_satellite_step_wire_their_links(tmp_path: Path) -> None:
+    """The tracker binds its events, states and status; a sink listens on its input and follows the states."""
+    _svc, links, _reactor, topo, _ports = wired(tmp_path, "tracker")
+    assert links.received.keys() == {("pull", topo.tracker.events, True), ("rep", topo.tracker.status, True)}
+    assert links.sent.keys() == {("pub", topo.tracker.states, True), ("push", topo.orchester.listen.address, False)}
+    _runtime, links, _reactor, topo, _ports = wired(tmp_path, "capture")
+    listen = topo.satellites["capture"].listen
+    assert listen is not None
+    assert links.received.keys() == {(listen.pattern, listen.address, True), ("sub", topo.tracker.states, False)}
+    assert links.sent.keys() == {("push", topo.tracker.events, False)}
