@@ -51,7 +51,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from dsat import process
 
-    return process.run(args.topology, args.step, args.host or "")
+    return process.run(args.topology, args.step, args.host or "", args.worker)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -192,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("topology")
     p.add_argument("step", help="tracker, orchester or a satellite name")
     p.add_argument("--host", help="the host this process runs on (a name in [hosts])")
+    p.add_argument("--worker", type=int, help="orchester: run its ingress worker N ([ingress] workers starts them)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("keys", help="make the CURVE key pair of every host of a topology that has none")

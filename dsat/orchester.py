@@ -158,7 +158,10 @@ class Orchester:
         where: str,
         rules: RuleSet | None = None,
         pair: PairMember | None = None,
+        name: str = STEP,
     ) -> None:
+        #: ``orchester``, or ``orchester.wN`` for ingress worker N (dsat.workers): its own metrics' names.
+        self.name = name
         self.topology = topology
         self.pair = pair
         self.routes: dict[str, tuple[str, ...]] = dict(topology.orchester.routes)
@@ -174,7 +177,7 @@ class Orchester:
         self.rules_refused = 0
         #: The UDP listeners (dsat.udp.CountingPort): what the kernel dropped on them is reported.
         self.udp_ports: list[CountingPort] = []
-        self.rejected = Rejections(STEP)
+        self.rejected = Rejections(name)
         self.circuits = Circuits()
         self.points_in = 0
         self.points_out = 0
@@ -431,7 +434,7 @@ class Orchester:
         for name, total in totals.items():
             points.append(
                 (
-                    path(self.topology.prefix, self.where, "self", f"orchester.{name}"),
+                    path(self.topology.prefix, self.where, "self", f"{self.name}.{name}"),
                     now,
                     total - self._reported.get(name, 0),
                 )
@@ -441,7 +444,7 @@ class Orchester:
         if self.pair is not None:
             levels.append(("ha.active", int(self.pair.fsm.active)))
         for name, level in levels:
-            points.append((path(self.topology.prefix, self.where, "self", f"orchester.{name}"), now, level))
+            points.append((path(self.topology.prefix, self.where, "self", f"{self.name}.{name}"), now, level))
         return points
 
     def write_own_metrics(self) -> None:

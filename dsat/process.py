@@ -29,12 +29,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from dsat.carbon import CarbonEgress
     from dsat.events import Reporter
     from dsat.orchester import Orchester
+    from dsat.rules import RuleSet
     from dsat.satellite import SatelliteRuntime
     from dsat.topology import Server, Topology
     from dsat.tracker import TrackerService
     from dsat.transport import Sender
+    from dsat.workers import Workers
 
 #: How long a stopping step waits for its queues to drain.
 DRAIN_SECONDS = 5.0
@@ -59,36 +62,44 @@ def start_logging() -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
 
 
-def listen_ingress(reactor: Any, topo: Any, orch: Any) -> list[Any]:
-    """Open the orchester's Graphite and statsd listeners (``[ingress]``); returns the ports."""
+def listen_ingress(reactor: Any, topo: Any, orch: Any, *, worker: bool = False) -> list[Any]:
+    """Open the orchester's Graphite and statsd listeners (``[ingress]``); returns the ports.
+
+    With ``[ingress] workers`` above 1 the TCP listeners are shared with the
+    ingress workers (``SO_REUSEPORT``, :mod:`dsat.workers`); a *worker* opens
+    those alone: UDP and statsd stay with the orchester.
+    """
     from dsat.ingress import PickleFactory, PlaintextDatagram, PlaintextFactory
     from dsat.statsd import StatsdAggregator, StatsdProtocol
     from dsat.udp import listen_udp
+    from dsat.workers import listen_tcp
 
     conf = topo.ingress
+    shared = conf.workers > 1
     ports = []
     # one factory for the plain and the TLS listener: the same parser, the same flow control (paused under block)
     plaintext = PlaintextFactory(
         orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line, producers=orch.egress.producers
     )
     if conf.plaintext:
-        ports.append(reactor.listenTCP(conf.plaintext[1], plaintext, interface=conf.plaintext[0]))
+        ports.append(listen_tcp(reactor, conf.plaintext, plaintext, reuse_port=shared))
     if conf.plaintext_tls:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
         from dsat.tls import server_options
 
         options = server_options(conf.tls_certificate, conf.tls_key)
-        ports.append(reactor.listenSSL(conf.plaintext_tls[1], plaintext, options, interface=conf.plaintext_tls[0]))
+        # what reactor.listenSSL does: TLS over a TCP listener
+        tls = TLSMemoryBIOFactory(options, False, plaintext)  # type: ignore[arg-type]  # a getContext factory
+        ports.append(listen_tcp(reactor, conf.plaintext_tls, tls, reuse_port=shared))
+    if conf.pickle:
+        pickle = PickleFactory(orch.ingest, orch.rejected, reactor, producers=orch.egress.producers)
+        ports.append(listen_tcp(reactor, conf.pickle, pickle, reuse_port=shared))
+    if worker:
+        return ports
     if conf.plaintext_udp:
         datagram = PlaintextDatagram(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
         orch.udp_ports.append(listen_udp(reactor, conf.plaintext_udp, datagram, receive_buffer=conf.udp_buffer))
-    if conf.pickle:
-        ports.append(
-            reactor.listenTCP(
-                conf.pickle[1],
-                PickleFactory(orch.ingest, orch.rejected, reactor, producers=orch.egress.producers),
-                interface=conf.pickle[0],
-            )
-        )
     if conf.statsd:
         aggregator = StatsdAggregator(
             reactor,
@@ -149,6 +160,8 @@ class Wiring:
         self.sender = sender
         self.receiver = receiver
         self.stop_hooks: list[Callable[[], object]] = []
+        #: The orchester's ingress workers, when ``[ingress] workers`` is above 1 (dsat.workers).
+        self.workers: Workers | None = None
         self.choice = None
         if topo.servers and step not in ("tracker", "orchester"):
             from dsat.binarystar import ServerChoice
@@ -209,23 +222,15 @@ def tracker(wiring: Wiring) -> TrackerService:
     return svc
 
 
-def orchester(wiring: Wiring) -> Orchester:
-    """The orchester: its carbon egress and spool, its rules, its links, its Graphite ingress (while ACTIVE)."""
-    from twisted.internet import defer
-
-    from dsat.binarystar import HEARTBEAT_TOPIC
+def carbon_egress(reactor: Any, topo: Topology, spool_path: Path | None) -> CarbonEgress:
+    """The orchester's queues and connections to Carbon, with its spool at *spool_path* (None: no spool)."""
     from dsat.carbon import CarbonEgress
-    from dsat.events import BREAKER_TOPIC
-    from dsat.orchester import Orchester
-    from dsat.rules import load_rules
     from dsat.spool import Spool
 
-    reactor, topo, host, sender, receiver = wiring.reactor, wiring.topo, wiring.host, wiring.sender, wiring.receiver
-    reporter = wiring.reporter
     spool = None
-    if topo.spool.path is not None:
-        spool = Spool(topo.spool.path, max_bytes=topo.spool.max_bytes, policy=topo.spool.policy, sync=topo.spool.sync)
-    egress = CarbonEgress(
+    if spool_path is not None:
+        spool = Spool(spool_path, max_bytes=topo.spool.max_bytes, policy=topo.spool.policy, sync=topo.spool.sync)
+    return CarbonEgress(
         reactor,
         topo.carbon.destinations,
         protocol=topo.carbon.protocol,
@@ -235,10 +240,43 @@ def orchester(wiring: Wiring) -> Orchester:
         replay_rate=topo.spool.replay_rate,
         replication=topo.carbon.replication,
     )
-    rules_conf = topo.rules
-    rules = None
-    if rules_conf.rewrite or rules_conf.aggregation or rules_conf.allow or rules_conf.deny:
-        rules = load_rules(rules_conf.rewrite, rules_conf.aggregation, rules_conf.allow, rules_conf.deny, clock=reactor)
+
+
+def rules_of(reactor: Any, topo: Topology) -> RuleSet | None:
+    """The topology's carbon-compatible rules (``[rules]``), or None without any."""
+    from dsat.rules import load_rules
+
+    conf = topo.rules
+    if not (conf.rewrite or conf.aggregation or conf.allow or conf.deny):
+        return None
+    return load_rules(conf.rewrite, conf.aggregation, conf.allow, conf.deny, clock=reactor)
+
+
+def drain_and_stop(stop_hooks: list[Callable[[], object]], egress: CarbonEgress) -> None:
+    """At a graceful stop: wait (up to ``DRAIN_SECONDS``) for the carbon queues to empty, then close the egress."""
+    from twisted.internet import defer
+
+    async def drain_carbon() -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + DRAIN_SECONDS
+        while egress.queued_points and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    stop_hooks.append(lambda: defer.Deferred.fromFuture(asyncio.ensure_future(drain_carbon())))
+    stop_hooks.append(lambda: defer.gatherResults(egress.stop()))  # type: ignore[arg-type]
+
+
+def orchester(wiring: Wiring) -> Orchester:
+    """The orchester: its carbon egress and spool, its rules, its links, its Graphite ingress (while ACTIVE)."""
+    from twisted.internet import defer
+
+    from dsat.binarystar import HEARTBEAT_TOPIC
+    from dsat.events import BREAKER_TOPIC
+    from dsat.orchester import Orchester
+
+    reactor, topo, host, sender, receiver = wiring.reactor, wiring.topo, wiring.host, wiring.sender, wiring.receiver
+    reporter = wiring.reporter
+    egress = carbon_egress(reactor, topo, topo.spool.path)
     # Every transform and sink can be a route target (`dsat route` may point a type at any of them).
     targets = {name for name, sat in topo.satellites.items() if sat.kind != "collector"}
     pair = None
@@ -261,7 +299,7 @@ def orchester(wiring: Wiring) -> Orchester:
         reporter=reporter,
         where=wiring.where,
         senders={name: wiring.sender_to(name) for name in targets},
-        rules=rules,
+        rules=rules_of(reactor, topo),
         pair=pair,
     )
     ports: list[Any] = []
@@ -285,21 +323,56 @@ def orchester(wiring: Wiring) -> Orchester:
         pair.start()
         stop_hooks.append(pair.stop)
     stop_hooks.append(lambda: ingress(False))
+    on_control: Callable[[bytes], object] = orch.on_control
+    if topo.ingress.workers > 1:
+        from dsat.workers import Workers
+
+        workers = wiring.workers = Workers(reactor, topo.path, topo.ingress.workers, host=host)
+        on_control = workers.forwarding(orch.on_control)  # every process places names on the same destinations
+        reactor.callWhenRunning(workers.start)
+        stop_hooks.append(workers.stop)
     link = topo.orchester.listen
     orchester_input = receiver(link.pattern, link.address, orch.on_frame)
     receiver("sub", topo.tracker.states, orch.on_published, bind=False, topics=(BREAKER_TOPIC,))
-    receiver("sub", topo.orchester.control, orch.on_control)
+    receiver("sub", topo.orchester.control, on_control)
     orch.start(orchester_input)
     stop_hooks.append(orch.stop)
+    drain_and_stop(stop_hooks, egress)
+    return orch
 
-    async def drain_carbon() -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + DRAIN_SECONDS
-        while egress.queued_points and loop.time() < deadline:
-            await asyncio.sleep(0.05)
 
-    stop_hooks.append(lambda: defer.Deferred.fromFuture(asyncio.ensure_future(drain_carbon())))
-    stop_hooks.append(lambda: defer.gatherResults(egress.stop()))  # type: ignore[arg-type]
+def ingress_worker(wiring: Wiring, index: int) -> Orchester:
+    """Ingress worker *index* of the orchester (:mod:`dsat.workers`): its Graphite TCP listeners, egress and spool.
+
+    It has no link of its own: the control frames come from the orchester, on
+    standard input (:class:`dsat.workers.ParentLink`, set up by :func:`run`).
+    """
+    from twisted.internet import defer
+
+    from dsat.events import Reporter
+    from dsat.orchester import Orchester
+    from dsat.workers import Discard, worker_name, worker_spool
+
+    reactor, topo = wiring.reactor, wiring.topo
+    name = worker_name(index)
+    egress = carbon_egress(reactor, topo, worker_spool(topo.spool.path, index))
+    orch = Orchester(
+        topo,
+        clock=reactor,
+        egress=egress,
+        # the tracker follows the orchester; a worker's health is in its own metrics
+        reporter=Reporter(Discard(), step=name, where=wiring.where, pid=wiring.pid),
+        where=wiring.where,
+        senders={},
+        rules=rules_of(reactor, topo),
+        name=name,
+    )
+    ports = listen_ingress(reactor, topo, orch, worker=True)
+    stop_hooks = wiring.stop_hooks
+    stop_hooks.append(lambda: defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in ports]))
+    orch.start()
+    stop_hooks.append(orch.stop)
+    drain_and_stop(stop_hooks, egress)
     return orch
 
 
@@ -337,8 +410,11 @@ def satellite(wiring: Wiring) -> SatelliteRuntime:
     return runtime
 
 
-def run(topology_path: str | Path, step: str, host: str = "") -> int:
-    """Run one step of a topology (on *host*, for a topology with ``[hosts]``) until stopped."""
+def run(topology_path: str | Path, step: str, host: str = "", worker: int | None = None) -> int:
+    """Run one step of a topology (on *host*, for a topology with ``[hosts]``) until stopped.
+
+    *worker* (``--worker I``, orchester only) runs its ingress worker I instead (:mod:`dsat.workers`).
+    """
     reactor = install_reactor()
     start_logging()
 
@@ -346,10 +422,16 @@ def run(topology_path: str | Path, step: str, host: str = "") -> int:
 
     from dsat import keys as keys_mod
     from dsat import topology as topo_mod
+    from dsat.errors import ConfigError
     from dsat.transport import ZmqReceiver, ZmqSender, start_zap
 
     topo = topo_mod.load(topology_path)
     host = host_of(topo, step, host)
+    if worker is not None and not (step == "orchester" and 0 < worker < topo.ingress.workers):
+        raise ConfigError(
+            f"{topo.path}: --worker {worker}: the orchester's ingress workers are 1 to {topo.ingress.workers - 1}"
+            " ([ingress] workers)"
+        )
     if topo.servers and step in ("tracker", "orchester"):
         topo = topo.for_server(host)
     keyring = zap = None
@@ -376,9 +458,23 @@ def run(topology_path: str | Path, step: str, host: str = "") -> int:
     wiring = Wiring(reactor, topo, step, host=host, pid=os.getpid(), sender=sender, receiver=receiver)
     if step == "tracker":
         built: Any = tracker(wiring)
+    elif worker is not None:
+        from twisted.internet.stdio import StandardIO
+
+        from dsat.workers import ParentLink
+
+        built = ingress_worker(wiring, worker)
+        StandardIO(ParentLink(built.on_control, reactor), reactor=reactor)
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(built.reload_rules))
     elif step == "orchester":
         built = orchester(wiring)
-        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(built.reload_rules))
+
+        def hangup() -> None:
+            built.reload_rules()
+            if wiring.workers is not None:
+                wiring.workers.signal(signal.SIGHUP)
+
+        signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(hangup))
     else:
         built = satellite(wiring)
     stop_hooks = wiring.stop_hooks

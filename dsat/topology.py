@@ -160,6 +160,8 @@ class IngressConf:
     max_line: int = 4096
     #: Bytes of kernel receive buffer asked for each UDP listener (dsat.udp).
     udp_buffer: int = 8 * 1024 * 1024
+    #: Processes serving the Graphite TCP listeners, the orchester's own included (dsat.workers).
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -454,6 +456,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "statsd_percentiles": ((list,), "statsd_percentiles = [90, 99]"),
         "max_line": ((int,), "max_line = 4096"),
         "udp_buffer": ((int,), "udp_buffer = 8388608"),
+        "workers": ((int, str), 'workers = 2 (or "auto": one per CPU)'),
     },
     "rules": {
         "rewrite": ((str,), 'rewrite = "rewrite-rules.conf"'),
@@ -607,6 +610,7 @@ def loads(
     _graph(problems, topo)
     _rules(problems, topo)
     _tls(problems, topo)
+    _workers(problems, topo)
     if host is not None and host not in topo.hosts:
         known = list(topo.hosts)
         problems.add(
@@ -927,6 +931,7 @@ def _ingress(problems: _Problems, raw: Any, path: Path) -> IngressConf:
         **listeners,
         **tls_files,
         statsd_percentiles=tuple(float(p) for p in percentiles),
+        workers=_worker_count(problems, ing.get("workers", IngressConf.workers)),
     )
 
 
@@ -1362,6 +1367,33 @@ def _tls(problems: _Problems, topo: Topology) -> None:
             server_options(conf.tls_certificate, conf.tls_key)
         except ConfigError as exc:
             problems.add("ingress.plaintext_tls", str(exc))
+
+
+def _worker_count(problems: _Problems, value: int | str) -> int:
+    """``[ingress] workers``: a positive number of processes, or "auto" (one per CPU)."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, str) or value < 1:
+        problems.add("ingress.workers", f'{value!r} must be a number of processes, at least 1, or "auto" (one per CPU)')
+        return 1
+    return value
+
+
+def _workers(problems: _Problems, topo: Topology) -> None:
+    """More than one ingress worker: not with a pair, nor with aggregation rules (docs/performance.rst)."""
+    if topo.ingress.workers == 1:
+        return
+    if topo.orchester.hosts:
+        problems.add(
+            "ingress.workers",
+            f"{topo.ingress.workers}: an orchester pair has one ingress process per server; set workers = 1",
+        )
+    if topo.rules.aggregation is not None:
+        problems.add(
+            "ingress.workers",
+            f"{topo.ingress.workers}: with aggregation rules each worker would write partial sums under the same"
+            " names; set workers = 1 or drop rules.aggregation",
+        )
 
 
 def _environment(problems: _Problems, topo: Topology, host: str | None) -> None:
