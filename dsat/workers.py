@@ -39,6 +39,8 @@ from dsat.supervisor import Supervisor, step_command
 
 #: Connections a listening socket queues before it accepts them (Twisted's listenTCP default).
 BACKLOG = 50
+#: A worker that ends sooner after it started is restarted after a delay that doubles each time (dsat.supervisor).
+YOUNG_SECONDS = 10
 #: The length prefix of each control frame on a worker's standard input (Int32StringReceiver's).
 _LENGTH = struct.Struct("!I")
 
@@ -117,6 +119,7 @@ class Workers:
         command: Callable[[Path, int, str], list[str]] = worker_command,
     ) -> None:
         self.supervisor = Supervisor(reactor)
+        self.supervisor.monitor.threshold = YOUNG_SECONDS
         self.names = [worker_name(index) for index in range(1, count)]
         for index, name in enumerate(self.names, start=1):
             self.supervisor.add(name, command(topology_path, index, host))

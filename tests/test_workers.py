@@ -1,0 +1,363 @@
+"""Ingress workers (``[ingress] workers``): the setting, the shared listeners, the supervision, and real processes.
+
+The pieces are checked without processes (a fake process reactor and its
+clock); then a real orchester with two workers receives datapoints on many
+connections, delivers every one exactly once, has served connections in both
+processes, and its worker ends when the orchester is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections import Counter
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+
+from dsat import process, topology
+from dsat.envelope import Envelope, encode
+from dsat.errors import ConfigError
+from dsat.stack import free_port
+from dsat.workers import ParentLink, Workers, listen_tcp, reuseport_socket, worker_command, worker_spool
+from tests.conftest import Processes, wait_for
+from tests.test_reliability import CarbonStandIn
+from tests.test_topology import BASE, PAIR, REGISTRY, load, only_problem
+
+# -- the setting -------------------------------------------------------------------------------------
+
+
+def test_workers_default_to_one_and_auto_is_one_per_cpu() -> None:
+    """No setting: one process; a number is taken as it is; "auto" is os.cpu_count()."""
+    assert load(BASE).ingress.workers == 1
+    assert load(BASE + "[ingress]\nworkers = 3\n").ingress.workers == 3
+    assert load(BASE + '[ingress]\nworkers = "auto"\n').ingress.workers == (os.cpu_count() or 1)
+
+
+@pytest.mark.parametrize("value", ["0", "-2", '"many"'])
+def test_a_worker_count_that_is_not_a_positive_number_is_refused(value: str) -> None:
+    problem = only_problem(BASE + f"[ingress]\nworkers = {value}\n")
+    assert problem.startswith("demo.toml: ingress.workers: ")
+    assert 'must be a number of processes, at least 1, or "auto"' in problem
+
+
+def test_workers_are_refused_with_a_pair_and_with_aggregation_rules(tmp_path: Path) -> None:
+    """A pair's servers each have one ingress process; aggregation in two processes would write partial sums."""
+    problem = only_problem(PAIR + "[ingress]\nworkers = 2\n")
+    assert "ingress.workers: 2: an orchester pair has one ingress process per server; set workers = 1" in problem
+    (tmp_path / "aggregation-rules.conf").write_text("sum.<x> (60) = sum <x>.*\n")
+    text = BASE + '[ingress]\nworkers = 2\n[rules]\naggregation = "aggregation-rules.conf"\n'
+    with pytest.raises(ConfigError) as info:
+        topology.loads(text, path=tmp_path / "t.toml", registry=REGISTRY)
+    assert info.value.problems == [
+        "t.toml: ingress.workers: 2: with aggregation rules each worker would write partial sums"
+        " under the same names; set workers = 1 or drop rules.aggregation"
+    ]
+    again = topology.loads(text.replace("workers = 2", "workers = 1"), path=tmp_path / "t.toml", registry=REGISTRY)
+    assert again.ingress.workers == 1
+
+
+# -- the shared listeners ----------------------------------------------------------------------------
+
+
+def test_reuseport_sockets_share_a_port_and_the_kernel_spreads_connections_over_them() -> None:
+    """Two SO_REUSEPORT listeners bind one port (a plain bind cannot) and both get connections."""
+    first = reuseport_socket(("127.0.0.1", 0))
+    port = first.getsockname()[1]
+    second = reuseport_socket(("127.0.0.1", port))
+    plain = socket.socket()
+    clients = []
+    try:
+        with pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(40)]
+        accepted = Counter[int]()
+        for which, listener in enumerate((first, second)):
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                accepted[which] += 1
+        assert accepted.total() == 40
+        assert accepted[0] > 0 and accepted[1] > 0, accepted  # all 40 on one: a chance of 2 in 2**40
+    finally:
+        for sock in (first, second, plain, *clients):
+            sock.close()
+
+
+def test_listen_tcp_adopts_a_reuseport_socket_only_when_the_port_is_shared() -> None:
+    reactor = MemoryReactorClock()
+    port = free_port()
+    listen_tcp(reactor, ("127.0.0.1", port), factory := object(), reuse_port=False)
+    assert reactor.tcpServers == [(port, factory, 50, "127.0.0.1")] and reactor.adoptedPorts == []
+    listen_tcp(reactor, ("127.0.0.1", port), factory, reuse_port=True)
+    ((_fd, family, adopted),) = reactor.adoptedPorts
+    assert (family, adopted) == (socket.AF_INET, factory)
+
+
+# -- the builders: the orchester with workers, and a worker ------------------------------------------
+
+SHARED = """
+[dsat]
+where = "testhost"
+run_dir = "run"
+[ingress]
+plaintext = "127.0.0.1:{plain}"
+pickle = "127.0.0.1:{pickle}"
+plaintext_udp = "127.0.0.1:{udp}"
+workers = 3
+[carbon]
+destinations = ["127.0.0.1:{carbon}"]
+[spool]
+path = "spool/carbon.db"
+"""
+
+
+class Links:
+    """Link factories that keep what a builder opens (see tests/test_process.py)."""
+
+    def __init__(self) -> None:
+        self.received: dict[tuple[str, str], Any] = {}
+
+    def sender(self, pattern: str, address: str, *, bind: bool = False) -> Any:
+        from dsat.testing import FakeSender
+
+        return FakeSender()
+
+    def receiver(self, pattern: str, address: str, on_frame: Any, *, bind: bool = True, **kw: Any) -> Any:
+        from dsat.testing import FakeProducer
+
+        self.received[(pattern, address)] = on_frame
+        return FakeProducer()
+
+
+def shared_topology(tmp_path: Path) -> topology.Topology:
+    ports = {key: free_port() for key in ("plain", "pickle", "udp", "carbon")}
+    return topology.loads(SHARED.format(**ports), path=tmp_path / "t.toml")
+
+
+def test_the_orchester_with_workers_shares_its_tcp_listeners_and_forwards_control(tmp_path: Path) -> None:
+    """workers = 3: TCP listeners adopted from SO_REUSEPORT sockets, two workers started with the reactor,
+    and each control frame applied here and forwarded to them."""
+    topo = shared_topology(tmp_path)
+    links, reactor = Links(), MemoryReactorClock()
+    wiring = process.Wiring(reactor, topo, "orchester", host="", pid=1, sender=links.sender, receiver=links.receiver)
+    orch = process.orchester(wiring)
+    assert len(reactor.adoptedPorts) == 2 and reactor.tcpServers == []  # plaintext and pickle, shared
+    assert len(orch.udp_ports) == 1  # UDP stays here
+    workers = wiring.workers
+    assert workers is not None and workers.names == ["orchester.w1", "orchester.w2"]
+    assert (workers.start, (), {}) in reactor.whenRunningHooks
+    forwarded: list[bytes] = []
+    workers.send = forwarded.append  # type: ignore[method-assign]
+    change = {"action": "route", "type": "gauge", "targets": "carbon"}
+    frame = encode(Envelope(channel="control", type="route", step="dsat-route", meta=change))
+    links.received[("sub", topo.orchester.control)](frame)
+    assert forwarded == [frame] and orch.routes["gauge"] == ("carbon",)
+    for port in orch.udp_ports:
+        port.stopListening()
+
+
+def test_a_worker_listens_on_tcp_only_with_its_own_spool_and_metric_names(tmp_path: Path) -> None:
+    """Worker 2: plaintext and pickle shared, no UDP, no link at all, spool carbon.w2.db, self.orchester.w2.*."""
+    topo = shared_topology(tmp_path)
+    links, reactor = Links(), MemoryReactorClock()
+    wiring = process.Wiring(reactor, topo, "orchester", host="", pid=7, sender=links.sender, receiver=links.receiver)
+    worker = process.ingress_worker(wiring, 2)
+    assert len(reactor.adoptedPorts) == 2 and worker.udp_ports == [] and links.received == {}
+    assert worker.egress.spool is not None and worker.egress.spool.path == tmp_path / "spool" / "carbon.w2.db"
+    assert worker_spool(None, 2) is None
+    names = {path for path, _ts, _value in worker.own_metrics()}
+    assert "dsat.testhost.self.orchester.w2.points_in" in names
+    assert not any(".self.orchester.points_in" in name for name in names)
+
+
+# -- supervision -------------------------------------------------------------------------------------
+
+
+class FakeProcess:
+    """A process transport: what was written to its standard input and the signals it got."""
+
+    pids = count(1000)
+
+    def __init__(self, proto: Any) -> None:
+        self.proto = proto
+        self.pid = next(self.pids)
+        self.written: list[bytes] = []
+        self.signals: list[int | str] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def signalProcess(self, signum: int | str) -> None:  # noqa: N802 (Twisted API)
+        self.signals.append(signum)
+
+    def end(self) -> None:
+        self.proto.processEnded(Failure(ProcessTerminated(exitCode=1)))
+
+
+class ProcessReactor(Clock):
+    """A clock that also 'spawns' processes: it keeps their command lines and transports."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list[tuple[list[str], FakeProcess]] = []
+
+    def spawnProcess(self, proto: Any, executable: str, args: list[str], **kw: Any) -> FakeProcess:  # noqa: N802
+        transport = FakeProcess(proto)
+        self.spawned.append((list(args), transport))
+        proto.makeConnection(transport)
+        return transport
+
+
+def test_workers_are_started_with_their_index_restarted_with_back_off_and_not_after_stop(tmp_path: Path) -> None:
+    reactor = ProcessReactor()
+    workers = Workers(reactor, tmp_path / "t.toml", 3, host="hub")
+    workers.start()
+    assert [args for args, _ in reactor.spawned] == [
+        worker_command(tmp_path / "t.toml", 1, "hub"),
+        worker_command(tmp_path / "t.toml", 2, "hub"),
+    ]
+    assert reactor.spawned[1][0][1:] == ["-m", "dsat", "run", str(tmp_path / "t.toml"), "orchester"] + [
+        "--host",
+        "hub",
+        "--worker",
+        "2",
+    ]
+    # worker 1 dies young, again and again: each restart waits twice as long
+    waits = []
+    for _ in range(3):
+        spawned = len(reactor.spawned)
+        reactor.spawned[-2 if spawned == 2 else -1][1].end()
+        started_at = reactor.seconds()
+        while len(reactor.spawned) == spawned:
+            reactor.advance(0.25)
+        waits.append(reactor.seconds() - started_at)
+        assert reactor.spawned[-1][0][-1] == "1"
+    assert waits == [1.0, 2.0, 4.0]
+    # one that had lived long is restarted at once
+    reactor.advance(60)
+    reactor.spawned[-1][1].end()
+    reactor.advance(0)
+    assert len(reactor.spawned) == 6
+    # frames and signals reach the running ones; after stop nothing restarts
+    workers.send(b"frame")
+    workers.signal(signal.SIGHUP)
+    running = [reactor.spawned[1][1], reactor.spawned[-1][1]]
+    assert [t.written for t in running] == [[b"\x00\x00\x00\x05frame"]] * 2
+    assert [t.signals for t in running] == [[signal.SIGHUP]] * 2
+    stopped = workers.stop()
+    assert [t.signals[-1] for t in running] == ["TERM", "TERM"]
+    for transport in running:
+        transport.end()
+    reactor.advance(60)
+    assert len(reactor.spawned) == 6
+    assert stopped.called
+
+
+def test_the_parent_link_reads_forwarded_frames_and_stops_the_worker_at_its_end() -> None:
+    """What Workers.send writes, ParentLink reads back frame by frame; its end stops the reactor (once)."""
+    frames: list[bytes] = []
+
+    class Reactor:
+        stops = 0
+
+        def stop(self) -> None:
+            from twisted.internet.error import ReactorNotRunning
+
+            self.stops += 1
+            if self.stops > 1:
+                raise ReactorNotRunning()
+
+    reactor = Reactor()
+    link = ParentLink(frames.append, reactor)
+    sent = FakeProcess(None)
+    workers = Workers.__new__(Workers)
+    workers._running = lambda: [sent]  # type: ignore[method-assign]
+    workers.send(b"first")
+    workers.send(b"")
+    workers.send(b"x" * 300)
+    data = b"".join(sent.written)
+    link.makeConnection(FakeProcess(None))  # type: ignore[arg-type]
+    for i in range(0, len(data), 7):  # in pieces, as a pipe may deliver them
+        link.dataReceived(data[i : i + 7])
+    assert frames == [b"first", b"", b"x" * 300]
+    link.connectionLost()
+    link.connectionLost()  # the reactor was stopping already: no error
+    assert reactor.stops == 2
+
+
+# -- real processes ----------------------------------------------------------------------------------
+
+
+def family_of(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def worker_pids(pid: int) -> list[int]:
+    return [p.pid for p in family_of(pid) if "--worker" in p.cmdline()]
+
+
+@pytest.mark.integration
+def test_an_orchester_with_two_workers_delivers_every_datapoint_once_from_both_processes(
+    short_tmp: Path, processes: Processes
+) -> None:
+    points: Counter[str] = Counter()
+    served: Counter[str] = Counter()
+
+    def on_point(path: str, ts: float, value: float) -> None:
+        if path.startswith("wk."):
+            points[path] += 1
+        elif path.endswith(".points_in"):
+            served[path] += int(value)
+
+    carbon_port, plain = free_port(), free_port()
+    carbon = CarbonStandIn(carbon_port, on_point)
+    carbon.start()
+    topo = short_tmp / "t.toml"
+    topo.write_text(
+        f'[dsat]\nwhere = "testhost"\nrun_dir = "run"\n[tracker]\nmetrics_every = "1s"\n'
+        f'[ingress]\nplaintext = "127.0.0.1:{plain}"\nworkers = 2\n'
+        f'[carbon]\ndestinations = ["127.0.0.1:{carbon_port}"]\n'
+    )
+    (short_tmp / "run").mkdir()
+    orch = processes.dsat("run", str(topo), "orchester", name="orchester")
+    main, w1 = "dsat.testhost.self.orchester.points_in", "dsat.testhost.self.orchester.w1.points_in"
+    # each process writes its own metrics once its egress runs, after its listener is open
+    wait_for(lambda: main in served and w1 in served, 30, "own metrics of the orchester and its worker")
+    (worker,) = worker_pids(orch.pid)
+
+    connections, per_connection = 60, 40
+    now = int(time.time())
+    for c in range(connections):
+        with socket.create_connection(("127.0.0.1", plain)) as client:
+            client.sendall(b"".join(b"wk.c%d.m%d %d %d\n" % (c, k, k, now) for k in range(per_connection)))
+    expected = {f"wk.c{c}.m{k}" for c in range(connections) for k in range(per_connection)}
+    total = len(expected)
+    wait_for(lambda: served[main] + served[w1] == total, 30, "both processes' points_in to add up to what was sent")
+    assert set(points) == expected and set(points.values()) == {1}, "each datapoint arrives exactly once"
+    assert served[main] > 0 and served[w1] > 0, served  # 60 connections all to one process: 2 in 2**60
+
+    # a worker that dies is started again
+    os.kill(worker, signal.SIGKILL)
+    wait_for(lambda: (pids := worker_pids(orch.pid)) and pids[0] != worker and pids, 30, "a new worker")
+    (worker,) = worker_pids(orch.pid)
+    # the orchester killed: its worker sees its standard input end and stops (no orphan)
+    os.kill(orch.pid, signal.SIGKILL)
+    orch.wait(10)
+    wait_for(lambda: not psutil.pid_exists(worker) or psutil.Process(worker).status() == "zombie", 20, "worker end")
+    carbon.stop()
