@@ -21,6 +21,9 @@ It exits non-zero when a relay did not deliver every datapoint.
 
     .venv/bin/python bench/relay.py --sweep
     .venv/bin/python bench/relay.py [--names 100000] [--connections 100] [--destinations 4] [--repeat 3] [--verify]
+
+DSAT runs with ``[ingress] workers`` = ``--workers``, one per CPU by default
+(``docs/performance.rst``): that many processes share its listener.
 """
 
 from __future__ import annotations
@@ -235,9 +238,11 @@ class Relay:
     name: str
     settings: str
     command: Callable[[Path, int, list[int]], list[str]]  # (directory, listen port, sink ports) -> argv
+    #: Processes that listen on the port (DSAT: its ingress workers); the clock starts when all do.
+    listeners: int = 1
 
 
-def dsat_command(base: Path, port: int, sink_ports: list[int]) -> list[str]:
+def dsat_command(base: Path, port: int, sink_ports: list[int], *, workers: int = 1) -> list[str]:
     (base / "rewrite-rules.conf").write_text(f"[pre]\n{PATTERN} = {REPLACEMENT}\n")
     destinations = ", ".join(f'"127.0.0.1:{p}:{i}"' for i, p in enumerate(sink_ports))
     (base / "topology.toml").write_text(
@@ -249,6 +254,7 @@ run_dir = "run"
 metrics_every = "1h"
 [ingress]
 plaintext = "127.0.0.1:{port}"
+workers = {workers}
 [rules]
 rewrite = "rewrite-rules.conf"
 [carbon]
@@ -332,11 +338,17 @@ match * send to sink stop;
     return ["carbon-c-relay", "-f", conf, "-s", "-L", "15", "-w", str(workers), "-b", str(batch), "-q", str(queue)]
 
 
-def relays(names: list[str], c_relay_settings: tuple[tuple[int, int, int], ...] = C_RELAY_SETTINGS) -> list[Relay]:
+def relays(
+    names: list[str],
+    c_relay_settings: tuple[tuple[int, int, int], ...] = C_RELAY_SETTINGS,
+    *,
+    dsat_workers: int = 1,
+) -> list[Relay]:
     chosen = []
     for name in names:
         if name == "dsat":
-            chosen.append(Relay("dsat", f"max_queue={QUEUE}", dsat_command))
+            command = functools.partial(dsat_command, workers=dsat_workers)
+            chosen.append(Relay("dsat", f"workers={dsat_workers} max_queue={QUEUE}", command, dsat_workers))
         elif name == "carbon-relay":
             chosen.append(Relay("carbon-relay", f"MAX_QUEUE_SIZE={QUEUE}", carbon_relay_command))
         elif name == "carbon-c-relay":
@@ -377,6 +389,24 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], seconds: float) -> 
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {seconds:.0f} s")
+
+
+def wait_listeners(pid: int, port: int, count: int, seconds: float) -> None:
+    """Wait until *count* processes of *pid*'s tree listen on *port* (DSAT's workers start after the orchester)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        listening = 0
+        try:
+            top = psutil.Process(pid)
+            for proc in [top, *top.children(recursive=True)]:
+                sockets = proc.net_connections(kind="tcp")
+                listening += any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in sockets)
+        except psutil.NoSuchProcess:
+            pass
+        if listening >= count:
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"{count} processes did not listen on port {port} within {seconds:.0f} s")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -451,6 +481,8 @@ def measure(
                 raise SystemExit(
                     f"{relay.name}: {exc}\n{(base / 'relay.log').read_text(errors='replace')[-3000:]}"
                 ) from exc
+            if relay.listeners > 1:
+                wait_listeners(proc.pid, port, relay.listeners, 60)
             if profiler:
                 profiler.start(proc.pid)
             client_proc = ctx.Process(target=client, args=(port, writes, go), daemon=True)
@@ -592,10 +624,11 @@ def cell_report(cell: Cell, runs: list[Run]) -> dict:
     }
 
 
-def print_table(cells: list[dict]) -> None:
+def print_table(cells: list[dict], workers: int) -> None:
     """One line per cell: the best rate of each relay, and DSAT's ratio to carbon-c-relay."""
+    print(f"\nDSAT with [ingress] workers = {workers}")
     print(
-        f"\n{'names':>9} {'conn':>5} {'dest':>4} {'DSAT dp/s':>11} {'c-relay dp/s':>13} {'ratio':>6} "
+        f"{'names':>9} {'conn':>5} {'dest':>4} {'DSAT dp/s':>11} {'c-relay dp/s':>13} {'ratio':>6} "
         f"{'orchester RSS MB':>17}"
     )
     for entry in cells:
@@ -647,11 +680,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", metavar="FILE", help="py-spy record DSAT's orchester: FILE.svg flame graph, FILE.txt stacks"
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="DSAT's [ingress] workers, processes serving the listener (default: one per CPU)",
+    )
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (1 if args.sweep else 3)
     default_relays = "dsat,carbon-c-relay" if args.sweep else "dsat,carbon-c-relay,carbon-relay"
-    chosen = relays((args.relays or default_relays).split(","), C_RELAY_SWEEP if args.sweep else C_RELAY_SETTINGS)
+    chosen = relays(
+        (args.relays or default_relays).split(","),
+        C_RELAY_SWEEP if args.sweep else C_RELAY_SETTINGS,
+        dsat_workers=args.workers,
+    )
     if args.profile and not (BIN / "py-spy").exists():
         raise SystemExit(f"--profile needs py-spy: {BIN / 'pip'} install py-spy")
     if any(relay.name == "carbon-c-relay" for relay in chosen):
@@ -668,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = [Cell(args.names, rounds, args.connections, args.destinations)]
     started = time.monotonic()
     results = run_cells(cells, chosen, args)
-    print_table(results)
+    print_table(results, args.workers)
 
     for name, goal in GOALS.items():
         got = [entry["ratios"][name] for entry in results if name in entry["ratios"]]
@@ -679,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "command": " ".join(["bench/relay.py", *(argv if argv is not None else sys.argv[1:])]),
         "repeat": args.repeat,
+        "dsat_workers": args.workers,
         "seconds": round(time.monotonic() - started),
         "machine": machine(),
         "goals": GOALS,
