@@ -435,7 +435,7 @@ def run(topology_path: str | Path, step: str, host: str = "", worker: int | None
     if topo.servers and step in ("tracker", "orchester"):
         topo = topo.for_server(host)
     keyring = zap = None
-    if topo.multi_host and not topo.insecure:
+    if topo.multi_host and not topo.insecure and worker is None:  # a worker has no ZeroMQ link
         keys_mod.require_curve(topo)
         keyring = keys_mod.KeyRing(topo, host)
         zap = start_zap(keyring.allow_list())
