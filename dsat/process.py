@@ -90,7 +90,7 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any, *, worker: bool = False) 
 
         options = server_options(conf.tls_certificate, conf.tls_key)
         # what reactor.listenSSL does: TLS over a TCP listener
-        tls = TLSMemoryBIOFactory(options, False, plaintext)  # type: ignore[arg-type]  # a getContext factory
+        tls = TLSMemoryBIOFactory(options, False, plaintext)
         ports.append(listen_tcp(reactor, conf.plaintext_tls, tls, reuse_port=shared))
     if conf.pickle:
         pickle = PickleFactory(orch.ingest, orch.rejected, reactor, producers=orch.egress.producers)

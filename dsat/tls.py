@@ -1,7 +1,7 @@
 """TLS for the Graphite plaintext ingress: the certificate and key of ``[ingress] plaintext_tls``.
 
 A thin layer: it only turns the topology's PEM files into the OpenSSL context
-Twisted's ``listenSSL`` encrypts connections with (pyOpenSSL, the
+Twisted's TLS listener encrypts connections with (pyOpenSSL, the
 ``dsat[tls]`` extra); the connections are the plaintext ones of
 :mod:`dsat.ingress`, parsed by the same code.  TLS 1.2 is the lowest version
 offered.
@@ -12,9 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.interfaces import IOpenSSLContextFactory
+from zope.interface import implementer
+
 from dsat.errors import ConfigError
 
 
+@implementer(IOpenSSLContextFactory)
 class ServerContext:
     """A Twisted context factory (``getContext``) for one certificate chain and its private key."""
 
