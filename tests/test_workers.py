@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections import Counter
 from itertools import count
@@ -299,6 +301,21 @@ def test_the_parent_link_reads_forwarded_frames_and_stops_the_worker_at_its_end(
 
 
 # -- real processes ----------------------------------------------------------------------------------
+
+
+def test_run_refuses_a_worker_index_the_topology_does_not_have(tmp_path: Path) -> None:
+    """`dsat run T orchester --worker 2` with workers = 2 (worker 1 only) exits 2 and says which exist."""
+    topo = tmp_path / "t.toml"
+    topo.write_text(SHARED.format(plain=free_port(), pickle=free_port(), udp=free_port(), carbon=free_port()))
+    topo.write_text(topo.read_text().replace("workers = 3", "workers = 2"))
+    out = subprocess.run(
+        [sys.executable, "-m", "dsat", "run", str(topo), "orchester", "--worker", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "--worker 2: the orchester's ingress workers are 1 to 1 ([ingress] workers)" in out.stderr
 
 
 def family_of(pid: int) -> list[psutil.Process]:
