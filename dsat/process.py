@@ -324,6 +324,16 @@ def orchester(wiring: Wiring) -> Orchester:
         stop_hooks.append(pair.stop)
     stop_hooks.append(lambda: ingress(False))
     on_control: Callable[[bytes], object] = orch.on_control
+    from dsat.workers import stranded_spools
+
+    for stranded, points in stranded_spools(topo.spool.path, topo.ingress.workers):
+        orch.log.critical(
+            "ALERT spool_stranded: {path} holds {points} datapoints (-1: unreadable) of a worker that no longer"
+            " runs ([ingress] workers = {workers}); raise workers again until its spool_depth is 0",
+            path=str(stranded),
+            points=points,
+            workers=topo.ingress.workers,
+        )
     if topo.ingress.workers > 1:
         from dsat.workers import Workers
 

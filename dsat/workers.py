@@ -60,6 +60,32 @@ def worker_spool(path: Path | None, index: int) -> Path | None:
     return path.with_name(f"{path.stem}.w{index}{path.suffix}") if path is not None else None
 
 
+def stranded_spools(path: Path | None, count: int) -> list[tuple[Path, int]]:
+    """Spools of workers that no longer run (``count`` lowered), with the datapoints they still hold."""
+    import sqlite3
+
+    from dsat.spool import TABLE
+
+    if path is None:
+        return []
+    stranded = []
+    for found in sorted(path.parent.glob(f"{path.stem}.w*{path.suffix}")):
+        index = found.name[len(path.stem) + 2 : len(found.name) - len(path.suffix)]
+        if not index.isdigit() or int(index) < count:
+            continue
+        try:
+            db = sqlite3.connect(f"file:{found}?mode=ro", uri=True)
+            try:
+                (points,) = db.execute(f"SELECT COALESCE(SUM(points), 0) FROM {TABLE}").fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            points = -1  # unreadable: the operator looks at it
+        if points:
+            stranded.append((found, int(points)))
+    return stranded
+
+
 def reuseport_socket(address: tuple[str, int], backlog: int = BACKLOG) -> socket.socket:
     """A listening TCP socket on *address* (``(interface, port)``) that other processes may bind too."""
     interface, port = address

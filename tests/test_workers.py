@@ -152,10 +152,24 @@ def shared_topology(tmp_path: Path) -> topology.Topology:
 def test_the_orchester_with_workers_shares_its_tcp_listeners_and_forwards_control(tmp_path: Path) -> None:
     """workers = 3: TCP listeners adopted from SO_REUSEPORT sockets, two workers started with the reactor,
     and each control frame applied here and forwarded to them."""
+    from twisted.logger import globalLogPublisher
+
+    from dsat.spool import Spool
+
     topo = shared_topology(tmp_path)
+    stranded = Spool(tmp_path / "spool" / "carbon.w3.db")  # from when workers was 4
+    stranded.put("127.0.0.1:2004", b"x", 9)
+    stranded.close()
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
     links, reactor = Links(), MemoryReactorClock()
     wiring = process.Wiring(reactor, topo, "orchester", host="", pid=1, sender=links.sender, receiver=links.receiver)
-    orch = process.orchester(wiring)
+    try:
+        orch = process.orchester(wiring)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    (alert,) = [e for e in events if "spool_stranded" in e.get("log_format", "")]
+    assert (alert["path"], alert["points"]) == (str(tmp_path / "spool" / "carbon.w3.db"), 9)
     assert len(reactor.adoptedPorts) == 2 and reactor.tcpServers == []  # plaintext and pickle, shared
     assert len(orch.udp_ports) == 1  # UDP stays here
     workers = wiring.workers
@@ -183,6 +197,25 @@ def test_a_worker_listens_on_tcp_only_with_its_own_spool_and_metric_names(tmp_pa
     names = {path for path, _ts, _value in worker.own_metrics()}
     assert "dsat.testhost.self.orchester.w2.points_in" in names
     assert not any(".self.orchester.points_in" in name for name in names)
+
+
+def test_spools_of_workers_that_no_longer_run_are_found_with_what_they_hold(tmp_path: Path) -> None:
+    """workers lowered from 4 to 2: carbon.w2.db and carbon.w3.db are stranded if they hold datapoints."""
+    from dsat.spool import Spool
+    from dsat.workers import stranded_spools
+
+    main = tmp_path / "spool" / "carbon.db"
+    for index, points in ((1, 5), (2, 7), (3, 0), (12, 1)):
+        spool = Spool(worker_spool(main, index) or main)
+        if points:
+            spool.put("127.0.0.1:2004", b"x" * 10, points)
+        spool.close()
+    (tmp_path / "spool" / "carbon.wx.db").write_bytes(b"")  # not a worker's
+    assert stranded_spools(main, 2) == [
+        (tmp_path / "spool" / "carbon.w12.db", 1),
+        (tmp_path / "spool" / "carbon.w2.db", 7),
+    ]
+    assert stranded_spools(main, 13) == [] and stranded_spools(None, 1) == []
 
 
 # -- supervision -------------------------------------------------------------------------------------
