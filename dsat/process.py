@@ -340,7 +340,9 @@ def orchester(wiring: Wiring) -> Orchester:
         workers = wiring.workers = Workers(reactor, topo.path, topo.ingress.workers, host=host)
         on_control = workers.forwarding(orch.on_control)  # every process places names on the same destinations
         reactor.callWhenRunning(workers.start)
-        stop_hooks.append(workers.stop)
+        # the workers drain while this process does (dsat up gives it KILL_AFTER seconds in all)
+        stopping: list[Any] = []
+        stop_hooks.append(lambda: stopping.append(workers.stop()))
     link = topo.orchester.listen
     orchester_input = receiver(link.pattern, link.address, orch.on_frame)
     receiver("sub", topo.tracker.states, orch.on_published, bind=False, topics=(BREAKER_TOPIC,))
@@ -348,6 +350,8 @@ def orchester(wiring: Wiring) -> Orchester:
     orch.start(orchester_input)
     stop_hooks.append(orch.stop)
     drain_and_stop(stop_hooks, egress)
+    if wiring.workers is not None:
+        stop_hooks.append(lambda: stopping[0])
     return orch
 
 
