@@ -142,13 +142,12 @@ class Workers:
         count: int,
         *,
         host: str = "",
-        command: Callable[[Path, int, str], list[str]] = worker_command,
     ) -> None:
         self.supervisor = Supervisor(reactor)
         self.supervisor.monitor.threshold = YOUNG_SECONDS
         self.names = [worker_name(index) for index in range(1, count)]
         for index, name in enumerate(self.names, start=1):
-            self.supervisor.add(name, command(topology_path, index, host))
+            self.supervisor.add(name, worker_command(topology_path, index, host))
 
     def start(self) -> None:
         self.supervisor.start()
@@ -168,11 +167,16 @@ class Workers:
             transport.write(data)
 
     def forwarding(self, on_control: Callable[[bytes], object]) -> Callable[[bytes], None]:
-        """*on_control* for the orchester's control channel, and the same frame to every worker."""
+        """*on_control* for the orchester's control channel, and the same frame to every worker.
+
+        A frame longer than a worker reads (``ParentLink.MAX_LENGTH``) is the
+        orchester's alone to reject: a worker would take it for a broken link.
+        """
 
         def both(frame: bytes) -> None:
             on_control(frame)
-            self.send(frame)
+            if len(frame) <= ParentLink.MAX_LENGTH:
+                self.send(frame)
 
         return both
 
@@ -187,6 +191,8 @@ class ParentLink(Int32StringReceiver):
 
     structFormat = _LENGTH.format
     prefixLength = _LENGTH.size
+    #: The longest control frame read; a longer one ends the link (a control change is a few hundred bytes).
+    MAX_LENGTH = 1 << 20
 
     def __init__(self, on_frame: Callable[[bytes], object], reactor: Any) -> None:
         self.on_frame = on_frame

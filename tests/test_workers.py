@@ -181,6 +181,8 @@ def test_the_orchester_with_workers_shares_its_tcp_listeners_and_forwards_contro
     frame = encode(Envelope(channel="control", type="route", step="dsat-route", meta=change))
     links.received[("sub", topo.orchester.control)](frame)
     assert forwarded == [frame] and orch.routes["gauge"] == ("carbon",)
+    links.received[("sub", topo.orchester.control)](b"x" * (ParentLink.MAX_LENGTH + 1))
+    assert forwarded == [frame]  # rejected here, not forwarded: the workers' link stays up
     for port in orch.udp_ports:
         port.stopListening()
 
