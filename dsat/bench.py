@@ -286,6 +286,7 @@ def _listening(host: str, port: int) -> bool:
 def wait_until(predicate: Callable[[], object], seconds: float, what: str, log: Path) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
+        check_interrupted()
         if time.monotonic() > deadline:
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
             raise BenchError(f"gave up after {seconds:g}s waiting for {what}; see {log}:\n{tail}")
@@ -356,6 +357,23 @@ def _difference(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]
     return {"tasks": tasks, "steps": steps}
 
 
+#: Set by Ctrl-C (SIGINT) during ``dsat bench``.  Python raises KeyboardInterrupt wherever the main
+#: thread is, and inside a finaliser (``__del__``, a weakref callback) it is only printed and lost; the
+#: bench's waits check this too, so a Ctrl-C always stops the bench.
+_INTERRUPTED = threading.Event()
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+def check_interrupted() -> None:
+    """Raise KeyboardInterrupt if Ctrl-C came during this bench (even if its first raise was lost)."""
+    if _INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
 class Progress:
     """A live line on a terminal (rewritten in place), a plain line a second otherwise."""
 
@@ -417,6 +435,7 @@ def run_phase(running: Running, phase_id: int, rate: float, options: Options, pr
     last_count, last_change = -1, time.monotonic()
     while True:
         time.sleep(PROGRESS_EVERY)
+        check_interrupted()
         now = time.monotonic()
         tally = running.tally()
         count = tally["received"]
@@ -648,6 +667,17 @@ def main(args: Any, out: TextIO = sys.stdout) -> int:
     if args.duration <= 0 or args.names < 1:
         raise ConfigError("--duration must be more than 0 seconds and --names at least 1")
     options = Options(rate, args.duration, args.names, args.payload, args.carbon, args.max_p99, args.max_loss)
+    if threading.current_thread() is not threading.main_thread():
+        return _main(args, options, out)
+    _INTERRUPTED.clear()
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        return _main(args, options, out)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _main(args: Any, options: Options, out: TextIO) -> int:
     progress = Progress(sys.stderr)
     sources = [Path(args.topology)] + ([Path(args.compare)] if args.compare else [])
     for source in sources:  # both are checked before either runs
