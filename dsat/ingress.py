@@ -34,6 +34,7 @@ from dsat.counters import Rejections
 from dsat.datapoint import BadDatapoint, Datapoint, Validator, all_numbers_acceptable
 from dsat.errors import BadName
 from dsat.flow import Producers
+from dsat.shards import Shards
 from dsat.topology import IngressConf
 
 #: Largest pickle frame, in bytes: carbon's PICKLE_RECEIVER_MAX_LENGTH.
@@ -293,6 +294,8 @@ class IngressFactory(ServerFactory[_Connection]):
         self.max_connections = max_connections
         self.producers = producers
         self.connections = 0
+        #: With ``[ingress] workers``: passes what other processes own to them (dsat.shards).
+        self.shards: Shards | None = None
 
     def opened(self, connection: PlaintextProtocol | PickleProtocol) -> None:
         self.connections += 1
@@ -355,8 +358,13 @@ class PlaintextProtocol(Protocol):
                 return
             data = data[end + 1 :]
             self._skipping = False
+        data = self._buffer + data
+        if factory.shards is not None:  # the lines of names other processes own go to them
+            end = data.rfind(b"\n") + 1
+            if end:
+                data = factory.shards.route(data[:end], self.peer) + data[end:]
         points, rejected, rest = parse_plaintext(
-            self._buffer + data,
+            data,
             factory.clock.seconds(),
             max_line_length=factory.max_line_length,
             validator=factory.validator,
@@ -389,6 +397,28 @@ class PlaintextFactory(IngressFactory[PlaintextProtocol]):
         super().__init__(sink, rejections, clock, max_connections=max_connections, producers=producers)
         self.max_line_length = max_line_length
         self.validator = Validator()
+
+    def receive(self, sections: list[tuple[str, bytes]]) -> None:
+        """Lines other processes read and this one owns (dsat.shards), as ``[(peer, lines), ...]``: one batch.
+
+        When some are refused, each section is parsed again alone, so that
+        each refusal names the client it came from.
+        """
+        now = self.clock.seconds()
+        body = b"".join([lines for _, lines in sections])
+        points, rejected, _ = parse_plaintext(body, now, max_line_length=self.max_line_length, validator=self.validator)
+        if not rejected or len(sections) == 1:
+            if points:
+                self.sink(points)
+            _report(self.rejections, rejected, sections[0][0])
+            return
+        for peer, lines in sections:
+            points, rejected, _ = parse_plaintext(
+                lines, now, max_line_length=self.max_line_length, validator=self.validator
+            )
+            if points:
+                self.sink(points)
+            _report(self.rejections, rejected, peer)
 
 
 class PlaintextDatagram(DatagramProtocol):
@@ -443,6 +473,8 @@ class PickleProtocol(Int32StringReceiver):
     def stringReceived(self, frame: bytes) -> None:
         factory = self.factory
         points, rejected = parse_pickle(frame, factory.clock.seconds(), validator=factory.validator)
+        if points and factory.shards is not None:
+            points = factory.shards.route_points(points, self.peer)
         if points:
             factory.sink(points)
         _report(factory.rejections, rejected, self.peer)

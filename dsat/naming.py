@@ -47,6 +47,9 @@ _ASCII_SAFE_PATH = re.compile(_SAFE_PATH)
 # Already-safe paths, one a line: a whole batch checked in one pass (text, and raw bytes from the wire).
 _ASCII_SAFE_LINES = re.compile(rf"{_SAFE_PATH}(?:\n{_SAFE_PATH})*")
 _ASCII_SAFE_RAW_LINES = re.compile(_ASCII_SAFE_LINES.pattern.encode())
+#: The bytes of safe ASCII components, the dot between them and the newline between paths (_safe_lines).
+_SAFE_RAW_BYTES = bytes(b for b in range(128) if _ASCII_SAFE.fullmatch(chr(b))) + b".\n"
+_DOT_AS_NEWLINE = bytes.maketrans(b".", b"\n")
 
 
 def _safe_chars(text: str) -> str:
@@ -137,11 +140,13 @@ def all_safe(paths: Sequence[str]) -> bool:
     checks for a whole batch of new paths at once.  False says nothing about
     any one path: clean each with :func:`clean_path`.
     """
-    if not paths or max(map(len, paths)) > MAX_PATH_CHARS:
+    if not paths:
         return False
-    joined = "\n".join(paths)
-    # A newline inside a path would pass as a separator: there must be none but the separators.
-    return _ASCII_SAFE_LINES.fullmatch(joined) is not None and joined.count("\n") == len(paths) - 1
+    try:
+        joined = "\n".join(paths).encode("ascii")
+    except UnicodeEncodeError:
+        return False
+    return _safe_lines(joined, len(paths), max(map(len, paths)))
 
 
 def decode_safe(raw_paths: Sequence[bytes]) -> list[str] | None:
@@ -150,12 +155,30 @@ def decode_safe(raw_paths: Sequence[bytes]) -> list[str] | None:
     The raw-bytes twin of :func:`all_safe`, for paths read from the wire:
     one pass over the batch, one decode.
     """
-    if not raw_paths or max(map(len, raw_paths)) > MAX_PATH_CHARS:
+    if not raw_paths:
         return None
     joined = b"\n".join(raw_paths)
-    if _ASCII_SAFE_RAW_LINES.fullmatch(joined) is None or joined.count(b"\n") != len(raw_paths) - 1:
+    if not _safe_lines(joined, len(raw_paths), max(map(len, raw_paths))):
         return None
     return joined.decode("ascii").split("\n")
+
+
+def _safe_lines(joined: bytes, count: int, longest: int) -> bool:
+    """Whether *joined*, *count* paths (the longest *longest* bytes) one a line, are all safe ASCII already.
+
+    When no path is longer than a component may be, the check is a handful
+    of scans inside C (every byte safe, a dot or a newline; no empty
+    component; one newline between paths), several times faster than the
+    regex it agrees with, which checks batches with longer paths.
+    """
+    if longest > MAX_PATH_CHARS or joined.count(b"\n") != count - 1:  # a newline inside a path: not a separator
+        return False
+    if longest > MAX_COMPONENT_BYTES:
+        return _ASCII_SAFE_RAW_LINES.fullmatch(joined) is not None
+    if joined.translate(None, _SAFE_RAW_BYTES):
+        return False
+    separators = joined.translate(_DOT_AS_NEWLINE)  # an empty component is two separators in a row, or one at an end
+    return not (separators.startswith(b"\n") or separators.endswith(b"\n") or b"\n\n" in separators)
 
 
 def _clean_untagged(path: str, whole: str) -> str:
@@ -287,7 +310,7 @@ class PathCache:
     Raw paths, as ``str`` or as ``bytes`` from the wire (decoded as UTF-8,
     strictly: undecodable bytes are a ``bad_name``), map to the path
     :func:`clean_path` makes of them, or to ``""`` when it rejects them.
-    Held in a :class:`~dsat.cache.GenerationalCache` of *max_bytes*, so it
+    A batch of paths all safe already is answered without the cache.  Held in a :class:`~dsat.cache.GenerationalCache` of *max_bytes*, so it
     keeps the paths in use however many pass through once.  New paths are
     cleaned a batch at a time (:meth:`clean_many`): when every one is already
     safe ASCII (:func:`all_safe`, :func:`decode_safe`) the batch costs one
@@ -314,7 +337,16 @@ class PathCache:
         raise _why(raw)
 
     def clean_many(self, raw_paths: Sequence[str | bytes]) -> list[str]:
-        """The clean path of each of *raw_paths* (``""`` for a rejected one), new ones cleaned as one batch."""
+        """The clean path of each of *raw_paths* (``""`` for a rejected one), new ones cleaned as one batch.
+
+        A batch whose paths are all safe already (the usual one) is checked
+        as a whole, with no lookup: that costs less than the lookups, and
+        keeps the cache for the paths that need cleaning.
+        """
+        if raw_paths:
+            safe = _all_safe(raw_paths)  # type: ignore[arg-type]
+            if safe is not None:
+                return safe
         cache = self._cache
         found = cache.get_many(raw_paths)
         if None not in found:

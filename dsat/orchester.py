@@ -57,6 +57,7 @@ from dsat.errors import ConfigError
 from dsat.events import Reporter, parse_published, published
 from dsat.flow import PushProducer
 from dsat.rules import RuleSet, load_rules
+from dsat.shards import Shards
 from dsat.topology import Topology
 from dsat.transport import Sender
 from dsat.udp import CountingPort
@@ -177,6 +178,8 @@ class Orchester:
         self.rules_refused = 0
         #: The UDP listeners (dsat.udp.CountingPort): what the kernel dropped on them is reported.
         self.udp_ports: list[CountingPort] = []
+        #: With ``[ingress] workers``: the links that pass each name to its owner process (dsat.shards).
+        self.shards: Shards | None = None
         self.rejected = Rejections(name)
         self.circuits = Circuits()
         self.points_in = 0
@@ -428,6 +431,7 @@ class Orchester:
             "udp.dropped": sum(port.kernel_dropped for port in self.udp_ports),
             **{f"rejected.{reason}": n for reason, n in self.rejected.items()},
             **({f"ha.{name}": n for name, n in self.pair.fsm.counts.items()} if self.pair is not None else {}),
+            **(self.shards.totals() if self.shards is not None else {}),
         }
         path = naming.metric_path
         points: list[Datapoint] = []

@@ -62,14 +62,18 @@ def start_logging() -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
 
 
-def listen_ingress(reactor: Any, topo: Any, orch: Any, *, worker: bool = False) -> list[Any]:
+def listen_ingress(reactor: Any, topo: Any, orch: Any, *, host: str = "", worker: int = 0) -> list[Any]:
     """Open the orchester's Graphite and statsd listeners (``[ingress]``); returns the ports.
 
     With ``[ingress] workers`` above 1 the TCP listeners are shared with the
-    ingress workers (``SO_REUSEPORT``, :mod:`dsat.workers`); a *worker* opens
-    those alone: UDP and statsd stay with the orchester.
+    ingress workers (``SO_REUSEPORT``, :mod:`dsat.workers`), and each process
+    passes the lines of the names it does not own to their owners
+    (:mod:`dsat.shards`; its links close with the ports).  A *worker* (its
+    index, 1 and up) opens the TCP listeners alone: UDP and statsd stay with
+    the orchester.
     """
     from dsat.ingress import PickleFactory, PlaintextDatagram, PlaintextFactory
+    from dsat.shards import Shards
     from dsat.statsd import StatsdAggregator, StatsdProtocol
     from dsat.udp import listen_udp
     from dsat.workers import listen_tcp
@@ -81,6 +85,15 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any, *, worker: bool = False) 
     plaintext = PlaintextFactory(
         orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line, producers=orch.egress.producers
     )
+    shards = None
+    if shared:
+        shards = orch.shards = Shards(
+            reactor, worker, conf.workers, topology_path=topo.path, host=host, producers=orch.egress.producers
+        )
+        shards.deliver = plaintext.receive
+        plaintext.shards = shards
+        shards.start()
+        ports.append(shards)
     if conf.plaintext:
         ports.append(listen_tcp(reactor, conf.plaintext, plaintext, reuse_port=shared))
     if conf.plaintext_tls:
@@ -94,6 +107,7 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any, *, worker: bool = False) 
         ports.append(listen_tcp(reactor, conf.plaintext_tls, tls, reuse_port=shared))
     if conf.pickle:
         pickle = PickleFactory(orch.ingest, orch.rejected, reactor, producers=orch.egress.producers)
+        pickle.shards = shards
         ports.append(listen_tcp(reactor, conf.pickle, pickle, reuse_port=shared))
     if worker:
         return ports
@@ -307,7 +321,7 @@ def orchester(wiring: Wiring) -> Orchester:
     def ingress(listening: bool) -> Any:
         """Open the Graphite and statsd listeners (a pair's ACTIVE server), or close them."""
         if listening and not ports:
-            ports.extend(listen_ingress(reactor, topo, orch))
+            ports.extend(listen_ingress(reactor, topo, orch, host=host))
             return None
         closing = [defer.maybeDeferred(port.stopListening) for port in ports]
         ports.clear()
@@ -381,7 +395,7 @@ def ingress_worker(wiring: Wiring, index: int) -> Orchester:
         rules=rules_of(reactor, topo),
         name=name,
     )
-    ports = listen_ingress(reactor, topo, orch, worker=True)
+    ports = listen_ingress(reactor, topo, orch, host=wiring.host, worker=index)
     stop_hooks = wiring.stop_hooks
     stop_hooks.append(lambda: defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in ports]))
     orch.start()

@@ -346,12 +346,20 @@ def test_the_path_cache_keeps_results_and_stays_bounded() -> None:
     cache = PathCache(max_bytes=budget)
     assert cache.clean_many([b"a/b", b"\x00"]) == ["a_b", ""]
     assert len(cache) == 2
-    assert cache.clean(b"c") == "c" and len(cache) == 3
-    assert cache.clean("d") == "d" and cache.clean(b"e") == "e" and len(cache) == 3
+    assert cache.clean(b"c/d") == "c_d" and len(cache) == 3
+    assert cache.clean("d/e") == "d_e" and cache.clean(b"e/f") == "e_f" and len(cache) == 3
     assert cache._cache.nbytes <= budget
     with pytest.raises(BadName, match="over 1024"):
         cache.clean("x" * 5000)
     assert cache.clean_many([b"x" * 2000]) == [""] and len(cache) == 3
+
+
+def test_the_path_cache_answers_a_batch_of_safe_paths_without_keeping_them() -> None:
+    """A batch all safe already is checked whole and not cached; one unsafe path sends the batch to the cache."""
+    cache = PathCache()
+    assert cache.clean_many([b"a.b", b"c"]) == ["a.b", "c"] and len(cache) == 0
+    assert cache.clean_many(["a.b", "c"]) == ["a.b", "c"] and len(cache) == 0
+    assert cache.clean_many([b"a.b", b"c..d"]) == ["a.b", "c.d"] and len(cache) == 2
 
 
 # -- tagged series -------------------------------------------------------------
@@ -517,9 +525,16 @@ def _clean_or_none(path: str) -> str | None:
 
 
 @pytest.mark.parametrize("seed", range(300))
-def test_a_batch_passes_as_already_safe_only_when_every_path_is_kept_as_it_is(seed: int) -> None:
-    """all_safe and decode_safe say yes only when clean_path keeps every path, and always for safe ASCII ones."""
+@pytest.mark.parametrize("short", [False, True], ids=["any", "short"])
+def test_a_batch_passes_as_already_safe_only_when_every_path_is_kept_as_it_is(seed: int, short: bool) -> None:
+    """all_safe and decode_safe say yes only when clean_path keeps every path, and always for safe ASCII ones.
+
+    *short*: no path longer than a component may be, the batches the scans
+    check without the regex.
+    """
     paths = _batch_corpus(seed)
+    if short:
+        paths = [path for path in paths if len(path.encode()) <= naming.MAX_COMPONENT_BYTES] or ["a"]
     unchanged = all(_clean_or_none(path) == path for path in paths)
     ascii_safe = all(path.isascii() and not naming.is_tagged(path) and _clean_or_none(path) == path for path in paths)
     raw = [path.encode("utf-8") for path in paths]
