@@ -171,7 +171,7 @@ def _safe_lines(joined: bytes, count: int, longest: int) -> bool:
     component; one newline between paths), several times faster than the
     regex it agrees with, which checks batches with longer paths.
     """
-    if longest > MAX_PATH_CHARS or joined.count(b"\n") != count - 1:  # a newline inside a path: not a separator
+    if not longest or longest > MAX_PATH_CHARS or joined.count(b"\n") != count - 1:  # newline in a path: no
         return False
     if longest > MAX_COMPONENT_BYTES:
         return _ASCII_SAFE_RAW_LINES.fullmatch(joined) is not None

@@ -354,6 +354,16 @@ def test_the_path_cache_keeps_results_and_stays_bounded() -> None:
     assert cache.clean_many([b"x" * 2000]) == [""] and len(cache) == 3
 
 
+@pytest.mark.parametrize(
+    "paths",
+    [[""], ["", ""], ["a", ""], ["", "a"], [".a"], ["a."], ["a..b"], ["a\nb"], ["a", "b\n"], ["a b"], ["é"], ["x" * 201]],
+)
+def test_a_batch_with_an_empty_component_or_a_stray_byte_is_not_already_safe(paths: list[str]) -> None:
+    """The edges of the scans: empty paths and components, newlines inside a path, a component too long."""
+    assert not naming.all_safe(paths)
+    assert naming.decode_safe([path.encode() for path in paths]) is None
+
+
 def test_the_path_cache_answers_a_batch_of_safe_paths_without_keeping_them() -> None:
     """A batch all safe already is checked whole and not cached; one unsafe path sends the batch to the cache."""
     cache = PathCache()
