@@ -22,7 +22,7 @@ import pickle
 import struct
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Protocol, ServerFactory, connectionDone
@@ -34,8 +34,10 @@ from dsat.counters import Rejections
 from dsat.datapoint import BadDatapoint, Datapoint, Validator, all_numbers_acceptable
 from dsat.errors import BadName
 from dsat.flow import Producers
-from dsat.shards import Shards
 from dsat.topology import IngressConf
+
+if TYPE_CHECKING:
+    from dsat.shards import Shards
 
 #: Largest pickle frame, in bytes: carbon's PICKLE_RECEIVER_MAX_LENGTH.
 MAX_PICKLE_LENGTH = 2**20
@@ -43,7 +45,7 @@ MAX_PICKLE_LENGTH = 2**20
 MAX_CONNECTIONS = 1024
 
 #: Every byte but the ASCII whitespace ``bytes.split()`` splits on.
-_NOT_WHITESPACE = bytes(set(range(256)) - set(b" \t\n\r\x0b\x0c"))
+NOT_WHITESPACE = bytes(set(range(256)) - set(b" \t\n\r\x0b\x0c"))
 
 Sink = Callable[[list[Datapoint]], None]
 
@@ -91,7 +93,7 @@ def _parse_plain(
     three fields per line unless one is empty.  Names are the rule's too:
     the validator's path cache cleans the batch's new ones together.
     """
-    separators = body.translate(None, _NOT_WHITESPACE)
+    separators = body.translate(None, NOT_WHITESPACE)
     lines = len(separators) // 3
     if separators != b"  \n" * lines:
         return None

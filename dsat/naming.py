@@ -310,11 +310,11 @@ class PathCache:
     Raw paths, as ``str`` or as ``bytes`` from the wire (decoded as UTF-8,
     strictly: undecodable bytes are a ``bad_name``), map to the path
     :func:`clean_path` makes of them, or to ``""`` when it rejects them.
-    A batch of paths all safe already is answered without the cache.  Held in a :class:`~dsat.cache.GenerationalCache` of *max_bytes*, so it
-    keeps the paths in use however many pass through once.  New paths are
-    cleaned a batch at a time (:meth:`clean_many`): when every one is already
-    safe ASCII (:func:`all_safe`, :func:`decode_safe`) the batch costs one
-    pass, else each is cleaned on its own.  Paths longer than
+    A batch whose paths are all safe ASCII already (:func:`all_safe`,
+    :func:`decode_safe`) costs one pass and no lookup.  The paths of other
+    batches are held in a :class:`~dsat.cache.GenerationalCache` of
+    *max_bytes*, so it keeps the paths in use however many pass through
+    once; the new ones are cleaned each on its own.  Paths longer than
     :data:`MAX_PATH_CHARS` are not kept.  Only the verdict is kept for a
     rejected path; its reason is found again when asked (:meth:`clean`,
     :meth:`count_rejected`), so a cached rejection raises a fresh
