@@ -12,9 +12,11 @@ the same in every process, so:
 
 - one connection's work is spread over every core;
 - each process caches only the names it owns (a share of the memory);
-- a name's datapoints reach Carbon in the order they arrived, whichever
-  connections they came on, except while a link is down or full: then the
+- the datapoints of a name sent on one connection reach Carbon in their
+  order, since its lines always take the same way (a link keeps the order
+  of what it carries), except while a link is down or full: then the
   lines are handled where they arrived, and counted (``shard.kept``).
+  Across connections there is no order, as without workers.
 
 Splitting costs one pass over the chunk inside C (``split``, ``findall``,
 ``map`` of :func:`zlib.adler32`, ``compress``, ``join``) and one list

@@ -385,11 +385,14 @@ def test_an_orchester_with_two_workers_delivers_every_datapoint_once_from_both_p
 ) -> None:
     points: Counter[str] = Counter()
     served: Counter[str] = Counter()
+    values: dict[str, list[float]] = {}
 
     def on_point(path: str, ts: float, value: float) -> None:
         if path.startswith("wk."):
             points[path] += 1
-        elif path.endswith(".points_in"):
+        elif path.startswith("seq."):
+            values.setdefault(path, []).append(value)
+        elif path.endswith((".points_in", ".shard.sent", ".shard.received")):
             served[path] += int(value)
 
     carbon_port, plain = free_port(), free_port()
@@ -418,6 +421,23 @@ def test_an_orchester_with_two_workers_delivers_every_datapoint_once_from_both_p
     wait_for(lambda: served[main] + served[w1] == total, 30, "both processes' points_in to add up to what was sent")
     assert set(points) == expected and set(points.values()) == {1}, "each datapoint arrives exactly once"
     assert served[main] > 0 and served[w1] > 0, served  # 60 connections all to one process: 2 in 2**60
+
+    # one connection: the lines of the names the other process owns go to it (dsat.shards)
+    before = {name: served[name] for name in (main, w1)}
+    with socket.create_connection(("127.0.0.1", plain)) as client:
+        client.sendall(b"".join(b"one.m%d %d %d\n" % (k, k, now) for k in range(2000)))
+    wait_for(lambda: served[main] + served[w1] == total + 2000, 30, "the one connection's datapoints")
+    assert served[main] > before[main] and served[w1] > before[w1], (before, served)
+    sent = served["dsat.testhost.self.orchester.shard.sent"] + served["dsat.testhost.self.orchester.w1.shard.sent"]
+    taken = sum(n for name, n in served.items() if name.endswith(".shard.received"))
+    assert sent == taken > 0, served
+    # a name's datapoints sent on one connection reach Carbon in their order, whichever process owns it
+    rounds = 8
+    with socket.create_connection(("127.0.0.1", plain)) as client:
+        for value in range(rounds):
+            client.sendall(b"".join(b"seq.m%d %d %d\n" % (k, value, now + value) for k in range(300)))
+    wait_for(lambda: sum(map(len, values.values())) == 300 * rounds, 30, "every datapoint of the ordered rounds")
+    assert all(got == [float(v) for v in range(rounds)] for got in values.values()), values
 
     # a worker that dies is started again
     os.kill(worker, signal.SIGKILL)
