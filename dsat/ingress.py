@@ -320,7 +320,7 @@ class IngressFactory(ServerFactory[_Connection]):
 
 @implementer(IPushProducer)
 class PlaintextProtocol(Protocol):
-    """One TCP connection speaking carbon's line protocol; each chunk received becomes one batch.
+    """One TCP connection speaking carbon's line protocol; its complete lines go to the factory's next batch.
 
     The unfinished last line is kept for the next chunk.  When it grows past
     the line limit it is counted ``line_too_long`` and skipped up to its
@@ -361,24 +361,19 @@ class PlaintextProtocol(Protocol):
             data = data[end + 1 :]
             self._skipping = False
         data = self._buffer + data
-        if factory.shards is not None:  # the lines of names other processes own go to them
-            end = data.rfind(b"\n") + 1
-            if end:
-                data = factory.shards.route(data[:end], self.peer) + data[end:]
-        points, rejected, rest = parse_plaintext(
-            data,
-            factory.clock.seconds(),
-            max_line_length=factory.max_line_length,
-            validator=factory.validator,
-        )
+        end = data.rfind(b"\n") + 1
+        rest = data[end:]
         if len(rest) > factory.max_line_length:
-            rejected["line_too_long"] += 1
+            _report(factory.rejections, Counter(line_too_long=1), self.peer)
             rest = b""
             self._skipping = True
         self._buffer = rest
-        if points:
-            factory.sink(points)
-        _report(factory.rejections, rejected, self.peer)
+        if end:
+            lines = data[:end]
+            if factory.shards is not None:  # the lines of names other processes own go to them
+                lines = factory.shards.route(lines, self.peer)
+            if lines:
+                factory.take([(self.peer, lines)])
 
 
 class PlaintextFactory(IngressFactory[PlaintextProtocol]):
@@ -399,21 +394,43 @@ class PlaintextFactory(IngressFactory[PlaintextProtocol]):
         super().__init__(sink, rejections, clock, max_connections=max_connections, producers=producers)
         self.max_line_length = max_line_length
         self.validator = Validator()
+        self._pending: list[tuple[str, bytes]] = []
+        self._parse_call: Any = None
 
-    def receive(self, sections: list[tuple[str, bytes]]) -> None:
-        """Lines other processes read and this one owns (dsat.shards), as ``[(peer, lines), ...]``: one batch.
+    def take(self, sections: list[tuple[str, bytes]]) -> None:
+        """Complete lines, as ``[(peer, lines), ...]``, parsed together once the reactor has read what it could.
 
-        When some are refused, each section is parsed again alone, so that
+        Every connection's chunk and what the other processes pass to this
+        one (:mod:`dsat.shards`) wait for the end of the reactor's turn
+        (``callLater(0)``), so that the writes of ~20 lines of many clients
+        cost one batch, not one each.  Each connection's lines keep their order.
+        """
+        self._pending.extend(sections)
+        if self._parse_call is None:
+            self._parse_call = self.clock.callLater(0, self._parse_pending)
+
+    def _parse_pending(self) -> None:
+        self._parse_call = None
+        sections, self._pending = self._pending, []
+        self.parse(sections)
+
+    def parse(self, sections: list[tuple[str, bytes]]) -> None:
+        """Parse *sections* (``[(peer, lines), ...]``, complete lines) and give their datapoints to the sink.
+
+        They are one batch when together they are plain and clean, as
+        clients send them (:func:`_parse_plain`); otherwise each section is
+        parsed alone, so that one client's odd lines cost only its own, and
         each refusal names the client it came from.
         """
         now = self.clock.seconds()
-        body = b"".join([lines for _, lines in sections])
-        points, rejected, _ = parse_plaintext(body, now, max_line_length=self.max_line_length, validator=self.validator)
-        if not rejected or len(sections) == 1:
-            if points:
-                self.sink(points)
-            _report(self.rejections, rejected, sections[0][0])
-            return
+        if len(sections) > 1:
+            rejected: Counter[str] = Counter()
+            body = b"".join([lines for _, lines in sections])
+            points = _parse_plain(body, self.max_line_length, self.validator, rejected)
+            if points is not None and not rejected:
+                if points:
+                    self.sink(points)
+                return
         for peer, lines in sections:
             points, rejected, _ = parse_plaintext(
                 lines, now, max_line_length=self.max_line_length, validator=self.validator

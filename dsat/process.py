@@ -90,7 +90,7 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any, *, host: str = "", worker
         shards = orch.shards = Shards(
             reactor, worker, conf.workers, topology_path=topo.path, host=host, producers=orch.egress.producers
         )
-        shards.deliver = plaintext.receive
+        shards.deliver = plaintext.take
         plaintext.shards = shards
         shards.start()
         ports.append(shards)

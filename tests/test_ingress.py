@@ -26,6 +26,7 @@ from dsat.ingress import (
     PlaintextFactory,
     PlaintextProtocol,
     _parse_each,
+    _peer,
     parse_pickle,
     parse_plaintext,
 )
@@ -318,18 +319,40 @@ def connect(factory: PlaintextFactory | PickleFactory) -> tuple[PlaintextProtoco
     return proto, transport
 
 
-def test_tcp_chunks_split_mid_line_give_one_batch_per_chunk() -> None:
-    """Each chunk delivers its complete lines as one batch; a line split across chunks is joined."""
+def test_tcp_chunks_split_mid_line_give_one_batch_per_turn_of_the_reactor() -> None:
+    """The complete lines of each turn are one batch, parsed at its end; a line split across chunks is joined."""
     factory, sink, rejections = plaintext()
     proto, _ = connect(factory)
     proto.dataReceived(b"a 1 1700000000\nb 2 17")
+    assert sink.batches == []  # parsed at the end of the turn
+    factory.clock.advance(0)  # type: ignore[attr-defined]
     proto.dataReceived(b"00000000\nc 3 -1\nd")
+    factory.clock.advance(0)  # type: ignore[attr-defined]
     proto.dataReceived(b" x 1700000000\n")
+    factory.clock.advance(0)  # type: ignore[attr-defined]
     assert sink.batches == [
         [("a", 1_700_000_000.0, 1.0)],
         [("b", 1_700_000_000.0, 2.0), ("c", NOW, 3.0)],
     ]
     assert rejections == Counter({"bad_value": 1})
+
+
+def test_tcp_many_connections_read_in_one_turn_are_one_batch_each_in_its_order() -> None:
+    """Plain, clean chunks of many clients make one batch; a client's odd or bad lines are parsed alone, named."""
+    factory, sink, rejections = plaintext()
+    protos = [connect(factory)[0] for _ in range(3)]
+    for k, proto in enumerate(protos):
+        proto.dataReceived(b"c%d.a %d 1700000000\nc%d.b %d 1700000000\n" % (k, k, k, k))
+    factory.clock.advance(0)  # type: ignore[attr-defined]
+    assert sink.batches == [[(f"c{k}.{m}", TS, float(k)) for k in range(3) for m in "ab"]]
+    seen: list[str] = []
+    rejections.reject = lambda reason, error, count=1: seen.append(f"{reason}: {error}")  # type: ignore[method-assign]
+    protos[0].dataReceived(b"d.a 1 1700000000\n")
+    protos[1].dataReceived(b"d.b 2 1700000000\r\nbad\n")  # not plain: the batch is parsed by client
+    protos[2].dataReceived(b"d.c 3 1700000000\n")
+    factory.clock.advance(0)  # type: ignore[attr-defined]
+    assert sink.batches[1:] == [[("d.a", TS, 1.0)], [("d.b", TS, 2.0)], [("d.c", TS, 3.0)]]
+    assert seen == [f"invalid_line: 1 from {_peer(PEER)}"]
 
 
 def test_tcp_a_line_over_the_limit_is_skipped_up_to_its_newline() -> None:
@@ -339,7 +362,8 @@ def test_tcp_a_line_over_the_limit_is_skipped_up_to_its_newline() -> None:
     proto.dataReceived(b"a 1 1700000000\n" + b"x" * 30)
     proto.dataReceived(b"x" * 100)
     proto.dataReceived(b"xxx\nb 2 1700000000\n")
-    assert sink.batches == [[("a", 1_700_000_000.0, 1.0)], [("b", 1_700_000_000.0, 2.0)]]
+    factory.clock.advance(0)  # type: ignore[attr-defined]
+    assert sink.batches == [[("a", 1_700_000_000.0, 1.0), ("b", 1_700_000_000.0, 2.0)]]
     assert rejections == Counter({"line_too_long": 1}) and not transport.disconnecting
 
 
@@ -518,6 +542,7 @@ def test_tcp_a_tagged_batch_lands_and_its_refusals_are_counted() -> None:
     factory, sink, rejections = plaintext()
     proto, _ = connect(factory)
     proto.dataReceived(b"lat;region=eu;az=b 5 1700000000\nlat;region=~eu 6 1700000000\nlat 7 1700000000\n")
+    factory.clock.advance(0)  # type: ignore[attr-defined]
     assert sink.batches == [[("lat;az=b;region=eu", TS, 5.0), ("lat", TS, 7.0)]]
     assert rejections == Counter({"bad_tag": 1})
 

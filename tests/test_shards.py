@@ -277,11 +277,11 @@ def test_the_owner_parses_what_others_passed_as_one_batch_and_names_each_refusal
     clock = Clock()
     clock.advance(NOW)
     factory = PlaintextFactory(batches.append, rejections, clock)
-    factory.receive([("p1", b"a 1 %d\n" % NOW), ("p2", b"b 2 %d\n" % NOW)])
+    factory.parse([("p1", b"a 1 %d\n" % NOW), ("p2", b"b 2 %d\n" % NOW)])
     assert batches == [[("a", NOW, 1.0), ("b", NOW, 2.0)]] and not rejections
     seen: list[str] = []
     rejections.reject = lambda reason, error, count=1: seen.append(f"{reason}: {error}")  # type: ignore[method-assign]
-    factory.receive([("p1", b"c 1 %d\n" % NOW), ("p2", b"bad\n")])
+    factory.parse([("p1", b"c 1 %d\n" % NOW), ("p2", b"bad\n")])
     assert batches[1:] == [[("c", NOW, 1.0)]]
     assert seen == ["invalid_line: 1 from p2"]
 
@@ -300,6 +300,7 @@ def test_a_connection_passes_other_owners_lines_and_parses_its_own() -> None:
     data = b"".join(line + b"\n" for line in [*mine, *theirs])
     proto.dataReceived(data[:-4])  # the last line unfinished: kept for the next chunk
     proto.dataReceived(data[-4:])
+    clock.advance(0)
     got = [point[0] for batch in batches for point in batch]
     assert got == [line.split()[0].decode() for line in mine]
     sent = link.transport.value()
