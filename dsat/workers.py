@@ -17,6 +17,10 @@ stops.  It forwards to them, on their standard input, the control frames of
 SIGHUP; a worker whose standard input ends (its orchester is gone, even
 killed) stops.
 
+Each process passes the plaintext lines of the names another one owns to
+that owner (:mod:`dsat.shards`), so one busy connection keeps every core
+busy, not one.
+
 What stays in the orchester alone: statsd (its aggregation must see every
 sample), the plaintext UDP listener, the input from the satellites, the links
 to the tracker.  A worker's own metrics are

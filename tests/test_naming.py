@@ -563,6 +563,7 @@ def test_a_batch_passes_as_already_safe_only_when_every_path_is_kept_as_it_is(se
         ("dsat.web01.self.tracker.rejected.bad_frame", "sum"),
         ("dsat.web01.self.orchester.ha.failovers", "sum"),
         ("dsat.web01.self.orchester.ha.active", "max"),
+        ("dsat.web01.self.orchester.w1.shard.kept", "sum"),
         ("dsat.web01.self.orchester.queue_depth", "max"),
         ("dsat.web01.self.cpu.in_flight", "max"),
         ("stats.timers.api.upper", "max"),
