@@ -24,6 +24,22 @@ It exits non-zero when a relay did not deliver every datapoint.
 
 DSAT runs with ``[ingress] workers`` = ``--workers``, one per CPU by default
 (``docs/performance.rst``): that many processes share its listener.
+
+Two variants of the workload, alone or together, also with ``--sweep``:
+``--protocol pickle`` sends the same datapoints in carbon's pickle protocol, as
+carbon clients frame it (:func:`dsat.carbon.encode_pickle`: frames of 500
+datapoints over one connection, one frame a write of 20 over many), to DSAT's
+``[ingress] pickle`` listener and carbon-relay's PICKLE_RECEIVER_PORT;
+carbon-c-relay has none, so it is left out of the default relays and refused by
+name.  ``--tagged`` gives every name Graphite 1.1 tags, ``...STATE;dc=dcK;env=prod``,
+half of them out of carbon's sorted order (``;env=prod;dc=dcK``), so that DSAT
+canonicalises them as carbon does; carbon-c-relay forwards them as sent, so
+``--verify`` compares canonical forms.  The relays still forward plaintext and
+the sinks count the same way.  The figures go to a file of their own:
+``bench/results/relay-pickle.json``, ``relay-tagged.json``, ``relay-tagged-sweep.json``...
+
+    .venv/bin/python bench/relay.py --protocol pickle --relays dsat,carbon-relay
+    .venv/bin/python bench/relay.py --tagged --sweep
 """
 
 from __future__ import annotations
@@ -54,6 +70,8 @@ from typing import Any
 import psutil
 
 from dsat.bench import stop_group
+from dsat.carbon import encode_pickle
+from dsat.naming import tagged_path
 from dsat.stack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +87,11 @@ CORES = 8
 STATES = ("user", "system", "iowait", "idle")
 #: Lines per write on each of many connections (collectd's write_graphite sends about 1,400 bytes at a time).
 LINES_PER_WRITE = 20
+#: What the client speaks (``--protocol``), and the relays that listen for pickle.
+PROTOCOLS = ("plaintext", "pickle")
+PICKLE_RELAYS = ("dsat", "carbon-relay")
+#: Data centres of the tagged names (``--tagged``): ``;dc=dcK`` with K the host number modulo this.
+DATA_CENTRES = 3
 
 #: carbon-c-relay settings tried, as (workers, batch size, queue size).  Its default queue (25,000) makes it
 #: stall the client about a second at a time (36,000 datapoints/s here), so every setting has a large one.
@@ -94,34 +117,50 @@ Points = list[tuple[bytes, float, int]]
 
 @dataclass(frozen=True)
 class Cell:
-    """One workload: *names* distinct metric names, each sent *rounds* times, over *connections* to *destinations*."""
+    """One workload: *names* distinct metric names, each sent *rounds* times, over *connections* to *destinations*.
+
+    The client speaks *protocol*; *tagged* names carry Graphite tags.
+    """
 
     names: int
     rounds: int
     connections: int
     destinations: int
+    protocol: str = "plaintext"
+    tagged: bool = False
 
     @property
     def lines(self) -> int:
         return self.names * self.rounds
 
     def __str__(self) -> str:
-        return f"{self.names:,} names x {self.rounds}, {self.connections} conn, {self.destinations} dest"
+        shape = f"{self.names:,} names x {self.rounds}, {self.connections} conn, {self.destinations} dest"
+        return f"{shape}, {self.protocol}{', tagged' if self.tagged else ''}"
 
 
-def metric_names(count: int) -> list[str]:
-    """*count* distinct names ``servers.hostNNNNN.cpu.coreN.STATE``: as many hosts as it takes, 8 cores, 4 states."""
+def metric_names(count: int, tagged: bool = False) -> list[str]:
+    """*count* distinct names ``servers.hostNNNNN.cpu.coreN.STATE``: as many hosts as it takes, 8 cores, 4 states.
+
+    *tagged*: each with the tags ``dc`` and ``env``, every other one in the reverse of carbon's sorted order.
+    """
     per_host = CORES * len(STATES)
-    return [
+    names = [
         f"servers.host{i // per_host:05d}.cpu.core{i % per_host // len(STATES)}.{STATES[i % len(STATES)]}"
         for i in range(count)
     ]
+    if not tagged:
+        return names
+    out = []
+    for i, name in enumerate(names):
+        dc, env = f"dc=dc{i // per_host % DATA_CENTRES}", "env=prod"
+        out.append(f"{name};{dc};{env}" if i % 2 else f"{name};{env};{dc}")
+    return out
 
 
 def workload(cell: Cell, seed: int = 42) -> bytes:
     """The cell's plaintext lines: a round of every name (in one shuffled order) every 10 s, values in 0-100."""
     rng = random.Random(seed)
-    names = metric_names(cell.names)
+    names = metric_names(cell.names, cell.tagged)
     rng.shuffle(names)
     start = (int(time.time()) // 10 - cell.rounds) * 10
     out = []
@@ -132,13 +171,25 @@ def workload(cell: Cell, seed: int = 42) -> bytes:
 
 
 def datapoints(data: bytes) -> Points:
-    """The (path, value, timestamp) of every line, sorted: relays may write ``1.40`` as ``1.4``."""
+    """The (path, value, timestamp) of every line, sorted: relays may write ``1.40`` as ``1.4``.
+
+    A tagged path is taken in its canonical form: DSAT sorts the tags as carbon does, carbon-c-relay keeps their order.
+    """
     points = []
     for line in data.splitlines():
         path, value, timestamp = line.split()
+        if b";" in path:
+            path = tagged_path(path.decode()).encode()
         points.append((path, float(value), int(timestamp)))
     points.sort()
     return points
+
+
+def pickle_frames(lines: bytes) -> bytes:
+    """The datapoints of plaintext *lines* as a carbon client sends them in pickle: frames of 500 at most."""
+    return encode_pickle(
+        [(path.decode(), int(ts), float(value)) for path, value, ts in map(bytes.split, lines.splitlines())]
+    )
 
 
 def rewritten(payload: bytes) -> bytes:
@@ -206,15 +257,22 @@ def client(port: int, writes: list[list[bytes]], go: Any) -> None:
         thread.join()
 
 
-def writes_for(payload: bytes, connections: int) -> list[list[bytes]]:
-    """*payload* cut at line ends into one share per connection; with many connections, writes of ~20 lines each."""
+def writes_for(payload: bytes, connections: int, protocol: str = "plaintext") -> list[list[bytes]]:
+    """*payload* cut at line ends into one share per connection; with many connections, writes of ~20 lines each.
+
+    In pickle, each write holds the same datapoints: one write of 500-datapoint frames over one connection, one frame
+    a write over many.
+    """
     shares = split(payload, connections)
     if connections == 1:
-        return [[shares[0]]]
-    out = []
-    for share in shares:
-        lines = share.splitlines(keepends=True)
-        out.append([b"".join(lines[i : i + LINES_PER_WRITE]) for i in range(0, len(lines), LINES_PER_WRITE)])
+        out = [[shares[0]]]
+    else:
+        out = []
+        for share in shares:
+            lines = share.splitlines(keepends=True)
+            out.append([b"".join(lines[i : i + LINES_PER_WRITE]) for i in range(0, len(lines), LINES_PER_WRITE)])
+    if protocol == "pickle":
+        out = [[pickle_frames(piece) for piece in pieces] for pieces in out]
     return out
 
 
@@ -242,7 +300,9 @@ class Relay:
     listeners: int = 1
 
 
-def dsat_command(base: Path, port: int, sink_ports: list[int], *, workers: int = 1) -> list[str]:
+def dsat_command(
+    base: Path, port: int, sink_ports: list[int], *, workers: int = 1, protocol: str = "plaintext"
+) -> list[str]:
     (base / "rewrite-rules.conf").write_text(f"[pre]\n{PATTERN} = {REPLACEMENT}\n")
     destinations = ", ".join(f'"127.0.0.1:{p}:{i}"' for i, p in enumerate(sink_ports))
     (base / "topology.toml").write_text(
@@ -253,7 +313,7 @@ run_dir = "run"
 [tracker]
 metrics_every = "1h"
 [ingress]
-plaintext = "127.0.0.1:{port}"
+{protocol} = "127.0.0.1:{port}"
 workers = {workers}
 [rules]
 rewrite = "rewrite-rules.conf"
@@ -291,21 +351,22 @@ run_twistd_plugin(sys.argv[0])
 """
 
 
-def carbon_relay_command(base: Path, port: int, sink_ports: list[int]) -> list[str]:
+def carbon_relay_command(base: Path, port: int, sink_ports: list[int], *, protocol: str = "plaintext") -> list[str]:
     conf = base / "conf"
     conf.mkdir()
     (conf / "rewrite-rules.conf").write_text(f"[pre]\n{PATTERN} = {REPLACEMENT}\n")
     (conf / "storage-schemas.conf").write_text("[default]\npattern = .*\nretentions = 10s:1d\n")
     destinations = ", ".join(f"127.0.0.1:{p}:{i}" for i, p in enumerate(sink_ports))
+    line_port, pickle_port = (port, free_port()) if protocol == "plaintext" else (free_port(), port)
     (conf / "relay-rules.conf").write_text(f"[default]\ndefault = true\ndestinations = {destinations}\n")
     (conf / "carbon.conf").write_text(
         f"""
 [relay]
 STORAGE_DIR = {base / "storage"}
 LINE_RECEIVER_INTERFACE = 127.0.0.1
-LINE_RECEIVER_PORT = {port}
+LINE_RECEIVER_PORT = {line_port}
 PICKLE_RECEIVER_INTERFACE = 127.0.0.1
-PICKLE_RECEIVER_PORT = {free_port()}
+PICKLE_RECEIVER_PORT = {pickle_port}
 RELAY_METHOD = {"rules" if len(sink_ports) == 1 else "consistent-hashing"}
 DESTINATIONS = {destinations}
 DESTINATION_PROTOCOL = line
@@ -343,15 +404,23 @@ def relays(
     c_relay_settings: tuple[tuple[int, int, int], ...] = C_RELAY_SETTINGS,
     *,
     dsat_workers: int = 1,
+    protocol: str = "plaintext",
 ) -> list[Relay]:
+    """The relays *names* to run, each listening for *protocol*; SystemExit for one unknown or without that listener."""
     chosen = []
     for name in names:
         if name == "dsat":
-            command = functools.partial(dsat_command, workers=dsat_workers)
+            command = functools.partial(dsat_command, workers=dsat_workers, protocol=protocol)
             chosen.append(Relay("dsat", f"workers={dsat_workers} max_queue={QUEUE}", command, dsat_workers))
         elif name == "carbon-relay":
-            chosen.append(Relay("carbon-relay", f"MAX_QUEUE_SIZE={QUEUE}", carbon_relay_command))
+            command = functools.partial(carbon_relay_command, protocol=protocol)
+            chosen.append(Relay("carbon-relay", f"MAX_QUEUE_SIZE={QUEUE}", command))
         elif name == "carbon-c-relay":
+            if protocol == "pickle":
+                choices = ", ".join(PICKLE_RELAYS)
+                raise SystemExit(
+                    f"carbon-c-relay has no pickle listener: with --protocol pickle, choose among {choices}"
+                )
             for workers, batch, queue in c_relay_settings:
                 command = functools.partial(c_relay_command, workers=workers, batch=batch, queue=queue)
                 chosen.append(Relay("carbon-c-relay", f"-w {workers} -b {batch} -q {queue}", command))
@@ -624,9 +693,10 @@ def cell_report(cell: Cell, runs: list[Run]) -> dict:
     }
 
 
-def print_table(cells: list[dict], workers: int) -> None:
+def print_table(cells: list[dict], workers: int, protocol: str, tagged: bool) -> None:
     """One line per cell: the best rate of each relay, and DSAT's ratio to carbon-c-relay."""
-    print(f"\nDSAT with [ingress] workers = {workers}")
+    names = "tagged" if tagged else "untagged"
+    print(f"\nDSAT with [ingress] workers = {workers}; the client sends {protocol}, {names} names")
     print(
         f"{'names':>9} {'conn':>5} {'dest':>4} {'DSAT dp/s':>11} {'c-relay dp/s':>13} {'ratio':>6} "
         f"{'orchester RSS MB':>17}"
@@ -646,9 +716,10 @@ def run_cells(cells: list[Cell], chosen: list[Relay], args: argparse.Namespace) 
     out = []
     for cell in cells:
         payload = workload(cell)
-        writes = writes_for(payload, cell.connections)
+        writes = writes_for(payload, cell.connections, cell.protocol)
         expected = datapoints(rewritten(payload)) if args.verify else None
-        print(f"\n{cell}: {cell.lines:,} lines, {len(payload) / 1e6:.1f} MB", flush=True)
+        size = sum(map(len, (piece for pieces in writes for piece in pieces)))
+        print(f"\n{cell}: {cell.lines:,} datapoints, {size / 1e6:.1f} MB", flush=True)
         print(HEADER, flush=True)
         runs = []
         for relay in chosen:
@@ -660,6 +731,29 @@ def run_cells(cells: list[Cell], chosen: list[Relay], args: argparse.Namespace) 
         entry["runs"] = [asdict(run) for run in runs]
         out.append(entry)
     return out
+
+
+def relay_names(args: argparse.Namespace) -> list[str]:
+    """The relays asked for with ``--relays``, else the default ones that listen for ``--protocol`` (with a note)."""
+    if args.relays:
+        return args.relays.split(",")
+    names = ["dsat", "carbon-c-relay"] if args.sweep else ["dsat", "carbon-c-relay", "carbon-relay"]
+    if args.protocol == "pickle":
+        print("carbon-c-relay has no pickle listener: not run", flush=True)
+        names = [name for name in names if name in PICKLE_RELAYS]
+    return names
+
+
+def results_path(args: argparse.Namespace) -> Path:
+    """``bench/results/relay[-pickle][-tagged][-sweep].json``: each variant of the workload keeps its own figures."""
+    parts = ["relay"]
+    if args.protocol != "plaintext":
+        parts.append(args.protocol)
+    if args.tagged:
+        parts.append("tagged")
+    if args.sweep:
+        parts.append("sweep")
+    return RESULTS.with_name("-".join(parts) + ".json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -678,6 +772,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--verify", action="store_true", help="also compare every datapoint the sinks received")
     parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="plaintext", help="what the client sends the relays (plaintext)"
+    )
+    parser.add_argument(
+        "--tagged", action="store_true", help="tagged names, name;dc=dcK;env=prod, half with the tags unsorted"
+    )
+    parser.add_argument(
         "--profile", metavar="FILE", help="py-spy record DSAT's orchester: FILE.svg flame graph, FILE.txt stacks"
     )
     parser.add_argument(
@@ -689,11 +789,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-save", action="store_true", help="do not write bench/results/")
     args = parser.parse_args(argv)
     args.repeat = args.repeat or (1 if args.sweep else 3)
-    default_relays = "dsat,carbon-c-relay" if args.sweep else "dsat,carbon-c-relay,carbon-relay"
     chosen = relays(
-        (args.relays or default_relays).split(","),
+        relay_names(args),
         C_RELAY_SWEEP if args.sweep else C_RELAY_SETTINGS,
         dsat_workers=args.workers,
+        protocol=args.protocol,
     )
     if args.profile and not (BIN / "py-spy").exists():
         raise SystemExit(f"--profile needs py-spy: {BIN / 'pip'} install py-spy")
@@ -701,17 +801,17 @@ def main(argv: list[str] | None = None) -> int:
         ensure_c_relay()
     if args.sweep:
         cells = [
-            Cell(names, rounds, connections, destinations)
+            Cell(names, rounds, connections, destinations, args.protocol, args.tagged)
             for destinations in SWEEP_DESTINATIONS
             for connections in SWEEP_CONNECTIONS
             for names, rounds in SWEEP_NAMES
         ]
     else:
         rounds = args.rounds or max(2, -(-400_000 // args.names))
-        cells = [Cell(args.names, rounds, args.connections, args.destinations)]
+        cells = [Cell(args.names, rounds, args.connections, args.destinations, args.protocol, args.tagged)]
     started = time.monotonic()
     results = run_cells(cells, chosen, args)
-    print_table(results, args.workers)
+    print_table(results, args.workers, args.protocol, args.tagged)
 
     for name, goal in GOALS.items():
         got = [entry["ratios"][name] for entry in results if name in entry["ratios"]]
@@ -729,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
         "cells": results,
     }
     if not args.no_save:
-        path = RESULTS.with_name("relay-sweep.json") if args.sweep else RESULTS
+        path = results_path(args)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"written to {path.relative_to(ROOT)}")

@@ -1,11 +1,16 @@
-"""``dsat bench``: the topology copy, the counting sink, the rate search, and real runs of a small topology."""
+"""``dsat bench``: the topology copy, the counting sink, the rate search, and real runs of a small topology.
+
+And ``bench/relay.py``'s workloads: its pickle frames and tagged names.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
 import pickle
+import re
 import signal
 import socket
 import struct
@@ -16,14 +21,19 @@ import time
 import tomllib
 from collections import Counter
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import psutil
 import pytest
 
-from dsat import bench, bench_load, bench_sink
+from dsat import bench, bench_load, bench_sink, topology
 from dsat.bench_load import Phase
+from dsat.carbon import POINTS_PER_MESSAGE
+from dsat.ingress import parse_pickle
+from dsat.naming import is_tagged, tagged_path
 from dsat.stack import free_port
+from tests.conftest import ROOT
 
 SMALL = """
 [dsat]
@@ -335,3 +345,116 @@ def test_progress_rewrites_one_line_on_a_terminal_and_prints_plain_lines_elsewhe
     plain.show("c")
     plain.done()
     assert pipe.getvalue() == "a\nc\n"
+
+
+# -- bench/relay.py --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def relay_bench() -> ModuleType:
+    """bench/relay.py, a script rather than a module of the package, loaded from its file."""
+    spec = importlib.util.spec_from_file_location("bench_relay", ROOT / "bench" / "relay.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def pickle_frames(data: bytes) -> list[bytes]:
+    """The bodies of the length-prefixed frames *data* holds, which must end with a whole frame."""
+    frames, at = [], 0
+    while at < len(data):
+        (size,) = struct.unpack_from("!L", data, at)
+        frames.append(data[at + 4 : at + 4 + size])
+        at += 4 + size
+    assert at == len(data)
+    return frames
+
+
+@pytest.mark.parametrize("connections", [1, 3])
+@pytest.mark.parametrize("tagged", [False, True])
+def test_relay_bench_pickle_frames_hold_exactly_the_workloads_datapoints(
+    relay_bench: ModuleType, connections: int, tagged: bool
+) -> None:
+    """As carbon clients frame it: 500 datapoints a frame over one connection, one frame a write over many."""
+    cell = relay_bench.Cell(1_600, 2, connections, 1, "pickle", tagged)
+    payload = relay_bench.workload(cell)
+    received = []
+    for pieces in relay_bench.writes_for(payload, connections, "pickle"):
+        for piece in pieces:
+            frames = pickle_frames(piece)
+            if connections == 1:
+                assert len(frames) == -(-cell.lines // POINTS_PER_MESSAGE)
+            else:
+                assert len(frames) == 1
+            for frame in frames:
+                points, rejected = parse_pickle(frame, time.time())
+                assert not rejected
+                assert len(points) <= (POINTS_PER_MESSAGE if connections == 1 else relay_bench.LINES_PER_WRITE)
+                received += [(path.encode(), value, int(stamp)) for path, stamp, value in points]
+    assert sorted(received) == relay_bench.datapoints(payload)
+    assert len(received) == cell.lines
+
+
+def test_relay_bench_tagged_names_need_canonicalising_and_still_take_the_rewrite(relay_bench: ModuleType) -> None:
+    """Half the tagged names are out of carbon's order; the rewrite changes the name part alone, the sinks count them.
+
+    --verify compares canonical forms: the rewritten workload with every name canonical is the same datapoints.
+    """
+    names = relay_bench.metric_names(64, tagged=True)
+    assert all(is_tagged(name) for name in names)
+    assert len(set(names)) == 64
+    assert sum(tagged_path(name) != name for name in names) == 32
+    cell = relay_bench.Cell(64, 2, 1, 1, tagged=True)
+    payload = relay_bench.workload(cell)
+    after = relay_bench.rewritten(payload)
+    assert payload.count(relay_bench.ORIGINAL) == after.count(relay_bench.REWRITTEN) == cell.lines
+    assert payload.count(relay_bench.REWRITTEN) == after.count(relay_bench.ORIGINAL) == 0
+    canonical = []
+    for before_line, after_line in zip(payload.splitlines(), after.splitlines(), strict=True):
+        before_path, after_path = before_line.split()[0].decode(), after_line.split()[0].decode()
+        assert re.sub(relay_bench.PATTERN, relay_bench.REPLACEMENT, tagged_path(before_path)) == tagged_path(after_path)
+        canonical.append(after_line.replace(after_path.encode(), tagged_path(after_path).encode()))
+    as_dsat_sends = b"\n".join(canonical) + b"\n"
+    assert as_dsat_sends != after
+    assert relay_bench.datapoints(as_dsat_sends) == relay_bench.datapoints(after)
+
+
+def test_relay_bench_refuses_carbon_c_relay_for_pickle_and_leaves_it_out_of_the_defaults(
+    relay_bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """carbon-c-relay has no pickle listener: named, it is refused before anything runs; by default, not run."""
+    with pytest.raises(SystemExit, match="carbon-c-relay has no pickle listener"):
+        relay_bench.main(["--protocol", "pickle", "--relays", "dsat,carbon-c-relay", "--no-save"])
+    args = relay_bench.argparse.Namespace(relays="", sweep=False, protocol="pickle")
+    assert relay_bench.relay_names(args) == ["dsat", "carbon-relay"]
+    assert "carbon-c-relay has no pickle listener: not run" in capsys.readouterr().out
+    args.protocol = "plaintext"
+    assert relay_bench.relay_names(args) == ["dsat", "carbon-c-relay", "carbon-relay"]
+
+
+def test_relay_bench_keeps_each_variants_figures_in_a_file_of_its_own(relay_bench: ModuleType) -> None:
+    """The plaintext files stay where they were; pickle and tagged runs go beside them."""
+    files = {
+        relay_bench.results_path(relay_bench.argparse.Namespace(protocol=protocol, tagged=tagged, sweep=sweep)).name
+        for protocol in ("plaintext", "pickle")
+        for tagged in (False, True)
+        for sweep in (False, True)
+    }
+    assert {
+        "relay.json",
+        "relay-sweep.json",
+        "relay-pickle.json",
+        "relay-tagged.json",
+        "relay-tagged-sweep.json",
+    } < files
+    assert len(files) == 8
+
+
+def test_relay_bench_dsat_listens_for_the_protocol_the_client_speaks(relay_bench: ModuleType, tmp_path: Path) -> None:
+    """With --protocol pickle, DSAT's topology has the pickle listener on the client's port, and no plaintext one."""
+    port = free_port()
+    relay_bench.dsat_command(tmp_path, port, [free_port()], workers=2, protocol="pickle")
+    ingress = topology.load(tmp_path / "topology.toml").ingress
+    assert (ingress.pickle, ingress.plaintext) == (("127.0.0.1", port), None)
