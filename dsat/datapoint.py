@@ -84,7 +84,7 @@ def all_numbers_acceptable(timestamps: Sequence[float], values: Sequence[float])
     return total - total == 0.0 and since - since == 0.0 and min(timestamps) > 0.0 and max(timestamps) < MAX_TIMESTAMP
 
 
-def _all_plain_numbers(timestamps: list[object], values: list[object]) -> bool:
+def all_plain_numbers(timestamps: Sequence[object], values: Sequence[object]) -> bool:
     """:func:`all_numbers_acceptable` for numbers of any type: exactly ``int`` or ``float``, and acceptable."""
     kinds = set(map(type, values))
     kinds.update(map(type, timestamps))
@@ -122,7 +122,7 @@ class Validator:
         """
         raw = [point[0] for point in points]
         paths = self.paths.clean_many(raw)
-        if paths == raw and _all_plain_numbers([p[1] for p in points], [p[2] for p in points]):
+        if paths == raw and all_plain_numbers([p[1] for p in points], [p[2] for p in points]):
             return list(points)
         out: list[Datapoint] = []
         append = out.append

@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from dsat.counters import Rejections
-from dsat.datapoint import BadDatapoint, Datapoint, Validator, all_numbers_acceptable
+from dsat.datapoint import BadDatapoint, Datapoint, Validator, all_numbers_acceptable, all_plain_numbers
 from dsat.errors import BadName
 from dsat.flow import Producers
 from dsat.topology import IngressConf
@@ -207,6 +207,7 @@ _UNLOADABLE = (
     AttributeError,
 )
 _PAIRS = (tuple, list)
+_PAIR_TYPES = frozenset(_PAIRS)
 
 
 def parse_pickle(
@@ -222,7 +223,9 @@ def parse_pickle(
     datapoint rule as in :func:`parse_plaintext` (``bad_value``, ``nan``,
     ``bad_timestamp``, ``bad_name``, ``bad_tag``).
     """
-    check = (Validator() if validator is None else validator).check
+    if validator is None:
+        validator = Validator()
+    check = validator.check
     rejected: Counter[str] = Counter()
     try:
         items = _CarbonUnpickler(io.BytesIO(frame), encoding="utf-8").load()
@@ -232,6 +235,9 @@ def parse_pickle(
     if type(items) not in _PAIRS:
         rejected["bad_pickle"] += 1
         return [], rejected
+    plain = _pickled_plain(items, validator)
+    if plain is not None:
+        return plain, rejected
     points: list[Datapoint] = []
     for item in items:
         if (
@@ -255,6 +261,31 @@ def parse_pickle(
             continue
         points.append((path, float(stamp), float(value)))
     return points, rejected
+
+
+def _pickled_plain(items: list[Any] | tuple[Any, ...], validator: Validator) -> list[Datapoint] | None:
+    """The datapoints of *items* if every one is carbon's shape, plain numbers and a clean path, else None.
+
+    What carbon clients send, checked a column at a time inside C (``map``
+    of ``type`` and ``len``, ``zip``) with the datapoint rule's batch checks
+    (:func:`dsat.datapoint.all_plain_numbers`,
+    :meth:`~dsat.naming.PathCache.clean_many`); None sends the frame to the
+    item by item loop, which counts each refusal by reason.
+    """
+    if not items:
+        return []
+    if not set(map(type, items)) <= _PAIR_TYPES or set(map(len, items)) != {2}:
+        return None
+    raw_paths, pairs = zip(*items, strict=True)
+    if set(map(type, raw_paths)) != {str} or not set(map(type, pairs)) <= _PAIR_TYPES or set(map(len, pairs)) != {2}:
+        return None
+    stamps, values = zip(*pairs, strict=True)
+    if not all_plain_numbers(stamps, values):
+        return None
+    paths = validator.paths.clean_many(raw_paths)
+    if "" in paths:
+        return None
+    return list(zip(paths, map(float, stamps), map(float, values), strict=True))
 
 
 # -- Twisted protocols ---------------------------------------------------------

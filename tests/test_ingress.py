@@ -14,6 +14,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from dsat import ingress
 from dsat.cache import entry_bytes
 from dsat.counters import Rejections
 from dsat.datapoint import Datapoint, Validator
@@ -273,6 +274,35 @@ def test_items_are_checked_like_lines() -> None:
     points, rejected = parse_pickle(pickle.dumps(items, protocol=2), NOW)
     assert points == [("ok", TS, 1.0)]
     assert rejected == Counter({"bad_point": 5, "bad_value": 2, "bad_timestamp": 2, "nan": 1, "bad_name": 1})
+
+
+def _pickle_item(rng: random.Random) -> object:
+    """One item of a pickle: carbon's shape mostly, or any of the ways a client gets it wrong."""
+    path = rng.choice(["a.b", "servers.h1.cpu", "a..b", "a b", "é.x", "", "t;k=v", "t;k=~v", "a\x00", "x" * 1100])
+    stamp = rng.choice([TS, int(TS), -1, -1.5, 0, 2**32, float("nan"), "1700000000", True, None, 10**400])
+    value = rng.choice([1.5, 2, -0.0, float("inf"), float("nan"), "3.5", "x", False, None, 10**400])
+    pair: object = rng.choice([(stamp, value), [stamp, value], (stamp,), (stamp, value, 1), "ab"])
+    return rng.choice([(path, pair), [path, pair], (path,), path, (1, pair), (path, pair)] + [(path, pair)] * 6)
+
+
+@pytest.mark.parametrize("seed", range(150))
+def test_a_pickle_read_a_column_at_a_time_gives_what_the_item_loop_gives(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random frames, hostile items among plain ones: the batch check and the item by item loop agree."""
+    rng = random.Random(seed)
+    kind = seed % 3
+    items = [_pickle_item(rng) for _ in range(rng.randint(0, 30))]
+    if kind == 1:  # carbon's shape throughout, hostile numbers or paths in a few items
+        items = [item if type(item) in (tuple, list) and len(item) == 2 else ("a.b", (TS, 1.0)) for item in items]
+        items = [(p, q) if isinstance(q, (tuple, list)) and len(q) == 2 else (p, (TS, 1.0)) for p, q in items]
+        items = [(p if type(p) is str else "a.b", q) for p, q in items]
+    elif kind == 2:  # plain frames, the ones the batch check answers
+        items = [(f"m{i}.x", (TS + i, i * 0.5)) for i in range(rng.randint(0, 30))]
+    frame = pickle.dumps(items, protocol=2)
+    fast = parse_pickle(frame, NOW, validator=Validator())
+    monkeypatch.setattr(ingress, "_pickled_plain", lambda items, validator: None)
+    assert parse_pickle(frame, NOW, validator=Validator()) == fast
 
 
 @pytest.mark.parametrize("seed", range(10))
