@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 MAX_PICKLE_LENGTH = 2**20
 #: Open TCP connections per listener; more are refused (carbon's MAX_RECEIVER_CONNECTIONS).
 MAX_CONNECTIONS = 1024
+#: Plaintext lines waiting for the end of the reactor's turn are parsed at once past this (one busy read's worth).
+BATCH_BYTES = 64 * 1024
 
 #: Every byte but the ASCII whitespace ``bytes.split()`` splits on.
 NOT_WHITESPACE = bytes(set(range(256)) - set(b" \t\n\r\x0b\x0c"))
@@ -426,6 +428,7 @@ class PlaintextFactory(IngressFactory[PlaintextProtocol]):
         self.max_line_length = max_line_length
         self.validator = Validator()
         self._pending: list[tuple[str, bytes]] = []
+        self._pending_bytes = 0
         self._parse_call: Any = None
 
     def take(self, sections: list[tuple[str, bytes]]) -> None:
@@ -434,15 +437,23 @@ class PlaintextFactory(IngressFactory[PlaintextProtocol]):
         Every connection's chunk and what the other processes pass to this
         one (:mod:`dsat.shards`) wait for the end of the reactor's turn
         (``callLater(0)``), so that the writes of ~20 lines of many clients
-        cost one batch, not one each.  Each connection's lines keep their order.
+        cost one batch, not one each; at :data:`BATCH_BYTES` they are parsed
+        at once, so that what the reactor reads before the egress can pause
+        the inputs (:mod:`dsat.flow`) stays bounded.  Each connection's lines
+        keep their order.
         """
         self._pending.extend(sections)
-        if self._parse_call is None:
+        self._pending_bytes += sum(len(lines) for _, lines in sections)
+        if self._pending_bytes >= BATCH_BYTES:  # parsed now: the egress may pause the inputs before more is read
+            if self._parse_call is not None:
+                self._parse_call.cancel()
+            self._parse_pending()
+        elif self._parse_call is None:
             self._parse_call = self.clock.callLater(0, self._parse_pending)
 
     def _parse_pending(self) -> None:
         self._parse_call = None
-        sections, self._pending = self._pending, []
+        sections, self._pending, self._pending_bytes = self._pending, [], 0
         self.parse(sections)
 
     def parse(self, sections: list[tuple[str, bytes]]) -> None:

@@ -20,6 +20,7 @@ from dsat.counters import Rejections
 from dsat.datapoint import Datapoint, Validator
 from dsat.errors import BadName
 from dsat.ingress import (
+    BATCH_BYTES,
     MAX_PICKLE_LENGTH,
     PickleFactory,
     PickleProtocol,
@@ -383,6 +384,22 @@ def test_tcp_many_connections_read_in_one_turn_are_one_batch_each_in_its_order()
     factory.clock.advance(0)  # type: ignore[attr-defined]
     assert sink.batches[1:] == [[("d.a", TS, 1.0)], [("d.b", TS, 2.0)], [("d.c", TS, 3.0)]]
     assert seen == [f"invalid_line: 1 from {_peer(PEER)}"]
+
+
+def test_tcp_lines_waiting_past_the_batch_size_are_parsed_at_once() -> None:
+    """So the egress sees them, and can pause the inputs, before the reactor reads more in the same turn."""
+    factory, sink, _ = plaintext()
+    first, second = connect(factory)[0], connect(factory)[0]
+    line = b"a.b 1 1700000000\n"
+    small = line * 10
+    first.dataReceived(small)
+    assert sink.batches == []
+    second.dataReceived(line * (BATCH_BYTES // len(line)))
+    assert len(sink.batches) == 1 and len(sink.batches[0]) == 10 + BATCH_BYTES // len(line)
+    factory.clock.advance(0)  # type: ignore[attr-defined]
+    first.dataReceived(small)
+    factory.clock.advance(0)  # type: ignore[attr-defined]
+    assert [len(batch) for batch in sink.batches] == [10 + BATCH_BYTES // len(line), 10]
 
 
 def test_tcp_a_line_over_the_limit_is_skipped_up_to_its_newline() -> None:
