@@ -464,6 +464,37 @@ def test_dsat_refuses_tags_carbon_would_take_but_cannot_keep(path: str, why: str
         clean_path(path)
 
 
+def _tagged_corpus(rng: random.Random) -> str:
+    """A tagged path, usual or not: keys twice, a name tag, odd characters in names, keys and values."""
+    names = ["a.b", "servers.h1.cpu", "~a.b", "a..b", "a b", "é", "x" * 201, "", "a~", "a.~b"]
+    keys = ["dc", "env", "name", "a-b", "a", "k.x", "k:y", "", "k!", "k^", "k~", "é", "k y", "K"]
+    values = ["dc1", "prod", "~x", "x~", "a=b", "", "v.w", "v y", "é", "1", "@%#", "v\x00"]
+    tags = [f"{rng.choice(keys)}={rng.choice(values)}" for _ in range(rng.randint(1, 4))]
+    if rng.random() < 0.1:
+        tags.append(rng.choice(["k", "=v", "k=v;", ""]))
+    return rng.choice(names) + "".join(";" + tag for tag in tags)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_usual_tagged_path_gets_what_reading_it_tag_by_tag_gives(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shortcut for usual tagged paths and tagged_path agree: the same canonical form, or the same refusal."""
+    rng = random.Random(seed)
+    paths = [_tagged_corpus(rng) for _ in range(200)]
+    fast = [_outcome(path) for path in paths]
+    monkeypatch.setattr(naming, "_simple_tagged", lambda path: None)
+    assert [_outcome(path) for path in paths] == fast
+    assert any(naming._SIMPLE_TAGGED.fullmatch(path) for path in paths)  # the shortcut was taken
+
+
+def _outcome(path: str) -> str:
+    try:
+        return clean_path(path)
+    except BadName as exc:
+        return f"refused: {exc.reason}"
+
+
 def test_metric_path_keeps_a_collectors_tags() -> None:
     """metric_path() puts the tags of a tagged metric after the tree, sorted and checked."""
     assert metric_path("dsat", "web1.x", "app", "lat.p99;region=eu;az=b") == "dsat.web1_x.app.lat.p99;az=b;region=eu"
