@@ -338,11 +338,13 @@ class PathCache:
     Raw paths, as ``str`` or as ``bytes`` from the wire (decoded as UTF-8,
     strictly: undecodable bytes are a ``bad_name``), map to the path
     :func:`clean_path` makes of them, or to ``""`` when it rejects them.
-    A batch whose paths are all safe ASCII already (:func:`all_safe`,
-    :func:`decode_safe`) costs one pass and no lookup.  The paths of other
-    batches are held in a :class:`~dsat.cache.GenerationalCache` of
-    *max_bytes*, so it keeps the paths in use however many pass through
-    once; the new ones are cleaned each on its own.  Paths longer than
+    Held in a :class:`~dsat.cache.GenerationalCache` of *max_bytes*, so it
+    keeps the paths in use however many pass through once (a hit also gives
+    back the same ``str``, whose hash Python keeps: the rules' cache looks
+    it up faster than a fresh one).  New paths are cleaned a batch at a
+    time (:meth:`clean_many`): when every one is already safe ASCII
+    (:func:`all_safe`, :func:`decode_safe`) the batch costs one pass, else
+    each is cleaned on its own.  Paths longer than
     :data:`MAX_PATH_CHARS` are not kept.  Only the verdict is kept for a
     rejected path; its reason is found again when asked (:meth:`clean`,
     :meth:`count_rejected`), so a cached rejection raises a fresh
@@ -365,16 +367,7 @@ class PathCache:
         raise _why(raw)
 
     def clean_many(self, raw_paths: Sequence[str | bytes]) -> list[str]:
-        """The clean path of each of *raw_paths* (``""`` for a rejected one), new ones cleaned as one batch.
-
-        A batch whose paths are all safe already (the usual one) is checked
-        as a whole, with no lookup: that costs less than the lookups, and
-        keeps the cache for the paths that need cleaning.
-        """
-        if raw_paths:
-            safe = _all_safe(raw_paths)  # type: ignore[arg-type]
-            if safe is not None:
-                return safe
+        """The clean path of each of *raw_paths* (``""`` for a rejected one), new ones cleaned as one batch."""
         cache = self._cache
         found = cache.get_many(raw_paths)
         if None not in found:
