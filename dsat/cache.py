@@ -137,6 +137,21 @@ class GenerationalCache(Generic[K, V]):
         self._young.update(zip(keys, values, strict=True))
         self._young_bytes += cost
 
+    def skips(self) -> bool:
+        """Whether a batch may leave the cache alone: it churns, and would not admit this batch's new entries.
+
+        While the names outnumber the cache, most lookups miss and only one
+        batch in :attr:`admit_every` is admitted; a caller that can work a
+        batch out without the cache (a batch of paths already safe) skips it
+        for the others.  The skipped batch is counted as :meth:`admit_many`
+        counts one, so the admitted one still comes, and with it the swaps
+        that tell when the cache is useful again.
+        """
+        if self.admit_every == 1 or (self._batches + 1) % self.admit_every == 0:
+            return False
+        self._batches += 1
+        return True
+
     def admit_many(self, keys: Sequence[K], values: Iterable[V]) -> None:
         """:meth:`put_many` for entries just worked out after a miss: every batch, or one in :attr:`admit_every`."""
         self._batches += 1

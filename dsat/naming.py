@@ -367,8 +367,17 @@ class PathCache:
         raise _why(raw)
 
     def clean_many(self, raw_paths: Sequence[str | bytes]) -> list[str]:
-        """The clean path of each of *raw_paths* (``""`` for a rejected one), new ones cleaned as one batch."""
+        """The clean path of each of *raw_paths* (``""`` for a rejected one), new ones cleaned as one batch.
+
+        While the names outnumber the cache (:meth:`~dsat.cache.GenerationalCache.skips`),
+        a batch all safe already is checked whole, without the lookups that
+        would mostly miss.
+        """
         cache = self._cache
+        if raw_paths and cache.skips():
+            safe = _all_safe(raw_paths)  # type: ignore[arg-type]
+            if safe is not None:
+                return safe
         found = cache.get_many(raw_paths)
         if None not in found:
             return found  # type: ignore[return-value]

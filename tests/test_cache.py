@@ -127,3 +127,42 @@ def test_a_cache_that_serves_hits_admits_every_batch() -> None:
         cache.admit_many(one_off, [2] * 20)
     assert cache.swaps > 5 and cache.admit_every == 1
     assert cache.get_many(hot) == [1] * 40
+
+
+def test_a_churning_cache_lets_the_batches_it_would_not_admit_skip_it() -> None:
+    """skips() is False while the cache is useful; churning, it is True but for the batch admit_many would keep."""
+    cache: GenerationalCache[str, int] = GenerationalCache(2 * 100 * entry_bytes("k0000"))
+    assert not cache.skips()
+    names = [f"k{i:04d}" for i in range(2000)]
+    for start in range(0, len(names), 10):
+        cache.admit_many(names[start : start + 10], list(range(10)))
+    every = cache.admit_every
+    assert every >= 4
+    verdicts = []
+    for k in range(3 * every):
+        skipped = cache.skips()
+        verdicts.append(skipped)
+        if not skipped:  # the caller looks up, misses, and admits what it worked out: it is kept
+            cache.admit_many([f"new{k}"], [1])
+            assert cache.get(f"new{k}") == 1
+    assert verdicts.index(False) == every - 1  # one batch in admit_every goes through the cache
+    assert verdicts.count(True) >= 2 * every  # (admitting may swap and make admit_every larger still)
+
+
+def test_the_path_cache_checks_safe_batches_whole_while_its_names_outnumber_it() -> None:
+    """Churning, a batch of safe paths gets the same answer without a lookup; a batch needing cleaning uses it."""
+    from dsat.naming import PathCache
+
+    paths = PathCache(max_bytes=2 * 100 * entry_bytes(b"k0000.x"))
+    for start in range(0, 4000, 10):
+        paths.clean_many([b"k%04d.x" % i for i in range(start, start + 10)])
+    assert paths._cache.admit_every > 1
+    lookups = []
+    real = paths._cache.get_many
+    paths._cache.get_many = lambda keys: lookups.append(len(keys)) or real(keys)  # type: ignore[method-assign]
+    for start in range(0, 2000, 10):
+        assert paths.clean_many([b"s%04d.y" % i for i in range(start, start + 10)]) == [
+            f"s{i:04d}.y" for i in range(start, start + 10)
+        ]
+    assert 0 < len(lookups) < 20  # of 200 batches, most skipped the cache; the admitted ones did not
+    assert paths.clean_many([b"a..b", b"c"]) == ["a.b", "c"]
