@@ -14,7 +14,7 @@ counted (``dropped``).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.logger import Logger
 
@@ -27,6 +27,21 @@ class PushProducer(Protocol):
     def resumeProducing(self) -> None: ...  # noqa: N802
 
     def stopProducing(self) -> None: ...  # noqa: N802
+
+
+class PausesTransport:
+    """What a Twisted protocol mixes in to be a push producer that pauses by no longer reading its transport."""
+
+    transport: Any
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted API)
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:  # noqa: N802
+        self.transport.stopProducing()
 
 
 class Producers:

@@ -33,7 +33,7 @@ from zope.interface import implementer
 from dsat.counters import Rejections
 from dsat.datapoint import BadDatapoint, Datapoint, Validator, all_numbers_acceptable, all_plain_numbers
 from dsat.errors import BadName
-from dsat.flow import Producers
+from dsat.flow import PausesTransport, Producers
 from dsat.topology import IngressConf
 
 if TYPE_CHECKING:
@@ -352,7 +352,7 @@ class IngressFactory(ServerFactory[_Connection]):
 
 
 @implementer(IPushProducer)
-class PlaintextProtocol(Protocol):
+class PlaintextProtocol(PausesTransport, Protocol):
     """One TCP connection speaking carbon's line protocol; its complete lines go to the factory's next batch.
 
     The unfinished last line is kept for the next chunk.  When it grows past
@@ -375,15 +375,6 @@ class PlaintextProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.closed(self)
-
-    def pauseProducing(self) -> None:  # noqa: N802 (Twisted API)
-        self.transport.pauseProducing()  # type: ignore[union-attr]
-
-    def resumeProducing(self) -> None:  # noqa: N802
-        self.transport.resumeProducing()  # type: ignore[union-attr]
-
-    def stopProducing(self) -> None:  # noqa: N802
-        self.transport.stopProducing()  # type: ignore[union-attr]
 
     def dataReceived(self, data: bytes) -> None:
         factory = self.factory

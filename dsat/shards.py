@@ -52,7 +52,7 @@ from twisted.protocols.basic import Int32StringReceiver
 
 from dsat.carbon import encode_plaintext
 from dsat.datapoint import Datapoint
-from dsat.flow import Producers
+from dsat.flow import PausesTransport, Producers
 from dsat.ingress import NOT_WHITESPACE
 
 #: Bytes a link to another process holds, written by this one and not yet by the kernel; past it lines stay here.
@@ -173,7 +173,7 @@ class _OutgoingFactory(ReconnectingClientFactory):
         return super().buildProtocol(addr)
 
 
-class _Incoming(Int32StringReceiver):
+class _Incoming(PausesTransport, Int32StringReceiver):
     """A link from another process: the frames of the lines this one owns, handed on once per read."""
 
     MAX_LENGTH = MAX_FRAME
@@ -200,15 +200,6 @@ class _Incoming(Int32StringReceiver):
         if producers is not None:
             producers.unregister(self)
 
-    def pauseProducing(self) -> None:  # noqa: N802 (Twisted API)
-        self.transport.pauseProducing()  # type: ignore[union-attr]
-
-    def resumeProducing(self) -> None:  # noqa: N802
-        self.transport.resumeProducing()  # type: ignore[union-attr]
-
-    def stopProducing(self) -> None:  # noqa: N802
-        self.transport.stopProducing()  # type: ignore[union-attr]
-
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)  # calls stringReceived for each complete frame
         if self._sections:
@@ -220,7 +211,7 @@ class _Incoming(Int32StringReceiver):
 
     def lengthLimitExceeded(self, length: int) -> None:  # noqa: N802
         self.factory.shards.log.error("shard link frame of {length} bytes: link closed", length=length)
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.transport.loseConnection()
 
 
 class _IncomingFactory(ServerFactory[_Incoming]):

@@ -286,17 +286,25 @@ def test_the_owner_parses_what_others_passed_as_one_batch_and_names_each_refusal
     assert seen == ["invalid_line: 1 from p2"]
 
 
-def test_a_connection_passes_other_owners_lines_and_parses_its_own() -> None:
-    mine, theirs = _two_owners()
+def _connected(make: Any) -> tuple[Any, list[list[Datapoint]], FakeLink, Clock]:
+    """A connection of a *make* (PlaintextFactory, PickleFactory) whose shards pass process 1's names on a fake link."""
     batches: list[list[Datapoint]] = []
     clock = Clock()
     clock.advance(NOW)
-    factory = PlaintextFactory(batches.append, Rejections("test"), clock)
+    factory = make(batches.append, Rejections("test"), clock)
     link = FakeLink()
     factory.shards = shards(links={1: link})
-    proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 40000))
+    peer = IPv4Address("TCP", "192.0.2.7", 40000)
+    proto = factory.buildProtocol(peer)
+    assert proto is not None
+    proto.makeConnection(StringTransport(peerAddress=peer))
+    return proto, batches, link, clock
+
+
+def test_a_connection_passes_other_owners_lines_and_parses_its_own() -> None:
+    mine, theirs = _two_owners()
+    proto, batches, link, clock = _connected(PlaintextFactory)
     assert isinstance(proto, PlaintextProtocol)
-    proto.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000)))
     data = b"".join(line + b"\n" for line in [*mine, *theirs])
     proto.dataReceived(data[:-4])  # the last line unfinished: kept for the next chunk
     proto.dataReceived(data[-4:])
@@ -316,15 +324,7 @@ def test_a_pickle_connection_routes_its_datapoints_too() -> None:
     import pickle
 
     mine, theirs = _two_owners()
-    batches: list[list[Datapoint]] = []
-    clock = Clock()
-    clock.advance(NOW)
-    factory = PickleFactory(batches.append, Rejections("test"), clock)
-    link = FakeLink()
-    factory.shards = shards(links={1: link})
-    proto = factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 40000))
-    assert proto is not None
-    proto.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 40000)))
+    proto, batches, link, _ = _connected(PickleFactory)
     frame = pickle.dumps([(line.split()[0].decode(), (NOW, 3.0)) for line in [*mine, *theirs]], protocol=2)
     proto.dataReceived(struct.pack("!I", len(frame)) + frame)
     assert [point[0] for batch in batches for point in batch] == [line.split()[0].decode() for line in mine]
