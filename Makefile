@@ -10,7 +10,7 @@ DIST    ?= dist
 
 .PHONY: demo test lint venv docs dist release sign clean
 
-$(STAMP): pyproject.toml graphite-web.txt
+$(STAMP): pyproject.toml setup.py dsat/_speedups.c graphite-web.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	GRAPHITE_NO_PREFIX=True $(BIN)/python -m pip install --quiet -e '.[graphite,test]'

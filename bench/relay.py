@@ -612,26 +612,37 @@ PROFILE_FORMATS = {".svg": "flamegraph", ".txt": "raw", ".json": "speedscope"}
 
 
 class Profiler:
-    """``py-spy record`` of the orchester under ``dsat up``, from the moment its ingress listens."""
+    """``py-spy record`` of each ingress process under ``dsat up`` (the orchester and its workers), once they listen.
+
+    The orchester's profile goes to *path*, worker I's to *path* with ``.wI``
+    before its suffix.
+    """
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.path = Path(path)
+        self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self, up_pid: int) -> None:
         for child in psutil.Process(up_pid).children(recursive=True):
-            if child.cmdline()[-1:] == ["orchester"]:
-                argv = [str(BIN / "py-spy"), "record", "--pid", str(child.pid), "--output", self.path, "--rate", "250"]
-                argv += ["--format", PROFILE_FORMATS.get(Path(self.path).suffix, "flamegraph")]
-                self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                time.sleep(1)  # py-spy attaches
-                return
-        raise SystemExit("no orchester process under dsat up")
+            argv = child.cmdline()
+            if argv[-1:] == ["orchester"]:
+                self._record(child.pid, self.path)
+            elif argv[-3:-1] == ["orchester", "--worker"]:
+                self._record(child.pid, self.path.with_suffix(f".w{argv[-1]}{self.path.suffix}"))
+        if not self.procs:
+            raise SystemExit("no orchester process under dsat up")
+        time.sleep(1)  # py-spy attaches
+
+    def _record(self, pid: int, path: Path) -> None:
+        argv = [str(BIN / "py-spy"), "record", "--pid", str(pid), "--output", str(path), "--rate", "250"]
+        argv += ["--format", PROFILE_FORMATS.get(path.suffix, "flamegraph")]
+        self.procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGINT)
-            self.proc.wait(60)
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            proc.wait(60)
 
 
 # -- the report ------------------------------------------------------------------------------------------------
@@ -778,7 +789,9 @@ def main(argv: list[str] | None = None) -> int:
         "--tagged", action="store_true", help="tagged names, name;dc=dcK;env=prod, half with the tags unsorted"
     )
     parser.add_argument(
-        "--profile", metavar="FILE", help="py-spy record DSAT's orchester: FILE.svg flame graph, FILE.txt stacks"
+        "--profile",
+        metavar="FILE",
+        help="py-spy record the orchester (FILE.svg flame graph, FILE.txt stacks) and each worker I (FILE.wI.svg)",
     )
     parser.add_argument(
         "--workers",

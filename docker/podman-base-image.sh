@@ -7,8 +7,8 @@ ROOTFS=${ROOTFS:-/tmp/standin/rootfs}
 MIRROR=$(sed -n 's/^URIs: *\(http[^ ]*debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 rm -rf "$ROOTFS"
-debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates bookworm "$ROOTFS" "$MIRROR"
-# the official image has python and pip in /usr/local/bin and no PEP 668 marker
+debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,python3-dev,ca-certificates bookworm "$ROOTFS" "$MIRROR"
+# the official image has python and pip in /usr/local/bin, Python's C headers and no PEP 668 marker
 ln -sf /usr/bin/python3 "$ROOTFS/usr/local/bin/python"
 ln -sf /usr/bin/python3 "$ROOTFS/usr/local/bin/python3"
 printf '#!/bin/sh\nexec /usr/bin/python3 -m pip "$@"\n' > "$ROOTFS/usr/local/bin/pip"

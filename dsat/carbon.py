@@ -42,6 +42,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from dsat.compiled import speedups
 from dsat.counters import should_log
 from dsat.datapoint import Datapoint
 from dsat.errors import ConfigError
@@ -78,7 +79,11 @@ def encode_pickle(points: Sequence[Datapoint]) -> bytes:
 
 
 def encode_plaintext(points: Sequence[Datapoint]) -> bytes:
-    """Encode points as carbon plaintext lines ``path value timestamp``."""
+    """Encode points as carbon plaintext lines ``path value timestamp`` (compiled: :mod:`dsat.compiled`)."""
+    if speedups is not None:
+        encoded: bytes | None = speedups.encode_plaintext(points)
+        if encoded is not None:
+            return encoded
     return "".join([f"{path} {value!r} {int(ts)}\n" for path, ts, value in points]).encode()
 
 
@@ -692,17 +697,26 @@ class CarbonEgress:
         at, from_bytes = self._at, int.from_bytes
         return [at[from_bytes(_md5(path.encode("utf-8")).digest()[:2], "big")] for path in paths]
 
-    def _split(self, points: Sequence[Datapoint]) -> dict[int, list[Datapoint]]:
-        """The batch's points by the index of each destination that holds them."""
-        if self._ring is None:
-            return {self._only[0]: list(points)} if points else {}
-        # Grouped by the table's tuple of destinations first (a few distinct ones), then per destination.
+    def _group(self, points: Sequence[Datapoint]) -> dict[tuple[int, ...], list[Datapoint]]:
+        """The batch's points by the tuple of destinations that hold them, in order (compiled: :mod:`dsat.compiled`)."""
+        if speedups is not None:
+            grouped: dict[tuple[int, ...], list[Datapoint]] | None = speedups.group_by_place(points, self._at)
+            if grouped is not None:
+                return grouped
         groups: dict[tuple[int, ...], list[Datapoint]] = {}
         for point, indexes in zip(points, self._place_many([point[0] for point in points]), strict=True):
             group = groups.get(indexes)
             if group is None:
                 group = groups[indexes] = []
             group.append(point)
+        return groups
+
+    def _split(self, points: Sequence[Datapoint]) -> dict[int, list[Datapoint]]:
+        """The batch's points by the index of each destination that holds them."""
+        if self._ring is None:
+            return {self._only[0]: list(points)} if points else {}
+        # Grouped by the table's tuple of destinations first (a few distinct ones), then per destination.
+        groups = self._group(points)
         # A name always gets the same tuple, so each name's points keep their order in every part.
         parts: dict[int, list[Datapoint]] = {}
         for indexes, group in groups.items():

@@ -284,6 +284,7 @@ def orchester(wiring: Wiring) -> Orchester:
     """The orchester: its carbon egress and spool, its rules, its links, its Graphite ingress (while ACTIVE)."""
     from twisted.internet import defer
 
+    from dsat import compiled
     from dsat.binarystar import HEARTBEAT_TOPIC
     from dsat.events import BREAKER_TOPIC
     from dsat.orchester import Orchester
@@ -316,6 +317,7 @@ def orchester(wiring: Wiring) -> Orchester:
         rules=rules_of(reactor, topo),
         pair=pair,
     )
+    orch.log.info("hot path: {how}", how=compiled.describe())
     ports: list[Any] = []
 
     def ingress(listening: bool) -> Any:

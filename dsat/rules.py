@@ -466,13 +466,19 @@ class RuleSet:
         """The datapoints that go on (renamed), and the count of those dropped, by reason.
 
         The fate of each path is cached; the paths of the batch not in the
-        cache are routed together (:meth:`_routes_for`).
+        cache are routed together (:meth:`_routes_for`).  While the names
+        outnumber the cache, a batch it would not admit is routed whole,
+        without the lookups that would mostly miss
+        (:meth:`~dsat.cache.GenerationalCache.skips`).
         """
         out: list[Datapoint] = []
         feed: list[Datapoint] = []
         drops: Counter[str] = Counter()
         paths = [point[0] for point in points]
-        routes = self._routes.get_many(paths)
+        if self._routes.skips():
+            routes: list[_Route | None] = self._routes_for(paths)  # type: ignore[assignment]
+        else:
+            routes = self._routes.get_many(paths)
         if None in routes:
             missing = [path for path, route in zip(paths, routes, strict=True) if route is None]
             fresh = self._routes_for(missing)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import venv
 import zipfile
@@ -60,7 +61,14 @@ def test_the_wheel_holds_what_dsat_needs_at_run_time_under_dsat_alone(dist: Path
         "dsat/carbon_conf/dashboards/dsat.json",
     }
     assert wanted <= names, sorted(wanted - names)
+    assert any(name.startswith("dsat/_speedups.") and name.endswith(".so") for name in names), "no compiled hot path"
     assert {name.split("/")[0] for name in names if not name.startswith("dsat-")} == {"dsat"}
+
+
+def test_the_sdist_holds_the_c_source_it_builds_the_compiled_hot_path_from(dist: Path) -> None:
+    with tarfile.open(built(dist, "*.tar.gz")) as sdist:
+        names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    assert {"setup.py", "dsat/_speedups.c", "pyproject.toml"} <= names
 
 
 def test_the_wheel_installed_in_a_fresh_venv_validates_the_packaged_demo(dist: Path, tmp_path: Path) -> None:
@@ -90,6 +98,14 @@ def test_the_wheel_installed_in_a_fresh_venv_validates_the_packaged_demo(dist: P
     assert where[0].startswith(str(env_dir)), f"dsat imported from {where[0]}, not the venv"
     assert Path(where[2]).is_file()
     dsat = str(env_dir / "bin" / "dsat")
+    how = subprocess.run(
+        [str(py), "-c", "from dsat import compiled; print(compiled.describe())"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in env.items() if k != "DSAT_PURE_PYTHON"},
+    )
+    assert how.stdout.strip() == "compiled (dsat._speedups)", how.stderr
     version = subprocess.run([dsat, "--version"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert version.stdout.strip() == f"dsat {wheel.name.split('-')[1]}"
     # As dsat demo does, the packaged file is copied out first: its run_dir ("run", beside the file) would

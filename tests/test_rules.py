@@ -261,6 +261,28 @@ def test_routes_cache_is_bounded_and_stays_correct(tmp_path: Path) -> None:
         assert len(small._routes) <= 2 and small._routes.nbytes <= 2 * entry_bytes("a0")
 
 
+def test_a_churning_routes_cache_skipped_gives_what_a_large_one_gives(tmp_path: Path) -> None:
+    """Names outnumbering a small route cache: the batches it skips are routed whole, to the same names and drops."""
+    rules = _ruleset(tmp_path, "[pre]\n^a = b\n^(.*)x$ = \\1 x\n", clock=Clock())
+    small = RuleSet(pre=rules.pre, cache_bytes=40 * entry_bytes("a" * 30))
+    large = RuleSet(pre=rules.pre)
+    skips = [0]
+    skipping = small._routes.skips
+
+    def counted() -> bool:
+        skipped = skipping()
+        skips[0] += skipped
+        return skipped
+
+    small._routes.skips = counted  # type: ignore[method-assign]
+    names = [name for name in NAMES if _cleanable(name)]
+    for round_ in range(3):
+        for start in range(0, len(names), 25):
+            points = [(name, 1_700_000_000.0 + round_, 1.0) for name in names[start : start + 25]]
+            assert small.apply(points) == large.apply(points)
+    assert skips[0] > 100 and small._routes.admit_every > 1
+
+
 def test_explain_shows_rewrite_filter_and_aggregates(tmp_path: Path) -> None:
     """explain() gives the rewritten name, the aggregates fed, the filter verdict and the final name."""
     rules = _ruleset(

@@ -1,0 +1,482 @@
+/* dsat._speedups: per-line steps of the orchester's hot path, compiled.
+ *
+ * Optional: setup.py builds it when a C compiler is there, and the callers
+ * (through dsat.compiled) fall back to their pure-Python versions when it is
+ * not, or when DSAT_PURE_PYTHON is set.  Each function gives exactly what its Python
+ * version gives (tests/test_speedups.py compares them on random and hostile
+ * batches) and answers None for a batch it does not handle, for the Python
+ * version to take (and raise what it raises):
+ *
+ *   group_by_place(points, table)  the first step of
+ *       dsat.carbon.CarbonEgress._split: (path, ts, value) tuples grouped by
+ *       the entry of the 65,536-entry *table* at carbon's ring position of
+ *       their path, the first 16 bits of the MD5 of its UTF-8;
+ *   encode_plaintext(points)  dsat.carbon.encode_plaintext: the lines
+ *       f"{path} {value!r} {int(ts)}\n" of (path, ts, value) tuples, as UTF-8;
+ *   split_by_owner(body, count)  dsat.shards.split_by_owner: the lines of
+ *       a chunk grouped by the owner of their name (its Adler-32 modulo the
+ *       number of ingress processes).
+ *
+ * MD5 is RFC 1321's, written out here (the first two bytes of a digest are
+ * all that is used, but the whole digest is computed and tested).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* -- MD5 (RFC 1321) ------------------------------------------------------------------------------- */
+
+#define F(x, y, z) ((z) ^ ((x) & ((y) ^ (z))))
+#define G(x, y, z) ((y) ^ ((z) & ((x) ^ (y))))
+#define H(x, y, z) ((x) ^ (y) ^ (z))
+#define I(x, y, z) ((y) ^ ((x) | ~(z)))
+#define STEP(f, a, b, c, d, x, t, s) \
+    (a) += f((b), (c), (d)) + (x) + (t); \
+    (a) = (((a) << (s)) | (((a) & 0xffffffffu) >> (32 - (s)))); \
+    (a) += (b);
+
+static void md5_block(uint32_t state[4], const unsigned char *p) {
+    uint32_t x[16];
+    for (int i = 0; i < 16; i++) {
+        x[i] = (uint32_t)p[4 * i] | ((uint32_t)p[4 * i + 1] << 8) | ((uint32_t)p[4 * i + 2] << 16) |
+               ((uint32_t)p[4 * i + 3] << 24);
+    }
+    uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
+    STEP(F, a, b, c, d, x[0], 0xd76aa478, 7)
+    STEP(F, d, a, b, c, x[1], 0xe8c7b756, 12)
+    STEP(F, c, d, a, b, x[2], 0x242070db, 17)
+    STEP(F, b, c, d, a, x[3], 0xc1bdceee, 22)
+    STEP(F, a, b, c, d, x[4], 0xf57c0faf, 7)
+    STEP(F, d, a, b, c, x[5], 0x4787c62a, 12)
+    STEP(F, c, d, a, b, x[6], 0xa8304613, 17)
+    STEP(F, b, c, d, a, x[7], 0xfd469501, 22)
+    STEP(F, a, b, c, d, x[8], 0x698098d8, 7)
+    STEP(F, d, a, b, c, x[9], 0x8b44f7af, 12)
+    STEP(F, c, d, a, b, x[10], 0xffff5bb1, 17)
+    STEP(F, b, c, d, a, x[11], 0x895cd7be, 22)
+    STEP(F, a, b, c, d, x[12], 0x6b901122, 7)
+    STEP(F, d, a, b, c, x[13], 0xfd987193, 12)
+    STEP(F, c, d, a, b, x[14], 0xa679438e, 17)
+    STEP(F, b, c, d, a, x[15], 0x49b40821, 22)
+    STEP(G, a, b, c, d, x[1], 0xf61e2562, 5)
+    STEP(G, d, a, b, c, x[6], 0xc040b340, 9)
+    STEP(G, c, d, a, b, x[11], 0x265e5a51, 14)
+    STEP(G, b, c, d, a, x[0], 0xe9b6c7aa, 20)
+    STEP(G, a, b, c, d, x[5], 0xd62f105d, 5)
+    STEP(G, d, a, b, c, x[10], 0x02441453, 9)
+    STEP(G, c, d, a, b, x[15], 0xd8a1e681, 14)
+    STEP(G, b, c, d, a, x[4], 0xe7d3fbc8, 20)
+    STEP(G, a, b, c, d, x[9], 0x21e1cde6, 5)
+    STEP(G, d, a, b, c, x[14], 0xc33707d6, 9)
+    STEP(G, c, d, a, b, x[3], 0xf4d50d87, 14)
+    STEP(G, b, c, d, a, x[8], 0x455a14ed, 20)
+    STEP(G, a, b, c, d, x[13], 0xa9e3e905, 5)
+    STEP(G, d, a, b, c, x[2], 0xfcefa3f8, 9)
+    STEP(G, c, d, a, b, x[7], 0x676f02d9, 14)
+    STEP(G, b, c, d, a, x[12], 0x8d2a4c8a, 20)
+    STEP(H, a, b, c, d, x[5], 0xfffa3942, 4)
+    STEP(H, d, a, b, c, x[8], 0x8771f681, 11)
+    STEP(H, c, d, a, b, x[11], 0x6d9d6122, 16)
+    STEP(H, b, c, d, a, x[14], 0xfde5380c, 23)
+    STEP(H, a, b, c, d, x[1], 0xa4beea44, 4)
+    STEP(H, d, a, b, c, x[4], 0x4bdecfa9, 11)
+    STEP(H, c, d, a, b, x[7], 0xf6bb4b60, 16)
+    STEP(H, b, c, d, a, x[10], 0xbebfbc70, 23)
+    STEP(H, a, b, c, d, x[13], 0x289b7ec6, 4)
+    STEP(H, d, a, b, c, x[0], 0xeaa127fa, 11)
+    STEP(H, c, d, a, b, x[3], 0xd4ef3085, 16)
+    STEP(H, b, c, d, a, x[6], 0x04881d05, 23)
+    STEP(H, a, b, c, d, x[9], 0xd9d4d039, 4)
+    STEP(H, d, a, b, c, x[12], 0xe6db99e5, 11)
+    STEP(H, c, d, a, b, x[15], 0x1fa27cf8, 16)
+    STEP(H, b, c, d, a, x[2], 0xc4ac5665, 23)
+    STEP(I, a, b, c, d, x[0], 0xf4292244, 6)
+    STEP(I, d, a, b, c, x[7], 0x432aff97, 10)
+    STEP(I, c, d, a, b, x[14], 0xab9423a7, 15)
+    STEP(I, b, c, d, a, x[5], 0xfc93a039, 21)
+    STEP(I, a, b, c, d, x[12], 0x655b59c3, 6)
+    STEP(I, d, a, b, c, x[3], 0x8f0ccc92, 10)
+    STEP(I, c, d, a, b, x[10], 0xffeff47d, 15)
+    STEP(I, b, c, d, a, x[1], 0x85845dd1, 21)
+    STEP(I, a, b, c, d, x[8], 0x6fa87e4f, 6)
+    STEP(I, d, a, b, c, x[15], 0xfe2ce6e0, 10)
+    STEP(I, c, d, a, b, x[6], 0xa3014314, 15)
+    STEP(I, b, c, d, a, x[13], 0x4e0811a1, 21)
+    STEP(I, a, b, c, d, x[4], 0xf7537e82, 6)
+    STEP(I, d, a, b, c, x[11], 0xbd3af235, 10)
+    STEP(I, c, d, a, b, x[2], 0x2ad7d2bb, 15)
+    STEP(I, b, c, d, a, x[9], 0xeb86d391, 21)
+    state[0] += a;
+    state[1] += b;
+    state[2] += c;
+    state[3] += d;
+}
+
+/* The 16-byte MD5 digest of data[0:size]. */
+static void md5(const unsigned char *data, size_t size, unsigned char digest[16]) {
+    uint32_t state[4] = {0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476};
+    unsigned char tail[128];
+    size_t whole = size & ~(size_t)63, rest = size - whole;
+    for (size_t at = 0; at < whole; at += 64) {
+        md5_block(state, data + at);
+    }
+    memcpy(tail, data + whole, rest);
+    tail[rest] = 0x80;
+    size_t end = rest < 56 ? 64 : 128;
+    memset(tail + rest + 1, 0, end - rest - 1);
+    uint64_t bits = (uint64_t)size << 3;
+    for (int i = 0; i < 8; i++) {
+        tail[end - 8 + i] = (unsigned char)(bits >> (8 * i));
+    }
+    md5_block(state, tail);
+    if (end == 128) {
+        md5_block(state, tail + 64);
+    }
+    for (int i = 0; i < 16; i++) {
+        digest[i] = (unsigned char)(state[i / 4] >> (8 * (i % 4)));
+    }
+}
+
+/* -- UTF-8 of a str, borrowed where it can be ----------------------------------------------------- */
+
+/* The UTF-8 of *text* (an exact str): its own bytes when it is ASCII, else a new bytes object in *hold*
+ * (for the caller to release).  NULL, with no exception set, when *text* cannot be encoded. */
+static const char *utf8_of(PyObject *text, Py_ssize_t *size, PyObject **hold) {
+    *hold = NULL;
+    if (PyUnicode_IS_ASCII(text)) {
+        *size = PyUnicode_GET_LENGTH(text);
+        return (const char *)PyUnicode_DATA(text);
+    }
+    *hold = PyUnicode_AsUTF8String(text);
+    if (*hold == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    *size = PyBytes_GET_SIZE(*hold);
+    return PyBytes_AS_STRING(*hold);
+}
+
+/* -- group_by_place ------------------------------------------------------------------------------- */
+
+#define RING_POSITIONS 65536
+
+/* The (path, ts, value) points of the list *points* grouped by the entry of the 65,536-entry list *table* at
+ * carbon's ring position of each path (a dict: entry -> list of points, in their order), or None. */
+static PyObject *group_by_place(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "group_by_place(points, table)");
+        return NULL;
+    }
+    PyObject *points = args[0], *table = args[1];
+    if (!PyList_CheckExact(points) || !PyList_CheckExact(table) || PyList_GET_SIZE(table) != RING_POSITIONS) {
+        Py_RETURN_NONE;
+    }
+    PyObject *groups = PyDict_New();
+    if (groups == NULL) {
+        return NULL;
+    }
+    PyObject *last_entry = NULL, *last_group = NULL; /* borrowed: runs of one destination skip the dict */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(points); i++) {
+        PyObject *point = PyList_GET_ITEM(points, i), *path, *hold;
+        Py_ssize_t size;
+        const char *bytes = NULL;
+        if (PyTuple_CheckExact(point) && PyTuple_GET_SIZE(point) == 3) {
+            path = PyTuple_GET_ITEM(point, 0);
+            bytes = PyUnicode_CheckExact(path) ? utf8_of(path, &size, &hold) : NULL;
+        }
+        if (bytes == NULL) {
+            Py_DECREF(groups);
+            Py_RETURN_NONE;
+        }
+        unsigned char digest[16];
+        md5((const unsigned char *)bytes, (size_t)size, digest);
+        Py_XDECREF(hold);
+        PyObject *entry = PyList_GET_ITEM(table, ((Py_ssize_t)digest[0] << 8) | digest[1]);
+        PyObject *group = entry == last_entry ? last_group : PyDict_GetItemWithError(groups, entry);
+        if (group == NULL) {
+            if (PyErr_Occurred() || (group = PyList_New(0)) == NULL) {
+                Py_DECREF(groups);
+                return NULL;
+            }
+            int failed = PyDict_SetItem(groups, entry, group);
+            Py_DECREF(group); /* the dict holds it */
+            if (failed) {
+                Py_DECREF(groups);
+                return NULL;
+            }
+        }
+        if (PyList_Append(group, point) < 0) {
+            Py_DECREF(groups);
+            return NULL;
+        }
+        last_entry = entry;
+        last_group = group;
+    }
+    return groups;
+}
+
+/* The MD5 digest of a bytes object: what group_by_place hashes, for the tests to compare with hashlib's. */
+static PyObject *md5_digest(PyObject *module, PyObject *data) {
+    (void)module;
+    if (!PyBytes_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "md5_digest(bytes)");
+        return NULL;
+    }
+    unsigned char digest[16];
+    md5((const unsigned char *)PyBytes_AS_STRING(data), (size_t)PyBytes_GET_SIZE(data), digest);
+    return PyBytes_FromStringAndSize((const char *)digest, 16);
+}
+
+/* -- encode_plaintext ----------------------------------------------------------------------------- */
+
+typedef struct {
+    char *data;
+    size_t size, capacity;
+} Buffer;
+
+static int reserve(Buffer *buffer, size_t more) {
+    if (buffer->size + more <= buffer->capacity) {
+        return 0;
+    }
+    size_t capacity = buffer->capacity ? buffer->capacity : 4096;
+    while (capacity < buffer->size + more) {
+        capacity *= 2;
+    }
+    char *data = PyMem_Realloc(buffer->data, capacity);
+    if (data == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    buffer->data = data;
+    buffer->capacity = capacity;
+    return 0;
+}
+
+static int append(Buffer *buffer, const char *text, size_t size) {
+    if (reserve(buffer, size) < 0) {
+        return -1;
+    }
+    memcpy(buffer->data + buffer->size, text, size);
+    buffer->size += size;
+    return 0;
+}
+
+/* Outcome of appending one field: written, not handled here (the Python version takes the batch), or an error. */
+enum { DONE = 0, NOT_HANDLED = 1, FAILED = -1 };
+
+/* repr(value) for an exact float (what float.__repr__ calls) or an exact int that fits 64 bits. */
+static int append_value(Buffer *buffer, PyObject *value) {
+    char digits[32];
+    if (PyFloat_CheckExact(value)) {
+        char *text = PyOS_double_to_string(PyFloat_AS_DOUBLE(value), 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+        if (text == NULL) {
+            return FAILED;
+        }
+        int status = append(buffer, text, strlen(text));
+        PyMem_Free(text);
+        return status;
+    }
+    if (PyLong_CheckExact(value)) {
+        int overflow;
+        long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (overflow || (number == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return NOT_HANDLED;
+        }
+        return append(buffer, digits, (size_t)snprintf(digits, sizeof digits, "%lld", number));
+    }
+    return NOT_HANDLED;
+}
+
+/* int(ts): an exact float truncated toward zero (well inside 64 bits), or an exact int that fits 64 bits. */
+static int append_timestamp(Buffer *buffer, PyObject *ts) {
+    char digits[32];
+    long long number;
+    if (PyFloat_CheckExact(ts)) {
+        double seconds = PyFloat_AS_DOUBLE(ts);
+        if (!(seconds > -9.0e18 && seconds < 9.0e18)) { /* NaN, infinities and the very large: Python's int() */
+            return NOT_HANDLED;
+        }
+        number = (long long)seconds;
+    } else if (PyLong_CheckExact(ts)) {
+        int overflow;
+        number = PyLong_AsLongLongAndOverflow(ts, &overflow);
+        if (overflow || (number == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return NOT_HANDLED;
+        }
+    } else {
+        return NOT_HANDLED;
+    }
+    return append(buffer, digits, (size_t)snprintf(digits, sizeof digits, "%lld", number));
+}
+
+static int append_point(Buffer *buffer, PyObject *point) {
+    if (!PyTuple_CheckExact(point) || PyTuple_GET_SIZE(point) != 3 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(point, 0))) {
+        return NOT_HANDLED;
+    }
+    PyObject *hold;
+    Py_ssize_t size;
+    const char *path = utf8_of(PyTuple_GET_ITEM(point, 0), &size, &hold);
+    if (path == NULL) {
+        return NOT_HANDLED;
+    }
+    int status = append(buffer, path, (size_t)size);
+    Py_XDECREF(hold);
+    if (status == DONE) {
+        status = append(buffer, " ", 1);
+    }
+    if (status == DONE) {
+        status = append_value(buffer, PyTuple_GET_ITEM(point, 2));
+    }
+    if (status == DONE) {
+        status = append(buffer, " ", 1);
+    }
+    if (status == DONE) {
+        status = append_timestamp(buffer, PyTuple_GET_ITEM(point, 1));
+    }
+    if (status == DONE) {
+        status = append(buffer, "\n", 1);
+    }
+    return status;
+}
+
+static PyObject *encode_plaintext(PyObject *module, PyObject *points) {
+    (void)module;
+    if (!PyList_CheckExact(points)) {
+        Py_RETURN_NONE;
+    }
+    Buffer buffer = {NULL, 0, 0};
+    Py_ssize_t count = PyList_GET_SIZE(points);
+    if (reserve(&buffer, (size_t)count * 64 + 1) < 0) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int status = append_point(&buffer, PyList_GET_ITEM(points, i));
+        if (status != DONE) {
+            PyMem_Free(buffer.data);
+            if (status == NOT_HANDLED) {
+                Py_RETURN_NONE;
+            }
+            return NULL;
+        }
+    }
+    PyObject *out = PyBytes_FromStringAndSize(buffer.data, (Py_ssize_t)buffer.size);
+    PyMem_Free(buffer.data);
+    return out;
+}
+
+/* -- split_by_owner ------------------------------------------------------------------------------- */
+
+/* zlib's Adler-32 of data[0:size]. */
+static uint32_t adler32(const unsigned char *data, size_t size) {
+    uint32_t a = 1, b = 0;
+    while (size > 0) {
+        size_t run = size < 5552 ? size : 5552; /* the most bytes before b can overflow 32 bits */
+        size -= run;
+        while (run--) {
+            a += *data++;
+            b += a;
+        }
+        a %= 65521;
+        b %= 65521;
+    }
+    return (b << 16) | a;
+}
+
+static int is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+/* dsat.shards.split_by_owner: the lines of *body* (bytes ending with a newline) grouped by the Adler-32 of their
+ * name (what precedes the line's first ASCII whitespace) modulo *count*, each line ending with a newline, in
+ * their order; a part with no line is b"".  None for anything else. */
+static PyObject *split_by_owner(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "split_by_owner(body, count)");
+        return NULL;
+    }
+    PyObject *body = args[0];
+    long count = PyLong_Check(args[1]) ? PyLong_AsLong(args[1]) : -1;
+    if (count == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    Py_ssize_t size = PyBytes_CheckExact(body) ? PyBytes_GET_SIZE(body) : 0;
+    if (count < 1 || count > 4096 || size == 0 || PyBytes_AS_STRING(body)[size - 1] != '\n') {
+        Py_RETURN_NONE;
+    }
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(body), *end = data + size;
+    Py_ssize_t lines = 0;
+    for (const unsigned char *at = data; at < end; at++) {
+        lines += *at == '\n';
+    }
+    uint16_t *owners = PyMem_Malloc(sizeof(uint16_t) * (size_t)lines);
+    Py_ssize_t *sizes = PyMem_Calloc((size_t)count, sizeof(Py_ssize_t));
+    PyObject *parts = PyList_New(count);
+    char **into = PyMem_Calloc((size_t)count, sizeof(char *));
+    if (owners == NULL || sizes == NULL || parts == NULL || into == NULL) {
+        PyMem_Free(owners);
+        PyMem_Free(sizes);
+        PyMem_Free(into);
+        Py_XDECREF(parts);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t line = 0;
+    for (const unsigned char *start = data; start < end; line++) {
+        const unsigned char *name_end = start, *newline = memchr(start, '\n', (size_t)(end - start));
+        while (name_end < newline && !is_space(*name_end)) {
+            name_end++;
+        }
+        owners[line] = (uint16_t)(adler32(start, (size_t)(name_end - start)) % (uint32_t)count);
+        sizes[owners[line]] += newline + 1 - start;
+        start = newline + 1;
+    }
+    for (long index = 0; index < count; index++) {
+        PyObject *part = PyBytes_FromStringAndSize(NULL, sizes[index]);
+        if (part == NULL) {
+            PyMem_Free(owners);
+            PyMem_Free(sizes);
+            PyMem_Free(into);
+            Py_DECREF(parts);
+            return NULL;
+        }
+        into[index] = PyBytes_AS_STRING(part);
+        PyList_SET_ITEM(parts, index, part);
+    }
+    line = 0;
+    for (const unsigned char *start = data; start < end; line++) {
+        const unsigned char *newline = memchr(start, '\n', (size_t)(end - start));
+        size_t length = (size_t)(newline + 1 - start);
+        memcpy(into[owners[line]], start, length);
+        into[owners[line]] += length;
+        start = newline + 1;
+    }
+    PyMem_Free(owners);
+    PyMem_Free(sizes);
+    PyMem_Free(into);
+    return parts;
+}
+
+/* -- the module ----------------------------------------------------------------------------------- */
+
+static PyMethodDef methods[] = {
+    {"group_by_place", (PyCFunction)(void (*)(void))group_by_place, METH_FASTCALL,
+     "group_by_place(points, table): the points by table[carbon ring position of their path], or None"},
+    {"split_by_owner", (PyCFunction)(void (*)(void))split_by_owner, METH_FASTCALL,
+     "split_by_owner(body, count): the lines of body by the Adler-32 of their names modulo count, or None"},
+    {"md5_digest", md5_digest, METH_O, "md5_digest(data): the MD5 digest of a bytes object"},
+    {"encode_plaintext", encode_plaintext, METH_O,
+     "encode_plaintext(points): carbon plaintext lines of a list of (path, ts, value) tuples, or None"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "dsat._speedups",
+    .m_doc = "Per-line steps of the orchester's hot path, compiled (see dsat/_speedups.c).",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__speedups(void) { return PyModule_Create(&module); }
