@@ -15,7 +15,10 @@
  *       f"{path} {value!r} {int(ts)}\n" of (path, ts, value) tuples, as UTF-8;
  *   split_by_owner(body, count)  dsat.shards.split_by_owner: the lines of
  *       a chunk grouped by the owner of their name (its Adler-32 modulo the
- *       number of ingress processes).
+ *       number of ingress processes);
+ *   simple_tagged(path)  dsat.naming._simple_tagged: the canonical form of
+ *       the usual tagged path (None means "not usual" in both, and the
+ *       caller then reads the path the long way, dsat.naming.tagged_path).
  *
  * MD5 is RFC 1321's, written out here (the first two bytes of a digest are
  * all that is used, but the whole digest is computed and tested).
@@ -458,6 +461,112 @@ static PyObject *split_by_owner(PyObject *module, PyObject *const *args, Py_ssiz
     return parts;
 }
 
+/* -- simple_tagged -------------------------------------------------------------------------------- */
+
+/* Characters of a safe component ([A-Za-z0-9_\-:+=@%#~]), of a tag key ([A-Za-z0-9_\-:+@%#.]) and of a tag
+ * value after its first character ([A-Za-z0-9_\-:+=@%#.~]; the first is one of those but "~"). */
+static int in_set(unsigned char c, const char *punctuation) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr(punctuation, c) != NULL);
+}
+#define COMPONENT_PUNCTUATION "_-:+=@%#~"
+#define KEY_PUNCTUATION "_-:+@%#."
+#define VALUE_PUNCTUATION "_-:+=@%#.~"
+#define MAX_COMPONENT_BYTES 200
+
+typedef struct {
+    const unsigned char *start;
+    Py_ssize_t size, key_size;
+} Segment;
+
+static int compare_segments(const void *left, const void *right) {
+    const Segment *a = left, *b = right;
+    int order = memcmp(a->start, b->start, (size_t)(a->size < b->size ? a->size : b->size));
+    return order ? order : (a->size > b->size) - (a->size < b->size);
+}
+
+/* dsat.naming._simple_tagged: the canonical form of the usual tagged path (a safe ASCII name not starting with
+ * "~", then ;key=value tags of safe characters, no key twice, no "name" key), its ";key=value" strings sorted;
+ * None for any other path. */
+static PyObject *simple_tagged(PyObject *module, PyObject *path) {
+    (void)module;
+    if (!PyUnicode_CheckExact(path) || !PyUnicode_IS_ASCII(path)) {
+        Py_RETURN_NONE;
+    }
+    const unsigned char *text = (const unsigned char *)PyUnicode_DATA(path);
+    Py_ssize_t size = PyUnicode_GET_LENGTH(path), at = 0, component = 0;
+    if (size == 0 || text[0] == '~') {
+        Py_RETURN_NONE;
+    }
+    for (; at < size && text[at] != ';'; at++) { /* the name: safe components joined by dots */
+        if (text[at] == '.') {
+            if (component == 0) {
+                Py_RETURN_NONE;
+            }
+            component = 0;
+        } else if (!in_set(text[at], COMPONENT_PUNCTUATION) || ++component > MAX_COMPONENT_BYTES) {
+            Py_RETURN_NONE;
+        }
+    }
+    Py_ssize_t name_size = at, count = 0;
+    if (component == 0 || at == size) {
+        Py_RETURN_NONE; /* an empty last component, or no tag */
+    }
+    for (Py_ssize_t i = at; i < size; i++) {
+        count += text[i] == ';';
+    }
+    Segment *segments = PyMem_Malloc(sizeof(Segment) * (size_t)count);
+    if (segments == NULL) {
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t index = 0; index < count; index++) { /* at is on a ";" */
+        Segment *segment = &segments[index];
+        segment->start = text + ++at;
+        Py_ssize_t key = 0;
+        while (at < size && text[at] != '=' && text[at] != ';' && in_set(text[at], KEY_PUNCTUATION)) {
+            at++, key++;
+        }
+        int good = key > 0 && at < size && text[at] == '=';
+        if (good) {
+            at++;
+            good = at < size && text[at] != '~' && in_set(text[at], VALUE_PUNCTUATION);
+            while (good && at < size && text[at] != ';') {
+                good = in_set(text[at++], VALUE_PUNCTUATION);
+            }
+        }
+        if (!good) {
+            PyMem_Free(segments);
+            Py_RETURN_NONE;
+        }
+        segment->key_size = key;
+        segment->size = (Py_ssize_t)(text + at - segment->start);
+    }
+    qsort(segments, (size_t)count, sizeof(Segment), compare_segments);
+    for (Py_ssize_t index = 0; index < count; index++) { /* a key's segments are next to each other once sorted */
+        Segment *segment = &segments[index], *before = index ? &segments[index - 1] : NULL;
+        int named = segment->key_size == 4 && memcmp(segment->start, "name", 4) == 0;
+        int again = before && before->key_size == segment->key_size &&
+                    memcmp(before->start, segment->start, (size_t)segment->key_size) == 0;
+        if (named || again) {
+            PyMem_Free(segments);
+            Py_RETURN_NONE;
+        }
+    }
+    PyObject *out = PyUnicode_New(size, 127);
+    if (out != NULL) {
+        unsigned char *into = (unsigned char *)PyUnicode_DATA(out);
+        memcpy(into, text, (size_t)name_size);
+        into += name_size;
+        for (Py_ssize_t index = 0; index < count; index++) {
+            *into++ = ';';
+            memcpy(into, segments[index].start, (size_t)segments[index].size);
+            into += segments[index].size;
+        }
+    }
+    PyMem_Free(segments);
+    return out;
+}
+
 /* -- the module ----------------------------------------------------------------------------------- */
 
 static PyMethodDef methods[] = {
@@ -465,6 +574,8 @@ static PyMethodDef methods[] = {
      "group_by_place(points, table): the points by table[carbon ring position of their path], or None"},
     {"split_by_owner", (PyCFunction)(void (*)(void))split_by_owner, METH_FASTCALL,
      "split_by_owner(body, count): the lines of body by the Adler-32 of their names modulo count, or None"},
+    {"simple_tagged", simple_tagged, METH_O,
+     "simple_tagged(path): the canonical form of the usual tagged path, or None for any other"},
     {"md5_digest", md5_digest, METH_O, "md5_digest(data): the MD5 digest of a bytes object"},
     {"encode_plaintext", encode_plaintext, METH_O,
      "encode_plaintext(points): carbon plaintext lines of a list of (path, ts, value) tuples, or None"},

@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from dsat.cache import DEFAULT_MAX_BYTES, GenerationalCache
+from dsat.compiled import speedups
 from dsat.errors import BadName
 
 #: A Whisper file name is the component plus ".wsp"; NAME_MAX is 255 bytes.
@@ -146,8 +147,12 @@ def _simple_tagged(path: str) -> str | None:
     tags of safe ASCII characters (no ``;!^=~`` in a key, no leading ``~``
     in a value), no key twice and no ``name`` key.  Its canonical form is
     the name and the ``;key=value`` strings sorted, as :func:`format_tags`
-    makes it; anything else returns None for :func:`tagged_path` to read.
+    makes it; anything else returns None for :func:`tagged_path` to read
+    (compiled: :mod:`dsat.compiled`, the same None).
     """
+    if speedups is not None:
+        simple: str | None = speedups.simple_tagged(path)
+        return simple
     match = _SIMPLE_TAGGED.fullmatch(path)
     if match is None:
         return None

@@ -297,16 +297,8 @@ class Shards:
         parts = split_by_owner(body, self.count)
         here = [parts[self.index]]
         for index, part in enumerate(parts):
-            if index == self.index or not part:
-                continue
-            link = self._links.get(index)
-            lines = part.count(b"\n")
-            if link is None or link.full:
+            if index != self.index and part and not self._pass_on(index, peer, part, part.count(b"\n")):
                 here.append(part)
-                self.kept += lines
-            else:
-                link.transport.write(encode_frame(peer, part))  # type: ignore[union-attr]
-                self.sent += lines
         return here[0] if len(here) == 1 else b"".join(here)
 
     def route_points(self, points: list[Datapoint], peer: str) -> list[Datapoint]:
@@ -320,14 +312,21 @@ class Shards:
             groups.setdefault(owner, []).append(point)
         here = groups.pop(here_index, [])
         for index, group in groups.items():
-            link = self._links.get(index)
-            if link is None or link.full:
+            if not self._pass_on(index, peer, group, len(group)):
                 here.extend(group)
-                self.kept += len(group)
-            else:
-                link.transport.write(encode_frame(peer, encode_plaintext(group)))  # type: ignore[union-attr]
-                self.sent += len(group)
         return here
+
+    def _pass_on(self, index: int, peer: str, lines: bytes | list[Datapoint], count: int) -> bool:
+        """Write *lines* (*count* plaintext lines, or datapoints to encode as such) to owner *index*, counted sent;
+        False, counted kept, if its link is down or full."""
+        link = self._links.get(index)
+        if link is None or link.full:
+            self.kept += count
+            return False
+        frame = encode_frame(peer, lines if isinstance(lines, bytes) else encode_plaintext(lines))
+        link.transport.write(frame)  # type: ignore[union-attr]
+        self.sent += count
+        return True
 
     def received(self, sections: Sections) -> None:
         self.taken += sum(lines.count(b"\n") for _, lines in sections)

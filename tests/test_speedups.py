@@ -1,4 +1,4 @@
-"""The compiled hot path (dsat._speedups): built, and byte for byte what the pure-Python versions give.
+"""The compiled hot path (dsat._speedups): built, and exactly what the pure-Python versions give.
 
 Each caller tries the compiled function first and takes its pure-Python
 version when it answers None; every test here runs the same input both ways
@@ -23,6 +23,7 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 
 import dsat.carbon
+import dsat.naming
 import dsat.shards
 from dsat import compiled
 from dsat.carbon import CarbonEgress, encode_plaintext
@@ -202,3 +203,40 @@ def test_what_the_split_does_not_handle_goes_to_python() -> None:
     assert split(bytearray(b"a 1 2\n"), 2) is None
     assert split(b"a 1 2\n", 0) is None
     assert split(b"a 1 2\n", 10**6) is None
+
+
+# -- the usual tagged path ----------------------------------------------------------------------------------------
+
+
+def _tagged(rng: random.Random) -> str:
+    """A path with tags, usual or not: keys twice, a name key, unsorted, odd characters, components at the limit."""
+    names = ["servers.h1.cpu", "a", "~a", "a~", "a..b", "a.", ".a", "a=b", "x" * 200, "x" * 201, "a.b" * 80, "é", ""]
+    keys = ["a", "b", "dc", "env", "name", "a.b", "k:y", "K", "k~", "k!", "k^", "", "é", "k y", "namex", "nam"]
+    values = ["1", "v", "~x", "x~", "a=b", "", "p.q", "é", "v y", "@%#", "v\x00", "=", "a;"]
+    if rng.random() < 0.3:
+        return "".join(rng.choice("abxyz019_-:+=@%#~.;!^ é") for _ in range(rng.randint(1, 40)))
+    if rng.random() < 0.5:  # usual ones, in any order, some at the limits
+        names, keys, values = names[:2] + names[3:4] + names[5:6] + names[8:9], keys[:4] + keys[5:8], values[:2]
+        keys, values = [*keys, "namex", "nam"], [*values, "x~", "a=b", "p.q", "@%#", "=", "v" * 300]
+    tags = [f"{rng.choice(keys)}={rng.choice(values)}" for _ in range(rng.randint(0, 6))]
+    if rng.random() < 0.1:
+        tags.append(rng.choice(["k", "=v", "", "k=v=w"]))
+    return rng.choice(names) + "".join(";" + tag for tag in tags)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_usual_tagged_path_is_the_pure_pythons(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """The same canonical form, or the same None (not usual), as the regex and sort of dsat.naming."""
+    rng = random.Random(seed)
+    paths = [_tagged(rng) for _ in range(2000)]
+    fast, slow = both_ways(monkeypatch, dsat.naming, lambda: [dsat.naming._simple_tagged(path) for path in paths])
+    assert fast == slow
+    assert sum(path is not None for path in fast) > 100  # usual ones were made canonical, not only refused
+
+
+def test_the_usual_tagged_path_is_compiled() -> None:
+    simple = _speedups().simple_tagged
+    assert simple("servers.a.cpu;env=prod;dc=dc1") == "servers.a.cpu;dc=dc1;env=prod"
+    assert simple("a;k=v;k=w") is None  # a key twice
+    assert simple("a;name=x") is None
+    assert simple(b"a;b=1") is None  # not a str
