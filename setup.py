@@ -1,7 +1,8 @@
 """The optional C extension, dsat._speedups; everything else about the package is in pyproject.toml.
 
 ``optional=True``: without a C compiler the package installs without it, and
-dsat.carbon uses its pure-Python versions of the same steps.
+the callers (through dsat.compiled) use their pure-Python versions of the
+same steps.
 """
 
 from setuptools import Extension, setup

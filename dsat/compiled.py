@@ -33,9 +33,9 @@ speedups: ModuleType | None = _load()
 
 
 def describe() -> str:
-    """How the hot path runs in this process, for the log and ``dsat --version``."""
+    """How the hot path runs in this process, for the orchester's log at start."""
     if speedups is not None:
         return "compiled (dsat._speedups)"
     if os.environ.get(PURE_PYTHON_ENV):
         return f"pure Python ({PURE_PYTHON_ENV} is set)"
-    return "pure Python (dsat._speedups was not built: no C compiler at install)"
+    return "pure Python (dsat._speedups is not there: it is built only where the install found a C compiler)"
