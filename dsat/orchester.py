@@ -57,6 +57,7 @@ from dsat.errors import ConfigError
 from dsat.events import Reporter, parse_published, published
 from dsat.flow import PushProducer
 from dsat.rules import RuleSet, load_rules
+from dsat.schedule import SlotSchedule
 from dsat.shards import Shards
 from dsat.topology import Topology
 from dsat.transport import Sender
@@ -186,6 +187,10 @@ class Orchester:
         self.points_out = 0
         self._reported: dict[str, int] = {}
         self._loops: list[LoopingCall] = []
+        #: ``self.orchester.*`` counts are deltas: each write needs a slot of its own (dsat.schedule).
+        self._metrics = SlotSchedule(
+            self.clock, topology.tracker.metrics_every, self.write_own_metrics, name="orchester"
+        )
         if pair is not None:
             pair.on_change = lambda _transition: self.heartbeat()
 
@@ -196,7 +201,6 @@ class Orchester:
         self.egress.start()
         for fn, every in (
             (self.heartbeat, 5.0),
-            (self.write_own_metrics, self.topology.tracker.metrics_every),
             (self.flush_aggregates, 1.0),
             (self.watch_rules, RULES_CHECK_EVERY),
         ):
@@ -204,6 +208,7 @@ class Orchester:
             loop.clock = self.clock
             loop.start(every, now=fn == self.heartbeat)
             self._loops.append(loop)
+        self._metrics.start(now=False)
 
     def heartbeat(self) -> None:
         """Alive, with what its links and Carbon queues dropped and the legs held by open circuits."""
@@ -225,6 +230,7 @@ class Orchester:
         return {"spool_corrupt": 1, "spool_quarantined": f"{spool.path} moved to {spool.quarantined}"}
 
     def stop(self) -> None:
+        self._metrics.stop()
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -415,9 +421,9 @@ class Orchester:
 
     # -- DSAT's own metrics --------------------------------------------------
 
-    def own_metrics(self) -> list[Datapoint]:
-        """``self.orchester.*``: counts since the last call, and the queue and spool depths now."""
-        now = int(self.clock.seconds())
+    def own_metrics(self, at: float | None = None) -> list[Datapoint]:
+        """``self.orchester.*``: counts since the last call, queue and spool depths now; stamped *at* (else now)."""
+        now = int(self.clock.seconds() if at is None else at)
         egress = self.egress
         totals = {
             "points_in": self.points_in,
@@ -451,6 +457,6 @@ class Orchester:
             points.append((path(self.topology.prefix, self.where, "self", f"{self.name}.{name}"), now, level))
         return points
 
-    def write_own_metrics(self) -> None:
+    def write_own_metrics(self, at: float | None = None) -> None:
         """``self.orchester.*`` to Carbon, by the one path: a ``deny`` rule filters them as any datapoint."""
-        self.to_egress(self.own_metrics())
+        self.to_egress(self.own_metrics(at))

@@ -38,6 +38,7 @@ from dsat.envelope import Batches, Envelope, encode
 from dsat.errors import BadName, EnvelopeError
 from dsat.events import Reporter, parse_published
 from dsat.plugins import SatelliteSpec
+from dsat.schedule import SlotSchedule
 from dsat.topology import Step
 from dsat.transport import Sender
 
@@ -151,6 +152,7 @@ class SatelliteRuntime:
         self.fn: Callable[..., Any] = spec.factory(step.options)
         self._paths: dict[str, str] = {}
         self._loops: list[LoopingCall] = []
+        self._runs: SlotSchedule | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -158,7 +160,8 @@ class SatelliteRuntime:
         """Start the collector's schedule (if any) and the heartbeats."""
         if self.step.kind == "collector":
             assert self.step.every is not None
-            self._loop(self.collect_once, self.step.every, now=True)
+            self._runs = SlotSchedule(self.clock, self.step.every, self.collect_once, name=f"step {self.step.name}")
+            self._runs.start()
         self._loop(self.heartbeat, HEARTBEAT_EVERY, now=True)
         if self.choice is not None:
             choice = self.choice
@@ -183,6 +186,8 @@ class SatelliteRuntime:
 
     def stop(self) -> None:
         """Stop scheduling; what was already sent stays queued on the links."""
+        if self._runs is not None:
+            self._runs.stop()
         for loop in self._loops:
             if loop.running:
                 loop.stop()
@@ -196,9 +201,13 @@ class SatelliteRuntime:
             path = self._paths[metric] = naming.metric_path(self.prefix, self.where, self.step.name, metric)
         return path
 
-    def collect_once(self) -> Envelope | None:
-        """Run the collector once and send its batch; returns the envelope sent."""
-        now = int(self.clock.seconds())
+    def collect_once(self, at: float | None = None) -> Envelope | None:
+        """Run the collector once and send its batch; returns the envelope sent.
+
+        Its datapoints are stamped *at* (the run's slot, :mod:`dsat.schedule`),
+        or now, in whole seconds, unless the collector gives its own.
+        """
+        now = int(self.clock.seconds() if at is None else at)
         try:
             raw = list(self.fn())
         except Exception as exc:  # a satellite author's bug must not stop the schedule

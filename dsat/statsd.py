@@ -22,13 +22,13 @@ from itertools import accumulate
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
-from twisted.internet.task import LoopingCall
 
 from dsat.counters import Rejections
 from dsat.datapoint import Datapoint, Validator
 from dsat.errors import BadName, ConfigError
 from dsat.ingress import Sink
 from dsat.naming import MAX_PATH_CHARS, TAG_SEPARATOR, PathCache, clean_path
+from dsat.schedule import SlotSchedule
 from dsat.topology import IngressConf
 
 #: Distinct names held at once, all types together (gauges are held for good).
@@ -288,14 +288,14 @@ class StatsdAggregator:
 
     # -- flushing ----------------------------------------------------------
 
-    def flush(self) -> list[Datapoint]:
-        """The datapoints for everything received since the last flush, stamped now; then start over.
+    def flush(self, at: float | None = None) -> list[Datapoint]:
+        """The datapoints for everything received since the last flush, stamped *at* (else now); then start over.
 
         Gauges are kept; counters, timers and sets are emptied.  What comes
         out has passed the datapoint rule (:mod:`dsat.datapoint`): a sum that
         overflowed to infinity is counted ``nan`` and left out, alone.
         """
-        now = round(self.clock.seconds())
+        now = round(self.clock.seconds() if at is None else at)
         interval = self.flush_interval
         ns = self.prefix
         points: list[Datapoint] = []
@@ -325,28 +325,27 @@ class StatsdProtocol(DatagramProtocol):
     """statsd over UDP: feeds the aggregator and hands each flush to *sink* as one batch.
 
     Give it to ``reactor.listenUDP(8125, protocol, interface="127.0.0.1")``.
-    Listening starts a flush every ``aggregator.flush_interval`` seconds on
-    the aggregator's clock; stopping flushes what is left.
+    Listening starts a flush at each multiple of ``aggregator.flush_interval``
+    seconds on the aggregator's clock, stamped with that multiple
+    (:mod:`dsat.schedule`); stopping flushes what is left, stamped now.
     """
 
     def __init__(self, aggregator: StatsdAggregator, sink: Sink) -> None:
         self.aggregator = aggregator
         self.sink = sink
-        self._loop = LoopingCall(self.flush)
-        self._loop.clock = aggregator.clock
+        self._flushes = SlotSchedule(aggregator.clock, aggregator.flush_interval, self.flush, name="statsd")
 
     def startProtocol(self) -> None:
-        self._loop.start(self.aggregator.flush_interval, now=False)
+        self._flushes.start(now=False)
 
     def stopProtocol(self) -> None:
-        if self._loop.running:
-            self._loop.stop()
+        self._flushes.stop()
         self.flush()
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.aggregator.receive(datagram, f"{addr[0]}:{addr[1]}")
 
-    def flush(self) -> None:
-        points = self.aggregator.flush()
+    def flush(self, at: float | None = None) -> None:
+        points = self.aggregator.flush(at)
         if points:
             self.sink(points)

@@ -27,7 +27,6 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dsat import naming
@@ -37,6 +36,7 @@ from dsat.envelope import Envelope, decode, encode
 from dsat.errors import EnvelopeError
 from dsat.events import BREAKER_TOPIC, published, topic_for
 from dsat.fsm import BatchTracker, Change, State
+from dsat.schedule import SlotSchedule
 from dsat.topology import Topology
 from dsat.transport import Sender
 
@@ -138,16 +138,13 @@ class TrackerService:
         self.heartbeats: dict[str, dict[str, Any]] = {}
         self.seq = 0
         self._reported: dict[str, float] = {}
-        self._loop: LoopingCall | None = None
+        self._metrics = SlotSchedule(self.clock, self.topology.tracker.metrics_every, self.write_own_metrics, name=STEP)
 
     def start(self) -> None:
-        self._loop = LoopingCall(self.write_own_metrics)
-        self._loop.clock = self.clock
-        self._loop.start(self.topology.tracker.metrics_every, now=False)
+        self._metrics.start(now=False)
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        self._metrics.stop()
         for breaker in self.breakers.values():
             breaker.stop()
 
@@ -249,9 +246,9 @@ class TrackerService:
     def on_status_request(self, frame: bytes) -> bytes:
         return json.dumps(self.status()).encode()
 
-    def own_metrics(self) -> list[tuple[str, float, float]]:
-        """``self.tracker.tasks.*`` and ``self.steps.<step>.*`` since the last call."""
-        now = int(self.clock.seconds())
+    def own_metrics(self, at: float | None = None) -> list[tuple[str, float, float]]:
+        """``self.tracker.tasks.*`` and ``self.steps.<step>.*`` since the last call, stamped *at* (else now)."""
+        now = int(self.clock.seconds() if at is None else at)
         snap = self.fsm.snapshot()
         values: dict[str, float] = {"tracker.tasks.in_flight": snap["tasks"]["in_flight"]}
         deltas: dict[str, float] = {f"tracker.tasks.{name}": snap["tasks"][name] for name in TASK_COUNTERS}
@@ -271,10 +268,10 @@ class TrackerService:
         prefix = self.topology.prefix
         return [(naming.metric_path(prefix, self.where, "self", name), now, v) for name, v in values.items()]
 
-    def write_own_metrics(self) -> None:
+    def write_own_metrics(self, at: float | None = None) -> None:
         self.seq += 1
         env = Envelope.new_batch(
-            self.own_metrics(), type="self", emitter=STEP, where=self.where, seq=self.seq, pid=self.pid
+            self.own_metrics(at), type="self", emitter=STEP, where=self.where, seq=self.seq, pid=self.pid
         ).evolve(next=("orchester",))
         self.orchester.send(encode(env))
         self.fsm.handle(

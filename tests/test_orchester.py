@@ -151,11 +151,14 @@ def test_own_metrics_are_counts_since_last_time() -> None:
 
 
 def test_own_metrics_are_written_on_the_clock() -> None:
-    """start() writes the orchester's own metrics to the egress every metrics_every seconds."""
+    """start() writes the orchester's own metrics at each multiple of metrics_every, stamped with it."""
     orch, egress, _, _, clock = make()
+    clock.advance(3.6)
     orch.start()
-    clock.advance(10)
-    assert any(p[0] == "dsat.h.self.orchester.points_in" for p in egress.points)
+    clock.advance(6.3)
+    assert egress.points == []
+    clock.advance(0.1)
+    assert {ts for path, ts, _ in egress.points if path == "dsat.h.self.orchester.points_in"} == {1_700_000_010}
     orch.stop()
 
 

@@ -224,6 +224,35 @@ def test_a_transform_killed_mid_batch_is_retried_and_every_run_is_stored(
     assert last >= 8
 
 
+def test_a_collector_that_stalls_keeps_every_run_in_a_slot_of_its_own(
+    short_tmp: Path, carbon: Carbon, processes: Processes
+) -> None:
+    """The collector's process stopped for 0.9 s five times, then 2.5 s: each late run keeps its own Whisper slot.
+
+    Stamped with the moment it ran, a run made late by a stall shared a second with the next run, and one of
+    the two was overwritten (this scenario lost a run of all 1,000 metrics before dsat.schedule).
+    """
+    metrics = 1000
+    topo = topology(
+        short_tmp, carbon, f'[satellites.stall]\nuse = "synthetic"\nevery = "1s"\noptions = {{ metrics = {metrics} }}'
+    )
+    carbon.start()
+    up = processes.dsat("up", str(topo), name="up")
+    wait_for(lambda: len(carbon.runs("stall", 1)[0]) >= 2, 60, "the first runs in Whisper")
+    collector = step_pid(up, "stall")
+    assert collector is not None
+    for stall in (0.9, 0.9, 0.9, 0.9, 0.9, 2.5):
+        os.kill(collector, signal.SIGSTOP)
+        time.sleep(stall)
+        os.kill(collector, signal.SIGCONT)
+        time.sleep(1.1)
+    wait_for_more_runs(carbon, "stall", 2)
+    assert processes.stop(up) == 0, processes.log_of(up)[-3000:]
+    last = assert_every_run_stored(settled_runs(carbon, "stall", metrics))
+    assert last >= 12
+    assert "slot(s) of 1s had none" in processes.log_of(up)  # the 2.5 s stall: slots went by, counted and logged
+
+
 def test_a_failing_step_opens_its_circuit_and_is_not_hammered(
     short_tmp: Path, carbon: Carbon, processes: Processes
 ) -> None:

@@ -139,6 +139,19 @@ def test_collector_that_raises_is_counted_and_keeps_its_schedule() -> None:
     runtime.stop()
 
 
+def test_collector_runs_are_stamped_with_their_slot_however_late_they_run() -> None:
+    """Runs at the multiples of every (dsat.schedule): a late run keeps its slot, so no two share a Whisper slot."""
+    runtime, senders, _, clock = make_runtime("collector", lambda: [("m", 1.0)], every=10)
+    clock.advance(7.3)  # started between two multiples
+    runtime.start()
+    clock.advance(2.7 + 9.9)  # the run due at 1_700_000_010 runs 9.9 s late
+    clock.advance(0.1)  # the next is on time
+    stamps = [decode(frame).points[0][1] for frame in senders["orchester"].frames]
+    assert stamps == [1_700_000_000, 1_700_000_010, 1_700_000_020]
+    runtime.stop()
+    assert clock.getDelayedCalls() == []
+
+
 def test_heartbeats_go_to_the_tracker_on_schedule() -> None:
     """The runtime sends a heartbeat at start and every HEARTBEAT_EVERY seconds."""
     runtime, _, events, clock = make_runtime("transform", lambda batch: batch)

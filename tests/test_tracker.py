@@ -91,12 +91,16 @@ def test_heartbeats_and_garbage() -> None:
 
 
 def test_own_metrics_go_to_the_orchester_as_a_tracked_batch() -> None:
-    """Every metrics_every seconds the tracker sends self.* counts since last time to the orchester."""
+    """At each multiple of metrics_every the tracker sends self.* counts since last time, stamped with it."""
     svc, _, orchester, clock = make()
+    clock.advance(3.6)
     svc.start()
     journey(svc)
-    clock.advance(10)
+    clock.advance(6.3)
+    assert orchester.envelopes() == []
+    clock.advance(0.1)
     [env] = orchester.envelopes()
+    assert {ts for _, ts, _ in env.points} == {1_700_000_010}
     values = {p: v for p, _, v in env.points}
     assert values["dsat.h.self.tracker.tasks.happy_end"] == 1
     assert values["dsat.h.self.steps.orchester.batches_ended"] == 1

@@ -1,0 +1,111 @@
+"""Calls on the clock's multiples of an interval, each handed the time of its own slot.
+
+A collector's run, a statsd flush and a step's own metrics are data: their
+datapoints carry a timestamp, and Whisper keeps one value per slot.  Stamped
+with the moment the call happened, on a schedule started at any moment, a
+late call can take the next call's slot: due at 101.9 s and run at 102.05 s,
+a run shares second 102 with the one due at 102.9 s, one value overwrites
+the other and second 101 stays empty.  A :class:`SlotSchedule` runs its
+function at the multiples of the interval on the clock (every 10 s: at :00,
+:10, :20...) and hands it the time of that multiple, however late the call
+runs, so each call has a slot of its own.  A call so late that whole slots
+went by takes the latest; the slots it missed stay empty, and are counted
+(``missed``) and logged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from dsat.counters import should_log
+
+#: A call this fraction of an interval before a multiple belongs to that multiple (float rounding of the clock).
+TOLERANCE = 1e-6
+
+
+class SlotSchedule:
+    """Call ``fn(slot_time)`` at each multiple of *every* seconds on *clock*.
+
+    ``start()`` calls at once for the slot the clock is in (or, with
+    ``now=False``, first at the next multiple).  An exception from *fn* is
+    logged and the schedule goes on.  A clock stepped back within a slot
+    waits for the next multiple (no slot is called twice); stepped back
+    further, the slots follow the clock.
+    """
+
+    log = Logger()
+
+    def __init__(self, clock: IReactorTime, every: float, fn: Callable[[float], object], *, name: str) -> None:
+        if not (math.isfinite(every) and every > 0):
+            raise ValueError(f"{name}: every must be a positive number of seconds, not {every!r}")
+        self.clock = clock
+        self.every = every
+        self.fn = fn
+        self.name = name
+        #: Slots that went by without a call, because a call ran that late.
+        self.missed = 0
+        self._late = 0
+        self._slot: int | None = None
+        self._call: IDelayedCall | None = None
+        self._stopped = True
+
+    @property
+    def running(self) -> bool:
+        return self._call is not None
+
+    def start(self, *, now: bool = True) -> None:
+        self._stopped = False
+        if now:
+            self._run()
+        else:
+            self._slot = self._slot_at(self.clock.seconds())
+            self._schedule()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def _slot_at(self, t: float) -> int:
+        return math.floor(t / self.every + TOLERANCE)
+
+    def _schedule(self) -> None:
+        assert self._slot is not None
+        due = (self._slot + 1) * self.every - self.every * TOLERANCE / 2
+        self._call = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._run)
+
+    def _run(self) -> None:
+        self._call = None
+        now = self.clock.seconds()
+        slot, last = self._slot_at(now), self._slot
+        try:
+            if last is not None and slot == last:
+                return  # this slot had its call: the clock stepped back within it
+            if last is not None and slot > last + 1:
+                self._count_missed(slot - last - 1, now - (last + 1) * self.every)
+            self._slot = slot
+            try:
+                self.fn(slot * self.every)
+            except Exception:
+                self.log.failure("{name}: scheduled call failed", name=self.name)
+        finally:
+            if not self._stopped:
+                self._schedule()
+
+    def _count_missed(self, slots: int, late: float) -> None:
+        self.missed += slots
+        self._late += 1
+        if should_log(self._late):
+            self.log.warn(
+                "{name}: a call ran {late:.3g}s late: {slots} slot(s) of {every:g}s had none ({missed} so far)",
+                name=self.name,
+                late=late,
+                slots=slots,
+                every=self.every,
+                missed=self.missed,
+            )
