@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from dsat import __version__
+from dsat import __version__, compiled
 from dsat.errors import ConfigError, DsatError
 
 
@@ -169,7 +169,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dsat", description="DSAT: a metrics pipeline for Graphite.")
-    parser.add_argument("--version", action="version", version=f"dsat {__version__}")
+    parser.add_argument("--version", action="version", version=f"dsat {__version__}, hot path: {compiled.describe()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check a topology without starting anything")

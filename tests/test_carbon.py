@@ -11,6 +11,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from dsat.carbon import (
+    ENCODERS,
     POINTS_PER_MESSAGE,
     RING_POSITIONS,
     CarbonEgress,
@@ -33,6 +34,12 @@ def unpickle_messages(data: bytes) -> list[list]:
         out.append(SafeUnpickler.loads(data[4 : 4 + size]))
         data = data[4 + size :]
     return out
+
+
+def test_every_protocol_the_topology_accepts_has_an_encoder_and_no_other() -> None:
+    from dsat.topology import PROTOCOLS
+
+    assert sorted(ENCODERS) == sorted(PROTOCOLS)
 
 
 def test_pickle_is_what_carbon_unpickles_in_chunks_of_500() -> None:

@@ -11,6 +11,16 @@ from dsat.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def test_version_says_how_the_hot_path_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    """`dsat --version`: the version, and whether the compiled hot path is used (and if not, why not)."""
+    from dsat import __version__, compiled
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out == f"dsat {__version__}, hot path: {compiled.describe()}\n"
+
+
 def test_validate_accepts_the_demo_topology(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`dsat validate` on the packaged demo prints OK with its satellites and exits 0."""
     topo = tmp_path / "demo.toml"
