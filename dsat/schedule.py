@@ -71,6 +71,10 @@ class SlotSchedule:
             self._call.cancel()
         self._call = None
 
+    def next_time(self) -> float:
+        """The multiple that ends the slot the clock is in now: the stamp of a call made early, such as at a stop."""
+        return (self._slot_at(self.clock.seconds()) + 1) * self.every
+
     def _slot_at(self, t: float) -> int:
         return math.floor(t / self.every + TOLERANCE)
 

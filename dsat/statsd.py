@@ -327,7 +327,9 @@ class StatsdProtocol(DatagramProtocol):
     Give it to ``reactor.listenUDP(8125, protocol, interface="127.0.0.1")``.
     Listening starts a flush at each multiple of ``aggregator.flush_interval``
     seconds on the aggregator's clock, stamped with that multiple
-    (:mod:`dsat.schedule`); stopping flushes what is left, stamped now.
+    (:mod:`dsat.schedule`); stopping flushes what is left, stamped with the
+    multiple that would have flushed it (stamped now, it would overwrite the
+    last flush in a Whisper slot as long as the interval).
     """
 
     def __init__(self, aggregator: StatsdAggregator, sink: Sink) -> None:
@@ -340,7 +342,7 @@ class StatsdProtocol(DatagramProtocol):
 
     def stopProtocol(self) -> None:
         self._flushes.stop()
-        self.flush()
+        self.flush(self._flushes.next_time())
 
     def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
         self.aggregator.receive(datagram, f"{addr[0]}:{addr[1]}")

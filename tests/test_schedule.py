@@ -127,6 +127,14 @@ def test_an_exception_is_logged_and_the_schedule_goes_on() -> None:
     assert schedule.running
 
 
+def test_next_time_is_the_multiple_that_ends_the_slot_the_clock_is_in() -> None:
+    clock = clock_at(1_000_007.3)
+    schedule, _ = started(clock, 10)
+    assert schedule.next_time() == 1_000_010
+    clock.advance(2.7)
+    assert schedule.next_time() == 1_000_020
+
+
 def test_stop_cancels_the_next_call() -> None:
     clock = clock_at(0)
     schedule, slots = started(clock, 1)
