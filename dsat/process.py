@@ -236,14 +236,24 @@ def tracker(wiring: Wiring) -> TrackerService:
     return svc
 
 
-def carbon_egress(reactor: Any, topo: Topology, spool_path: Path | None) -> CarbonEgress:
-    """The orchester's queues and connections to Carbon, with its spool at *spool_path* (None: no spool)."""
+def carbon_egress(
+    reactor: Any, topo: Topology, spool_path: Path | None, *, adopt_workers: bool = False
+) -> CarbonEgress:
+    """The orchester's queues and connections to Carbon, with its spool at *spool_path* (None: no spool).
+
+    *adopt_workers* (the orchester, not a worker): the spool first takes what the spools of workers that
+    no longer run hold (:func:`dsat.workers.adopt_stranded`), before its destinations count what it holds.
+    """
     from dsat.carbon import CarbonEgress
     from dsat.spool import Spool
 
     spool = None
     if spool_path is not None:
         spool = Spool(spool_path, max_bytes=topo.spool.max_bytes, policy=topo.spool.policy, sync=topo.spool.sync)
+        if adopt_workers:
+            from dsat.workers import adopt_stranded
+
+            adopt_stranded(spool, topo.ingress.workers)
     return CarbonEgress(
         reactor,
         topo.carbon.destinations,
@@ -291,7 +301,7 @@ def orchester(wiring: Wiring) -> Orchester:
 
     reactor, topo, host, sender, receiver = wiring.reactor, wiring.topo, wiring.host, wiring.sender, wiring.receiver
     reporter = wiring.reporter
-    egress = carbon_egress(reactor, topo, topo.spool.path)
+    egress = carbon_egress(reactor, topo, topo.spool.path, adopt_workers=True)
     # Every transform and sink can be a route target (`dsat route` may point a type at any of them).
     targets = {name for name, sat in topo.satellites.items() if sat.kind != "collector"}
     pair = None
@@ -340,16 +350,6 @@ def orchester(wiring: Wiring) -> Orchester:
         stop_hooks.append(pair.stop)
     stop_hooks.append(lambda: ingress(False))
     on_control: Callable[[bytes], object] = orch.on_control
-    from dsat.workers import stranded_spools
-
-    for stranded, points in stranded_spools(topo.spool.path, topo.ingress.workers):
-        orch.log.critical(
-            "ALERT spool_stranded: {path} holds {points} datapoints (-1: unreadable) of a worker that no longer"
-            " runs ([ingress] workers = {workers}); raise workers again until its spool_depth is 0",
-            path=str(stranded),
-            points=points,
-            workers=topo.ingress.workers,
-        )
     if topo.ingress.workers > 1:
         from dsat.workers import Workers
 

@@ -41,6 +41,8 @@ DEFAULT_POLICY = "drop_oldest"
 DEFAULT_SYNC = "full"
 #: The one table a spool holds, and its columns in order.
 TABLE = "batches"
+#: Rows :meth:`Spool.adopt` moves per transaction.
+ADOPT_ROWS = 1000
 COLUMNS = ("id", "dest", "points", "size", "data")
 
 
@@ -232,6 +234,72 @@ class Spool:
         self.db.execute("COMMIT")
         self.bytes += sum(len(data) for _, data, _ in rows) - size
         self.points += sum(n for _, _, n in rows) - points
+
+    def adopt(self, other: Path) -> tuple[int, int]:
+        """Take the batches of another spool file (a worker's that no longer runs), oldest first; then remove it.
+
+        They go after this spool's own, under this spool's bound: ``drop_oldest``
+        drops (and counts) the oldest to make room, ``block`` takes what fits
+        and leaves the rest in *other*.  Each slice of :data:`ADOPT_ROWS` rows
+        is committed here before it is deleted there, so a crash in between
+        sends that slice twice, never zero times.  Returns the datapoints
+        taken and those left in *other* (-1: it could not be read, and is
+        left as it was).
+        """
+        taken = 0
+        try:
+            src = sqlite3.connect(str(other), isolation_level=None)
+        except sqlite3.Error:
+            return 0, -1
+        try:
+            while True:
+                rows = src.execute(
+                    f"SELECT id, dest, points, size, data FROM {TABLE} ORDER BY id LIMIT ?", (ADOPT_ROWS,)
+                ).fetchall()
+                fit = self._fitting(rows)
+                if not fit:
+                    break
+                self.db.execute("BEGIN")
+                try:
+                    self.db.executemany(
+                        "INSERT INTO batches (dest, points, size, data) VALUES (?, ?, ?, ?)",
+                        [(dest, points, len(data), data) for _, dest, points, _, data in fit],
+                    )
+                except BaseException:
+                    self.db.execute("ROLLBACK")
+                    raise
+                self.db.execute("COMMIT")
+                self.bytes += sum(len(row[4]) for row in fit)
+                self.points += sum(row[2] for row in fit)
+                taken += sum(row[2] for row in fit)
+                src.execute("BEGIN")
+                src.executemany(f"DELETE FROM {TABLE} WHERE id = ?", [(row[0],) for row in fit])
+                src.execute("COMMIT")
+                if self.bytes > self.max_bytes:
+                    self._drop_oldest(self.bytes - self.max_bytes)
+                if len(fit) < len(rows):
+                    break
+            (left,) = src.execute(f"SELECT COALESCE(SUM(points), 0) FROM {TABLE}").fetchone()
+        except sqlite3.Error:
+            return taken, -1
+        finally:
+            src.close()
+        if not left:
+            for path in (other, Path(f"{other}-wal"), Path(f"{other}-shm")):
+                path.unlink(missing_ok=True)
+        return taken, int(left)
+
+    def _fitting(self, rows: list[tuple[int, str, int, int, bytes]]) -> list[tuple[int, str, int, int, bytes]]:
+        """The first of *rows* this spool takes: all under ``drop_oldest``, those that fit under ``block``."""
+        room = self.max_bytes - self.bytes
+        fit = []
+        for row in rows:
+            size = len(row[4])
+            if size > self.max_bytes or (self.policy == "block" and size > room):
+                break
+            fit.append(row)
+            room -= size
+        return fit
 
     def destinations(self) -> set[str]:
         """Names of the destinations that have batches waiting."""

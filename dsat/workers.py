@@ -34,12 +34,16 @@ import socket
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 
 from dsat.supervisor import Supervisor, step_command
+
+if TYPE_CHECKING:
+    from dsat.spool import Spool
 
 #: Connections a listening socket queues before it accepts them (Twisted's listenTCP default).
 BACKLOG = 50
@@ -47,6 +51,7 @@ BACKLOG = 50
 YOUNG_SECONDS = 10
 #: The length prefix of each control frame on a worker's standard input (Int32StringReceiver's).
 _LENGTH = struct.Struct("!I")
+_log = Logger()
 
 
 def worker_name(index: int) -> str:
@@ -88,6 +93,34 @@ def stranded_spools(path: Path | None, count: int) -> list[tuple[Path, int]]:
         if points:
             stranded.append((found, int(points)))
     return stranded
+
+
+def adopt_stranded(spool: Spool, count: int) -> None:
+    """The orchester's spool takes the batches of the workers that no longer run (``workers`` lowered to *count*).
+
+    Each stranded file is emptied into *spool* and removed (:meth:`dsat.spool.Spool.adopt`), so what
+    those workers spooled is replayed here.  What cannot be taken (the spool full under ``block``, a
+    file that does not read) stays where it is, with an ``ALERT spool_stranded``.
+    """
+    for path, _points in stranded_spools(spool.path, count):
+        taken, left = spool.adopt(path)
+        if taken:
+            _log.info(
+                "spool {spool}: took {points} datapoints from {path}, the spool of a worker that no longer runs",
+                spool=str(spool.path),
+                points=taken,
+                path=str(path),
+            )
+        if left:
+            _log.critical(
+                "ALERT spool_stranded: {path} holds {points} datapoints (-1: unreadable) of a worker that no"
+                " longer runs ([ingress] workers = {workers}) and {spool} could not take them"
+                " (full under policy block, or unreadable)",
+                path=str(path),
+                points=left,
+                workers=count,
+                spool=str(spool.path),
+            )
 
 
 def reuseport_socket(address: tuple[str, int], backlog: int = BACKLOG) -> socket.socket:

@@ -84,6 +84,63 @@ def test_move_replaces_rows_in_one_transaction_and_keeps_the_totals_true(tmp_pat
     assert (reopened.points, reopened.bytes) == (spool.points, spool.bytes)
 
 
+def spool_files(path: Path) -> list[Path]:
+    return [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]
+
+
+def test_adopt_takes_every_batch_of_another_spool_in_order_then_removes_the_file(tmp_path: Path) -> None:
+    """A worker's spool that no longer runs: its batches follow this spool's own, per destination, in order."""
+    mine = Spool(tmp_path / "carbon.db")
+    mine.put("a:1", b"mine", 3)
+    other_path = tmp_path / "carbon.w3.db"
+    other = Spool(other_path)
+    for i in range(2500):  # more than one slice of rows
+        other.put("a:1" if i % 2 else "b:2", f"w3-{i}".encode(), 2)
+    other.close()
+    assert mine.adopt(other_path) == (5000, 0)
+    assert spool_files(other_path) == []
+    assert (mine.pending(), mine.pending("a:1"), mine.pending("b:2")) == (5003, 2503, 2500)
+    assert mine.bytes == len(b"mine") + sum(len(f"w3-{i}") for i in range(2500))
+    a = [b.data for b in mine.peek("a:1", 10**9)]
+    assert a[:3] == [b"mine", b"w3-1", b"w3-3"] and len(a) == 1000  # peek's slice; the order is what counts
+    reopened = Spool(tmp_path / "carbon.db")
+    assert reopened.pending() == 5003 and reopened.bytes == mine.bytes
+
+
+def test_adopt_under_block_takes_what_fits_and_leaves_the_rest_where_it_was(tmp_path: Path) -> None:
+    mine = Spool(tmp_path / "carbon.db", max_bytes=100, policy="block")
+    mine.put("a:1", b"x" * 40, 1)
+    other_path = tmp_path / "carbon.w2.db"
+    other = Spool(other_path)
+    for i in range(5):
+        other.put("a:1", bytes([i]) * 20, 10)
+    other.close()
+    assert mine.adopt(other_path) == (30, 20)  # 40 + 3 * 20 fit in 100
+    assert mine.bytes == 100 and mine.pending() == 31
+    left = Spool(other_path)
+    assert [b.data for b in left.peek("a:1", 100)] == [bytes([3]) * 20, bytes([4]) * 20]
+
+
+def test_adopt_under_drop_oldest_keeps_the_bound_and_counts_what_it_drops(tmp_path: Path) -> None:
+    mine = Spool(tmp_path / "carbon.db", max_bytes=100)
+    other_path = tmp_path / "carbon.w2.db"
+    other = Spool(other_path)
+    for i in range(8):
+        other.put("a:1", bytes([i]) * 20, 10)
+    other.close()
+    assert mine.adopt(other_path) == (80, 0)
+    assert mine.bytes <= 100 and mine.dropped == 80 - mine.pending()
+    assert [b.data for b in mine.peek("a:1", 1000)][-1] == bytes([7]) * 20
+
+
+def test_adopt_leaves_a_file_that_is_not_a_spool_and_says_so(tmp_path: Path) -> None:
+    mine = Spool(tmp_path / "carbon.db")
+    garbage = tmp_path / "carbon.w2.db"
+    garbage.write_bytes(b"not sqlite at all" * 100)
+    assert mine.adopt(garbage) == (0, -1)
+    assert garbage.read_bytes() == b"not sqlite at all" * 100 and mine.pending() == 0
+
+
 def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
     """An unknown policy or sync mode is refused with the valid ones listed."""
     with pytest.raises(ConfigError, match="drop_oldest, block"):

@@ -8,6 +8,7 @@ processes, and its worker ends when the orchester is killed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -152,24 +153,10 @@ def shared_topology(tmp_path: Path) -> topology.Topology:
 def test_the_orchester_with_workers_shares_its_tcp_listeners_and_forwards_control(tmp_path: Path) -> None:
     """workers = 3: TCP listeners adopted from SO_REUSEPORT sockets, two workers started with the reactor,
     and each control frame applied here and forwarded to them."""
-    from twisted.logger import globalLogPublisher
-
-    from dsat.spool import Spool
-
     topo = shared_topology(tmp_path)
-    stranded = Spool(tmp_path / "spool" / "carbon.w3.db")  # from when workers was 4
-    stranded.put("127.0.0.1:2004", b"x", 9)
-    stranded.close()
-    events: list[dict[str, Any]] = []
-    globalLogPublisher.addObserver(events.append)
     links, reactor = Links(), MemoryReactorClock()
     wiring = process.Wiring(reactor, topo, "orchester", host="", pid=1, sender=links.sender, receiver=links.receiver)
-    try:
-        orch = process.orchester(wiring)
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    (alert,) = [e for e in events if "spool_stranded" in e.get("log_format", "")]
-    assert (alert["path"], alert["points"]) == (str(tmp_path / "spool" / "carbon.w3.db"), 9)
+    orch = process.orchester(wiring)
     assert len(reactor.adoptedPorts) == 2 and reactor.tcpServers == []  # plaintext and pickle, shared
     assert len(orch.udp_ports) == 1  # UDP stays here
     workers = wiring.workers
@@ -185,6 +172,63 @@ def test_the_orchester_with_workers_shares_its_tcp_listeners_and_forwards_contro
     assert forwarded == [frame]  # rejected here, not forwarded: the workers' link stays up
     for port in orch.udp_ports:
         port.stopListening()
+
+
+def start_orchester_logged(tmp_path: Path, topo: topology.Topology) -> tuple[Any, list[dict[str, Any]]]:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    links, reactor = Links(), MemoryReactorClock()
+    wiring = process.Wiring(reactor, topo, "orchester", host="", pid=1, sender=links.sender, receiver=links.receiver)
+    try:
+        orch = process.orchester(wiring)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    for port in orch.udp_ports:
+        port.stopListening()
+    return orch, events
+
+
+def test_the_orchester_takes_what_the_spools_of_workers_that_no_longer_run_hold(tmp_path: Path) -> None:
+    """workers lowered from 5 to 3: carbon.w3.db and carbon.w4.db are emptied into the orchester's spool and
+    removed, so what they held is replayed; carbon.w1.db (a worker that still runs) is left to its worker."""
+    from dsat.spool import Spool
+
+    topo = shared_topology(tmp_path)
+    dest = topo.carbon.destinations[0]
+    name = f"{dest[0]}:{dest[1]}"
+    for index, points in ((1, 4), (3, 9), (4, 6)):
+        spool = Spool(tmp_path / "spool" / f"carbon.w{index}.db")
+        spool.put(name, f"m{index} 1 1700000000\n".encode(), points)
+        spool.close()
+    orch, events = start_orchester_logged(tmp_path, topo)
+    spool = orch.egress.spool
+    assert spool is not None and spool.pending(name) == 15
+    assert orch.egress.destinations[0].spool_pending == 15  # counted before the destination was made
+    assert not (tmp_path / "spool" / "carbon.w3.db").exists() and not (tmp_path / "spool" / "carbon.w4.db").exists()
+    assert Spool(tmp_path / "spool" / "carbon.w1.db").pending() == 4
+    took = sorted((e["path"], e["points"]) for e in events if "took {points}" in e.get("log_format", ""))
+    assert took == [(str(tmp_path / "spool" / f"carbon.w{i}.db"), n) for i, n in ((3, 9), (4, 6))]
+    assert not [e for e in events if "spool_stranded" in e.get("log_format", "")]
+
+
+def test_a_stranded_spool_the_orchester_cannot_take_is_left_with_an_alert(tmp_path: Path) -> None:
+    """The orchester's spool full under policy block: the worker's spool stays, ALERT spool_stranded says so."""
+    from dsat.spool import Spool
+
+    topo = shared_topology(tmp_path)
+    topo = dataclasses.replace(topo, spool=dataclasses.replace(topo.spool, max_bytes=1000, policy="block"))
+    own = Spool(tmp_path / "spool" / "carbon.db", max_bytes=1000, policy="block")
+    own.put("127.0.0.1:2004", b"x" * 990, 1)
+    own.close()
+    stranded = Spool(tmp_path / "spool" / "carbon.w3.db")
+    stranded.put("127.0.0.1:2004", b"y" * 20, 9)
+    stranded.close()
+    _orch, events = start_orchester_logged(tmp_path, topo)
+    (alert,) = [e for e in events if "spool_stranded" in e.get("log_format", "")]
+    assert (alert["path"], alert["points"]) == (str(tmp_path / "spool" / "carbon.w3.db"), 9)
+    assert Spool(tmp_path / "spool" / "carbon.w3.db").pending() == 9
 
 
 def test_a_worker_listens_on_tcp_only_with_its_own_spool_and_metric_names(tmp_path: Path) -> None:
