@@ -20,6 +20,7 @@ to the carbon socket: that is where a batch's journey ends (HAPPY_END).
 from __future__ import annotations
 
 import pickle
+import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -59,10 +60,32 @@ POINTS_PER_MESSAGE = 500
 HOLD_FACTOR = 2
 #: Seconds between two slices of replay.
 REPLAY_TICK = 0.1
-#: Carbon's protocols have no acknowledgement: what was written in the last RESEND_SECONDS
-#: (at most RESEND_BYTES) before a connection was lost is sent again (Whisper stores it once).
+#: Carbon's protocols have no acknowledgement: what was written in the last RESEND_SECONDS plus the
+#: destination's timeout (at most RESEND_BYTES) before a connection was lost is sent again (Whisper
+#: stores it once).  The timeout is in the window because the kernel gives up on a connection whose
+#: writes went unacknowledged that long (:func:`watch_connection`): what it held is that old.
 RESEND_SECONDS = 5.0
 RESEND_BYTES = 32 * 1024 * 1024
+
+
+def watch_connection(sock: socket.socket, timeout: float) -> None:
+    """Make the kernel give up on a carbon that stops acknowledging, within about *timeout* seconds.
+
+    Without this, a carbon host that vanishes (power cut, network partition: no RST) keeps its
+    connection open until TCP stops retransmitting, some 15 minutes, while what it never
+    acknowledged ages past any resend window.  ``TCP_USER_TIMEOUT`` aborts the connection once
+    written data has waited *timeout* seconds for an acknowledgement (a carbon that is alive but
+    not reading answers the kernel's window probes, so it is not cut); keepalive probes find a
+    dead peer on an idle connection within about twice *timeout*.  Where the platform lacks an
+    option, that part is left as the kernel has it.
+    """
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    seconds = max(1, round(timeout))
+    for name, value in (("TCP_KEEPIDLE", seconds), ("TCP_KEEPINTVL", max(1, seconds // 3)), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, round(timeout * 1000)))
 
 
 def encode_pickle(points: Sequence[Datapoint]) -> bytes:
@@ -134,6 +157,9 @@ class _CarbonProtocol(Protocol):
     def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
         self.paused = False
         assert self.transport is not None
+        handle = getattr(self.transport, "getHandle", lambda: None)()
+        if isinstance(handle, socket.socket):  # not in tests that give a StringTransport
+            watch_connection(handle, self.factory.destination.timeout)
         self.transport.registerProducer(self, True)  # type: ignore[attr-defined]
         self.factory.destination.connected(self)
 
@@ -178,9 +204,11 @@ class Destination:
 
     Carbon never acknowledges: bytes written to a connection that then breaks
     (carbon-cache stopping, crashing, the network) may never have been read.
-    So the batches written in the last ``RESEND_SECONDS`` are kept, and when
-    a connection is lost that DSAT did not close itself they are sent again
-    (queued first, or spooled).  Whisper stores a datapoint once per
+    So the batches written in the last :attr:`resend_seconds` are kept, and
+    when a connection is lost that DSAT did not close itself they are sent
+    again (queued first, or spooled); the kernel is told to give up on a
+    connection whose writes wait *timeout* seconds for an acknowledgement
+    (:func:`watch_connection`), so what was lost is never older than that.  Whisper stores a datapoint once per
     timestamp, so a batch that did arrive lands once.
     """
 
@@ -200,6 +228,9 @@ class Destination:
     ) -> None:
         self.host, self.port = host, port
         self.name = f"{host}:{port}"
+        self.timeout = timeout
+        #: What was written this many seconds before a lost connection is sent again (RESEND_SECONDS).
+        self.resend_seconds = RESEND_SECONDS + timeout
         self.clock = reactor
         self.encode = ENCODERS[protocol]
         self.max_queue = max_queue
@@ -348,19 +379,19 @@ class Destination:
             self.spool_queue()
 
     def _written(self, data: bytes, points: int) -> None:
-        """Remember a write for RESEND_SECONDS, in case its connection breaks."""
+        """Remember a write for :attr:`resend_seconds`, in case its connection breaks."""
         now = self.clock.seconds()
         recent = self._recent
         recent.append((now, data, points))
         self._recent_bytes += len(data)
         self.written += points
-        while recent and (now - recent[0][0] > RESEND_SECONDS or self._recent_bytes > RESEND_BYTES):
+        while recent and (now - recent[0][0] > self.resend_seconds or self._recent_bytes > RESEND_BYTES):
             self._recent_bytes -= len(recent.popleft()[1])
 
     def _resend_recent(self) -> None:
         """The connection broke: what it carried lately may be lost; send it again, oldest first."""
         now = self.clock.seconds()
-        recent = [(data, points) for at, data, points in self._recent if now - at <= RESEND_SECONDS]
+        recent = [(data, points) for at, data, points in self._recent if now - at <= self.resend_seconds]
         self._recent.clear()
         self._recent_bytes = 0
         if not recent:
@@ -375,7 +406,7 @@ class Destination:
             "connection to carbon {name} lost: sending again the {points} datapoints written in the last {s:g}s",
             name=self.name,
             points=points,
-            s=RESEND_SECONDS,
+            s=self.resend_seconds,
         )
 
     def drain(self) -> None:

@@ -357,21 +357,56 @@ def test_blocked_destination_resumes_at_its_low_watermark(tmp_path) -> None:  # 
 
 
 def test_what_a_broken_connection_carried_lately_is_sent_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Carbon never acknowledges: batches written in the last seconds before a lost connection are spooled again."""
+    """Carbon never acknowledges: batches written in the last seconds before a lost connection are spooled again.
+
+    The last RESEND_SECONDS plus the timeout: the kernel gives up on unacknowledged writes after the timeout."""
     from dsat.carbon import RESEND_SECONDS
 
     dest, reactor = spooled_destination(tmp_path)
+    assert dest.resend_seconds == RESEND_SECONDS + dest.timeout
     proto = connect(dest)
     dest.send([("old", 1, 1.0)])
-    reactor.advance(RESEND_SECONDS + 1)
+    reactor.advance(RESEND_SECONDS + dest.timeout + 1)
+    dest.send([("ten_seconds_old", 2, 1.0)])
+    reactor.advance(dest.timeout)
     dest.send([("a", 2, 1.0), ("b", 2, 2.0)])
     dest.send([("c", 3, 3.0)])
     lose(proto)
-    assert dest.resent == 3 and dest.spool_pending == 3
+    assert dest.resent == 4 and dest.spool_pending == 4
     again = connect(dest)
     reactor.advance(0.1)
     got = [p[0] for m in unpickle_messages(sent_bytes(again)) for p in m]
-    assert got == ["a", "b", "c"]
+    assert got == ["ten_seconds_old", "a", "b", "c"]
+
+
+def test_the_kernel_is_told_to_give_up_on_a_carbon_that_stops_acknowledging() -> None:
+    """watch_connection on a real TCP socket: keepalive on, probes after the timeout, TCP_USER_TIMEOUT in ms."""
+    import socket
+
+    from dsat.carbon import watch_connection
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        watch_connection(sock, 2.5)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux, where the tests run
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 2500
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 2
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+
+
+def test_a_connection_made_to_carbon_is_watched(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """connectionMade sets the options on the transport's socket (what the multihost link test relies on)."""
+    import socket
+
+    dest, _ = spooled_destination(tmp_path)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+
+        class SocketTransport(StringTransport):
+            def getHandle(self) -> socket.socket:  # noqa: N802
+                return sock
+
+        connect(dest, SocketTransport())
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
 
 
 def test_closing_the_connection_ourselves_resends_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -104,9 +104,10 @@ def ip(*args: str) -> None:
 class Network:
     """Namespaces joined on a bridge: one per host, each with its veth and address."""
 
-    def __init__(self, base: Path, addresses: dict[str, str] = ADDRESSES) -> None:
+    def __init__(self, base: Path, addresses: dict[str, str] = ADDRESSES, tag: str = "") -> None:
         self.addresses = addresses
-        self.tag = f"dsat{os.getpid()}"
+        self.tag = f"dsat{os.getpid()}{tag}"
+        self.veth = f"v{os.getpid()}{tag}"
         self.bridge = f"{self.tag}br"
         self.namespaces: list[str] = []
         self.veths: dict[str, str] = {}
@@ -126,7 +127,7 @@ class Network:
             ip("netns", "add", ns)
             self.namespaces.append(ns)
             ip("-n", ns, "link", "set", "lo", "up")
-            inside, outside = f"v{os.getpid()}h{i}", f"v{os.getpid()}b{i}"
+            inside, outside = f"{self.veth}h{i}", f"{self.veth}b{i}"
             ip("link", "add", inside, "netns", ns, "type", "veth", "peer", "name", outside, "netns", self.bridge)
             ip("-n", ns, "addr", "add", f"{address}/24", "dev", inside)
             ip("-n", ns, "link", "set", inside, "up")
@@ -489,3 +490,118 @@ def test_a_new_key_for_a_collector_host_is_taken_without_restarting_the_hub(clus
     assert hub_up.poll() is None  # the hub ran through the whole change
     stale = peer(cluster, "rogue", "control", str(old_secret))
     assert stale["received"] == 0, stale
+
+
+CARBON_LINK = {"relay": f"{SUBNET}.1", "carbon": f"{SUBNET}.2"}
+
+
+def test_a_carbon_host_gone_silently_is_given_up_in_seconds_and_what_it_never_acknowledged_is_sent_again(
+    short_tmp: Path,
+) -> None:
+    """carbon-cache on a host of its own.  Its link is cut (no RST can come back), it stops and starts again
+    behind the cut, and the link returns: the relay gave up on the connection within its 2 s timeout
+    (TCP_USER_TIMEOUT) and spooled, and sent again what the dead connection held, so every run is stored.
+
+    Before, the connection stayed open through the cut, and what sat unacknowledged in the kernel was
+    lost when carbon's restarted host answered with a reset, by then older than the resend window."""
+    from tests.test_reliability import assert_every_run_stored, spool_rows
+
+    net = Network(short_tmp, CARBON_LINK, tag="c")
+    metrics = 1000
+    try:
+        net.create()
+        ports = {key: free_port() for key in ("pickle", "line", "query")}
+        stack = LocalStack(
+            short_tmp / "stack",
+            pickle_port=ports["pickle"],
+            line_port=ports["line"],
+            query_port=ports["query"],
+            interface="0.0.0.0",
+        )
+        stack.prepare_carbon(SCHEMAS)
+        relay = short_tmp / "relay"
+        relay.mkdir()
+        topo = relay / "t.toml"
+        topo.write_text(
+            f"""
+[dsat]
+where = "relay"
+run_dir = "run"
+
+[carbon]
+destinations = ["{CARBON_LINK["carbon"]}:{ports["pickle"]}"]
+timeout = "2s"
+
+[spool]
+path = "spool/carbon.db"
+replay_rate = 200000
+
+[satellites.link]
+use = "synthetic"
+every = "1s"
+options = {{ metrics = {metrics} }}
+"""
+        )
+
+        def start_carbon() -> subprocess.Popen[bytes]:
+            proc = net.start("carbon", stack.carbon_command(), "carbon-cache")
+            probe = f"import socket; socket.create_connection(('127.0.0.1', {ports['pickle']}), timeout=1).close()"
+            wait_for(
+                lambda: (
+                    subprocess.run(
+                        ["ip", "netns", "exec", net.ns("carbon"), sys.executable, "-c", probe], capture_output=True
+                    ).returncode
+                    == 0
+                ),
+                30,
+                "carbon-cache to listen",
+            )
+            return proc
+
+        def stored() -> list[list[int]]:
+            paths = [stack.whisper_dir / "dsat" / "relay" / "link" / f"m{i}.wsp" for i in range(metrics)]
+            out = []
+            for path in paths:
+                try:
+                    out.append([int(v) for v in whisper.fetch(str(path), 0)[1] if v is not None])
+                except (FileNotFoundError, whisper.CorruptWhisperFile):
+                    out.append([])
+            return out
+
+        carbon = start_carbon()
+        up = net.start("relay", [sys.executable, "-m", "dsat", "up", str(topo)], "dsat-relay")
+        wait_for(lambda: len(stored()[0]) >= 3, 90, "the first runs in Whisper")
+        net.cut("carbon", up=False)
+        cut_at = time.monotonic()
+        try:
+            time.sleep(1)
+            os.killpg(carbon.pid, signal.SIGTERM)  # carbon-cache writes what it read and exits; its reset is lost
+            carbon.wait(30)
+            # the relay gives up within its timeout, not when TCP would (some 15 minutes): its spool fills
+            wait_for(lambda: spool_rows(relay) >= 3, 20, "the relay to give the silent connection up and spool")
+            given_up_after = time.monotonic() - cut_at
+            carbon = start_carbon()  # behind the cut: its host answers the old connection with a reset
+            time.sleep(max(0.0, 12 - (time.monotonic() - cut_at)))
+        finally:
+            net.cut("carbon", up=True)
+        wait_for(lambda: spool_rows(relay) == 0, 120, "the spool to be replayed once the link is back")
+        target = max(stored()[0]) + 3
+        wait_for(lambda: max(stored()[0], default=0) >= target, 60, "live runs after the replay")
+        os.killpg(up.pid, signal.SIGTERM)
+        assert up.wait(60) == 0
+        previous: list[list[list[int]]] = [[]]
+
+        def settled() -> list[set[int]] | None:
+            time.sleep(1)
+            now = stored()
+            same = now == previous[0]
+            previous[0] = now
+            return [set(r) for r in now] if same else None
+
+        last = assert_every_run_stored(wait_for(settled, 60, "carbon-cache to finish writing", interval=0))
+        assert last >= 15
+        log = (short_tmp / "dsat-relay.log").read_text()
+        assert "lost: sending again the" in log
+        record("carbon_link_cut", datapoints_per_second=metrics, seconds_to_give_up=round(given_up_after, 1))
+    finally:
+        net.destroy()
