@@ -187,6 +187,8 @@ class Orchester:
         self.points_out = 0
         self._reported: dict[str, int] = {}
         self._loops: list[LoopingCall] = []
+        #: How its ingress workers are (dsat.workers.Workers.describe), for the heartbeat; None without workers.
+        self.workers_state: Callable[[], str] | None = None
         #: ``self.orchester.*`` counts are deltas: each write needs a slot of its own (dsat.schedule).
         self._metrics = SlotSchedule(
             self.clock, topology.tracker.metrics_every, self.write_own_metrics, name="orchester"
@@ -220,6 +222,7 @@ class Orchester:
             destinations=",".join(self.egress.placing),
             **self._spool_fields(),
             **(self.pair.heartbeat_fields() if self.pair is not None else {}),
+            **({"workers": self.workers_state()} if self.workers_state is not None else {}),
         )
 
     def _spool_fields(self) -> dict[str, int | str]:

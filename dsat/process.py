@@ -354,6 +354,7 @@ def orchester(wiring: Wiring) -> Orchester:
         from dsat.workers import Workers
 
         workers = wiring.workers = Workers(reactor, topo.path, topo.ingress.workers, host=host)
+        orch.workers_state = workers.describe  # `dsat status` shows it, from the heartbeat
         on_control = workers.forwarding(orch.on_control)  # every process places names on the same destinations
         reactor.callWhenRunning(workers.start)
         # the workers drain while this process does (dsat up gives it KILL_AFTER seconds in all)

@@ -75,6 +75,8 @@ def format_status(snap: dict[str, Any]) -> str:
     config = snap.get("heartbeats", {}).get("orchester", {}).get("config", {})
     if config:
         lines += ["", f"orchester routes: {config.get('routes')}", f"carbon destinations: {config.get('destinations')}"]
+    if "workers" in config:
+        lines.append(f"ingress workers: {config['workers']}")
     if "ha_state" in config:
         failovers = snap["heartbeats"]["orchester"].get("counters", {}).get("failovers", 0)
         lines += [

@@ -193,6 +193,12 @@ class Workers:
         """SIGTERM every worker (killed if it does not end in time); fires when none is left."""
         return self.supervisor.stop()
 
+    def describe(self) -> str:
+        """How many of the orchester's processes run now, and which workers do not: for its heartbeat."""
+        down = [name for name in self.names if name not in self.supervisor.monitor.protocols]
+        running = len(self.names) + 1 - len(down)
+        return f"{running} of {len(self.names) + 1} processes running" + (f"; down: {', '.join(down)}" if down else "")
+
     def _running(self) -> list[Any]:
         """The process transports of the workers running now."""
         return [proto.transport for proto in self.supervisor.monitor.protocols.values() if proto.transport]

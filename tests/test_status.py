@@ -46,3 +46,15 @@ def test_a_server_of_a_pair_shows_its_state_its_peer_and_the_last_failover() -> 
     assert "pair:" not in format_status(
         {"tasks": {}, "steps": {}, "heartbeats": {"orchester": {"age": 1, "config": {}}}}
     )
+
+
+def test_the_orchesters_ingress_workers_are_shown_from_its_heartbeat() -> None:
+    snap = {
+        "tasks": {},
+        "steps": {},
+        "heartbeats": {"orchester": {"age": 1, "config": {"workers": "2 of 3 processes running; down: orchester.w2"}}},
+    }
+    assert "ingress workers: 2 of 3 processes running; down: orchester.w2" in format_status(snap)
+    assert "ingress workers" not in format_status(
+        {"tasks": {}, "steps": {}, "heartbeats": {"orchester": {"age": 1, "config": {}}}}
+    )

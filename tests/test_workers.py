@@ -161,6 +161,12 @@ def test_the_orchester_with_workers_shares_its_tcp_listeners_and_forwards_contro
     assert len(orch.udp_ports) == 1  # UDP stays here
     workers = wiring.workers
     assert workers is not None and workers.names == ["orchester.w1", "orchester.w2"]
+    orch.heartbeat()  # the workers are not started (no reactor run): the heartbeat says so, for `dsat status`
+    beat = orch.reporter.sender.envelopes()[-1].meta  # type: ignore[attr-defined]
+    assert beat["workers"] == "1 of 3 processes running; down: orchester.w1, orchester.w2"
+    workers.supervisor.monitor.protocols["orchester.w1"] = object()  # type: ignore[assignment]  # w1 running
+    assert workers.describe() == "2 of 3 processes running; down: orchester.w2"
+    del workers.supervisor.monitor.protocols["orchester.w1"]
     assert (workers.start, (), {}) in reactor.whenRunningHooks
     forwarded: list[bytes] = []
     workers.send = forwarded.append  # type: ignore[method-assign]
