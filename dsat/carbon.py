@@ -206,10 +206,11 @@ class Destination:
     (carbon-cache stopping, crashing, the network) may never have been read.
     So the batches written in the last :attr:`resend_seconds` are kept, and
     when a connection is lost that DSAT did not close itself they are sent
-    again (queued first, or spooled); the kernel is told to give up on a
+    again (queued first, or spooled).  The kernel is told to give up on a
     connection whose writes wait *timeout* seconds for an acknowledgement
-    (:func:`watch_connection`), so what was lost is never older than that.  Whisper stores a datapoint once per
-    timestamp, so a batch that did arrive lands once.
+    (:func:`watch_connection`), so what was lost is never older than that.
+    Whisper stores a datapoint once per timestamp, so a batch that did
+    arrive lands once.
     """
 
     log = Logger()

@@ -243,8 +243,8 @@ class Spool:
         and leaves the rest in *other*.  Each slice of :data:`ADOPT_ROWS` rows
         is committed here before it is deleted there, so a crash in between
         sends that slice twice, never zero times.  Returns the datapoints
-        taken and those left in *other* (-1: it could not be read, and is
-        left as it was).
+        taken and those left in *other* (-1: it could not be read; what was
+        taken before stays taken).
         """
         taken = 0
         try:

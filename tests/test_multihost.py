@@ -545,6 +545,7 @@ options = {{ metrics = {metrics} }}
 
         def start_carbon() -> subprocess.Popen[bytes]:
             proc = net.start("carbon", stack.carbon_command(), "carbon-cache")
+            log = short_tmp / "carbon-cache.log"
             probe = f"import socket; socket.create_connection(('127.0.0.1', {ports['pickle']}), timeout=1).close()"
             wait_for(
                 lambda: (
@@ -553,8 +554,9 @@ options = {{ metrics = {metrics} }}
                     ).returncode
                     == 0
                 ),
-                30,
+                90,
                 "carbon-cache to listen",
+                detail=lambda: f"exit status {proc.poll()}; its log ends: {log.read_text()[-2000:]!r}",
             )
             return proc
 
