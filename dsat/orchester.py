@@ -210,7 +210,7 @@ class Orchester:
             loop.clock = self.clock
             loop.start(every, now=fn == self.heartbeat)
             self._loops.append(loop)
-        self._metrics.start(now=False)
+        self._metrics.start()
 
     def heartbeat(self) -> None:
         """Alive, with what its links and Carbon queues dropped and the legs held by open circuits."""

@@ -30,11 +30,15 @@ TOLERANCE = 1e-6
 class SlotSchedule:
     """Call ``fn(slot_time)`` at each multiple of *every* seconds on *clock*.
 
-    ``start()`` calls at once for the slot the clock is in (or, with
-    ``now=False``, first at the next multiple).  An exception from *fn* is
-    logged and the schedule goes on.  A clock stepped back within a slot
-    waits for the next multiple (no slot is called twice); stepped back
-    further, the slots follow the clock.
+    The first call is at the first multiple after :meth:`start`, not at
+    once: a call stamped with a multiple then always runs at it or after it,
+    never before, so what it measures (a counter read for a rate, say)
+    belongs to its stamp.  Started at 7.3 s with every 10 s, a call at once
+    would be stamped 0 and read at 7.3 s, and a rate taken with the next
+    one, stamped 10, would come out 2.7/10 of the truth.  An exception from
+    *fn* is logged and the schedule goes on.  A call that fires in the slot
+    of the last one (the clock stepped back) waits for the next multiple, so
+    no slot is called twice; a restart follows the clock as it is.
     """
 
     log = Logger()
@@ -57,13 +61,11 @@ class SlotSchedule:
     def running(self) -> bool:
         return self._call is not None
 
-    def start(self, *, now: bool = True) -> None:
+    def start(self) -> None:
+        """Call at each multiple of the interval from the next one on."""
         self._stopped = False
-        if now:
-            self._run()
-        else:
-            self._slot = self._slot_at(self.clock.seconds())
-            self._schedule()
+        self._slot = self._slot_at(self.clock.seconds())
+        self._schedule()
 
     def stop(self) -> None:
         self._stopped = True
@@ -87,10 +89,11 @@ class SlotSchedule:
         self._call = None
         now = self.clock.seconds()
         slot, last = self._slot_at(now), self._slot
+        assert last is not None
         try:
-            if last is not None and slot == last:
+            if slot == last:
                 return  # this slot had its call: the clock stepped back within it
-            if last is not None and slot > last + 1:
+            if slot > last + 1:
                 self._count_missed(slot - last - 1, now - (last + 1) * self.every)
             self._slot = slot
             try:

@@ -338,7 +338,7 @@ class StatsdProtocol(DatagramProtocol):
         self._flushes = SlotSchedule(aggregator.clock, aggregator.flush_interval, self.flush, name="statsd")
 
     def startProtocol(self) -> None:
-        self._flushes.start(now=False)
+        self._flushes.start()
 
     def stopProtocol(self) -> None:
         self._flushes.stop()

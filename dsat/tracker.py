@@ -141,7 +141,7 @@ class TrackerService:
         self._metrics = SlotSchedule(self.clock, self.topology.tracker.metrics_every, self.write_own_metrics, name=STEP)
 
     def start(self) -> None:
-        self._metrics.start(now=False)
+        self._metrics.start()
 
     def stop(self) -> None:
         self._metrics.stop()

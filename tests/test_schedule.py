@@ -16,60 +16,54 @@ def clock_at(t: float) -> Clock:
     return clock
 
 
-def started(clock: Clock, every: float, *, now: bool = True) -> tuple[SlotSchedule, list[float]]:
+def started(clock: Clock, every: float) -> tuple[SlotSchedule, list[float]]:
     slots: list[float] = []
     schedule = SlotSchedule(clock, every, slots.append, name="test")
-    schedule.start(now=now)
+    schedule.start()
     return schedule, slots
 
 
-def test_the_first_call_is_at_once_for_the_slot_the_clock_is_in_then_on_each_boundary() -> None:
+def test_the_first_call_is_at_the_next_multiple_then_at_each_one() -> None:
+    """Not at once: a call stamped 1,000,000 at 1,000,007.3 would have read its measure 7.3 s after its stamp."""
     clock = clock_at(1_000_007.3)
     _, slots = started(clock, 10)
-    assert slots == [1_000_000]
-    clock.advance(2.7)  # 1,000,010: the next boundary
-    assert slots == [1_000_000, 1_000_010]
-    clock.pump([10, 10])
-    assert slots == [1_000_000, 1_000_010, 1_000_020, 1_000_030]
-
-
-def test_not_now_waits_for_the_next_boundary() -> None:
-    clock = clock_at(1_000_007.3)
-    _, slots = started(clock, 10, now=False)
     assert slots == []
     clock.advance(2.6)
     assert slots == []
-    clock.advance(0.1)
+    clock.advance(0.1)  # 1,000,010: the next multiple
     assert slots == [1_000_010]
+    clock.pump([10, 10])
+    assert slots == [1_000_010, 1_000_020, 1_000_030]
 
 
 def test_a_late_call_keeps_its_own_slot_and_the_next_keeps_its_own() -> None:
     """The bug this fixes: due at 101.9, run at 102.05 and stamped then, a run took second 102 from the next."""
     clock = clock_at(100.9)
     _, slots = started(clock, 1)
-    clock.advance(1.05)  # due at 101.0 (the boundary, not 101.9), run 0.95 s late
-    assert slots == [100, 101]
+    clock.advance(1.05)  # due at 101.0 (the multiple, not 101.9), run 0.95 s late
+    assert slots == [101]
     clock.advance(0.05)  # 102.0: on time again
-    assert slots == [100, 101, 102]
+    assert slots == [101, 102]
 
 
 def test_a_call_late_by_whole_slots_takes_the_latest_and_counts_the_missed() -> None:
     clock = clock_at(60)
     schedule, slots = started(clock, 10)
     clock.advance(35)  # due at 70, runs at 95: slots 70 and 80 had no call
-    assert slots == [60, 90]
+    assert slots == [90]
     assert schedule.missed == 2
     clock.advance(5)
-    assert slots == [60, 90, 100]
+    assert slots == [90, 100]
     assert schedule.missed == 2
 
 
 def test_each_call_gets_a_distinct_slot_however_late_the_calls_run() -> None:
-    """Seeded jitter of up to an interval on every call: slots strictly increase, all on the grid."""
+    """Seeded jitter of up to 1.5 intervals on every call: slots strictly increase, all on the grid."""
     import random
 
     rng = random.Random(7)
-    clock = clock_at(1_700_000_000.42)
+    begin = 1_700_000_000.42
+    clock = clock_at(begin)
     every = 0.25
     schedule, slots = started(clock, every)
     for _ in range(2000):
@@ -77,37 +71,42 @@ def test_each_call_gets_a_distinct_slot_however_late_the_calls_run() -> None:
         clock.advance(due - clock.seconds() + rng.random() * every * 1.5)
     assert all(b > a for a, b in pairwise(slots))
     assert all(abs(s / every - round(s / every)) < 1e-6 for s in slots)
-    # every slot between the first and the last either had its call or was counted missed
-    assert len(slots) + schedule.missed == round((slots[-1] - slots[0]) / every) + 1
+    # every slot after the one it started in either had its call or was counted missed
+    assert len(slots) + schedule.missed == round(slots[-1] / every) - int(begin // every)
 
 
 def test_a_fractional_interval_lands_on_its_grid_without_float_drift() -> None:
     clock = clock_at(0)
     _, slots = started(clock, 0.1)
     clock.pump([0.1] * 1000)
-    assert len(slots) == 1001
+    assert len(slots) == 1000
     assert slots[-1] == pytest.approx(100.0)
-    assert len(set(slots)) == 1001
+    assert len(set(slots)) == 1000
 
 
-def test_a_clock_stepped_back_within_the_slot_waits_for_the_next_boundary() -> None:
+def test_a_restart_in_the_slot_of_the_last_call_waits_for_the_next_multiple() -> None:
     clock = clock_at(100.5)
     schedule, slots = started(clock, 1)
+    clock.advance(0.5)
+    assert slots == [101]
     schedule.stop()
-    clock.rightNow = 100.2  # stepped back by 0.3 s, still slot 100
+    clock.rightNow = 101.2  # still slot 101 (or the clock stepped back within it)
     schedule.start()
-    assert slots == [100]
-    clock.advance(0.8)
-    assert slots == [100, 101]
+    clock.advance(0.7)
+    assert slots == [101]
+    clock.advance(0.1)
+    assert slots == [101, 102]
 
 
 def test_a_clock_stepped_back_by_more_than_a_slot_is_followed() -> None:
     clock = clock_at(100.5)
     schedule, slots = started(clock, 1)
+    clock.advance(0.5)
     schedule.stop()
     clock.rightNow = 40.5  # stepped back a minute: the stamps follow the clock, not wait a minute
     schedule.start()
-    assert slots == [100, 40]
+    clock.advance(0.5)
+    assert slots == [101, 41]
     assert schedule.missed == 0
 
 
@@ -122,34 +121,36 @@ def test_an_exception_is_logged_and_the_schedule_goes_on() -> None:
 
     schedule = SlotSchedule(clock, 1, fn, name="test")
     schedule.start()
-    clock.pump([1, 1, 1])
-    assert calls == [0, 1, 2, 3]
+    clock.pump([1, 1, 1, 1])
+    assert calls == [1, 2, 3, 4]
     assert schedule.running
 
 
 def test_next_time_is_the_multiple_that_ends_the_slot_the_clock_is_in() -> None:
     clock = clock_at(1_000_007.3)
-    schedule, _ = started(clock, 10)
+    schedule, slots = started(clock, 10)
     assert schedule.next_time() == 1_000_010
     clock.advance(2.7)
-    assert schedule.next_time() == 1_000_020
+    assert slots == [1_000_010] and schedule.next_time() == 1_000_020
 
 
 def test_stop_cancels_the_next_call() -> None:
     clock = clock_at(0)
     schedule, slots = started(clock, 1)
-    assert schedule.running
+    clock.advance(1)
+    assert schedule.running and slots == [1]
     schedule.stop()
     assert not schedule.running
     assert clock.getDelayedCalls() == []
     clock.advance(5)
-    assert slots == [0]
+    assert slots == [1]
 
 
 def test_stop_from_inside_the_call_holds() -> None:
     clock = clock_at(0)
     schedule = SlotSchedule(clock, 1, lambda at: schedule.stop(), name="test")
     schedule.start()
+    clock.advance(1)
     assert not schedule.running
     assert clock.getDelayedCalls() == []
 
