@@ -65,6 +65,22 @@ replay_rate = 200000
     return path
 
 
+def synthetic(step: str, metrics: int) -> str:
+    """A ``[satellites]`` table: the synthetic collector *step*, *metrics* datapoints a second."""
+    return f'[satellites.{step}]\nuse = "synthetic"\nevery = "1s"\noptions = {{ metrics = {metrics} }}'
+
+
+def running(
+    short_tmp: Path, carbon: Carbon, processes: Processes, step: str, metrics: int, first_runs: int
+) -> subprocess.Popen[bytes]:
+    """carbon-cache and ``dsat up`` of a synthetic *step*, once its first runs are in Whisper."""
+    topo = topology(short_tmp, carbon, synthetic(step, metrics))
+    carbon.start()
+    up = processes.dsat("up", str(topo), name="up")
+    wait_for(lambda: len(carbon.runs(step, 1)[0]) >= first_runs, 60, "the first runs in Whisper")
+    return up
+
+
 def spool_rows(base: Path) -> int:
     db = base / "spool" / "carbon.db"
     if not db.exists():
@@ -131,12 +147,7 @@ def assert_every_run_stored(runs: list[set[int]]) -> int:
 def test_carbon_down_for_60_seconds_loses_nothing(short_tmp: Path, carbon: Carbon, processes: Processes) -> None:
     """5,000 datapoints/s while carbon-cache is stopped for 60 s: every one reaches Whisper after it returns."""
     metrics = 5000
-    topo = topology(
-        short_tmp, carbon, f'[satellites.load5k]\nuse = "synthetic"\nevery = "1s"\noptions = {{ metrics = {metrics} }}'
-    )
-    carbon.start()
-    up = processes.dsat("up", str(topo), name="up")
-    wait_for(lambda: len(carbon.runs("load5k", 1)[0]) >= 3, 60, "the first runs in Whisper")
+    up = running(short_tmp, carbon, processes, "load5k", metrics, first_runs=3)
     carbon.stop()
     down_at = time.monotonic()
     wait_for(lambda: time.monotonic() - down_at >= 60 and spool_rows(short_tmp) >= 60, 120, "60 s of spooling")
@@ -169,9 +180,7 @@ def test_kill_9_of_the_orchester_loses_nothing_that_reached_the_spool(
 ) -> None:
     """kill -9 of the orchester while it spools; it is restarted; after carbon returns every run is stored."""
     metrics = 1000
-    topo = topology(
-        short_tmp, carbon, f'[satellites.flow]\nuse = "synthetic"\nevery = "1s"\noptions = {{ metrics = {metrics} }}'
-    )
+    topo = topology(short_tmp, carbon, synthetic("flow", metrics))
     up = processes.dsat("up", str(topo), name="up")
     wait_for(lambda: spool_rows(short_tmp) >= 10, 60, "batches in the spool")
     orchester = step_pid(up, "orchester")
@@ -233,12 +242,7 @@ def test_a_collector_that_stalls_keeps_every_run_in_a_slot_of_its_own(
     the two was overwritten (this scenario lost a run of all 1,000 metrics before dsat.schedule).
     """
     metrics = 1000
-    topo = topology(
-        short_tmp, carbon, f'[satellites.stall]\nuse = "synthetic"\nevery = "1s"\noptions = {{ metrics = {metrics} }}'
-    )
-    carbon.start()
-    up = processes.dsat("up", str(topo), name="up")
-    wait_for(lambda: len(carbon.runs("stall", 1)[0]) >= 2, 60, "the first runs in Whisper")
+    up = running(short_tmp, carbon, processes, "stall", metrics, first_runs=2)
     collector = step_pid(up, "stall")
     assert collector is not None
     for stall in (0.9, 0.9, 0.9, 0.9, 0.9, 2.5):
@@ -310,9 +314,7 @@ def test_a_full_spool_drops_oldest_and_counts_every_dropped_datapoint(
 ) -> None:
     """With a 1 MiB spool and carbon down, the datapoints counted as dropped are exactly the ones missing."""
     metrics = 5000  # one run a second, about 150 kB pickled: a 1 MiB spool holds 6 or 7 runs
-    topo = topology(
-        short_tmp, carbon, f'[satellites.fill]\nuse = "synthetic"\nevery = "1s"\noptions = {{ metrics = {metrics} }}'
-    )
+    topo = topology(short_tmp, carbon, synthetic("fill", metrics))
     topo.write_text(topo.read_text().replace("replay_rate = 200000", "replay_rate = 200000\nmax_mb = 1"))
     up = processes.dsat("up", str(topo), name="fill")
 
@@ -349,9 +351,7 @@ def test_removing_a_dead_destination_delivers_what_was_spooled_for_it(
     """Two caches, one never up: `dsat route T remove` places its spooled share on the live one; every run lands."""
     metrics = 200
     dead = free_port()
-    topo = topology(
-        short_tmp, carbon, f'[satellites.gen]\nuse = "synthetic"\nevery = "1s"\noptions = {{ metrics = {metrics} }}'
-    )
+    topo = topology(short_tmp, carbon, synthetic("gen", metrics))
     topo.write_text(
         topo.read_text().replace(
             f'destinations = ["127.0.0.1:{carbon.port}"]',
