@@ -57,6 +57,20 @@ def wait_for(
         time.sleep(interval)
 
 
+def settled(read: Callable[[], Any], timeout: float, what: str) -> Any:
+    """What *read* returns once two reads a second apart agree and hold something (carbon-cache done writing)."""
+    previous: list[Any] = [read()]
+
+    def stable() -> Any:
+        time.sleep(1)
+        now = read()
+        same = now == previous[0]
+        previous[0] = now
+        return now if same and any(now) else None
+
+    return wait_for(stable, timeout, what, interval=0)
+
+
 class Processes:
     """Starts ``dsat`` commands as real processes and makes sure none outlives the test."""
 

@@ -24,7 +24,7 @@ import pytest
 import whisper
 
 from dsat.stack import LocalStack, free_port
-from tests.conftest import wait_for
+from tests.conftest import settled, wait_for
 from tests.test_clients import values
 from tests.test_reliability import record
 
@@ -426,16 +426,7 @@ def test_a_collector_host_cut_off_for_30_seconds_loses_nothing(cluster: Cluster)
     )
     os.killpg(cluster.ups["web01"].pid, signal.SIGTERM)  # stop producing, then let everything settle
     assert cluster.ups["web01"].wait(60) == 0
-    previous: list[list[list[int]]] = [[]]
-
-    def settled() -> list[list[int]] | None:
-        time.sleep(1)
-        now = runs(cluster, "heavy", HEAVY)
-        same = now == previous[0]
-        previous[0] = now
-        return now if same else None
-
-    stored = wait_for(settled, 60, "carbon-cache to finish writing", interval=0)
+    stored = settled(lambda: runs(cluster, "heavy", HEAVY), 60, "carbon-cache to finish writing")
     first = min(min(r) for r in stored)
     last = max(max(r) for r in stored)
     assert first == 1 and last >= last_cut_run + 5
@@ -591,16 +582,8 @@ options = {{ metrics = {metrics} }}
         wait_for(lambda: max(stored()[0], default=0) >= target, 60, "live runs after the replay")
         os.killpg(up.pid, signal.SIGTERM)
         assert up.wait(60) == 0
-        previous: list[list[list[int]]] = [[]]
-
-        def settled() -> list[set[int]] | None:
-            time.sleep(1)
-            now = stored()
-            same = now == previous[0]
-            previous[0] = now
-            return [set(r) for r in now] if same else None
-
-        last = assert_every_run_stored(wait_for(settled, 60, "carbon-cache to finish writing", interval=0))
+        runs_stored = settled(lambda: [set(r) for r in stored()], 60, "carbon-cache to finish writing")
+        last = assert_every_run_stored(runs_stored)
         assert last >= 15
         log = (short_tmp / "dsat-relay.log").read_text()
         assert "lost: sending again the" in log

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from dsat.stack import free_port
-from tests.conftest import ROOT, Carbon, Processes, wait_for
+from tests.conftest import ROOT, Carbon, Processes, settled, wait_for
 from tests.test_clients import _listening as listening
 from tests.test_clients import free_udp_port
 
@@ -112,16 +112,7 @@ def status(topo: Path) -> dict[str, Any] | None:
 
 def settled_runs(carbon: Carbon, step: str, metrics: int, timeout: float = 90) -> list[set[int]]:
     """The runs in Whisper once carbon-cache has written everything: two reads a second apart agree."""
-    previous: list[list[set[int]]] = [carbon.runs(step, metrics)]
-
-    def stable() -> list[set[int]] | None:
-        time.sleep(1)
-        now = carbon.runs(step, metrics)
-        same = now == previous[0]
-        previous[0] = now
-        return now if same and any(now) else None
-
-    return wait_for(stable, timeout, f"carbon-cache to finish writing {step}", interval=0)  # type: ignore[return-value]
+    return settled(lambda: carbon.runs(step, metrics), timeout, f"carbon-cache to finish writing {step}")  # type: ignore[no-any-return]
 
 
 def latest_run(carbon: Carbon, step: str) -> int:
