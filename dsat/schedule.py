@@ -11,6 +11,13 @@ function at the multiples of the interval on the clock (every 10 s: at :00,
 runs, so each call has a slot of its own.  A call so late that whole slots
 went by takes the latest; the slots it missed stay empty, and are counted
 (``missed``) and logged.
+
+A :class:`Repeat` is the same promise for a task whose calls carry no
+timestamp (a heartbeat, the spool's replay, a file watch): every *every*
+seconds from its start.  Both are the one way DSAT runs a periodic task: a
+call that raises is logged (a bounded sample, :func:`dsat.counters.should_log`)
+and counted in ``failures``, and the schedule goes on.  A bare
+``LoopingCall`` stops for good at its first exception, and nothing says so.
 """
 
 from __future__ import annotations
@@ -27,7 +34,78 @@ from dsat.counters import should_log
 TOLERANCE = 1e-6
 
 
-class SlotSchedule:
+class _Guarded:
+    """The failure handling both schedules share: log a bounded sample, count every one, go on."""
+
+    log = Logger()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        #: Calls that raised since start (each one logged up to should_log's sample).
+        self.failures = 0
+
+    def _call(self, fn: Callable[..., object], *args: float) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            self.failures += 1
+            if should_log(self.failures):
+                self.log.failure(
+                    "{name}: scheduled call failed ({failures} so far); the schedule goes on",
+                    name=self.name,
+                    failures=self.failures,
+                )
+
+
+class Repeat(_Guarded):
+    """Call ``fn()`` every *every* seconds on *clock*; an exception is logged and counted, and it runs again.
+
+    With ``now=True`` the first call is at :meth:`start`.  A call that runs
+    late does not bunch the next ones: each is *every* seconds after the end
+    of the one before.
+    """
+
+    def __init__(
+        self, clock: IReactorTime, every: float, fn: Callable[[], object], *, name: str, now: bool = False
+    ) -> None:
+        if not (math.isfinite(every) and every > 0):
+            raise ValueError(f"{name}: every must be a positive number of seconds, not {every!r}")
+        super().__init__(name)
+        self.clock = clock
+        self.every = every
+        self.fn = fn
+        self.now = now
+        self._delayed: IDelayedCall | None = None
+        self._stopped = True
+
+    @property
+    def running(self) -> bool:
+        return not self._stopped
+
+    def start(self) -> None:
+        self._stopped = False
+        if self.now:
+            self._run()
+        else:
+            self._schedule()
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._delayed is not None and self._delayed.active():
+            self._delayed.cancel()
+        self._delayed = None
+
+    def _schedule(self) -> None:
+        self._delayed = self.clock.callLater(self.every, self._run)
+
+    def _run(self) -> None:
+        self._delayed = None
+        self._call(self.fn)
+        if not self._stopped and self._delayed is None:
+            self._schedule()
+
+
+class SlotSchedule(_Guarded):
     """Call ``fn(slot_time)`` at each multiple of *every* seconds on *clock*.
 
     The first call is at the first multiple after :meth:`start`, not at
@@ -41,25 +119,23 @@ class SlotSchedule:
     no slot is called twice; a restart follows the clock as it is.
     """
 
-    log = Logger()
-
     def __init__(self, clock: IReactorTime, every: float, fn: Callable[[float], object], *, name: str) -> None:
         if not (math.isfinite(every) and every > 0):
             raise ValueError(f"{name}: every must be a positive number of seconds, not {every!r}")
+        super().__init__(name)
         self.clock = clock
         self.every = every
         self.fn = fn
-        self.name = name
         #: Slots that went by without a call, because a call ran that late.
         self.missed = 0
         self._late = 0
         self._slot: int | None = None
-        self._call: IDelayedCall | None = None
+        self._delayed: IDelayedCall | None = None
         self._stopped = True
 
     @property
     def running(self) -> bool:
-        return self._call is not None
+        return self._delayed is not None
 
     def start(self) -> None:
         """Call at each multiple of the interval from the next one on."""
@@ -69,9 +145,9 @@ class SlotSchedule:
 
     def stop(self) -> None:
         self._stopped = True
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        if self._delayed is not None and self._delayed.active():
+            self._delayed.cancel()
+        self._delayed = None
 
     def next_time(self) -> float:
         """The multiple that ends the slot the clock is in now: the stamp of a call made early, such as at a stop."""
@@ -83,10 +159,10 @@ class SlotSchedule:
     def _schedule(self) -> None:
         assert self._slot is not None
         due = (self._slot + 1) * self.every - self.every * TOLERANCE / 2
-        self._call = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._run)
+        self._delayed = self.clock.callLater(max(0.0, due - self.clock.seconds()), self._run)
 
     def _run(self) -> None:
-        self._call = None
+        self._delayed = None
         now = self.clock.seconds()
         slot, last = self._slot_at(now), self._slot
         assert last is not None
@@ -96,10 +172,7 @@ class SlotSchedule:
             if slot > last + 1:
                 self._count_missed(slot - last - 1, now - (last + 1) * self.every)
             self._slot = slot
-            try:
-                self.fn(slot * self.every)
-            except Exception:
-                self.log.failure("{name}: scheduled call failed", name=self.name)
+            self._call(self.fn, slot * self.every)
         finally:
             if not self._stopped:
                 self._schedule()

@@ -7,7 +7,7 @@ from itertools import pairwise
 import pytest
 from twisted.internet.task import Clock
 
-from dsat.schedule import SlotSchedule
+from dsat.schedule import Repeat, SlotSchedule
 
 
 def clock_at(t: float) -> Clock:
@@ -110,7 +110,7 @@ def test_a_clock_stepped_back_by_more_than_a_slot_is_followed() -> None:
     assert schedule.missed == 0
 
 
-def test_an_exception_is_logged_and_the_schedule_goes_on() -> None:
+def test_an_exception_is_logged_and_counted_and_the_schedule_goes_on() -> None:
     clock = clock_at(0)
     calls: list[float] = []
 
@@ -124,6 +124,7 @@ def test_an_exception_is_logged_and_the_schedule_goes_on() -> None:
     clock.pump([1, 1, 1, 1])
     assert calls == [1, 2, 3, 4]
     assert schedule.running
+    assert schedule.failures == 1
 
 
 def test_next_time_is_the_multiple_that_ends_the_slot_the_clock_is_in() -> None:
@@ -159,3 +160,74 @@ def test_stop_from_inside_the_call_holds() -> None:
 def test_an_interval_that_is_not_a_positive_finite_number_is_refused(every: float) -> None:
     with pytest.raises(ValueError, match="every"):
         SlotSchedule(Clock(), every, lambda at: None, name="test")
+
+
+def test_repeat_calls_every_interval_from_its_start() -> None:
+    clock = clock_at(0.3)
+    calls: list[float] = []
+    repeat = Repeat(clock, 2, lambda: calls.append(clock.seconds()), name="test")
+    repeat.start()
+    assert calls == []
+    clock.pump([2, 2, 2])
+    assert calls == pytest.approx([2.3, 4.3, 6.3])
+    assert repeat.running
+
+
+def test_repeat_with_now_calls_at_start() -> None:
+    clock = clock_at(5)
+    calls: list[float] = []
+    Repeat(clock, 1, lambda: calls.append(clock.seconds()), name="test", now=True).start()
+    assert calls == [5]
+    clock.advance(1)
+    assert calls == [5, 6]
+
+
+def test_repeat_that_raises_every_time_keeps_running_and_counts_each_failure() -> None:
+    """What a bare LoopingCall did not: its first exception stopped it for good (the spool's replay did)."""
+    clock = clock_at(0)
+    calls = [0]
+
+    def broken() -> None:
+        calls[0] += 1
+        raise OSError("disk full")
+
+    repeat = Repeat(clock, 0.1, broken, name="test")
+    repeat.start()
+    clock.pump([0.1] * 50)
+    assert calls[0] == 50
+    assert repeat.failures == 50
+    assert repeat.running
+
+
+def test_repeat_stopped_from_inside_its_call_is_not_called_again() -> None:
+    clock = clock_at(0)
+    calls = [0]
+
+    def once() -> None:
+        calls[0] += 1
+        repeat.stop()
+
+    repeat = Repeat(clock, 1, once, name="test")
+    repeat.start()
+    clock.pump([1, 1, 1])
+    assert calls[0] == 1
+    assert not repeat.running
+    assert not clock.getDelayedCalls()
+
+
+def test_repeat_stopped_and_started_again_has_one_pending_call() -> None:
+    clock = clock_at(0)
+    calls = [0]
+    repeat = Repeat(clock, 1, lambda: calls.__setitem__(0, calls[0] + 1), name="test")
+    repeat.start()
+    repeat.stop()
+    repeat.start()
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(1)
+    assert calls[0] == 1
+
+
+def test_repeat_refuses_an_interval_that_is_not_a_positive_number() -> None:
+    for every in (0, -1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="positive"):
+            Repeat(clock_at(0), every, lambda: None, name="test")
