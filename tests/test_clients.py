@@ -18,6 +18,7 @@ import whisper
 
 from dsat.stack import free_port
 from tests.conftest import Carbon, Processes, wait_for
+from tests.harness import free_udp_port, listening
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +26,6 @@ REWRITE = """
 [pre]
 ^legacy\\.(\\w+)\\. = dsat.testhost.renamed.\\1.
 """
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def values(carbon: Carbon, path: str) -> list[float]:
@@ -107,10 +102,10 @@ path = "spool.db"
     )
     carbon.start()
     up = processes.dsat("up", str(topo), name="up")
-    wait_for(lambda: _listening(tcp), 30, "the orchester's plaintext port")
+    wait_for(lambda: listening(tcp), 30, "the orchester's plaintext port")
     relay, relay_port = start_carbon_relay(short_tmp, pickle_port)
     try:
-        wait_for(lambda: _listening(relay_port), 30, "carbon-relay's line port")
+        wait_for(lambda: listening(relay_port), 30, "carbon-relay's line port")
         now = int(time.time())
         with socket.create_connection(("127.0.0.1", tcp)) as client:
             client.sendall(
@@ -144,11 +139,3 @@ path = "spool.db"
     assert processes.stop(up) == 0
     log = processes.log_of(up)
     assert "rejected (invalid_line)" in log and "rejected (nan)" in log
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-    except OSError:
-        return False
-    return True

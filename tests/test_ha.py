@@ -22,8 +22,8 @@ from dsat.errors import DsatError
 from dsat.stack import LocalStack
 from dsat.status import fetch
 from tests.conftest import wait_for
+from tests.harness import spool_rows
 from tests.test_multihost import SCHEMAS, Cluster, Network, host_copy, ip, runs
-from tests.test_reliability import spool_rows
 
 pytestmark = pytest.mark.integration
 

@@ -25,8 +25,8 @@ import whisper
 
 from dsat.stack import LocalStack, free_port
 from tests.conftest import settled, wait_for
+from tests.harness import record
 from tests.test_clients import values
-from tests.test_reliability import record
 
 pytestmark = pytest.mark.integration
 
@@ -495,7 +495,8 @@ def test_a_carbon_host_gone_silently_is_given_up_in_seconds_and_what_it_never_ac
 
     Before, the connection stayed open through the cut, and what sat unacknowledged in the kernel was
     lost when carbon's restarted host answered with a reset, by then older than the resend window."""
-    from tests.test_reliability import assert_every_run_stored, spool_rows
+    from tests.harness import spool_rows
+    from tests.test_reliability import assert_every_run_stored
 
     net = Network(short_tmp, CARBON_LINK, tag="c")
     metrics = 1000

@@ -33,7 +33,7 @@ from dsat.errors import ConfigError
 from dsat.stack import free_port
 from dsat.workers import ParentLink, Workers, listen_tcp, reuseport_socket, worker_command, worker_spool
 from tests.conftest import Processes, wait_for
-from tests.test_reliability import CarbonStandIn
+from tests.harness import CarbonStandIn
 from tests.test_topology import BASE, PAIR, REGISTRY, load, only_problem
 
 # -- the setting -------------------------------------------------------------------------------------
