@@ -39,7 +39,6 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import endpoints
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -48,6 +47,7 @@ from dsat.counters import should_log
 from dsat.datapoint import Datapoint
 from dsat.errors import ConfigError
 from dsat.flow import Producers
+from dsat.schedule import Repeat
 from dsat.spool import Spool
 from dsat.topology import CarbonConf, OrchesterConf, SpoolConf, parse_destination
 
@@ -60,6 +60,8 @@ POINTS_PER_MESSAGE = 500
 HOLD_FACTOR = 2
 #: Seconds between two slices of replay.
 REPLAY_TICK = 0.1
+#: Seconds between two looks at the spool (failed deletes, its file deleted or replaced: Spool.check).
+SPOOL_CHECK_EVERY = 1.0
 #: Carbon's protocols have no acknowledgement: what was written in the last RESEND_SECONDS plus the
 #: destination's timeout (at most RESEND_BYTES) before a connection was lost is sent again (Whisper
 #: stores it once).  The timeout is in the window because the kernel gives up on a connection whose
@@ -254,8 +256,7 @@ class Destination:
         self._drops = 0
         #: Datapoints sent again because their connection broke soon after they were written.
         self.resent = 0
-        self._replay_loop = LoopingCall(self.replay)
-        self._replay_loop.clock = reactor
+        self._replay_loop = Repeat(reactor, REPLAY_TICK, self.tick, name=f"carbon {self.name}: replay")
         #: Builds this destination's connections (``buildProtocol``), for the ClientService and for tests.
         self.factory = _CarbonFactory(self)
         endpoint = endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
@@ -272,7 +273,7 @@ class Destination:
     def start(self) -> None:
         self.service.startService()
         if self.spool is not None:
-            self._replay_loop.start(REPLAY_TICK, now=False)
+            self._replay_loop.start()
 
     def retire(self) -> list[tuple[list[Datapoint], Callable[[], None] | None]]:
         """Stop for good (the destination is removed): the batches still in memory, decoded, with their callbacks.
@@ -296,40 +297,48 @@ class Destination:
         return self.service.stopService()
 
     def send(self, points: Sequence[Datapoint], on_written: Callable[[], None] | None = None) -> None:
-        """Take one batch: write it, queue it, spool it, or (no spool, queue full) drop the oldest.
+        """Take one batch: write it, queue it, spool it, or drop what the policy says and count it.
 
         A spool full under the ``block`` policy refuses the batch: it waits in
         memory (the inputs pause at ``max_queue``), or is dropped and counted
-        past ``HOLD_FACTOR * max_queue``.
+        past ``HOLD_FACTOR * max_queue``.  A spool whose disk refuses writes
+        is full too, whatever the policy: under ``drop_oldest`` (and with no
+        spool) the batch waits in memory, the oldest dropped and counted past
+        ``max_queue``, and what waits is spooled once the disk takes writes.
         """
         item = _Pending(self.encode(points), len(points), on_written)
         if self.spool is not None and (self._proto is None or self.queued_points + item.points > self.max_queue):
             if self._to_spool(item):
                 return
-            if self.queued_points + item.points > HOLD_FACTOR * self.max_queue:
-                self.dropped += item.points
-                self._drops += 1
-                if should_log(self._drops):
-                    self.log.warn(
-                        "carbon {name}: spool and memory queue full (policy block): dropped {points} datapoints"
-                        " ({count} batches so far)",
-                        name=self.name,
-                        points=item.points,
-                        count=self._drops,
-                    )
+            if self._blocking:
+                if self.queued_points + item.points > HOLD_FACTOR * self.max_queue:
+                    self._count_drop(item.points, "spool and memory queue full (policy block)")
+                    return
+                self.queue.append(item)
+                self.queued_points += item.points
+                self.drain()
                 return
-            self.queue.append(item)
-            self.queued_points += item.points
-            self.drain()
-            return
         self.queue.append(item)
         self.queued_points += item.points
         while self.queued_points > self.max_queue and len(self.queue) > 1:
             old = self.queue.popleft()
             self.queued_points -= old.points
-            self.dropped += old.points
-            self.log.warn("carbon {name} queue full: dropped {points} datapoints", name=self.name, points=old.points)
+            why = "no spool" if self.spool is None else "spool refused"
+            self._count_drop(old.points, f"memory queue full, {why}")
         self.drain()
+
+    def _count_drop(self, points: int, why: str) -> None:
+        self.dropped += points
+        self._drops += 1
+        if should_log(self._drops):
+            self.log.warn(
+                "carbon {name}: {why}: dropped {points} datapoints ({count} batches, {total} datapoints so far)",
+                name=self.name,
+                why=why,
+                points=points,
+                count=self._drops,
+                total=self.dropped,
+            )
 
     def _level(self) -> None:
         """Under ``block``: say when the memory queue crosses its high or low watermark."""
@@ -421,6 +430,19 @@ class Destination:
                 item.on_written()
         self._level()
 
+    @property
+    def replay_failures(self) -> int:
+        """Replay ticks that raised since start (each logged; replay goes on)."""
+        return self._replay_loop.failures
+
+    def tick(self) -> None:
+        """Every REPLAY_TICK: replay the spool while connected; while not, spool what the spool refused before."""
+        if self._proto is None:
+            if self.queue:
+                self.spool_queue()
+            return
+        self.replay()
+
     def replay(self) -> None:
         """Write the next slice of the spool, oldest first, within the replay rate."""
         proto = self._proto
@@ -433,7 +455,7 @@ class Destination:
                 data = self.encode(decode(data))
             proto.transport.write(data)  # type: ignore[union-attr]
             self._written(data, batch.points)
-        self.spool.delete(batches)
+        self.spool.delete(self.name, batches)
         points = sum(b.points for b in batches)
         self.replayed += points
         self.spool_pending -= points
@@ -500,6 +522,9 @@ class CarbonEgress:
             raise ConfigError(f"carbon.replication: {replication} must be from 1 to {len(destinations)}")
         self.replication = replication
         self.spool = spool
+        self._spool_check = (
+            Repeat(reactor, SPOOL_CHECK_EVERY, self.check_spool, name="spool check") if spool is not None else None
+        )
         #: The inputs (TCP clients, the ZeroMQ input link) paused while a destination is blocked.
         self.producers = Producers()
         self._make = partial(
@@ -671,9 +696,26 @@ class CarbonEgress:
                 )
         for dest in self.destinations:
             dest.start()
+        if self._spool_check is not None:
+            self._spool_check.start()
+
+    def check_spool(self) -> None:
+        """Every second: :meth:`Spool.check`; when it opened the spool again, each destination's count of what waits."""
+        spool = self.spool
+        if spool is not None and spool.check():
+            for dest in self.destinations:
+                dest.spool_pending = spool.pending(dest.name)
 
     def stop(self) -> list[object]:
+        if self._spool_check is not None:
+            self._spool_check.stop()
         return [dest.stop() for dest in self.destinations]
+
+    @property
+    def timer_failures(self) -> int:
+        """Calls of the egress's periodic tasks (replay, spool check) that raised since start."""
+        own = self._spool_check.failures if self._spool_check is not None else 0
+        return own + sum(dest.replay_failures for dest in self.destinations)
 
     @property
     def queued_points(self) -> int:

@@ -108,7 +108,7 @@ def announce_when_listening(reactor: Any, stack: Any, topo: Any) -> None:
     """Print graphite-web's URL once it accepts connections."""
     import socket
 
-    from twisted.internet.task import LoopingCall
+    from dsat.schedule import Repeat
 
     def poll() -> None:
         try:
@@ -125,9 +125,8 @@ def announce_when_listening(reactor: Any, stack: Any, topo: Any) -> None:
             flush=True,
         )
 
-    loop = LoopingCall(poll)
-    loop.clock = reactor
-    reactor.callWhenRunning(loop.start, 0.5)
+    loop = Repeat(reactor, 0.5, poll, name="demo: wait for graphite-web")
+    reactor.callWhenRunning(loop.start)
 
 
 def cmd_route(args: argparse.Namespace) -> int:

@@ -31,6 +31,8 @@ from dsat.transport import Sender
 
 #: Topic of circuit-breaker changes on the tracker's PUB socket.
 BREAKER_TOPIC = b"breaker\0"
+#: Seconds between two heartbeats of a step to the tracker.
+HEARTBEAT_EVERY = 5.0
 
 
 def topic_for(emitter: str) -> bytes:

@@ -43,7 +43,6 @@ from functools import partial
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dsat import naming
@@ -54,10 +53,10 @@ from dsat.counters import Rejections
 from dsat.datapoint import Datapoint, Validator
 from dsat.envelope import Envelope, encode
 from dsat.errors import ConfigError
-from dsat.events import Reporter, parse_published, published
+from dsat.events import HEARTBEAT_EVERY, Reporter, parse_published, published
 from dsat.flow import PushProducer
 from dsat.rules import RuleSet, load_rules
-from dsat.schedule import SlotSchedule
+from dsat.schedule import Repeat, SlotSchedule
 from dsat.shards import Shards
 from dsat.topology import Topology
 from dsat.transport import Sender
@@ -66,6 +65,11 @@ from dsat.udp import CountingPort
 STEP = "orchester"
 #: Seconds between two checks of the rule files' modification times.
 RULES_CHECK_EVERY = 2.0
+
+
+def _mb(n: int | str) -> str:
+    """Bytes in MiB for ``dsat status``; a size that could not be read (-1) as such."""
+    return f"{int(n) / 2**20:.1f} MiB" if int(n) >= 0 else "(unknown)"
 
 
 class PairMember:
@@ -96,16 +100,13 @@ class PairMember:
         self.fsm = BinaryStar(clock, role=role, heartbeat=heartbeat, missed_beats=missed_beats, on_change=self._changed)
         self.on_active: Callable[[bool], object] | None = None
         self.on_change: Callable[[Transition], object] | None = None
-        self._loop: LoopingCall | None = None
+        self.beats = Repeat(clock, self.fsm.heartbeat, self.beat, name=f"pair {host}: heartbeat", now=True)
 
     def start(self) -> None:
-        self._loop = LoopingCall(self.beat)
-        self._loop.clock = self.clock
-        self._loop.start(self.fsm.heartbeat, now=True)
+        self.beats.start()
 
     def stop(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        self.beats.stop()
 
     def beat(self) -> None:
         """Publish this server's state (to its peer and the satellites)."""
@@ -186,7 +187,14 @@ class Orchester:
         self.points_in = 0
         self.points_out = 0
         self._reported: dict[str, int] = {}
-        self._loops: list[LoopingCall] = []
+        self._tasks = [
+            Repeat(clock, every, fn, name=f"{name}: {fn.__name__}", now=fn == self.heartbeat)
+            for fn, every in (
+                (self.heartbeat, HEARTBEAT_EVERY),
+                (self.flush_aggregates, 1.0),
+                (self.watch_rules, RULES_CHECK_EVERY),
+            )
+        ]
         #: How its ingress workers are (dsat.workers.Workers.describe), for the heartbeat; None without workers.
         self.workers_state: Callable[[], str] | None = None
         #: ``self.orchester.*`` counts are deltas: each write needs a slot of its own (dsat.schedule).
@@ -201,16 +209,15 @@ class Orchester:
         if input_link is not None:
             self.egress.producers.register(input_link)
         self.egress.start()
-        for fn, every in (
-            (self.heartbeat, 5.0),
-            (self.flush_aggregates, 1.0),
-            (self.watch_rules, RULES_CHECK_EVERY),
-        ):
-            loop = LoopingCall(fn)
-            loop.clock = self.clock
-            loop.start(every, now=fn == self.heartbeat)
-            self._loops.append(loop)
+        for task in self._tasks:
+            task.start()
         self._metrics.start()
+
+    @property
+    def timer_failures(self) -> int:
+        """Calls of the orchester's periodic tasks (its own, its pair's, its egress's) that raised since start."""
+        tasks = [*self._tasks, self._metrics, *([self.pair.beats] if self.pair is not None else [])]
+        return sum(task.failures for task in tasks) + self.egress.timer_failures
 
     def heartbeat(self) -> None:
         """Alive, with what its links and Carbon queues dropped and the legs held by open circuits."""
@@ -220,24 +227,37 @@ class Orchester:
             diverted=self.circuits.diverted,
             routes=json.dumps({t: list(steps) for t, steps in sorted(self.routes.items())}),
             destinations=",".join(self.egress.placing),
+            timer_failures=self.timer_failures,
             **self._spool_fields(),
             **(self.pair.heartbeat_fields() if self.pair is not None else {}),
             **({"workers": self.workers_state()} if self.workers_state is not None else {}),
         )
 
     def _spool_fields(self) -> dict[str, int | str]:
-        """What the heartbeat says of a spool quarantined at start: the tracker alerts on ``spool_corrupt``."""
+        """What the heartbeat says of the spool: its state for ``dsat status``, and what the tracker alerts on.
+
+        ``spool_corrupt`` (quarantined at start) and ``spool_disk_full`` (episodes of a disk that refused
+        writes) are counts: the tracker alerts when one goes up.
+        """
         spool = self.egress.spool
-        if spool is None or spool.quarantined is None:
+        if spool is None:
             return {}
-        return {"spool_corrupt": 1, "spool_quarantined": f"{spool.path} moved to {spool.quarantined}"}
+        state = spool.state()
+        fields: dict[str, int | str] = {
+            "spool_disk_full": state["spool_disk_full"],
+            "spool_state": (
+                f"{_mb(state['spool_bytes'])} held of {_mb(state['spool_max_bytes'])},"
+                f" {_mb(state['spool_disk_free'])} free on its disk, full: {state['spool_full']}"
+            ),
+        }
+        if spool.quarantined is not None:
+            fields.update(spool_corrupt=1, spool_quarantined=f"{spool.path} moved to {spool.quarantined}")
+        return fields
 
     def stop(self) -> None:
         self._metrics.stop()
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()
-        self._loops.clear()
+        for task in self._tasks:
+            task.stop()
 
     # -- the data path -----------------------------------------------------
 
@@ -437,6 +457,8 @@ class Orchester:
             "resent": egress.resent,
             "rules_refused": self.rules_refused,
             "spool_refused": egress.spool.refused if egress.spool is not None else 0,
+            "spool_disk_refused": egress.spool.disk_refused if egress.spool is not None else 0,
+            "timer_failures": self.timer_failures,
             "udp.dropped": sum(port.kernel_dropped for port in self.udp_ports),
             **{f"rejected.{reason}": n for reason, n in self.rejected.items()},
             **({f"ha.{name}": n for name, n in self.pair.fsm.counts.items()} if self.pair is not None else {}),

@@ -77,6 +77,8 @@ def format_status(snap: dict[str, Any]) -> str:
         lines += ["", f"orchester routes: {config.get('routes')}", f"carbon destinations: {config.get('destinations')}"]
     if "workers" in config:
         lines.append(f"ingress workers: {config['workers']}")
+    if "spool_state" in config:
+        lines.append(f"spool: {config['spool_state']}")
     if "ha_state" in config:
         failovers = snap["heartbeats"]["orchester"].get("counters", {}).get("failovers", 0)
         lines += [

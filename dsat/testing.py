@@ -2,14 +2,17 @@
 
 :class:`FakeSender` stands in for a ZeroMQ link and keeps every frame sent
 (``envelopes()`` reads them back); :class:`CaptureEgress` stands
-in for the carbon egress, :class:`FakeProducer` for an input it pauses.
+in for the carbon egress, :class:`FakeProducer` for an input it pauses,
+:class:`FailingDisk` for a spool's disk that refuses writes.
 Use them with ``twisted.internet.task.Clock`` as the clock, so timers run
 with ``clock.advance()`` instead of sleeping.
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from dsat.envelope import Envelope, decode
 from dsat.flow import Producers
@@ -70,6 +73,7 @@ class CaptureEgress:
         self.replayed = 0
         self.resent = 0
         self.spool_pending = 0
+        self.timer_failures = 0
         self.spool: Spool | None = None
         self.producers = Producers()
         self.placing = ["127.0.0.1:2004"]
@@ -97,3 +101,44 @@ class CaptureEgress:
     @property
     def points(self) -> list[tuple[str, float, float]]:
         return [p for batch in self.batches for p in batch]
+
+
+class FailingDisk:
+    """A spool's SQLite connection whose disk refuses writes while :attr:`failing`.
+
+    Put in place with ``spool.db = FailingDisk(spool.db)``.
+
+    A statement whose first word is in *fail_on* raises what SQLite raises
+    on a full disk (or *error*); every other statement, and every statement
+    while not failing, goes to the real connection.  :attr:`refused` counts
+    the statements it failed.
+    """
+
+    def __init__(
+        self,
+        db: sqlite3.Connection,
+        *,
+        fail_on: Sequence[str] = ("INSERT", "DELETE", "COMMIT"),
+        error: str = "database or disk is full",
+    ) -> None:
+        self.db = db
+        self.fail_on = {word.upper() for word in fail_on}
+        self.error = error
+        self.failing = True
+        self.refused = 0
+
+    def _check(self, sql: str) -> None:
+        if self.failing and sql.split(None, 1)[0].upper() in self.fail_on:
+            self.refused += 1
+            raise sqlite3.OperationalError(self.error)
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        self._check(sql)
+        return self.db.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        self._check(sql)
+        return self.db.executemany(sql, rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)

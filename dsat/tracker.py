@@ -83,14 +83,18 @@ HEARTBEAT_COUNTERS = (
     "failovers",
     "dual_active",
     "spool_corrupt",
+    "spool_disk_full",
+    "timer_failures",
 )
 _HA_DETAILS = {"state": "ha_state", "last_failover": "ha_last_failover"}
 #: Heartbeat counters whose every increase is an alert: an orchester pair's failovers and two actives, and a
-#: spool quarantined at start; each with its alert's kind and the heartbeat fields it carries (detail: field).
+#: spool quarantined at start, a spool whose disk refused writes (once an episode); each with its alert's kind and
+#: the heartbeat fields it carries (detail: field).
 ALERTING_COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
     "failovers": ("failover", _HA_DETAILS),
     "dual_active": ("dual_active", _HA_DETAILS),
     "spool_corrupt": ("spool_corrupt", {"quarantined": "spool_quarantined"}),
+    "spool_disk_full": ("spool_disk_full", {"spool": "spool_state"}),
 }
 
 

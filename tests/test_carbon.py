@@ -477,3 +477,113 @@ def test_tagged_series_are_placed_by_their_canonical_name_as_carbon_does() -> No
         unnormalized_elsewhere += raw_place != theirs
     # Placing the name as sent (carbon-relay without TAG_RELAY_NORMALIZED) would scatter one series.
     assert unnormalized_elsewhere > 5_000
+
+
+def disk_full_destination(tmp_path, policy: str, max_queue: int = 20):  # type: ignore[no-untyped-def]
+    """A destination whose spool's disk refuses every write (dsat.testing.FailingDisk), carbon down."""
+    from dsat.spool import Spool
+    from dsat.testing import FailingDisk
+
+    reactor = MemoryReactorClock()
+    spool = Spool(tmp_path / "s.db", policy=policy, clock=reactor.seconds)
+    disk = FailingDisk(spool.db)
+    spool.db = disk  # type: ignore[assignment]
+    egress = CarbonEgress(reactor, [("127.0.0.1", 2004)], spool=spool, max_queue=max_queue)
+    egress.start()
+    return egress, spool, disk, reactor
+
+
+def test_under_block_a_full_spool_disk_pauses_the_inputs_and_delivers_everything_later(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The disk refuses the spool: batches wait in memory, the inputs pause at max_queue, nothing is dropped."""
+    egress, spool, disk, reactor = disk_full_destination(tmp_path, "block")
+    inputs = FakeProducer()
+    egress.producers.register(inputs)
+    done: list[int] = []
+    sent = 0
+    while not egress.full:
+        egress.send([(f"m{sent}.{j}", 1, 1.0) for j in range(5)], lambda: done.append(1))
+        sent += 1
+    assert inputs.paused and egress.dropped == 0 and spool.disk_full and done == []
+    proto = connect(egress.destinations[0])
+    assert not inputs.paused and len(done) == sent
+    written = [p for m in unpickle_messages(sent_bytes(proto)) for p in m]
+    assert len(written) == 5 * sent
+
+
+def test_under_drop_oldest_a_full_spool_disk_drops_the_oldest_in_memory_and_counts_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Sent = delivered + counted as dropped: memory keeps max_queue, the oldest beyond it are dropped and counted."""
+    egress, spool, disk, reactor = disk_full_destination(tmp_path, "drop_oldest", max_queue=20)
+    for i in range(30):
+        egress.send([(f"m{i}", i, 1.0)])
+    assert egress.queued_points == 20 and egress.dropped == 10 and spool.dropped == 0
+    proto = connect(egress.destinations[0])
+    written = [p for m in unpickle_messages(sent_bytes(proto)) for p in m]
+    assert [ts for _, (ts, _) in written] == list(range(10, 30))
+    assert len(written) + egress.dropped == 30
+
+
+def test_what_waits_in_memory_is_spooled_once_the_disk_takes_writes_again(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Space comes back while carbon is still down: the replay tick moves the memory queue to the spool."""
+    egress, spool, disk, reactor = disk_full_destination(tmp_path, "block")
+    done: list[int] = []
+    for i in range(4):
+        egress.send([(f"m{i}", i, 1.0)], lambda: done.append(1))
+    assert egress.queued_points == 4 and done == []
+    disk.failing = False
+    reactor.advance(1.0)  # DISK_RETRY: the next tick tries the disk again
+    assert egress.queued_points == 0 and spool.pending() == 4 and done == [1] * 4 and not spool.disk_full
+
+
+def test_replay_goes_on_when_the_spool_cannot_delete_what_it_replayed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The bug this fixes: a failed COMMIT of a delete stopped the replay LoopingCall for good."""
+    from dsat.spool import Spool
+    from dsat.testing import FailingDisk
+
+    reactor = MemoryReactorClock()
+    spool = Spool(tmp_path / "s.db")
+    dest = Destination(reactor, "127.0.0.1", 2004, spool=spool, replay_rate=100)
+    dest.start()
+    for i in range(10):
+        dest.send([(f"m{i}.{j}", i, float(j)) for j in range(5)])
+    spool.db = FailingDisk(spool.db, fail_on=["COMMIT"])  # type: ignore[assignment]
+    proto = connect(dest)
+    for _ in range(10):
+        reactor.advance(0.1)
+    got = [p for m in unpickle_messages(sent_bytes(proto)) for p in m]
+    assert sorted(ts for _, (ts, _) in got) == sorted(i for i in range(10) for _ in range(5))  # each once
+    assert dest.replay_failures == 0 and dest.spool_pending == 0
+    assert spool.pending() == 50  # not deleted yet
+    spool.db = spool.db.db  # type: ignore[attr-defined]  (space came back)
+    spool.check()  # the egress calls it every second
+    assert spool.pending() == 0
+
+
+def test_every_periodic_task_of_the_egress_runs_again_after_raising(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Replay and the spool check each raise once: counted in timer_failures, and both run again."""
+    from dsat.spool import Spool
+
+    reactor = MemoryReactorClock()
+    spool = Spool(tmp_path / "s.db")
+    egress = CarbonEgress(reactor, [("127.0.0.1", 2004)], spool=spool)
+    egress.start()
+    dest = egress.destinations[0]
+    calls = {"tick": 0, "check": 0}
+    real_tick, real_check = dest.tick, spool.check
+
+    def tick() -> None:
+        calls["tick"] += 1
+        if calls["tick"] == 1:
+            raise RuntimeError("tick")
+        real_tick()
+
+    def check() -> bool:
+        calls["check"] += 1
+        if calls["check"] == 1:
+            raise OSError("check")
+        return real_check()
+
+    dest._replay_loop.fn = tick
+    spool.check = check  # type: ignore[method-assign]
+    reactor.pump([0.1] * 25)
+    assert calls["tick"] >= 20 and calls["check"] >= 2
+    assert egress.timer_failures == 2

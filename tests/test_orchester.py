@@ -462,3 +462,86 @@ def test_the_spools_refusals_are_in_the_own_metrics(tmp_path: Path) -> None:
     first = {path.split(".self.orchester.")[1]: v for path, _, v in orch.own_metrics()}
     second = {path.split(".self.orchester.")[1]: v for path, _, v in orch.own_metrics()}
     assert (first["spool_refused"], second["spool_refused"]) == (2, 0)
+
+
+def raise_once(obj: object, attr: str) -> list[int]:
+    """Make *obj.attr* raise on its first call and work after; returns the list its calls are counted in."""
+    real = getattr(obj, attr)
+    calls: list[int] = []
+
+    def flaky(*args: object, **kw: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(f"{attr}: injected")
+        return real(*args, **kw)
+
+    setattr(obj, attr, flaky)
+    return calls
+
+
+def test_a_heartbeat_that_raises_is_counted_and_the_next_one_is_sent() -> None:
+    orch, _, events, _, clock = make()
+    calls = raise_once(events, "send")
+    orch.start()  # the first heartbeat, at once, raises
+    clock.advance(5.0)
+    assert len(calls) >= 2 and orch.timer_failures == 1
+    assert any(env.type == "heartbeat" for env in events.envelopes())
+    orch.stop()
+
+
+def test_an_aggregate_flush_that_raises_is_counted_and_the_next_one_sends(tmp_path: Path) -> None:
+    orch, egress, clock, start = aggregating(tmp_path, "app.all.requests (10) = sum app.<host>.requests\n")
+    assert orch.rules is not None
+    calls = raise_once(orch.rules, "flush")
+    orch.ingest([("app.a.requests", start, 1.0)])
+    orch.start()
+    clock.pump([1.0] * 45)
+    assert len(calls) >= 40 and orch.timer_failures == 1
+    assert ("app.all.requests", float(start), 1.0) in egress.points
+    orch.stop()
+
+
+def test_a_rule_file_watch_that_raises_is_counted_and_the_next_one_looks_again() -> None:
+    orch, _, _, _, clock = make()
+    calls = raise_once(orch, "_rule_files_stamp")
+    orch.start()
+    clock.pump([2.0, 2.0])
+    assert len(calls) == 2 and orch.timer_failures == 1
+    orch.stop()
+
+
+def test_an_own_metrics_write_that_raises_is_counted_and_the_next_slot_is_written() -> None:
+    orch, egress, _, _, clock = make()
+    calls = raise_once(egress, "send")
+    orch.start()
+    clock.pump([10.0, 10.0])
+    assert len(calls) >= 2 and orch.timer_failures == 1
+    assert {ts for path, ts, _ in egress.points if path == "dsat.h.self.orchester.points_in"} == {1_700_000_020}
+    orch.stop()
+
+
+def test_a_pair_heartbeat_that_raises_is_counted_and_the_next_one_is_published() -> None:
+    orch, _, beats, clock, _ = make_pair_member()
+    assert orch.pair is not None
+    before = len(beats.frames)
+    calls = raise_once(beats, "send")
+    clock.pump([0.5, 0.5])
+    assert len(calls) == 2 and len(beats.frames) == before + 1
+    assert orch.timer_failures == 1
+
+
+def test_the_heartbeat_carries_the_spool_state_and_its_disk_full_episodes(tmp_path: Path) -> None:
+    """dsat status shows the spool (held, free on disk, full or not); the tracker alerts when the episodes go up."""
+    from dsat.spool import Spool
+    from dsat.testing import FailingDisk
+
+    orch, egress, events, _, _ = make()
+    spool = Spool(tmp_path / "s.db")
+    spool.db = FailingDisk(spool.db)  # type: ignore[assignment]
+    egress.spool = spool
+    assert not spool.put("a", b"x", 1)
+    orch.heartbeat()
+    meta = [env for env in events.envelopes() if env.type == "heartbeat"][-1].meta
+    assert meta["spool_disk_full"] == 1
+    assert "full: full (database or disk is full)" in meta["spool_state"]
+    assert "MiB free on its disk" in meta["spool_state"]

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from dsat.errors import ConfigError
-from dsat.spool import Spool
+from dsat.spool import DISK_RETRY, Spool
+from dsat.testing import FailingDisk
 
 
 def test_batches_come_back_in_order_per_destination(tmp_path: Path) -> None:
@@ -24,7 +25,7 @@ def test_batches_come_back_in_order_per_destination(tmp_path: Path) -> None:
         spool.put("b", f"b{i}".encode(), 10)
     got = spool.peek("a", max_points=30)
     assert [b.data for b in got] == [b"a0", b"a1", b"a2"]
-    spool.delete(got)
+    spool.delete("a", got)
     assert [b.data for b in spool.peek("a", 1000)] == [b"a3", b"a4"]
     assert spool.pending("a") == 20 and spool.pending("b") == 50 and spool.pending() == 70
 
@@ -151,7 +152,8 @@ def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from dsat.spool import Spool
+from dsat.spool import DISK_RETRY, Spool
+from dsat.testing import FailingDisk
 spool = Spool(sys.argv[1])
 i = 0
 while True:
@@ -270,3 +272,141 @@ def test_a_sound_spool_is_not_quarantined(tmp_path: Path, logged: list[dict]) ->
     assert spool.quarantined is None and spool.pending("a") == sum(range(1, 11))
     assert not _critical_lines(logged)
     assert not [p for p in tmp_path.iterdir() if ".corrupt-" in p.name]
+
+
+class FakeTime:
+    """The spool's clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def full_disk_spool(tmp_path: Path, policy: str = "block") -> tuple[Spool, FakeTime]:
+    """A spool whose database may not grow past its pages now: SQLite's own SQLITE_FULL, as on a full disk."""
+    clock = FakeTime()
+    spool = Spool(tmp_path / "s.db", policy=policy, clock=clock)
+    spool.db.execute("PRAGMA max_page_count = 10")
+    return spool, clock
+
+
+@pytest.mark.parametrize("policy", ["block", "drop_oldest"])
+def test_a_full_disk_refuses_the_batch_without_raising_whatever_the_policy(
+    tmp_path: Path, logged: list[dict], policy: str
+) -> None:
+    """SQLITE_FULL makes put return False (the caller applies its policy), once alerted, each refusal counted."""
+    spool, _ = full_disk_spool(tmp_path, policy)
+    stored = 0
+    while spool.put("a", b"x" * 4000, 1):
+        stored += 1
+    for _ in range(5):
+        assert not spool.put("a", b"x" * 4000, 1)
+    assert spool.disk_full and spool.disk_episodes == 1 and spool.disk_refused == 6
+    assert "disk is full" in spool.disk_error
+    assert spool.pending() == stored and spool.dropped == 0  # nothing already spooled is lost
+    alerts = [line for line in _critical_lines(logged) if "ALERT spool_disk_full" in line]
+    assert len(alerts) == 1
+    assert spool.state()["spool_full"] == "full (database or disk is full)"
+
+
+def test_writes_resume_by_themselves_when_space_comes_back(tmp_path: Path) -> None:
+    """While full the disk is tried again every DISK_RETRY seconds, not at every batch; space back, puts succeed."""
+    spool, clock = full_disk_spool(tmp_path)
+    while spool.put("a", b"x" * 4000, 1):
+        pass
+    spool.db.execute("PRAGMA max_page_count = 1000000")  # space came back
+    assert not spool.put("a", b"y", 1)  # not tried yet
+    clock.now += DISK_RETRY
+    assert spool.put("a", b"y", 1)
+    assert not spool.disk_full and spool.state()["spool_full"] == "no"
+    spool.db.execute("PRAGMA max_page_count = 1")
+    assert not spool.put("a", b"z" * 100_000, 1)
+    assert spool.disk_episodes == 2  # a new episode, alerted again
+
+
+def test_a_read_only_database_is_a_full_spool(tmp_path: Path) -> None:
+    """SQLITE_READONLY (a filesystem remounted read-only) is refused as a full disk is, never raised."""
+    spool = Spool(tmp_path / "s.db")
+    spool.put("a", b"first", 1)
+    spool.db.close()
+    spool.db = sqlite3.connect(f"file:{tmp_path / 's.db'}?mode=ro", uri=True, isolation_level=None)
+    assert not spool.put("a", b"second", 1)
+    assert spool.disk_full and "readonly" in spool.disk_error
+    assert [b.data for b in spool.peek("a", 10)] == [b"first"]
+
+
+def test_a_delete_the_disk_refuses_is_retried_and_its_rows_are_not_handed_out_twice(tmp_path: Path) -> None:
+    """Replay goes on past rows whose delete failed; check() deletes them once the disk takes writes."""
+    spool = Spool(tmp_path / "s.db")
+    for i in range(6):
+        spool.put("a", f"b{i}".encode(), 10)
+    real = spool.db
+    spool.db = FailingDisk(real, fail_on=["DELETE", "COMMIT"])  # type: ignore[assignment]
+    first = spool.peek("a", 20)
+    spool.delete("a", first)  # refused by the disk: no exception
+    second = spool.peek("a", 20)
+    assert [b.data for b in first] == [b"b0", b"b1"] and [b.data for b in second] == [b"b2", b"b3"]
+    spool.delete("a", second)
+    assert spool.pending() == 60  # every row is still on disk
+    spool.check()
+    assert spool.pending() == 60
+    spool.db = real  # space came back
+    spool.check()
+    assert spool.pending() == 20 and [b.data for b in spool.peek("a", 100)] == [b"b4", b"b5"]
+    assert not real.in_transaction
+
+
+def test_rows_whose_delete_failed_are_replayed_after_a_restart(tmp_path: Path) -> None:
+    """A duplicate rather than a loss: the rows handed out but not deleted are on disk for the next start."""
+    spool = Spool(tmp_path / "s.db")
+    spool.put("a", b"sent", 1)
+    spool.db = FailingDisk(spool.db, fail_on=["COMMIT"])  # type: ignore[assignment]
+    spool.delete("a", spool.peek("a", 10))
+    spool.close()
+    again = Spool(tmp_path / "s.db")
+    assert [b.data for b in again.peek("a", 10)] == [b"sent"]
+
+
+def test_a_spool_file_deleted_while_open_is_opened_again_with_everything_it_held(
+    tmp_path: Path, logged: list[dict]
+) -> None:
+    """rm of the spool: check() notices, opens a new file at the path and copies every batch into it, in order."""
+    path = tmp_path / "s.db"
+    spool = Spool(path)
+    for i in range(5):
+        spool.put("a", f"b{i}".encode(), 2)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    assert spool.check()
+    assert path.exists() and spool.reopened == 1
+    assert [b.data for b in spool.peek("a", 100)] == [f"b{i}".encode() for i in range(5)]
+    assert spool.pending() == 10
+    assert any("ALERT spool_replaced" in line for line in _critical_lines(logged))
+    assert not spool.check() and spool.reopened == 1  # once
+    spool.close()
+    assert Spool(path).pending("a") == 10  # what a restart finds
+
+
+def test_a_spool_file_replaced_by_garbage_is_quarantined_and_the_open_spool_kept(
+    tmp_path: Path, logged: list[dict]
+) -> None:
+    """Another file put in its place goes through the checks of an open; the batches of the open one are kept."""
+    path = tmp_path / "s.db"
+    spool = Spool(path)
+    spool.put("a", b"kept", 3)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.unlink()
+    path.write_bytes(os.urandom(8192))
+    assert spool.check()
+    assert spool.quarantined is not None and spool.quarantined.stat().st_size == 8192
+    assert [b.data for b in spool.peek("a", 10)] == [b"kept"] and spool.pending() == 3
+
+
+def test_check_of_a_spool_left_alone_changes_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    spool.put("a", b"x", 1)
+    assert not spool.check() and not spool.check()
+    assert spool.reopened == 0 and spool.pending() == 1

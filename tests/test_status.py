@@ -58,3 +58,9 @@ def test_the_orchesters_ingress_workers_are_shown_from_its_heartbeat() -> None:
     assert "ingress workers" not in format_status(
         {"tasks": {}, "steps": {}, "heartbeats": {"orchester": {"age": 1, "config": {}}}}
     )
+
+
+def test_the_spool_state_is_shown_from_the_orchesters_heartbeat() -> None:
+    state = "3.9 MiB held of 1024.0 MiB, 0.0 MiB free on its disk, full: full (database or disk is full)"
+    snap = {"tasks": {}, "steps": {}, "heartbeats": {"orchester": {"age": 1, "config": {"spool_state": state}}}}
+    assert f"spool: {state}" in format_status(snap)

@@ -223,3 +223,46 @@ def test_a_sound_spool_raises_no_alert(tmp_path: Path) -> None:
     orch.heartbeat()
     svc.on_event(events.frames[-1])
     assert svc.alerts == {} and "spool_corrupt" not in events.envelopes()[-1].meta
+
+
+def test_a_spool_disk_that_refuses_writes_alerts_once_per_episode(tmp_path: Path) -> None:
+    """spool_disk_full goes through alert_command once when the disk fills, not at every heartbeat; again next time."""
+    from dsat.orchester import Orchester
+    from dsat.spool import DISK_RETRY, Spool
+    from dsat.testing import CaptureEgress, FailingDisk
+
+    clock = SpawningClock()
+    egress = CaptureEgress()
+    spool = Spool(tmp_path / "s.db", clock=clock.seconds)
+    disk = FailingDisk(spool.db)
+    spool.db = disk  # type: ignore[assignment]
+    egress.spool = spool
+    topo = topology.loads(
+        TOPOLOGY.replace('timeout = "30s"', 'timeout = "30s"\nalert_command = "/bin/cat -"'),
+        path=Path("/tmp/t.toml"),
+        registry=REGISTRY,
+    )
+    events = FakeSender()
+    reporter = Reporter(events, step="orchester", where="h", pid=2)
+    orch = Orchester(topo, clock=clock, egress=egress, senders={}, reporter=reporter, where="h")
+    svc = TrackerService(topo, clock=clock, where="h", publisher=FakeSender(), orchester=FakeSender())
+
+    def beats(n: int) -> None:
+        for _ in range(n):
+            orch.heartbeat()
+            svc.on_event(events.frames[-1])
+
+    beats(1)
+    for _ in range(3):
+        spool.put("a", b"x", 1)  # refused: one episode
+    beats(3)
+    assert svc.alerts == {"spool_disk_full": 1}
+    alert = json.loads(clock.spawned[-1][0].payload)  # type: ignore[attr-defined]
+    assert alert["alert"] == "spool_disk_full" and "database or disk is full" in alert["spool"]
+    disk.failing = False
+    clock.advance(DISK_RETRY)
+    assert spool.put("a", b"x", 1)  # space back: the episode ends
+    disk.failing = True
+    spool.put("a", b"x", 1)
+    beats(2)
+    assert svc.alerts == {"spool_disk_full": 2}
