@@ -26,19 +26,19 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from dsat import naming
 from dsat.binarystar import HEARTBEAT_TOPIC, ServerChoice
 from dsat.breaker import Circuits
+from dsat.cache import GenerationalCache
 from dsat.counters import Rejections, should_log
 from dsat.datapoint import Datapoint, number_problem
 from dsat.envelope import Batches, Envelope, encode
 from dsat.errors import BadName, EnvelopeError
 from dsat.events import Reporter, parse_published
 from dsat.plugins import SatelliteSpec
-from dsat.schedule import SlotSchedule
+from dsat.schedule import Repeat, SlotSchedule
 from dsat.topology import Step
 from dsat.transport import Sender
 
@@ -46,6 +46,8 @@ from dsat.transport import Sender
 HEARTBEAT_EVERY = 5.0
 #: Batches an emitter keeps for retries until the tracker says they ended.
 RETRY_WINDOW = 1_000
+#: Estimated bytes of the paths a collector's metric names became, kept for its next runs (dsat.cache).
+PATHS_CACHE_BYTES = 8 * 1024 * 1024
 
 
 class RetryWindow:
@@ -150,30 +152,36 @@ class SatelliteRuntime:
             choice.on_move = self.on_server_move
             choice.on_active = lambda _host: self.resend_window()
         self.fn: Callable[..., Any] = spec.factory(step.options)
-        self._paths: dict[str, str] = {}
-        self._loops: list[LoopingCall] = []
-        self._runs: SlotSchedule | None = None
+        self._paths: GenerationalCache[str, str] = GenerationalCache(PATHS_CACHE_BYTES)
+        #: The collector's runs (a collector only), then the heartbeats and the pair's check (with a pair).
+        self.schedules: list[SlotSchedule | Repeat] = []
+        if step.kind == "collector":
+            assert step.every is not None
+            self.schedules.append(SlotSchedule(clock, step.every, self.collect_once, name=f"step {step.name}"))
+        self.schedules.append(
+            Repeat(clock, HEARTBEAT_EVERY, self.heartbeat, name=f"step {step.name}: heartbeat", now=True)
+        )
+        if choice is not None:
+            self.schedules.append(
+                Repeat(
+                    clock,
+                    choice.heartbeat,
+                    lambda: choice.check(self.window.stalled_for()),
+                    name=f"step {step.name}: server choice",
+                )
+            )
 
     # -- lifecycle ---------------------------------------------------------
 
     def start(self) -> None:
-        """Start the collector's schedule (if any) and the heartbeats."""
-        if self.step.kind == "collector":
-            assert self.step.every is not None
-            self._runs = SlotSchedule(self.clock, self.step.every, self.collect_once, name=f"step {self.step.name}")
-            self._runs.start()
-        self._loop(self.heartbeat, HEARTBEAT_EVERY, now=True)
-        if self.choice is not None:
-            choice = self.choice
-            self._loop(lambda: choice.check(self.window.stalled_for()), choice.heartbeat, now=False)
+        """Start the collector's schedule (if any), the heartbeats, and the pair's check (with a pair)."""
+        for schedule in self.schedules:
+            schedule.start()
 
-    def _loop(self, fn: Callable[[], object], every: float, *, now: bool) -> None:
-        loop = LoopingCall(fn)
-        loop.clock = self.clock
-        loop.start(every, now=now).addErrback(
-            lambda failure: self.log.failure("{step}: scheduled call failed", failure, step=self.step.name)
-        )
-        self._loops.append(loop)
+    @property
+    def timer_failures(self) -> int:
+        """Calls of this step's schedules that raised (each logged; every schedule went on)."""
+        return sum(schedule.failures for schedule in self.schedules)
 
     def heartbeat(self) -> None:
         """Tell the tracker this step is alive, with what it dropped, diverted or rejected so far."""
@@ -182,23 +190,21 @@ class SatelliteRuntime:
             window_evicted=self.window.evicted,
             diverted=self.circuits.diverted,
             rejected=sum(self.rejected.values()),
+            timer_failures=self.timer_failures,
         )
 
     def stop(self) -> None:
         """Stop scheduling; what was already sent stays queued on the links."""
-        if self._runs is not None:
-            self._runs.stop()
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()
-        self._loops.clear()
+        for schedule in self.schedules:
+            schedule.stop()
 
     # -- collectors --------------------------------------------------------
 
     def _path(self, metric: str) -> str:
         path = self._paths.get(metric)
         if path is None:
-            path = self._paths[metric] = naming.metric_path(self.prefix, self.where, self.step.name, metric)
+            path = naming.metric_path(self.prefix, self.where, self.step.name, metric)
+            self._paths.put(metric, path)
         return path
 
     def collect_once(self, at: float | None = None) -> Envelope | None:
@@ -220,13 +226,13 @@ class SatelliteRuntime:
                 ts = item[2] if len(item) > 2 else now
                 problem = number_problem(ts, value)
                 if problem is not None:
-                    self.rejected.reject(problem, f"{metric}: timestamp {ts!r}, value {value!r}")
+                    self.rejected.reject(problem, f"{metric!r:.100}: timestamp {ts!r:.40}, value {value!r:.40}")
                     continue
                 points.append((self._path(metric), ts, value))
             except BadName as exc:
                 self.rejected.reject(exc.reason, exc)
-            except (TypeError, IndexError, AttributeError) as exc:
-                self.rejected.reject("bad_datapoint", exc)
+            except Exception as exc:  # an item of any shape from the author's code: refused, counted, the rest kept
+                self.rejected.reject("bad_datapoint", f"{type(exc).__name__}: {exc!s:.200}")
         if not points:
             return None
         self.seq += 1

@@ -46,11 +46,15 @@ def make_runtime(
     next: tuple[str, ...] = ("orchester",),
     type: str | None = None,
     every: float | None = None,
+    link: type[FakeSender] = FakeSender,
+    choice: Any = None,
+    clock: Clock | None = None,
 ) -> tuple[SatelliteRuntime, dict[str, FakeSender], FakeSender, Clock]:
-    clock = Clock()
-    clock.advance(1_700_000_000)
-    senders = {name: FakeSender() for name in next}
-    events = FakeSender()
+    if clock is None:
+        clock = Clock()
+        clock.advance(1_700_000_000)
+    senders = {name: link() for name in next}
+    events = link()
     step = make_step("s1", kind, next=next, every=every if kind == "collector" else None)
     spec = SatelliteSpec(name="s1", kind=kind, factory=lambda options: fn, type=type)
     runtime = SatelliteRuntime(
@@ -62,8 +66,27 @@ def make_runtime(
         senders=senders,
         reporter=Reporter(events, step="s1", where="host1", pid=7),
         pid=7,
+        choice=choice,
     )
     return runtime, senders, events, clock
+
+
+class BreaksOnce(FakeSender):
+    """A link whose send raises once, when told to (``fail_next``), then works again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next = False
+
+    def send(self, frame: bytes) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("the link broke, once")
+        super().send(frame)
+
+
+def heartbeats(events: FakeSender) -> list[Envelope]:
+    return [e for e in events.envelopes() if e.channel == "control" and e.type == "heartbeat"]
 
 
 def data_events(events: FakeSender) -> list[Envelope]:
@@ -162,6 +185,63 @@ def test_heartbeats_go_to_the_tracker_on_schedule() -> None:
     beats = [e for e in events.envelopes() if e.channel == "control"]
     assert len(beats) == 3 and all(b.type == "heartbeat" and b.step == "s1" for b in beats)
     runtime.stop()
+
+
+def test_a_collector_run_that_raises_is_counted_and_the_next_run_goes_out() -> None:
+    """A collector run that raises (its link broke) is counted in timer_failures; the next slot runs."""
+    runtime, senders, events, clock = make_runtime("collector", lambda: [("m", 1.0)], every=10, link=BreaksOnce)
+    link = senders["orchester"]
+    assert isinstance(link, BreaksOnce)
+    runtime.start()
+    link.fail_next = True
+    clock.advance(10)
+    assert link.frames == [] and runtime.timer_failures == 1
+    clock.advance(10)
+    assert [decode(frame).points[0][1] for frame in link.frames] == [1_700_000_020]
+    runtime.heartbeat()
+    assert heartbeats(events)[-1].meta["timer_failures"] == 1
+    runtime.stop()
+
+
+def test_a_heartbeat_that_raises_is_counted_and_the_next_one_goes_out() -> None:
+    """A heartbeat whose send raises is counted; the heartbeats keep their schedule and say so."""
+    runtime, _, events, clock = make_runtime("transform", lambda batch: batch, link=BreaksOnce)
+    assert isinstance(events, BreaksOnce)
+    runtime.start()
+    assert len(heartbeats(events)) == 1
+    events.fail_next = True
+    clock.advance(HEARTBEAT_EVERY)
+    assert len(heartbeats(events)) == 1 and runtime.timer_failures == 1
+    clock.advance(HEARTBEAT_EVERY)
+    beats = heartbeats(events)
+    assert len(beats) == 2 and beats[-1].meta["timer_failures"] == 1
+    runtime.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_the_pair_check_that_raises_is_counted_and_runs_again() -> None:
+    """With an orchester pair, a check of the servers that raises is counted and the next one runs."""
+    from dsat.binarystar import ServerChoice
+
+    calls: list[float] = []
+
+    class ChecksBadlyOnce(ServerChoice):
+        def check(self, stalled_for: float) -> None:
+            calls.append(self.clock.seconds())
+            if len(calls) == 1:
+                raise RuntimeError("the check failed, once")
+            super().check(stalled_for)
+
+    clock = Clock()
+    choice = ChecksBadlyOnce(clock, ("a", "b"), heartbeat=0.5, missed_beats=3)
+    runtime, _, _, _ = make_runtime("collector", lambda: [("m", 1.0)], every=10, choice=choice, clock=clock)
+    runtime.start()
+    clock.advance(0.5)
+    assert runtime.timer_failures == 1
+    clock.advance(0.5)
+    assert calls == [0.5, 1.0]
+    runtime.stop()
+    assert clock.getDelayedCalls() == []
 
 
 def batch_frame(points: tuple[tuple[str, float, float], ...], type: str = "counter") -> tuple[Envelope, bytes]:
