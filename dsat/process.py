@@ -8,7 +8,10 @@ SIGTERM or SIGINT.  Each kind of step has its builder (:func:`tracker`,
 the topology and the factories of its links, ZeroMQ ones from :func:`run`,
 fakes in a test.  Stopping is graceful: the input links close first, then
 the process waits (up to ``DRAIN_SECONDS``) for what is in flight to be handed
-to the next links and to Carbon.
+to the next links and to Carbon.  While its reactor runs, a step's
+:class:`dsat.watchdog.Watchdog` kills it if the reactor stops turning for the
+step's timeout (:meth:`dsat.topology.Topology.watchdog_of`), so the supervisor
+starts it again.
 
 With an orchester pair, the tracker and the orchester of each server use that
 server's own addresses (:meth:`dsat.topology.Topology.for_server`); the
@@ -455,6 +458,7 @@ def run(topology_path: str | Path, step: str, host: str = "", worker: int | None
     from dsat import topology as topo_mod
     from dsat.errors import ConfigError
     from dsat.transport import ZmqReceiver, ZmqSender, start_zap
+    from dsat.watchdog import Watchdog
 
     topo = topo_mod.load(topology_path)
     host = host_of(topo, step, host)
@@ -529,5 +533,11 @@ def run(topology_path: str | Path, step: str, host: str = "", worker: int | None
         # Ctrl-C in a terminal reaches the whole process group; under `dsat up`
         # the supervisor alone decides when a step stops (with SIGTERM).
         reactor.callWhenRunning(signal.signal, signal.SIGINT, signal.SIG_IGN)
-    reactor.run()
+    # A step whose reactor stops turning (a satellite's code that never returns) is killed and restarted.
+    watchdog = Watchdog(reactor, topo.watchdog_of(step), name=step if worker is None else f"{step} worker {worker}")
+    reactor.callWhenRunning(watchdog.start)
+    try:
+        reactor.run()
+    finally:
+        watchdog.stop()
     return 0

@@ -4,7 +4,11 @@ Each step (tracker, orchester, every satellite) runs as its own process,
 ``python -m dsat run TOPOLOGY STEP``, under Twisted's
 :class:`~twisted.runner.procmon.ProcessMonitor`: a process that dies is
 restarted, with a delay that doubles while it keeps dying young.  Their output
-is logged line by line under the step's name.
+is logged line by line under the step's name.  Every restart is counted per
+step and cause (:class:`Restarts`): *hung* (killed by its watchdog,
+:mod:`dsat.watchdog`, after its tracebacks), *killed* by another signal, or
+*exited* with a status; each is logged with its count, and the counts are
+kept in ``{run_dir}/restarts.json`` for an operator and a test to read.
 
 Stopping (Ctrl-C, SIGTERM) goes downstream in stages: the collectors first,
 then the transforms, the sinks, the orchester, the tracker, and last any
@@ -16,14 +20,22 @@ can put it in the spool.  Nothing is left running.
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, task
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.runner.procmon import ProcessMonitor
+
+from dsat.watchdog import SIGNAL as WATCHDOG_SIGNAL
 
 #: Seconds a child has to stop after SIGTERM before it is killed.
 KILL_AFTER = 10
@@ -44,13 +56,94 @@ def step_names(topology: Any, host: str = "") -> list[str]:
     return [name for name in ["tracker", "orchester", *(s.name for s in sats)] if name in here]
 
 
+#: The causes a process can end with, as :func:`exit_cause` names them.
+CAUSES = ("hung", "killed", "exited")
+
+
+def exit_cause(reason: Failure | None) -> tuple[str, str]:
+    """How a process ended, as ``(cause, what)``: cause is one of :data:`CAUSES`, what a phrase for the log."""
+    value = reason.value if reason is not None else None
+    if isinstance(value, ProcessTerminated) and value.signal is not None:
+        if value.signal == WATCHDOG_SIGNAL:
+            return "hung", "hung: its watchdog killed it (its threads' tracebacks are above)"
+        try:
+            name = signal.Signals(value.signal).name
+        except ValueError:
+            name = f"signal {value.signal}"
+        return "killed", f"killed by {name}"
+    if isinstance(value, ProcessDone | ProcessTerminated):
+        return "exited", f"exited with status {value.exitCode}"
+    return "exited", f"ended: {reason.getErrorMessage() if reason is not None else 'no reason given'}"
+
+
+class Restarts:
+    """The restarts of each step, counted by cause, logged, and written to *path* (JSON) if given."""
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        #: The watchdog timeout of each step, to say in the log how long a hung step was stuck.
+        self.timeouts: dict[str, float] = {}
+        self.counts: dict[str, Counter[str]] = {}
+
+    def keep(self, path: Path, timeouts: Mapping[str, float]) -> None:
+        """Write the counts to *path* from now on; *timeouts* are the steps' watchdog timeouts."""
+        self.path = path
+        self.timeouts.update(timeouts)
+
+    def record(self, name: str, reason: Failure | None) -> str:
+        """Count that process *name* ended and is to be restarted; returns its cause."""
+        cause, what = exit_cause(reason)
+        counts = self.counts.setdefault(name, Counter())
+        counts[cause] += 1
+        if cause == "hung" and name in self.timeouts:
+            what += f" after its reactor did not turn for {self.timeouts[name]:g}s"
+        self.log.warn(
+            "{name} {what}; it is restarted (restarts of {name}: {counts})",
+            name=name,
+            what=what,
+            counts=", ".join(f"{c} {counts[c]}" for c in CAUSES if counts[c]),
+        )
+        self._write()
+        return cause
+
+    def _write(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps({name: dict(counts) for name, counts in self.counts.items()}, sort_keys=True))
+            tmp.replace(self.path)
+        except OSError as exc:
+            self.log.warn("cannot write the restart counts to {path}: {exc}", path=self.path, exc=exc)
+
+
+class _Monitor(ProcessMonitor):
+    """A ProcessMonitor that tells *on_exit* how each process ended, while it restarts them.
+
+    ``_monitoredProcessExited`` is the one place ProcessMonitor hears of an
+    exit with its reason (Twisted 22.8 and later); it is extended, not changed.
+    """
+
+    def __init__(self, reactor: Any, on_exit: Callable[[str, Failure | None], object]) -> None:
+        super().__init__(reactor=reactor)
+        self.on_exit = on_exit
+
+    def _monitoredProcessExited(self, name: str, reason: Failure | None = None) -> None:
+        if self.running:
+            self.on_exit(name, reason)
+        super()._monitoredProcessExited(name, reason)
+
+
 class Supervisor:
-    """A ProcessMonitor whose stop waits until every child is gone."""
+    """A ProcessMonitor whose stop waits until every child is gone, counting restarts by cause (:class:`Restarts`)."""
 
     def __init__(self, reactor: Any, *, env: dict[str, str] | None = None) -> None:
         self.reactor = reactor
         self.env = dict(os.environ if env is None else env)
-        self.monitor = ProcessMonitor(reactor=reactor)
+        self.restarts = Restarts()
+        self.monitor = _Monitor(reactor, lambda name, reason: self.restarts.record(name, reason))
         self.monitor.killTime = KILL_AFTER
         self.monitor.minRestartDelay = MIN_RESTART_DELAY
         self.monitor.maxRestartDelay = MAX_RESTART_DELAY
@@ -67,6 +160,7 @@ class Supervisor:
         """Supervise the steps of *topology* that run on *host* (every step without ``[hosts]``)."""
         env = {"DSAT_SUPERVISED": "1", "PYTHONUNBUFFERED": "1"}
         names = step_names(topology, host)
+        self.restarts.keep(topology.run_dir / "restarts.json", {step: topology.watchdog_of(step) for step in names})
         for step in names:
             self.monitor.addProcess(step, step_command(topology.path, step, host), env={**self.env, **env})
         kinds = {name: sat.kind for name, sat in topology.satellites.items() if name in names}

@@ -53,6 +53,10 @@ RESERVED = ("orchester", "carbon", "tracker", "self")
 PROTOCOLS = ("pickle", "plaintext")
 #: sun_path is 108 bytes including the terminating NUL.
 MAX_IPC_PATH = 107
+#: Seconds a step's reactor may go without turning before its watchdog kills it (dsat.watchdog); ``[dsat] watchdog``.
+DEFAULT_WATCHDOG = 60.0
+#: The shortest watchdog timeout accepted: below it, a busy step's ordinary pauses would kill it.
+MIN_WATCHDOG = 1.0
 
 _TABLES = ("dsat", "hosts", "groups", "tracker", "orchester", "carbon", "ingress", "rules", "spool", "satellites")
 #: Offsets from ``[dsat] port_base`` of the derived tcp ports; receiving satellites follow, in name order.
@@ -93,6 +97,8 @@ class Step:
     hosts: tuple[str, ...]
     listen: Link | None
     codec: str
+    #: Its own ``watchdog`` (seconds), or None for the topology's (:meth:`Topology.watchdog_of`).
+    watchdog: float | None = None
 
 
 @dataclass(frozen=True)
@@ -235,6 +241,8 @@ class Topology:
     tcp_binders: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: The two servers of an orchester pair (primary, backup); empty for one orchester.
     servers: tuple[Server, ...] = ()
+    #: ``[dsat] watchdog``: seconds a step's reactor may go without turning before it is killed and restarted.
+    watchdog: float = DEFAULT_WATCHDOG
 
     @property
     def multi_host(self) -> bool:
@@ -267,6 +275,21 @@ class Topology:
         else:
             return self.satellites[step].hosts or ("",)
         return (host,)
+
+    def watchdog_of(self, step: str) -> float:
+        """Seconds *step*'s reactor may go without turning before its watchdog kills it (:mod:`dsat.watchdog`).
+
+        A satellite's own ``watchdog``, else ``[dsat] watchdog``; a collector's
+        run may legitimately hold its reactor for up to its ``every`` (a longer
+        one misses slots, counted by :mod:`dsat.schedule`), so it inherits at
+        least twice its ``every`` (its own value must be that long, or load fails).
+        """
+        sat = self.satellites.get(step)
+        if sat is None:
+            return self.watchdog
+        if sat.watchdog is not None:
+            return sat.watchdog
+        return max(self.watchdog, 2 * sat.every) if sat.every is not None else self.watchdog
 
     def steps_on(self, host: str) -> list[str]:
         """The steps that run on *host* (every step without ``[hosts]``)."""
@@ -408,6 +431,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "run_dir": ((str,), 'run_dir = ".dsat/run"'),
         "codec": ((str,), 'codec = "msgpack"'),
         "plugins": ((list,), 'plugins = ["mycompany.satellites"]'),
+        "watchdog": (_DURATION_TYPES, 'watchdog = "60s"'),
     },
     "tracker": {
         "events": ((str,), 'events = "ipc://{run_dir}/tracker-events"'),
@@ -480,6 +504,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "listen": ((str,), 'listen = "ipc://{run_dir}/sat-NAME"'),
         "pattern": ((str,), 'pattern = "pull"'),
         "codec": ((str,), 'codec = "msgpack"'),
+        "watchdog": (_DURATION_TYPES, 'watchdog = "5m"'),
     },
 }
 _TYPE_NAMES = {
@@ -710,6 +735,7 @@ def _schema(problems: _Problems, doc: dict[str, Any], path: Path, registry: Mapp
         insecure=top.get("insecure", Topology.insecure),
         keys_dir=Path(os.path.normpath(_beside(path, top.get("keys", str(Topology.keys_dir))))),
         port_base=_port_base(problems, top, len(satellites)),
+        watchdog=_watchdog(problems, "dsat.watchdog", top.get("watchdog"), Topology.watchdog),
     )
     return _derive_links(problems, topo, doc) if hosts and not problems.items else topo
 
@@ -763,6 +789,19 @@ def _prefix(problems: _Problems, top: Mapping[str, Any]) -> str:
     if not _NAME.fullmatch(prefix):
         problems.add("dsat.prefix", f"{prefix!r} is not one path component; use letters, digits, '_' and '-'")
     return prefix
+
+
+def _watchdog(problems: _Problems, key: str, value: Any, default: float) -> float:
+    """A watchdog timeout (:mod:`dsat.watchdog`): a duration of at least :data:`MIN_WATCHDOG`."""
+    seconds = _duration(problems, key, value, default)
+    if seconds < MIN_WATCHDOG:
+        problems.add(
+            key,
+            f"{value!r} is too short: a busy step's reactor may pause that long and be killed for it;"
+            f' write at least "{MIN_WATCHDOG:g}s", e.g. watchdog = "{DEFAULT_WATCHDOG:g}s"',
+        )
+        return default
+    return seconds
 
 
 def _port_base(problems: _Problems, top: Mapping[str, Any], satellites: int) -> int:
@@ -1219,6 +1258,15 @@ def _satellite(
             every = _duration(problems, f"{key}.every", sat["every"], 10.0)
     elif "every" in sat:
         problems.add(f"{key}.every", f'a {spec.kind} runs on each batch it receives; remove "every"')
+    watchdog = None
+    if "watchdog" in sat:
+        watchdog = _watchdog(problems, f"{key}.watchdog", sat["watchdog"], DEFAULT_WATCHDOG)
+        if every is not None and watchdog < 2 * every:
+            problems.add(
+                f"{key}.watchdog",
+                f"{sat['watchdog']!r} is shorter than twice every ({every:g}s): a run may take up to its"
+                f' interval and its process would be killed for it; write watchdog = "{2 * every:g}s" or more',
+            )
     nexts: tuple[str, ...] = ()
     if spec.kind == "sink":
         if "next" in sat:
@@ -1253,6 +1301,7 @@ def _satellite(
         hosts=hosts,
         listen=listen,
         codec=_codec(problems, f"{key}.codec", sat.get("codec", default_codec)),
+        watchdog=watchdog,
     )
 
 

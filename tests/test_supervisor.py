@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
 
 import psutil
 import pytest
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.python.failure import Failure
 
 from dsat.stack import free_port
-from dsat.supervisor import step_names
+from dsat.supervisor import Restarts, exit_cause, step_names
 from tests.conftest import Processes, wait_for
 
 TOPOLOGY = """
@@ -55,6 +58,40 @@ def test_step_names_on_a_host_are_that_hosts_steps_only() -> None:
     assert step_names(topo, "web01") == ["cpu"]
 
 
+@pytest.mark.parametrize(
+    ("ended", "cause", "said"),
+    [
+        (ProcessTerminated(signal=signal.SIGALRM), "hung", "hung: its watchdog killed it"),
+        (ProcessTerminated(signal=signal.SIGKILL), "killed", "killed by SIGKILL"),
+        (ProcessTerminated(signal=signal.SIGSEGV), "killed", "killed by SIGSEGV"),
+        (ProcessTerminated(exitCode=3), "exited", "exited with status 3"),
+        (ProcessDone(0), "exited", "exited with status 0"),
+    ],
+)
+def test_the_cause_of_an_exit_tells_a_hung_step_from_a_killed_or_exited_one(
+    ended: Exception, cause: str, said: str
+) -> None:
+    """SIGALRM is the watchdog's (hung); another signal is killed; an exit status is exited."""
+    got, what = exit_cause(Failure(ended))
+    assert got == cause and what.startswith(said)
+
+
+def test_restarts_are_counted_per_step_and_cause_and_written(tmp_path: Path) -> None:
+    """Each restart counts under its step and cause; the counts are in restarts.json after each one."""
+    restarts = Restarts()
+    restarts.keep(tmp_path / "restarts.json", {"hang": 3.0})
+    for step, ended in [
+        ("hang", ProcessTerminated(signal=signal.SIGALRM)),
+        ("hang", ProcessTerminated(signal=signal.SIGALRM)),
+        ("hang", ProcessTerminated(exitCode=1)),
+        ("tracker", ProcessTerminated(signal=signal.SIGKILL)),
+    ]:
+        restarts.record(step, Failure(ended))
+    expected = {"hang": {"hung": 2, "exited": 1}, "tracker": {"killed": 1}}
+    assert restarts.counts == expected
+    assert json.loads((tmp_path / "restarts.json").read_text()) == expected
+
+
 def children_by_step(pid: int) -> dict[str, psutil.Process]:
     out = {}
     for child in psutil.Process(pid).children(recursive=True):
@@ -69,7 +106,7 @@ def children_by_step(pid: int) -> dict[str, psutil.Process]:
 
 @pytest.mark.integration
 def test_a_crashed_satellite_is_restarted_and_stop_leaves_nothing(short_tmp: Path, processes: Processes) -> None:
-    """kill -9 of a satellite: the supervisor starts it again; SIGTERM to `dsat up` stops every child."""
+    """kill -9 of a satellite: the supervisor counts it and starts it again; SIGTERM to `dsat up` stops every child."""
     topo = short_tmp / "t.toml"
     capture = short_tmp / "c.txt"
     topo.write_text(TOPOLOGY.format(carbon_port=free_port(), capture=capture))
@@ -93,4 +130,6 @@ def test_a_crashed_satellite_is_restarted_and_stop_leaves_nothing(short_tmp: Pat
     assert processes.stop(up) == 0, processes.log_of(up)[-3000:]
     _gone, alive = psutil.wait_procs(everyone, timeout=5)
     assert not alive
-    assert "load" in processes.log_of(up)
+    log = processes.log_of(up)
+    assert "load killed by SIGKILL; it is restarted (restarts of load: killed 1)" in log
+    assert json.loads((short_tmp / "run" / "restarts.json").read_text()) == {"load": {"killed": 1}}

@@ -301,7 +301,7 @@ def test_unknown_key_suggests_the_close_one() -> None:
     problem = only_problem(BASE.replace('use = "t"', 'use = "t"\ncodek = "json"'))
     assert problem == (
         'demo.toml: satellites.rate.codek: unknown key; did you mean "codec"? '
-        "valid keys are: use, every, next, options, host, listen, pattern, codec"
+        "valid keys are: use, every, next, options, host, listen, pattern, codec, watchdog"
     )
 
 
@@ -336,6 +336,35 @@ def test_bad_duration_in_the_file() -> None:
     """A bad duration is reported at its key with the accepted forms."""
     problem = only_problem(BASE.replace('every = "10s"', 'every = "10 seconds"'))
     assert problem.startswith("demo.toml: satellites.cpu.every: '10 seconds' is not a duration; write a duration")
+
+
+def test_the_watchdog_defaults_to_one_minute_and_a_collector_to_twice_its_every() -> None:
+    """Without a watchdog key every step has [dsat] watchdog's default; a collector never less than twice its every."""
+    topo = load(BASE.replace('every = "10s"', 'every = "5m"'))
+    assert topo.watchdog == topology.DEFAULT_WATCHDOG == 60.0
+    assert [topo.watchdog_of(step) for step in ("tracker", "orchester", "rate", "cpu")] == [60.0, 60.0, 60.0, 600.0]
+
+
+def test_the_watchdog_is_set_for_all_steps_or_for_one_satellite() -> None:
+    """[dsat] watchdog sets every step's; a satellite's own watchdog key sets its own."""
+    topo = load('[dsat]\nwatchdog = "2m"\n' + BASE.replace('use = "t"', 'use = "t"\nwatchdog = "5s"'))
+    assert [topo.watchdog_of(step) for step in ("tracker", "orchester", "rate", "cpu")] == [120.0, 120.0, 5.0, 120.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('[dsat]\nwatchdog = "500ms"\n' + BASE, "dsat.watchdog: '500ms' is too short"),
+        ('[dsat]\nwatchdog = "never"\n' + BASE, "dsat.watchdog: 'never' is not a duration"),
+        (
+            BASE.replace('every = "10s"', 'every = "10s"\nwatchdog = "15s"'),
+            "satellites.cpu.watchdog: '15s' is shorter than twice every (10s)",
+        ),
+    ],
+)
+def test_a_watchdog_too_short_or_no_duration_is_refused(text: str, problem: str) -> None:
+    """A watchdog under a second, not a duration, or shorter than twice a collector's every fails with its key."""
+    assert only_problem(text).startswith(f"demo.toml: {problem}")
 
 
 def test_collector_needs_every() -> None:
