@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from tests.conftest import ROOT, Carbon, Processes, wait_for
+from tests.conftest import ROOT, Carbon, Processes, settled, wait_for
 
 FIGURES = ROOT / "test-artifacts" / "reliability.json"
 
@@ -69,6 +69,31 @@ def running(
     up = processes.dsat("up", str(topo), name="up")
     wait_for(lambda: len(carbon.runs(step, 1)[0]) >= first_runs, 60, "the first runs in Whisper")
     return up
+
+
+def settled_runs(carbon: Carbon, step: str, metrics: int, timeout: float = 90) -> list[set[int]]:
+    """The runs in Whisper once carbon-cache has written everything: two reads a second apart agree."""
+    return settled(lambda: carbon.runs(step, metrics), timeout, f"carbon-cache to finish writing {step}")  # type: ignore[no-any-return]
+
+
+def latest_run(carbon: Carbon, step: str) -> int:
+    """The highest run number stored for the step's first metric (0 before any)."""
+    runs = carbon.runs(step, 1)[0]
+    return max(runs) if runs else 0
+
+
+def wait_for_more_runs(carbon: Carbon, step: str, more: int, timeout: float = 60) -> None:
+    """Wait until *more* runs past the latest stored now have reached Whisper (live traffic goes on)."""
+    target = latest_run(carbon, step) + more
+    wait_for(lambda: latest_run(carbon, step) >= target, timeout, f"{more} more runs of {step} in Whisper")
+
+
+def assert_every_run_stored(runs: list[set[int]]) -> int:
+    """Every metric holds every run from 1 to the highest seen; returns that highest run."""
+    last = max(max(r) for r in runs if r)
+    missing = {i: sorted(set(range(1, last + 1)) - r)[:10] for i, r in enumerate(runs) if len(r) != last}
+    assert not missing, f"runs missing in Whisper (metric: first missing runs): {dict(list(missing.items())[:5])}"
+    return last
 
 
 def spool_rows(base: Path) -> int:

@@ -495,8 +495,7 @@ def test_a_carbon_host_gone_silently_is_given_up_in_seconds_and_what_it_never_ac
 
     Before, the connection stayed open through the cut, and what sat unacknowledged in the kernel was
     lost when carbon's restarted host answered with a reset, by then older than the resend window."""
-    from tests.harness import spool_rows
-    from tests.test_reliability import assert_every_run_stored
+    from tests.harness import assert_every_run_stored, spool_rows
 
     net = Network(short_tmp, CARBON_LINK, tag="c")
     metrics = 1000
