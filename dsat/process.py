@@ -429,6 +429,7 @@ def satellite(wiring: Wiring) -> SatelliteRuntime:
         reporter=reporter,
         pid=wiring.pid,
         choice=wiring.choice,
+        unconfirmed_after=topo.tracker.gives_up_after,
     )
     if conf.listen is not None:
         receiver(conf.listen.pattern, conf.listen.address, runtime.on_frame)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -50,22 +50,38 @@ RETRY_WINDOW = 1_000
 PATHS_CACHE_BYTES = 8 * 1024 * 1024
 
 
+class Kept(NamedTuple):
+    """A batch in the retry window, and when the emitter created it (its clock's seconds)."""
+
+    env: Envelope
+    at: float
+
+
 class RetryWindow:
     """The batches an emitter created, kept until the tracker says they ended or failed.
 
     Bounded: past ``max_batches`` the oldest is forgotten (counted in
     ``evicted`` and logged), and can no longer be sent again.  With a *clock*,
     it knows how long its batches have waited without any of them ending
-    (:meth:`stalled_for`).
+    (:meth:`stalled_for`), and, with *max_age* (the tracker's whole retry
+    budget, :meth:`dsat.topology.TrackerConf.gives_up_after`), which of them no
+    tracker follows any more (:meth:`expire`): a tracker killed after it heard
+    a batch's events and before it published the batch's end took that end
+    with it, and the tracker started in its place never heard of the batch.
     """
 
     log = Logger()
 
-    def __init__(self, max_batches: int = RETRY_WINDOW, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self, max_batches: int = RETRY_WINDOW, clock: IReactorTime | None = None, max_age: float | None = None
+    ) -> None:
         self.max_batches = max_batches
         self.clock = clock
-        self.batches: OrderedDict[str, Envelope] = OrderedDict()
+        self.max_age = max_age
+        self.batches: OrderedDict[str, Kept] = OrderedDict()
         self.evicted = 0
+        #: Batches kept past max_age: sent once more, then forgotten.
+        self.expired = 0
         self.retried = 0
         self.failed = 0
         #: Since when batches wait with none ending (None while the window is empty).
@@ -81,8 +97,12 @@ class RetryWindow:
         if self.clock is not None:
             self.waiting_since = self.clock.seconds() if self.batches else None
 
+    def envelopes(self) -> list[Envelope]:
+        """The batches kept, oldest first."""
+        return [kept.env for kept in self.batches.values()]
+
     def keep(self, env: Envelope) -> None:
-        self.batches[env.task_id] = env
+        self.batches[env.task_id] = Kept(env, self.clock.seconds() if self.clock is not None else 0.0)
         if len(self.batches) == 1:
             self._progress()  # the window was empty: its batches wait from now
         if len(self.batches) > self.max_batches:
@@ -110,11 +130,44 @@ class RetryWindow:
             self.failed += 1
             self._progress()
         elif new == "RETRY":
-            env = self.batches[task_id]
-            env = self.batches[task_id] = env.evolve(meta={**env.meta, "attempt": int(change.get("attempt", 2))})
+            kept = self.batches[task_id]
+            env = kept.env.evolve(meta={**kept.env.meta, "attempt": int(change.get("attempt", 2))})
+            self.batches[task_id] = kept._replace(env=env)
             self.retried += 1
             return env
         return None
+
+    def expire(self) -> list[Envelope]:
+        """Forget the batches kept longer than *max_age*; returns them, each to be sent once more.
+
+        No tracker follows such a batch any more (a live one would have
+        published its end or its FAILURE by then), so it would wait here
+        until evicted, and if it was lost on its way, nothing would ever
+        send it again.  Sent once more, as a new attempt, it is followed by
+        the tracker now running; a duplicate lands once (Whisper keeps one
+        value per slot).
+        """
+        if self.max_age is None or self.clock is None:
+            return []
+        oldest = self.clock.seconds() - self.max_age
+        out: list[Envelope] = []
+        while self.batches:
+            task_id, kept = next(iter(self.batches.items()))
+            if kept.at > oldest:
+                break
+            del self.batches[task_id]
+            out.append(kept.env.evolve(meta={**kept.env.meta, "attempt": int(kept.env.meta.get("attempt", 1)) + 1}))
+        if out:
+            self.expired += len(out)
+            self._progress()
+            self.log.warn(
+                "{n} batches unconfirmed after {age:g}s, longer than the tracker follows one (was it restarted?):"
+                " sent once more and forgotten; {total} so far",
+                n=len(out),
+                age=self.max_age,
+                total=self.expired,
+            )
+        return out
 
 
 class SatelliteRuntime:
@@ -134,6 +187,7 @@ class SatelliteRuntime:
         reporter: Reporter,
         pid: int | None = None,
         choice: ServerChoice | None = None,
+        unconfirmed_after: float | None = None,
     ) -> None:
         self.step = step
         self.spec = spec
@@ -145,7 +199,8 @@ class SatelliteRuntime:
         self.pid = os.getpid() if pid is None else pid
         self.seq = 0
         self.rejected = Rejections(f"step {step.name}")
-        self.window = RetryWindow(clock=clock)
+        #: *unconfirmed_after*: seconds after which no tracker follows a batch (TrackerConf.gives_up_after).
+        self.window = RetryWindow(clock=clock, max_age=unconfirmed_after)
         self.circuits = Circuits()
         self.choice = choice
         if choice is not None:
@@ -170,6 +225,15 @@ class SatelliteRuntime:
                     name=f"step {step.name}: server choice",
                 )
             )
+        if unconfirmed_after is not None:
+            self.schedules.append(
+                Repeat(
+                    clock,
+                    max(1.0, unconfirmed_after / 10),
+                    self.send_unconfirmed,
+                    name=f"step {step.name}: unconfirmed batches",
+                )
+            )
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -188,6 +252,7 @@ class SatelliteRuntime:
         self.reporter.heartbeat(
             link_dropped=sum(sender.dropped for sender in self.senders.values()),
             window_evicted=self.window.evicted,
+            window_expired=self.window.expired,
             diverted=self.circuits.diverted,
             rejected=sum(self.rejected.values()),
             timer_failures=self.timer_failures,
@@ -341,7 +406,12 @@ class SatelliteRuntime:
         )
         self.resend_window()
 
+    def send_unconfirmed(self) -> None:
+        """Send once more, and forget, the batches no tracker follows any more (:meth:`RetryWindow.expire`)."""
+        for env in self.window.expire():
+            self._send_on(env, [env])
+
     def resend_window(self) -> None:
         """Send every unconfirmed batch again (duplicates land once: Whisper keeps one value per slot)."""
-        for env in list(self.window.batches.values()):
+        for env in self.window.envelopes():
             self._send_on(env, [env])

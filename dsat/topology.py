@@ -119,6 +119,12 @@ class TrackerConf:
     breaker_cooldown: float = 30.0
     host: str = ""
 
+    @property
+    def gives_up_after(self) -> float:
+        """Seconds from a batch's first event until the tracker has ended it, at the latest: every attempt's
+        deadline (``timeout``, times ``backoff`` for each retry) summed, and one more ``timeout`` of margin."""
+        return self.timeout * (sum(self.backoff**attempt for attempt in range(self.max_retries + 1)) + 1)
+
 
 @dataclass(frozen=True)
 class OrchesterConf:

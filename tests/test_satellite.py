@@ -49,6 +49,7 @@ def make_runtime(
     link: type[FakeSender] = FakeSender,
     choice: Any = None,
     clock: Clock | None = None,
+    unconfirmed_after: float | None = None,
 ) -> tuple[SatelliteRuntime, dict[str, FakeSender], FakeSender, Clock]:
     if clock is None:
         clock = Clock()
@@ -67,6 +68,7 @@ def make_runtime(
         reporter=Reporter(events, step="s1", where="host1", pid=7),
         pid=7,
         choice=choice,
+        unconfirmed_after=unconfirmed_after,
     )
     return runtime, senders, events, clock
 
@@ -354,6 +356,35 @@ def test_emitter_forgets_ended_and_failed_batches() -> None:
     runtime.on_published(published_change(b.task_id, "FAILURE"))
     runtime.on_published(published_change(a.task_id, "RETRY", attempt=2))
     assert len(senders["orchester"].frames) == 2 and runtime.window.failed == 1 and not runtime.window.batches
+
+
+def test_a_batch_no_tracker_follows_any_more_is_sent_once_more_then_forgotten() -> None:
+    """A batch unconfirmed past the tracker's whole retry budget (its end died with a killed tracker) is sent
+    again once, as a new attempt, forgotten and counted (window_expired); a batch that ended is not."""
+    from dsat.topology import TrackerConf
+
+    budget = TrackerConf(events="", states="", status="", timeout=30.0, max_retries=3, backoff=2.0).gives_up_after
+    assert budget == 30.0 * (1 + 2 + 4 + 8 + 1)
+    runtime, senders, events, clock = make_runtime(
+        "collector", lambda: [("m", 1.0)], every=10, unconfirmed_after=budget
+    )
+    runtime.start()
+    clock.advance(10)
+    clock.advance(10)
+    confirmed, orphan = senders["orchester"].envelopes()
+    runtime.on_published(published_change(confirmed.task_id, "HAPPY_END"))
+    clock.advance(budget - 20 - 1)
+    sent = len(senders["orchester"].frames)
+    assert orphan.task_id in runtime.window.batches
+    clock.advance(budget / 10)
+    again = [e for e in senders["orchester"].envelopes()[sent:] if e.task_id == orphan.task_id]
+    assert [e.meta.get("attempt") for e in again] == [2]
+    assert orphan.task_id not in runtime.window.batches and runtime.window.expired == 1
+    runtime.heartbeat()
+    assert heartbeats(events)[-1].meta["window_expired"] == 1
+    clock.advance(budget)  # the later batches expire in their turn; the orphan is not sent a third time
+    assert [e.task_id for e in senders["orchester"].envelopes()].count(orphan.task_id) == 2
+    runtime.stop()
 
 
 def test_retry_window_is_bounded() -> None:
