@@ -24,6 +24,7 @@ from tests.chaos import GARBAGE, MADE_SAFE
 from tests.conftest import Carbon, Processes, wait_for
 from tests.harness import (
     assert_every_run_stored,
+    latest_run,
     record,
     running,
     settled_runs,
@@ -237,6 +238,7 @@ def test_the_tracker_killed_under_load_is_restarted_and_nothing_is_lost(
     assert tracker is not None
     os.kill(tracker, signal.SIGKILL)
     killed_at = time.monotonic()
+    killed_at_run = latest_run(carbon, "load")
     wait_for(lambda: (pid := step_pid(up, "tracker")) and pid != tracker, 30, "the tracker to be restarted")
     back = wait_for(
         lambda: (s := status(topo)) and {"load", "orchester"} <= set(s["heartbeats"]) and s,
@@ -246,6 +248,7 @@ def test_the_tracker_killed_under_load_is_restarted_and_nothing_is_lost(
     back_after = time.monotonic() - killed_at
     wait_for_more_runs(carbon, "load", 5)
     after = status(topo)
+    runs_since_kill = latest_run(carbon, "load") - killed_at_run
     assert processes.stop(up) == 0, processes.log_of(up)[-3000:]
 
     assert restarts(short_tmp) == {"tracker": {"killed": 1}}
@@ -261,6 +264,8 @@ def test_the_tracker_killed_under_load_is_restarted_and_nothing_is_lost(
         datapoints_per_second=metrics,
         seconds_until_the_new_tracker_hears_every_step=round(back_after, 1),
         batches_retried_after=after["tasks"]["retry"],
+        runs_stored_since_the_kill=runs_since_kill,
+        collector_batches_the_new_tracker_heard=after["steps"]["load"]["batches_sent"],
         collector_window_evicted=load.get("window_evicted", 0),
         collector_events_dropped=load.get("link_dropped", 0),
         datapoints_sent=last * metrics,
