@@ -76,10 +76,11 @@ def watch_connection(sock: socket.socket, timeout: float) -> None:
     Without this, a carbon host that vanishes (power cut, network partition: no RST) keeps its
     connection open until TCP stops retransmitting, some 15 minutes, while what it never
     acknowledged ages past any resend window.  ``TCP_USER_TIMEOUT`` aborts the connection once
-    written data has waited *timeout* seconds for an acknowledgement (a carbon that is alive but
-    not reading answers the kernel's window probes, so it is not cut); keepalive probes find a
-    dead peer on an idle connection within about twice *timeout*.  Where the platform lacks an
-    option, that part is left as the kernel has it.
+    written data has waited *timeout* seconds for an acknowledgement; since Linux 5.7 that counts a
+    window that stays shut too, so a carbon that is alive but reads nothing is given up as well,
+    and what it held is sent again (tests/test_faults_disk.py: a carbon that reads nothing for two
+    minutes).  Keepalive probes find a dead peer on an idle connection within about twice
+    *timeout*.  Where the platform lacks an option, that part is left as the kernel has it.
     """
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     seconds = max(1, round(timeout))

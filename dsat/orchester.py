@@ -246,7 +246,8 @@ class Orchester:
         fields: dict[str, int | str] = {
             "spool_disk_full": state["spool_disk_full"],
             "spool_state": (
-                f"{_mb(state['spool_bytes'])} held of {_mb(state['spool_max_bytes'])},"
+                f"{self.egress.queued_points} datapoints waiting in memory;"
+                f" {_mb(state['spool_bytes'])} held of {_mb(state['spool_max_bytes'])},"
                 f" {_mb(state['spool_disk_free'])} free on its disk, full: {state['spool_full']}"
             ),
         }

@@ -7,6 +7,7 @@ they record go to ``test-artifacts/reliability.json`` for ``docs/reliability.rst
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sqlite3
@@ -171,7 +172,7 @@ class CarbonStandIn:
 
         buf = b""
         on_point = self.on_point
-        with conn:
+        with conn, contextlib.suppress(ConnectionResetError):  # the sender gave the connection up
             while chunk := conn.recv(1 << 20):
                 buf += chunk
                 while len(buf) >= 4 and len(buf) >= 4 + (size := struct.unpack("!L", buf[:4])[0]):

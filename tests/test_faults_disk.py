@@ -342,8 +342,9 @@ RSS_GROWTH_BOUND_MIB = 200
 
 
 def test_a_carbon_that_accepts_but_never_reads_for_two_minutes(short_tmp: Path, processes: Processes) -> None:
-    """At the defaults: the orchester's memory stays within a bound, what does not fit is spooled, the connection
-    is not given up (its window probes are answered), and every datapoint arrives once Carbon reads."""
+    """At the defaults: the orchester's memory stays within a bound, what does not fit is spooled, the stalled
+    connection is given up after [carbon] timeout and what it held sent again, and every datapoint arrives once
+    Carbon reads."""
     import psutil
 
     clients, per_client, names = 20, 50_000, 10_000
@@ -396,5 +397,50 @@ def test_a_carbon_that_accepts_but_never_reads_for_two_minutes(short_tmp: Path, 
         orchester_rss_mib_at_start=round(rss_at_start / 2**20, 1),
         orchester_rss_growth_mib=round(growth, 1),
         rss_growth_bound_mib=RSS_GROWTH_BOUND_MIB,
-        connections_accepted=sink.accepted,
+        datapoints_received_with_resends=sink.received,
+        connections_given_up_and_made_again=sink.accepted - 1,
+    )
+
+
+def test_when_space_comes_back_the_spool_takes_writes_again_by_itself(
+    short_tmp: Path, processes: Processes, mount: Mount
+) -> None:
+    """Another file fills the spool's disk; once it is removed, what waited in memory is spooled without a restart,
+    so a kill -9 of the orchester after that loses nothing: Carbon back, every datapoint arrives."""
+    clients, per_client, names = 10, 20_000, 2_000
+    total = clients * per_client
+    mount.tmpfs("32m")  # room for everything once the other file is gone
+    carbon_port, tcp = free_port(), free_port()
+    topo = spool_topology(short_tmp, carbon_port, tcp, "block", None)
+    up = processes.dsat("up", str(topo), name="up")
+    wait_for(lambda: listening(tcp), 30, "the orchester's plaintext port")
+    wait_for(lambda: spooled_points(short_tmp) == 0 and (mount.where / "carbon.db").exists(), 30, "the spool")
+    ballast = mount.where / "ballast"
+    subprocess.run(["dd", "if=/dev/zero", f"of={ballast}", "bs=64k"], capture_output=True)  # until the disk is full
+    threads, sent = send_clients(tcp, clients, per_client, names)
+    wait_for(lambda: "ALERT spool_disk_full" in processes.log_of(up), 60, "the spool to find its disk full")
+    for t in threads:
+        t.join(120)
+    assert sum(sent) == total
+    held = spooled_points(short_tmp)
+    ballast.unlink()
+    wait_for(lambda: "takes writes again" in processes.log_of(up), 30, "the spool to write again by itself")
+    wait_for(
+        lambda: spooled_points(short_tmp) == total,
+        60,
+        "everything in the spool",
+        detail=lambda: (spooled_points(short_tmp), status(topo)),
+    )
+    orchester = step_pid(up, "orchester")
+    assert orchester is not None
+    os.kill(orchester, signal.SIGKILL)  # only what is on disk survives this
+    wait_for(lambda: step_pid(up, "orchester") not in (None, orchester), 60, "the supervisor to restart it")
+    figures = carbon_back_and_count(
+        processes, up, topo, carbon_port, clients, per_client, "block", threads, lambda: sum(sent), episodes=0
+    )
+    record(
+        "spool_disk_space_back",
+        datapoints_sent=total,
+        datapoints_spooled_before_the_disk_filled=held,
+        datapoints_delivered=figures["delivered"],
     )
