@@ -19,7 +19,8 @@ the size bound does under ``block``, whatever the policy: the caller applies
 its policy to what the spool did not take (:class:`dsat.carbon.Destination`:
 the inputs pause under ``block``; the oldest in memory are dropped and
 counted under ``drop_oldest``).  The spool is then :attr:`Spool.disk_full`
-(an *episode*, counted, with one critical ``ALERT spool_disk_full``) and
+(an *episode*, counted, with one critical ``ALERT spool_disk_full``; full
+again within :data:`EPISODE_GAP` of taking writes is the same episode) and
 writes are tried again every :data:`DISK_RETRY` seconds, so writing resumes
 by itself when space comes back.  A delete that fails (its ``COMMIT`` needs
 the disk too) leaves its rows where they are, to be deleted later; they are
@@ -67,6 +68,9 @@ ADOPT_ROWS = 1000
 COLUMNS = ("id", "dest", "points", "size", "data")
 #: Seconds between two tries of a spool whose disk failed a write.
 DISK_RETRY = 1.0
+#: A disk that refuses writes again within this many seconds of taking them is the same episode (one alert):
+#: a disk hovering at full, where SQLite reuses the pages a replay freed, would otherwise alert every second.
+EPISODE_GAP = 60.0
 
 
 def is_disk_error(exc: sqlite3.Error) -> bool:
@@ -126,6 +130,7 @@ class Spool:
         #: Times the file was found deleted or replaced under the running spool, and opened again.
         self.reopened = 0
         self._retry_at = 0.0
+        self._back_at = -EPISODE_GAP
         #: Per destination, the highest id handed out whose delete failed: :meth:`peek` reads past it.
         self._handed: dict[str, int] = {}
         self._undeleted: list[int] = []
@@ -251,6 +256,8 @@ class Spool:
         if self.disk_full:
             return
         self.disk_full = True
+        if self.clock() - self._back_at < EPISODE_GAP:
+            return  # the same episode: the disk took a few writes and is full again
         self.disk_episodes += 1
         self.log.critical(
             "ALERT spool_disk_full: {path}: {error} ({free} bytes free); the spool is full: batches stay in memory"
@@ -264,6 +271,7 @@ class Spool:
 
     def _disk_back(self) -> None:
         self.disk_full = False
+        self._back_at = self.clock()
         self.log.warn(
             "spool {path}: the disk takes writes again ({refused} batches refused while it did not)",
             path=str(self.path),

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dsat.errors import ConfigError
-from dsat.spool import DISK_RETRY, Spool
+from dsat.spool import DISK_RETRY, EPISODE_GAP, Spool
 from dsat.testing import FailingDisk
 
 
@@ -152,7 +152,7 @@ def test_bad_settings_are_config_errors(tmp_path: Path) -> None:
 
 WRITER = """
 import sys
-from dsat.spool import DISK_RETRY, Spool
+from dsat.spool import DISK_RETRY, EPISODE_GAP, Spool
 from dsat.testing import FailingDisk
 spool = Spool(sys.argv[1])
 i = 0
@@ -323,7 +323,14 @@ def test_writes_resume_by_themselves_when_space_comes_back(tmp_path: Path) -> No
     assert not spool.disk_full and spool.state()["spool_full"] == "no"
     spool.db.execute("PRAGMA max_page_count = 1")
     assert not spool.put("a", b"z" * 100_000, 1)
-    assert spool.disk_episodes == 2  # a new episode, alerted again
+    assert spool.disk_full and spool.disk_episodes == 1  # full again at once: the same episode, no new alert
+    spool.db.execute("PRAGMA max_page_count = 1000000")
+    clock.now += DISK_RETRY
+    assert spool.put("a", b"y", 1)
+    clock.now += EPISODE_GAP
+    spool.db.execute("PRAGMA max_page_count = 1")
+    assert not spool.put("a", b"z" * 100_000, 1)
+    assert spool.disk_episodes == 2  # full again after a while: a new episode, alerted again
 
 
 def test_a_read_only_database_is_a_full_spool(tmp_path: Path) -> None:

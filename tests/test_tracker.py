@@ -228,7 +228,7 @@ def test_a_sound_spool_raises_no_alert(tmp_path: Path) -> None:
 def test_a_spool_disk_that_refuses_writes_alerts_once_per_episode(tmp_path: Path) -> None:
     """spool_disk_full goes through alert_command once when the disk fills, not at every heartbeat; again next time."""
     from dsat.orchester import Orchester
-    from dsat.spool import DISK_RETRY, Spool
+    from dsat.spool import DISK_RETRY, EPISODE_GAP, Spool
     from dsat.testing import CaptureEgress, FailingDisk
 
     clock = SpawningClock()
@@ -262,6 +262,7 @@ def test_a_spool_disk_that_refuses_writes_alerts_once_per_episode(tmp_path: Path
     disk.failing = False
     clock.advance(DISK_RETRY)
     assert spool.put("a", b"x", 1)  # space back: the episode ends
+    clock.advance(EPISODE_GAP)
     disk.failing = True
     spool.put("a", b"x", 1)
     beats(2)
