@@ -65,3 +65,9 @@ class SpoolCorrupt(DsatError):
     """The spool file is not an SQLite database, fails its check, or holds another schema."""
 
     reason = "spool_corrupt"
+
+
+class SpoolUnavailable(DsatError):
+    """The spool file cannot be opened for a reason of its disk (full, read-only, I/O error): not quarantined."""
+
+    reason = "spool_unavailable"

@@ -53,7 +53,7 @@ from pathlib import Path
 
 from twisted.logger import Logger
 
-from dsat.errors import ConfigError, SpoolCorrupt
+from dsat.errors import ConfigError, SpoolCorrupt, SpoolUnavailable
 
 POLICIES = ("drop_oldest", "block")
 SYNC_MODES = {"full": "FULL", "normal": "NORMAL"}
@@ -154,8 +154,16 @@ class Spool:
         self._inode = _inode(self.path)
 
     def _open(self) -> sqlite3.Connection:
-        """Connect, check the file and its schema, create the table; SpoolCorrupt if it cannot be trusted."""
-        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        """Connect, check the file and its schema, create the table.
+
+        SpoolCorrupt if the file cannot be trusted (it is then quarantined);
+        SpoolUnavailable if its disk will not let it open (full, read-only, an
+        I/O error): a sound file on a full disk is never moved aside.
+        """
+        try:
+            db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise self._unavailable(exc) from None
         try:
             problems = [row[0] for row in db.execute("PRAGMA quick_check")]
             if problems != ["ok"]:
@@ -176,13 +184,23 @@ class Spool:
                 " dest TEXT NOT NULL, points INTEGER NOT NULL, size INTEGER NOT NULL, data BLOB NOT NULL)"
             )
             db.execute(f"CREATE INDEX IF NOT EXISTS batches_dest ON {TABLE} (dest, id)")
-        except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+        except sqlite3.DatabaseError as exc:
             db.close()
-            raise SpoolCorrupt(str(exc)) from None
+            name = getattr(exc, "sqlite_errorname", "")
+            if name.startswith("SQLITE_CORRUPT") or name == "SQLITE_NOTADB":  # "file is not a database", "malformed"
+                raise SpoolCorrupt(str(exc)) from None
+            raise self._unavailable(exc) from None
         except SpoolCorrupt:
             db.close()
             raise
         return db
+
+    def _unavailable(self, exc: sqlite3.Error) -> SpoolUnavailable:
+        name = getattr(exc, "sqlite_errorname", type(exc).__name__)
+        return SpoolUnavailable(
+            f"spool {self.path} cannot be opened: {exc} ({name}), {self.disk_free()} bytes free on its disk;"
+            " free space on it or make it writable (the supervisor starts the orchester again)"
+        )
 
     def _quarantine(self, exc: SpoolCorrupt) -> None:
         """Move the untrusted file (and its WAL) aside and start an empty spool in its place."""
@@ -465,7 +483,7 @@ class Spool:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._open_checked()
-        except (OSError, sqlite3.Error) as exc:
+        except (OSError, sqlite3.Error, SpoolUnavailable) as exc:
             self.db, self.bytes, self.points = old, old_bytes, old_points
             self.log.error(
                 "spool {path} was {found}; a new one cannot be opened yet ({error}): the open one goes on",

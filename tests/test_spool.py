@@ -417,3 +417,24 @@ def test_check_of_a_spool_left_alone_changes_nothing(tmp_path: Path) -> None:
     spool.put("a", b"x", 1)
     assert not spool.check() and not spool.check()
     assert spool.reopened == 0 and spool.pending() == 1
+
+
+def test_a_sound_spool_on_a_disk_that_will_not_let_it_open_is_not_quarantined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full or read-only disk at start is not corruption: the file stays where it is, and the error says why."""
+    from dsat import spool as spool_module
+    from dsat.errors import SpoolUnavailable
+
+    path = tmp_path / "s.db"
+    _filled(path, 10)
+    before = path.read_bytes()
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(
+        spool_module.sqlite3, "connect", lambda *a, **kw: FailingDisk(real_connect(*a, **kw), fail_on=["CREATE"])
+    )
+    with pytest.raises(SpoolUnavailable, match="cannot be opened: database or disk is full.*bytes free"):
+        Spool(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before and not list(tmp_path.glob("*.corrupt-*"))
+    assert Spool(path).pending("a") == sum(range(1, 11))
