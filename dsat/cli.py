@@ -71,10 +71,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from dsat import status, topology
+    from dsat import status, supervisor, topology
 
     topo = topology.load(args.topology)
     snap = status.fetch(topo.tracker.status, timeout=args.timeout)
+    snap["restarts"] = supervisor.read_restarts(topo.run_dir)
     print(json.dumps(snap, indent=2) if args.json else status.format_status(snap))
     return 0
 

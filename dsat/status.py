@@ -4,7 +4,9 @@ The tracker answers on its REP socket (``[tracker] status``) with a JSON
 snapshot: batches per FSM state, per-step counters, and how long ago each step
 last sent a heartbeat.  On a server of an orchester pair it also shows the
 pair: this server's state, its peer's as last heard, the failovers and the
-last one's reason (from the orchester's heartbeat).
+last one's reason (from the orchester's heartbeat).  The restarts ``dsat up``
+counted on this host (by cause: hung, killed, exited) come from its
+``run/restarts.json``.
 """
 
 from __future__ import annotations
@@ -84,6 +86,14 @@ def format_status(snap: dict[str, Any]) -> str:
         lines += [
             f"pair: this server {config['ha_state']}; peer {config.get('ha_peer')}",
             f"failovers: {failovers}; last: {config.get('ha_last_failover')}",
+        ]
+    if snap.get("restarts"):
+        lines += [
+            "restarts (this host): "
+            + "; ".join(
+                f"{step} " + ", ".join(f"{cause} {n}" for cause, n in sorted(causes.items()))
+                for step, causes in sorted(snap["restarts"].items())
+            )
         ]
     if snap.get("circuits"):
         lines += ["circuits: " + ", ".join(f"{k} {v}" for k, v in sorted(snap["circuits"].items()))]

@@ -76,6 +76,20 @@ def exit_cause(reason: Failure | None) -> tuple[str, str]:
     return "exited", f"ended: {reason.getErrorMessage() if reason is not None else 'no reason given'}"
 
 
+def restarts_path(run_dir: Path) -> Path:
+    """Where ``dsat up`` keeps the restart counts of its steps (read by ``dsat status``)."""
+    return run_dir / "restarts.json"
+
+
+def read_restarts(run_dir: Path) -> dict[str, dict[str, int]]:
+    """The restart counts ``dsat up`` on this host wrote (``{step: {cause: count}}``); empty if none."""
+    try:
+        data = json.loads(restarts_path(run_dir).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 class Restarts:
     """The restarts of each step, counted by cause, logged, and written to *path* (JSON) if given."""
 
@@ -160,7 +174,7 @@ class Supervisor:
         """Supervise the steps of *topology* that run on *host* (every step without ``[hosts]``)."""
         env = {"DSAT_SUPERVISED": "1", "PYTHONUNBUFFERED": "1"}
         names = step_names(topology, host)
-        self.restarts.keep(topology.run_dir / "restarts.json", {step: topology.watchdog_of(step) for step in names})
+        self.restarts.keep(restarts_path(topology.run_dir), {step: topology.watchdog_of(step) for step in names})
         for step in names:
             self.monitor.addProcess(step, step_command(topology.path, step, host), env={**self.env, **env})
         kinds = {name: sat.kind for name, sat in topology.satellites.items() if name in names}

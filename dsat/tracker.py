@@ -85,6 +85,7 @@ HEARTBEAT_COUNTERS = (
     "spool_corrupt",
     "spool_disk_full",
     "timer_failures",
+    "window_expired",
 )
 _HA_DETAILS = {"state": "ha_state", "last_failover": "ha_last_failover"}
 #: Heartbeat counters whose every increase is an alert: an orchester pair's failovers and two actives, and a

@@ -34,8 +34,9 @@ from twisted.logger import Logger
 from zmq.utils.monitor import parse_monitor_message
 from zope.interface import implementer
 
+from dsat.counters import Rejections, should_log
+
 if TYPE_CHECKING:
-    from dsat.counters import Rejections
     from dsat.keys import AllowList, Curve
 
 #: Receiving pattern -> ZeroMQ socket type, and sending pattern -> socket type.
@@ -48,6 +49,8 @@ DEFAULT_MAX_QUEUE = 10_000
 DEFAULT_HWM = 1_000
 #: Milliseconds a closing sender's socket keeps trying to deliver queued frames.
 LINGER_MS = 2_000
+#: ZeroMQ's errors for a socket or context closed under a loop: the loop ends, quietly.
+CLOSED = (zmq.ETERM, zmq.ENOTSOCK)
 
 
 class Sender(Protocol):
@@ -127,6 +130,8 @@ class ZapHandler:
     (:meth:`count_into`), so they show in DSAT's own metrics.
     """
 
+    log = Logger()
+
     #: Monitor events of a handshake refused before ZAP is asked (ZAP's refusals are counted by ``zap_reply``).
     HANDSHAKE_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 
@@ -151,8 +156,15 @@ class ZapHandler:
 
         sock = self._sock
         while True:
-            request = await sock.recv_multipart()
-            await sock.send_multipart(zap_reply(self.allow, request, self.rejections))
+            try:
+                request = await sock.recv_multipart()
+                await sock.send_multipart(zap_reply(self.allow, request, self.rejections))
+            except zmq.ZMQError as exc:
+                if exc.errno in CLOSED:
+                    return
+                self.log.failure("ZAP: a request failed; the handler goes on")
+            except Exception:
+                self.log.failure("ZAP: a request failed; the handler goes on")
 
     def watch(self, sock: zmq.asyncio.Socket, address: str) -> None:
         """Count the handshakes that fail on *sock* (bound at *address*) before ZAP is asked."""
@@ -220,6 +232,8 @@ class ZmqSender:
         self._idle = asyncio.Event()
         self._idle.set()
         self.dropped = 0
+        #: Frames ZeroMQ refused (an error from its send), counted in :attr:`dropped` too.
+        self.failed = 0
         self.sent = 0
         self._pump = asyncio.ensure_future(self._run())
 
@@ -235,15 +249,33 @@ class ZmqSender:
         return len(self._queue)
 
     async def _run(self) -> None:
-        sock, queue = self._sock, self._queue
+        """Hand each queued frame to ZeroMQ; a frame ZeroMQ refuses is counted as dropped, and the pump goes on.
+
+        Its batch then times out and its emitter sends it again.  Before,
+        the first error ended the pump: the link went silent, unsaid.
+        """
+        queue = self._queue
         while True:
             await self._wake.wait()
             self._wake.clear()
             while queue:
                 frame = queue.popleft()
-                await sock.send(frame, copy=False)
-                if self._req:
-                    await sock.recv()
+                try:
+                    await self._sock.send(frame, copy=False)
+                    if self._req:
+                        await self._sock.recv()
+                except zmq.ZMQError as exc:
+                    if exc.errno in CLOSED:
+                        return
+                    self.dropped += 1
+                    self.failed += 1
+                    if should_log(self.failed):
+                        self.log.failure(
+                            "link to {address}: ZeroMQ refused a frame ({failed} so far); it is dropped and counted",
+                            address=self.address,
+                            failed=self.failed,
+                        )
+                    continue
                 self.sent += 1
             self._idle.set()
 
@@ -337,14 +369,25 @@ class ZmqReceiver:
         sock = self._sock
         while True:
             await self._reading.wait()
-            frame = await sock.recv(copy=True)
+            try:
+                frame = await sock.recv(copy=True)
+            except zmq.ZMQError as exc:
+                if exc.errno in CLOSED:
+                    return
+                self.log.failure("link at {address}: ZeroMQ failed a receive; receiving goes on", address=self.address)
+                continue
             try:
                 reply = self._on_frame(frame)
             except Exception:
                 self.log.failure("unhandled error for a frame on {address}", address=self.address)
                 reply = None
             if self._rep:
-                await sock.send(reply or b"")
+                try:
+                    await sock.send(reply or b"")
+                except zmq.ZMQError as exc:
+                    if exc.errno in CLOSED:
+                        return
+                    self.log.failure("link at {address}: ZeroMQ refused a reply", address=self.address)
 
     def close(self) -> None:
         self._loop.cancel()

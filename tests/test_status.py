@@ -64,3 +64,9 @@ def test_the_spool_state_is_shown_from_the_orchesters_heartbeat() -> None:
     state = "3.9 MiB held of 1024.0 MiB, 0.0 MiB free on its disk, full: full (database or disk is full)"
     snap = {"tasks": {}, "steps": {}, "heartbeats": {"orchester": {"age": 1, "config": {"spool_state": state}}}}
     assert f"spool: {state}" in format_status(snap)
+
+
+def test_the_restarts_dsat_up_counted_are_shown_by_step_and_cause() -> None:
+    snap = {"tasks": {}, "steps": {}, "restarts": {"hang": {"hung": 1}, "orchester": {"exited": 2, "killed": 1}}}
+    assert "restarts (this host): hang hung 1; orchester exited 2, killed 1" in format_status(snap)
+    assert "restarts" not in format_status({"tasks": {}, "steps": {}, "restarts": {}})

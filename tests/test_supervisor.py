@@ -133,3 +133,13 @@ def test_a_crashed_satellite_is_restarted_and_stop_leaves_nothing(short_tmp: Pat
     log = processes.log_of(up)
     assert "load killed by SIGKILL; it is restarted (restarts of load: killed 1)" in log
     assert json.loads((short_tmp / "run" / "restarts.json").read_text()) == {"load": {"killed": 1}}
+
+
+def test_read_restarts_gives_what_dsat_up_wrote_and_nothing_for_a_missing_or_broken_file(tmp_path: Path) -> None:
+    from dsat.supervisor import read_restarts, restarts_path
+
+    assert read_restarts(tmp_path) == {}
+    restarts_path(tmp_path).write_text('{"hang": {"hung": 2}}')
+    assert read_restarts(tmp_path) == {"hang": {"hung": 2}}
+    restarts_path(tmp_path).write_text("{not json")
+    assert read_restarts(tmp_path) == {}

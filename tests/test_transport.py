@@ -201,3 +201,40 @@ def test_a_curve_server_socket_without_the_zap_handler_is_refused(tmp_path: Path
         loop.run_until_complete(scenario())
     finally:
         loop.close()
+
+
+class RefusingSocket:
+    """A ZeroMQ socket whose first send raises what libzmq raises for a peer it cannot route to."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.calls = 0
+
+    async def send(self, frame: bytes, copy: bool = True) -> None:
+        self.calls += 1
+        if self.calls == 1:
+            raise zmq.ZMQError(zmq.EHOSTUNREACH)
+        self.sent.append(bytes(frame))
+
+    def close(self, linger: int = 0) -> None:
+        pass
+
+
+def test_a_frame_zeromq_refuses_is_counted_and_the_link_goes_on_sending() -> None:
+    """The pump used to end at ZeroMQ's first error, and the link went silent with nothing said."""
+
+    async def main(address: str) -> None:
+        sender = ZmqSender("push", address, bind=True)
+        sender._sock.close(linger=0)
+        fake = RefusingSocket()
+        sender._sock = fake  # type: ignore[assignment]
+        for i in range(3):
+            sender.send(b"frame%d" % i)
+        assert await sender.flush(5)
+        assert fake.sent == [b"frame1", b"frame2"]
+        assert (sender.sent, sender.dropped, sender.failed) == (2, 1, 1)
+        sender.send(b"later")
+        assert await sender.flush(5) and fake.sent[-1] == b"later"
+        sender.close()
+
+    run(main)
