@@ -194,10 +194,19 @@ class Workers:
         return self.supervisor.stop()
 
     def describe(self) -> str:
-        """How many of the orchester's processes run now, and which workers do not: for its heartbeat."""
+        """How many of the orchester's processes run now, which workers do not, and their restarts by cause
+        (a worker its watchdog killed is ``hung``): for its heartbeat."""
         down = [name for name in self.names if name not in self.supervisor.monitor.protocols]
         running = len(self.names) + 1 - len(down)
-        return f"{running} of {len(self.names) + 1} processes running" + (f"; down: {', '.join(down)}" if down else "")
+        restarts = [
+            f"{name} " + ", ".join(f"{cause} {n}" for cause, n in sorted(counts.items()))
+            for name, counts in sorted(self.supervisor.restarts.counts.items())
+        ]
+        return (
+            f"{running} of {len(self.names) + 1} processes running"
+            + (f"; down: {', '.join(down)}" if down else "")
+            + (f"; restarted: {'; '.join(restarts)}" if restarts else "")
+        )
 
     def _running(self) -> list[Any]:
         """The process transports of the workers running now."""

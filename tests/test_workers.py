@@ -166,6 +166,11 @@ def test_the_orchester_with_workers_shares_its_tcp_listeners_and_forwards_contro
     assert beat["workers"] == "1 of 3 processes running; down: orchester.w1, orchester.w2"
     workers.supervisor.monitor.protocols["orchester.w1"] = object()  # type: ignore[assignment]  # w1 running
     assert workers.describe() == "2 of 3 processes running; down: orchester.w2"
+    workers.supervisor.restarts.counts["orchester.w2"] = Counter(hung=1, exited=2)
+    assert (
+        workers.describe() == "2 of 3 processes running; down: orchester.w2; restarted: orchester.w2 exited 2, hung 1"
+    )
+    workers.supervisor.restarts.counts.clear()
     del workers.supervisor.monitor.protocols["orchester.w1"]
     assert (workers.start, (), {}) in reactor.whenRunningHooks
     forwarded: list[bytes] = []
