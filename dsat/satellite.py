@@ -36,14 +36,12 @@ from dsat.counters import Rejections, should_log
 from dsat.datapoint import Datapoint, number_problem
 from dsat.envelope import Batches, Envelope, encode
 from dsat.errors import BadName, EnvelopeError
-from dsat.events import Reporter, parse_published
+from dsat.events import HEARTBEAT_EVERY, Reporter, parse_published
 from dsat.plugins import SatelliteSpec
 from dsat.schedule import Repeat, SlotSchedule
 from dsat.topology import Step
 from dsat.transport import Sender
 
-#: Seconds between two heartbeats of a step.
-HEARTBEAT_EVERY = 5.0
 #: Batches an emitter keeps for retries until the tracker says they ended.
 RETRY_WINDOW = 1_000
 #: Estimated bytes of the paths a collector's metric names became, kept for its next runs (dsat.cache).

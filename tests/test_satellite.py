@@ -10,9 +10,9 @@ from typing import Any
 from twisted.internet.task import Clock
 
 from dsat.envelope import Batches, Envelope, decode, encode
-from dsat.events import Reporter
+from dsat.events import HEARTBEAT_EVERY, Reporter
 from dsat.plugins import SatelliteSpec
-from dsat.satellite import HEARTBEAT_EVERY, SatelliteRuntime
+from dsat.satellite import SatelliteRuntime
 from dsat.testing import FakeSender
 from dsat.topology import Link, Step
 
