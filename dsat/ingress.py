@@ -13,14 +13,30 @@ that knows only the opcodes carbon's format needs, so a pickle can build
 lists, tuples, strings, numbers and constants and call nothing.  Each
 connection only ever handles its own bounded buffer, so a garbage client
 cannot stall the others.
+
+Connections are bounded too (:class:`IngressFactory`): at most
+``max_connections`` per listener, and none past the process's descriptor
+limit less :data:`RESERVED_DESCRIPTORS` (kept for the spool, the links and
+Carbon).  A connection is *idle* while it sends no complete line (no
+complete pickle frame): one idle for ``idle_timeout`` is closed, and at
+either bound a new connection takes the place of the one idle the longest
+if that one has been idle for ``idle_grace``, else the new one is refused.
+So thousands of connections that never finish a line (slowloris) cost a
+bounded number of descriptors and buffers, clients that send keep their
+connections, and new ones get in.  Every refusal and closing is counted by
+reason (``too_many_connections``, ``fd_limit``, ``idle_evicted``,
+``idle_timeout``).  While the egress pauses the inputs (:mod:`dsat.flow`)
+nobody is idle by choice: no connection is closed for idleness, and the
+idle clocks start again at the resume.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
+import resource
 import struct
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,6 +50,7 @@ from dsat.counters import Rejections
 from dsat.datapoint import BadDatapoint, Datapoint, Validator, all_numbers_acceptable, all_plain_numbers
 from dsat.errors import BadName
 from dsat.flow import PausesTransport, Producers
+from dsat.schedule import Repeat
 from dsat.topology import IngressConf
 
 if TYPE_CHECKING:
@@ -43,6 +60,12 @@ if TYPE_CHECKING:
 MAX_PICKLE_LENGTH = 2**20
 #: Open TCP connections per listener; more are refused (carbon's MAX_RECEIVER_CONNECTIONS).
 MAX_CONNECTIONS = 1024
+#: Seconds a connection may go without a complete line (or pickle frame) before it is closed (carbon-c-relay: 10 min).
+IDLE_TIMEOUT = 600.0
+#: At a bound, a new connection replaces the one idle the longest if that one has been idle this many seconds.
+IDLE_GRACE = 5.0
+#: Descriptors no client connection may take: what the spool, the ZeroMQ links and Carbon need under the limit.
+RESERVED_DESCRIPTORS = 64
 #: Plaintext lines waiting for the end of the reactor's turn are parsed at once past this (one busy read's worth).
 BATCH_BYTES = 64 * 1024
 
@@ -303,6 +326,35 @@ def _peer(address: IAddress | None) -> str:
     return f"{host}:{port}" if host is not None else str(address)
 
 
+def descriptor_limit() -> int | None:
+    """The process's soft limit of open descriptors (``RLIMIT_NOFILE``), None when unlimited."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _descriptor(transport: Any) -> int | None:
+    """The socket's descriptor under *transport* (a TLS layer's transport's, say), None if it has none."""
+    for _ in range(4):
+        if transport is None:
+            return None
+        fileno = getattr(transport, "fileno", None)
+        if callable(fileno):
+            try:
+                number = fileno()
+            except (OSError, ValueError, AttributeError):
+                return None
+            return number if type(number) is int else None
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def _abort(connection: Protocol) -> None:
+    """Close *connection* at once, without writing or reading more (its buffers are dropped)."""
+    transport: Any = connection.transport
+    if transport is not None:
+        transport.abortConnection()
+
+
 _Connection = TypeVar("_Connection", bound="PlaintextProtocol | PickleProtocol")
 
 
@@ -311,7 +363,15 @@ class IngressFactory(ServerFactory[_Connection]):
 
     With *producers* (:class:`dsat.flow.Producers`), every connection
     registers there as a push producer, so it stops being read while the
-    egress cannot take more.
+    egress cannot take more.  It keeps its connections least recently
+    active first (the time of each one's last complete line), which is what
+    the idle rules of the module's docstring need: the idlest is the first,
+    a sweep every ``idle_timeout / 4`` seconds (at most 5 s) closes the
+    expired from the front.  *descriptor_limit* gives the process's limit
+    of open descriptors, read at each connection (``RLIMIT_NOFILE`` by
+    default; a test passes its own): since the kernel gives a new socket the
+    lowest free descriptor, a connection whose descriptor is within
+    *reserved_descriptors* of the limit shows the reserve reached.
     """
 
     def __init__(
@@ -322,33 +382,109 @@ class IngressFactory(ServerFactory[_Connection]):
         *,
         max_connections: int = MAX_CONNECTIONS,
         producers: Producers | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
+        idle_grace: float = IDLE_GRACE,
+        descriptor_limit: Callable[[], int | None] = descriptor_limit,
+        reserved_descriptors: int = RESERVED_DESCRIPTORS,
     ) -> None:
         self.sink = sink
         self.rejections = rejections
         self.clock = clock
         self.max_connections = max_connections
         self.producers = producers
-        self.connections = 0
+        self.idle_timeout = idle_timeout
+        self.idle_grace = idle_grace
+        self.descriptor_limit = descriptor_limit
+        self.reserved_descriptors = reserved_descriptors
+        #: Open connections -> the time of their last complete line (or of their start), least recent first.
+        self._active: OrderedDict[PlaintextProtocol | PickleProtocol, float] = OrderedDict()
+        self._sweep = Repeat(clock, min(idle_timeout / 4, 5.0), self.close_idle, name="ingress idle sweep")
         #: With ``[ingress] workers``: passes what other processes own to them (dsat.shards).
         self.shards: Shards | None = None
 
-    def opened(self, connection: PlaintextProtocol | PickleProtocol) -> None:
-        self.connections += 1
+    @property
+    def connections(self) -> int:
+        return len(self._active)
+
+    def startFactory(self) -> None:  # noqa: N802 (Twisted API)
+        if not self._sweep.running:
+            self._sweep.start()
+
+    def stopFactory(self) -> None:  # noqa: N802
+        self._sweep.stop()
+
+    def opened(self, connection: PlaintextProtocol | PickleProtocol) -> bool:
+        """Admit a connection just made, in the place of the idlest at a bound; False (counted) if refused."""
+        bound = self._bound(connection)
+        if bound is not None and not self._evict_idlest(connection, bound):
+            reason, detail = bound
+            self.rejections.reject(reason, f"{connection.peer} refused: {detail}")
+            _abort(connection)
+            return False
+        self._active[connection] = self.clock.seconds()
         if self.producers is not None:
             self.producers.register(connection)
+        return True
 
     def closed(self, connection: PlaintextProtocol | PickleProtocol) -> None:
-        self.connections -= 1
-        if self.producers is not None:
+        if self._active.pop(connection, None) is not None and self.producers is not None:
             self.producers.unregister(connection)
 
-    def buildProtocol(self, addr: IAddress | None) -> _Connection | None:
-        if self.connections >= self.max_connections:
-            self.rejections.reject(
-                "too_many_connections", f"{_peer(addr)} refused: {self.connections} connections open"
+    def active(self, connection: PlaintextProtocol | PickleProtocol) -> None:
+        """*connection* sent a complete line (or frame), or was resumed: its idle clock starts again."""
+        if connection in self._active:
+            self._active[connection] = self.clock.seconds()
+            self._active.move_to_end(connection)
+
+    def _bound(self, connection: PlaintextProtocol | PickleProtocol) -> tuple[str, str] | None:
+        """The bound *connection* reaches, as ``(reason, detail)``, or None."""
+        if len(self._active) >= self.max_connections:
+            return "too_many_connections", f"{len(self._active)} connections open, the most for this listener"
+        limit = self.descriptor_limit()
+        number = _descriptor(connection.transport)
+        if limit is not None and number is not None and number >= limit - self.reserved_descriptors:
+            return "fd_limit", (
+                f"descriptor {number} of a limit of {limit} (RLIMIT_NOFILE), "
+                f"{self.reserved_descriptors} kept for the process's own files"
             )
-            return None
-        return super().buildProtocol(addr)
+        return None
+
+    def _paused(self) -> bool:
+        return self.producers is not None and self.producers.paused
+
+    def _evict_idlest(self, newcomer: PlaintextProtocol | PickleProtocol, bound: tuple[str, str]) -> bool:
+        """Close the connection idle the longest for *newcomer*, if it has been idle for the grace; True if so."""
+        if not self._active or self._paused():
+            return False
+        idlest, since = next(iter(self._active.items()))
+        idle = self.clock.seconds() - since
+        if idle < self.idle_grace:
+            return False
+        self._close(
+            idlest,
+            "idle_evicted",
+            f"{idlest.peer} closed, idle {idle:.0f} s, for {newcomer.peer} ({bound[0]}: {bound[1]})",
+        )
+        return True
+
+    def close_idle(self) -> None:
+        """Close the connections idle for ``idle_timeout`` or more (none while the egress pauses the inputs)."""
+        if self._paused():
+            return
+        deadline = self.clock.seconds() - self.idle_timeout
+        while self._active:
+            connection, since = next(iter(self._active.items()))
+            if since > deadline:
+                return
+            self._close(
+                connection, "idle_timeout", f"{connection.peer} closed: no complete line for {self.idle_timeout:g} s"
+            )
+
+    def _close(self, connection: PlaintextProtocol | PickleProtocol, reason: str, detail: str) -> None:
+        self.closed(connection)
+        held = connection.held()
+        self.rejections.reject(reason, f"{detail}; {held} bytes of an unfinished line dropped" if held else detail)
+        _abort(connection)
 
 
 @implementer(IPushProducer)
@@ -376,6 +512,14 @@ class PlaintextProtocol(PausesTransport, Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.closed(self)
 
+    def resumeProducing(self) -> None:  # noqa: N802 (Twisted API)
+        super().resumeProducing()
+        self.factory.active(self)
+
+    def held(self) -> int:
+        """Bytes of an unfinished line held."""
+        return len(self._buffer)
+
     def dataReceived(self, data: bytes) -> None:
         factory = self.factory
         if self._skipping:
@@ -393,6 +537,7 @@ class PlaintextProtocol(PausesTransport, Protocol):
             self._skipping = True
         self._buffer = rest
         if end:
+            factory.active(self)
             lines = data[:end]
             if factory.shards is not None:  # the lines of names other processes own go to them
                 lines = factory.shards.route(lines, self.peer)
@@ -412,10 +557,11 @@ class PlaintextFactory(IngressFactory[PlaintextProtocol]):
         clock: IReactorTime,
         *,
         max_line_length: int = IngressConf.max_line,
-        max_connections: int = MAX_CONNECTIONS,
         producers: Producers | None = None,
+        **limits: Any,
     ) -> None:
-        super().__init__(sink, rejections, clock, max_connections=max_connections, producers=producers)
+        """*limits*: :class:`IngressFactory`'s (``max_connections``, ``idle_timeout``, ``idle_grace``...)."""
+        super().__init__(sink, rejections, clock, producers=producers, **limits)
         self.max_line_length = max_line_length
         self.validator = Validator()
         self._pending: list[tuple[str, bytes]] = []
@@ -522,8 +668,17 @@ class PickleProtocol(Int32StringReceiver):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.factory.closed(self)
 
+    def resumeProducing(self) -> None:  # noqa: N802 (Twisted API)
+        super().resumeProducing()
+        self.factory.active(self)
+
+    def held(self) -> int:
+        """Bytes of an unfinished frame held."""
+        return len(self._unprocessed)
+
     def stringReceived(self, frame: bytes) -> None:
         factory = self.factory
+        factory.active(self)
         points, rejected = parse_pickle(frame, factory.clock.seconds(), validator=factory.validator)
         if points and factory.shards is not None:
             points = factory.shards.route_points(points, self.peer)
@@ -552,9 +707,10 @@ class PickleFactory(IngressFactory[PickleProtocol]):
         clock: IReactorTime,
         *,
         max_length: int = MAX_PICKLE_LENGTH,
-        max_connections: int = MAX_CONNECTIONS,
         producers: Producers | None = None,
+        **limits: Any,
     ) -> None:
-        super().__init__(sink, rejections, clock, max_connections=max_connections, producers=producers)
+        """*limits*: :class:`IngressFactory`'s (``max_connections``, ``idle_timeout``, ``idle_grace``...)."""
+        super().__init__(sink, rejections, clock, producers=producers, **limits)
         self.max_length = max_length
         self.validator = Validator()

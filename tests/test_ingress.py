@@ -8,6 +8,7 @@ import random
 import struct
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -335,7 +336,7 @@ class Capture:
         self.batches.append(points)
 
 
-def plaintext(**limits: int) -> tuple[PlaintextFactory, Capture, Rejections]:
+def plaintext(**limits: Any) -> tuple[PlaintextFactory, Capture, Rejections]:
     sink, rejections = Capture(), Rejections("test")
     clock = Clock()
     clock.advance(NOW)
@@ -415,13 +416,129 @@ def test_tcp_a_line_over_the_limit_is_skipped_up_to_its_newline() -> None:
 
 
 def test_tcp_connections_over_the_limit_are_refused() -> None:
-    """Past max_connections a new connection is refused and counted; closing one makes room."""
+    """Past max_connections a new connection is refused, closed and counted while none has been idle for the grace;
+    closing one makes room."""
     factory, _, rejections = plaintext(max_connections=1)
-    proto, _ = connect(factory)
-    assert factory.buildProtocol(PEER) is None
-    assert rejections == Counter({"too_many_connections": 1})
+    proto, first = connect(factory)
+    _, refused = connect(factory)
+    assert refused.disconnected and not first.disconnecting
+    assert rejections == Counter({"too_many_connections": 1}) and factory.connections == 1
     proto.connectionLost()
-    assert factory.buildProtocol(PEER) is not None
+    _, third = connect(factory)
+    assert not third.disconnecting and factory.connections == 1
+
+
+def test_tcp_at_the_bound_a_new_connection_replaces_the_one_idle_the_longest() -> None:
+    """At max_connections, the connection without a complete line for idle_grace seconds is closed (idle_evicted,
+    with the bytes of its unfinished line) for the new one; one that keeps sending lines is never chosen."""
+    factory, sink, rejections = plaintext(max_connections=2, idle_grace=5)
+    sender, sender_transport = connect(factory)
+    idle, idle_transport = connect(factory)
+    idle.dataReceived(b"never.finished 1")
+    factory.clock.advance(4)  # type: ignore[attr-defined]
+    sender.dataReceived(b"a 1 1700000000\n")
+    _, early = connect(factory)  # nobody idle for the grace yet: refused
+    assert early.disconnected and rejections == Counter({"too_many_connections": 1})
+    factory.clock.advance(2)  # type: ignore[attr-defined]
+    newcomer, newcomer_transport = connect(factory)
+    assert idle_transport.disconnected and not sender_transport.disconnecting
+    assert not newcomer_transport.disconnecting and factory.connections == 2
+    assert rejections == Counter({"too_many_connections": 1, "idle_evicted": 1})
+    newcomer.dataReceived(b"b 2 1700000000\n")
+    factory.clock.advance(0)  # type: ignore[attr-defined]
+    assert [p for batch in sink.batches for p in batch] == [("a", TS, 1.0), ("b", TS, 2.0)]
+
+
+class DescriptorTransport(StringTransport):
+    """A transport on socket descriptor *number*, as a Twisted TCP connection has."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(peerAddress=PEER)
+        self.number = number
+
+    def fileno(self) -> int:
+        return self.number
+
+
+def connect_on(factory: PlaintextFactory, number: int) -> tuple[PlaintextProtocol, DescriptorTransport]:
+    proto = factory.buildProtocol(PEER)
+    assert proto is not None
+    transport = DescriptorTransport(number)
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def test_tcp_a_connection_within_the_reserved_descriptors_is_refused_as_fd_limit() -> None:
+    """A connection whose descriptor is within reserved_descriptors of RLIMIT_NOFILE is refused (fd_limit) unless an
+    idle connection gives it its place; below that, connections are admitted."""
+    factory, _, rejections = plaintext(descriptor_limit=lambda: 100, reserved_descriptors=10, idle_grace=5)
+    _, low = connect_on(factory, 89)
+    _, high = connect_on(factory, 90)
+    assert not low.disconnecting and high.disconnected
+    assert rejections == Counter({"fd_limit": 1})
+    factory.clock.advance(5)  # type: ignore[attr-defined]
+    _, replacing = connect_on(factory, 90)
+    assert low.disconnected and not replacing.disconnecting
+    assert rejections == Counter({"fd_limit": 1, "idle_evicted": 1})
+    unlimited, _, none = plaintext(descriptor_limit=lambda: None)
+    _, any_number = connect_on(unlimited, 10**6)
+    assert not any_number.disconnecting and not none
+
+
+def test_tcp_connections_idle_for_the_timeout_are_closed_and_counted() -> None:
+    """Once started, the factory closes every connection without a complete line for idle_timeout (idle_timeout),
+    and one that sends lines, however slowly, stays."""
+    factory, _, rejections = plaintext(idle_timeout=60)
+    factory.doStart()
+    slow, slow_transport = connect(factory)
+    _, silent = connect(factory)
+    for _ in range(4):
+        factory.clock.advance(15)  # type: ignore[attr-defined]
+        slow.dataReceived(b"a 1 1700000000\n")
+    factory.clock.advance(15)  # type: ignore[attr-defined]
+    assert silent.disconnected and not slow_transport.disconnecting
+    assert rejections == Counter({"idle_timeout": 1}) and factory.connections == 1
+    factory.doStop()
+
+
+def test_tcp_no_connection_is_idle_while_the_egress_pauses_the_inputs() -> None:
+    """Paused connections are neither timed out nor evicted; at the resume their idle clocks start again."""
+    from dsat.flow import Producers
+
+    producers = Producers()
+    sink, rejections, clock = Capture(), Rejections("test"), Clock()
+    factory = PlaintextFactory(
+        sink, rejections, clock, producers=producers, max_connections=1, idle_timeout=60, idle_grace=5
+    )
+    factory.doStart()
+    _, held = connect(factory)
+    producers.pause()
+    clock.advance(600)
+    _, refused = connect(factory)
+    assert not held.disconnecting and refused.disconnected
+    assert rejections == Counter({"too_many_connections": 1})
+    producers.resume()
+    clock.advance(59)
+    assert not held.disconnecting
+    clock.advance(6)
+    assert held.disconnected and rejections["idle_timeout"] == 1
+    factory.doStop()
+
+
+def test_pickle_a_complete_frame_is_activity_and_an_unfinished_one_is_not() -> None:
+    """A pickle connection that sends whole frames is never the idlest; one holding half a frame is evicted, the
+    bytes it held counted in the log."""
+    factory, _, rejections = pickle_factory(max_connections=2, idle_grace=5)
+    sender, sender_transport = connect(factory)
+    stalled, stalled_transport = connect(factory)
+    frame = pickle.dumps([("a", (TS, 1.0))], protocol=2)
+    stalled.dataReceived(struct.pack("!L", len(frame)) + frame[:5])
+    assert stalled.held() == 9  # type: ignore[union-attr]
+    factory.clock.advance(10)  # type: ignore[attr-defined]
+    sender.dataReceived(struct.pack("!L", len(frame)) + frame)
+    connect(factory)
+    assert stalled_transport.disconnected and not sender_transport.disconnecting
+    assert rejections == Counter({"idle_evicted": 1})
 
 
 def test_tcp_connections_stop_being_read_while_the_egress_is_full() -> None:
@@ -475,7 +592,7 @@ def test_udp_datagrams_are_batches_and_need_no_final_newline() -> None:
     assert rejections == Counter({"invalid_line": 1})
 
 
-def pickle_factory(**limits: int) -> tuple[PickleFactory, Capture, Rejections]:
+def pickle_factory(**limits: Any) -> tuple[PickleFactory, Capture, Rejections]:
     sink, rejections = Capture(), Rejections("test")
     return PickleFactory(sink, rejections, Clock(), **limits), sink, rejections
 
