@@ -40,6 +40,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Protocol, ServerFactory, connectionDone
 from twisted.protocols.basic import Int32StringReceiver
@@ -332,27 +333,45 @@ def descriptor_limit() -> int | None:
     return None if soft == resource.RLIM_INFINITY else soft
 
 
-def _descriptor(transport: Any) -> int | None:
-    """The socket's descriptor under *transport* (a TLS layer's transport's, say), None if it has none."""
+def _socket_transport(transport: Any) -> Any:
+    """The transport that holds the socket under *transport* (a TLS layer's transport, say), None if none does."""
     for _ in range(4):
-        if transport is None:
-            return None
-        fileno = getattr(transport, "fileno", None)
-        if callable(fileno):
-            try:
-                number = fileno()
-            except (OSError, ValueError, AttributeError):
-                return None
-            return number if type(number) is int else None
+        if transport is None or callable(getattr(transport, "fileno", None)):
+            return transport
         transport = getattr(transport, "transport", None)
     return None
 
 
+def _descriptor(transport: Any) -> int | None:
+    """The socket's descriptor under *transport*, None if it has none."""
+    holder = _socket_transport(transport)
+    if holder is None:
+        return None
+    try:
+        number = holder.fileno()
+    except (OSError, ValueError, AttributeError):
+        return None
+    return number if type(number) is int else None
+
+
 def _abort(connection: Protocol) -> None:
-    """Close *connection* at once, without writing or reading more (its buffers are dropped)."""
+    """Close *connection* at once, without writing or reading more (its buffers are dropped), its descriptor freed.
+
+    ``abortConnection`` alone frees the descriptor at the reactor's next
+    turn; in one burst of accepts (Twisted accepts many in one turn) the
+    connections refused or evicted at the descriptor limit would hold theirs
+    meanwhile and spend the reserve, until ``accept`` fails with ``EMFILE``.
+    So the socket's transport is told now that its connection is lost, as
+    the reactor would (Twisted's ``Connection.connectionLost`` runs once).
+    """
     transport: Any = connection.transport
-    if transport is not None:
-        transport.abortConnection()
+    if transport is None:
+        return
+    transport.abortConnection()
+    holder = _socket_transport(transport)
+    lost = getattr(holder, "connectionLost", None)
+    if callable(lost):
+        lost(Failure(ConnectionAborted()))
 
 
 _Connection = TypeVar("_Connection", bound="PlaintextProtocol | PickleProtocol")

@@ -450,14 +450,18 @@ def test_tcp_at_the_bound_a_new_connection_replaces_the_one_idle_the_longest() -
 
 
 class DescriptorTransport(StringTransport):
-    """A transport on socket descriptor *number*, as a Twisted TCP connection has."""
+    """A transport on socket descriptor *number* that is told when its connection is lost, as a TCP connection."""
 
     def __init__(self, number: int) -> None:
         super().__init__(peerAddress=PEER)
         self.number = number
+        self.lost = 0
 
     def fileno(self) -> int:
         return self.number
+
+    def connectionLost(self, reason: object) -> None:  # noqa: N802 (Twisted API)
+        self.lost += 1
 
 
 def connect_on(factory: PlaintextFactory, number: int) -> tuple[PlaintextProtocol, DescriptorTransport]:
@@ -470,15 +474,17 @@ def connect_on(factory: PlaintextFactory, number: int) -> tuple[PlaintextProtoco
 
 def test_tcp_a_connection_within_the_reserved_descriptors_is_refused_as_fd_limit() -> None:
     """A connection whose descriptor is within reserved_descriptors of RLIMIT_NOFILE is refused (fd_limit) unless an
-    idle connection gives it its place; below that, connections are admitted."""
+    idle connection gives it its place, and the one closed frees its descriptor at once; below that, connections are
+    admitted."""
     factory, _, rejections = plaintext(descriptor_limit=lambda: 100, reserved_descriptors=10, idle_grace=5)
     _, low = connect_on(factory, 89)
     _, high = connect_on(factory, 90)
     assert not low.disconnecting and high.disconnected
+    assert high.lost == 1  # its descriptor freed now, not at the reactor's next turn
     assert rejections == Counter({"fd_limit": 1})
     factory.clock.advance(5)  # type: ignore[attr-defined]
     _, replacing = connect_on(factory, 90)
-    assert low.disconnected and not replacing.disconnecting
+    assert low.disconnected and low.lost == 1 and not replacing.disconnecting
     assert rejections == Counter({"fd_limit": 1, "idle_evicted": 1})
     unlimited, _, none = plaintext(descriptor_limit=lambda: None)
     _, any_number = connect_on(unlimited, 10**6)
