@@ -59,12 +59,10 @@ if TYPE_CHECKING:
 
 #: Largest pickle frame, in bytes: carbon's PICKLE_RECEIVER_MAX_LENGTH.
 MAX_PICKLE_LENGTH = 2**20
-#: Open TCP connections per listener; more are refused (carbon's MAX_RECEIVER_CONNECTIONS).
-MAX_CONNECTIONS = 1024
-#: Seconds a connection may go without a complete line (or pickle frame) before it is closed (carbon-c-relay: 10 min).
-IDLE_TIMEOUT = 600.0
-#: At a bound, a new connection replaces the one idle the longest if that one has been idle this many seconds.
-IDLE_GRACE = 5.0
+#: ``[ingress]`` defaults (dsat.topology.IngressConf holds them): connections per listener, idle timeout, grace.
+MAX_CONNECTIONS = IngressConf.max_connections
+IDLE_TIMEOUT = IngressConf.idle_timeout
+IDLE_GRACE = IngressConf.idle_grace
 #: Descriptors no client connection may take: what the spool, the ZeroMQ links and Carbon need under the limit.
 RESERVED_DESCRIPTORS = 64
 #: Plaintext lines waiting for the end of the reactor's turn are parsed at once past this (one busy read's worth).

@@ -85,8 +85,13 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any, *, host: str = "", worker
     shared = conf.workers > 1
     ports = []
     # one factory for the plain and the TLS listener: the same parser, the same flow control (paused under block)
+    limits = {
+        "max_connections": conf.max_connections,
+        "idle_timeout": conf.idle_timeout,
+        "idle_grace": conf.idle_grace,
+    }
     plaintext = PlaintextFactory(
-        orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line, producers=orch.egress.producers
+        orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line, producers=orch.egress.producers, **limits
     )
     shards = None
     if shared:
@@ -109,7 +114,7 @@ def listen_ingress(reactor: Any, topo: Any, orch: Any, *, host: str = "", worker
         tls = TLSMemoryBIOFactory(options, False, plaintext)
         ports.append(listen_tcp(reactor, conf.plaintext_tls, tls, reuse_port=shared))
     if conf.pickle:
-        pickle = PickleFactory(orch.ingest, orch.rejected, reactor, producers=orch.egress.producers)
+        pickle = PickleFactory(orch.ingest, orch.rejected, reactor, producers=orch.egress.producers, **limits)
         pickle.shards = shards
         ports.append(listen_tcp(reactor, conf.pickle, pickle, reuse_port=shared))
     if worker:

@@ -174,6 +174,13 @@ class IngressConf:
     udp_buffer: int = 8 * 1024 * 1024
     #: Processes serving the Graphite TCP listeners, the orchester's own included (dsat.workers).
     workers: int = 1
+    #: Open TCP connections per listener; more are refused (carbon's MAX_RECEIVER_CONNECTIONS).
+    max_connections: int = 1024
+    #: Seconds a connection may go without a complete line (or pickle frame) before it is closed
+    #: (carbon-c-relay: 10 min).
+    idle_timeout: float = 600.0
+    #: At a bound, a new connection replaces the one idle the longest if it has been idle this many seconds.
+    idle_grace: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -486,6 +493,9 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "statsd_percentiles": ((list,), "statsd_percentiles = [90, 99]"),
         "max_line": ((int,), "max_line = 4096"),
         "udp_buffer": ((int,), "udp_buffer = 8388608"),
+        "max_connections": ((int,), "max_connections = 1024"),
+        "idle_timeout": (_DURATION_TYPES, 'idle_timeout = "10m"'),
+        "idle_grace": (_DURATION_TYPES, 'idle_grace = "5s"'),
         "workers": ((int, str), 'workers = 2 (or "auto": one per CPU)'),
     },
     "rules": {
@@ -968,7 +978,9 @@ def _ingress(problems: _Problems, raw: Any, path: Path) -> IngressConf:
         tls_files[key] = _beside(path, ing[key]) if ing.get(key) else None
         if not ing.get(key) and listeners["plaintext_tls"]:
             problems.add(f"ingress.{key}", f'plaintext_tls needs it: the PEM file, e.g. {key} = "tls/{key[4:]}.pem"')
-    return _build(
+    if ing.get("max_connections", 1) < 1:
+        problems.add("ingress.max_connections", f"{ing['max_connections']} holds nothing; set it to at least 1")
+    conf = _build(
         problems,
         "ingress",
         ing,
@@ -978,6 +990,12 @@ def _ingress(problems: _Problems, raw: Any, path: Path) -> IngressConf:
         statsd_percentiles=tuple(float(p) for p in percentiles),
         workers=_worker_count(problems, ing.get("workers", IngressConf.workers)),
     )
+    for key in ("idle_timeout", "idle_grace"):
+        if not getattr(conf, key) > 0:
+            problems.add(f"ingress.{key}", f'{getattr(conf, key):g}s must be more than 0, e.g. {key} = "10m"')
+    if conf.idle_grace > conf.idle_timeout:
+        problems.add("ingress.idle_grace", f"{conf.idle_grace:g}s is longer than idle_timeout ({conf.idle_timeout:g}s)")
+    return conf
 
 
 def _rules_table(problems: _Problems, raw: Any, path: Path) -> RulesConf:

@@ -135,6 +135,8 @@ run_dir = "run"
 [ingress]
 plaintext = "127.0.0.1:{plain}"
 pickle = "127.0.0.1:{pickle}"
+max_connections = 300
+idle_timeout = "2m"
 [orchester.routes]
 "*" = ["carbon"]
 "capture" = ["capture"]
@@ -182,6 +184,8 @@ def test_the_orchester_step_listens_and_wires_as_its_topology_says(tmp_path: Pat
     orch, links, reactor, topo, (plain, pickle, carbon) = wired(tmp_path, "orchester")
     listening = sorted((port, interface) for port, _factory, _backlog, interface in reactor.tcpServers)
     assert listening == sorted([(plain, "127.0.0.1"), (pickle, "127.0.0.1")])
+    limits = {(f.max_connections, f.idle_timeout, f.idle_grace) for _, f, _, _ in reactor.tcpServers}
+    assert limits == {(300, 120.0, topology.IngressConf.idle_grace)}  # [ingress] limits reach both listeners
     assert [(host, port) for host, port, *_ in reactor.tcpClients] == [("127.0.0.1", carbon)]
     link = topo.orchester.listen
     assert links.received.keys() == {

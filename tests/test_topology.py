@@ -947,3 +947,20 @@ def test_rules_table_alone() -> None:
     assert (conf.rewrite, conf.aggregation, conf.allow, conf.deny) == (PATH.parent / "rw.conf", None, (), ("^tmp\\.",))
     topology._rules_table(found, {"allow": ["("], "deny": [1]}, PATH)
     assert [item.split(": ")[1] for item in found.items] == ["rules.allow[0]", "rules.deny"]
+
+
+def test_ingress_connection_limits_are_read_with_their_defaults_and_checked() -> None:
+    """max_connections, idle_timeout, idle_grace: the ingress's defaults, durations as seconds, nonsense refused."""
+    from dsat import ingress
+
+    found = table_problems()
+    default = topology._ingress(found, {}, PATH)
+    assert (default.max_connections, default.idle_timeout, default.idle_grace) == (
+        ingress.MAX_CONNECTIONS,
+        ingress.IDLE_TIMEOUT,
+        ingress.IDLE_GRACE,
+    )
+    conf = topology._ingress(found, {"max_connections": 50, "idle_timeout": "2m", "idle_grace": "1s"}, PATH)
+    assert (conf.max_connections, conf.idle_timeout, conf.idle_grace) == (50, 120.0, 1.0) and found.items == []
+    topology._ingress(found, {"max_connections": 0, "idle_timeout": "1s", "idle_grace": "5s"}, PATH)
+    assert [item.split(": ")[1] for item in found.items] == ["ingress.max_connections", "ingress.idle_grace"]
