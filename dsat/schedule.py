@@ -35,7 +35,7 @@ TOLERANCE = 1e-6
 
 
 class _Guarded:
-    """The failure handling both schedules share: log a bounded sample, count every one, go on."""
+    """What both schedules share: the pending call, stop, and the failure handling (log a sample, count, go on)."""
 
     log = Logger()
 
@@ -43,6 +43,14 @@ class _Guarded:
         self.name = name
         #: Calls that raised since start (each one logged up to should_log's sample).
         self.failures = 0
+        self._delayed: IDelayedCall | None = None
+        self._stopped = True
+
+    def stop(self) -> None:
+        self._stopped = True
+        if self._delayed is not None and self._delayed.active():
+            self._delayed.cancel()
+        self._delayed = None
 
     def _call(self, fn: Callable[..., object], *args: float) -> None:
         try:
@@ -75,8 +83,6 @@ class Repeat(_Guarded):
         self.every = every
         self.fn = fn
         self.now = now
-        self._delayed: IDelayedCall | None = None
-        self._stopped = True
 
     @property
     def running(self) -> bool:
@@ -88,12 +94,6 @@ class Repeat(_Guarded):
             self._run()
         else:
             self._schedule()
-
-    def stop(self) -> None:
-        self._stopped = True
-        if self._delayed is not None and self._delayed.active():
-            self._delayed.cancel()
-        self._delayed = None
 
     def _schedule(self) -> None:
         self._delayed = self.clock.callLater(self.every, self._run)
@@ -130,8 +130,6 @@ class SlotSchedule(_Guarded):
         self.missed = 0
         self._late = 0
         self._slot: int | None = None
-        self._delayed: IDelayedCall | None = None
-        self._stopped = True
 
     @property
     def running(self) -> bool:
@@ -142,12 +140,6 @@ class SlotSchedule(_Guarded):
         self._stopped = False
         self._slot = self._slot_at(self.clock.seconds())
         self._schedule()
-
-    def stop(self) -> None:
-        self._stopped = True
-        if self._delayed is not None and self._delayed.active():
-            self._delayed.cancel()
-        self._delayed = None
 
     def next_time(self) -> float:
         """The multiple that ends the slot the clock is in now: the stamp of a call made early, such as at a stop."""

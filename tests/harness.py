@@ -97,7 +97,8 @@ def assert_every_run_stored(runs: list[set[int]]) -> int:
     return last
 
 
-def spool_rows(base: Path) -> int:
+def _spool_total(base: Path, expression: str) -> int:
+    """*expression* over the rows of the spool at ``base/spool/carbon.db`` (0 before it has its table)."""
     db = base / "spool" / "carbon.db"
     if not db.exists():
         return 0
@@ -105,7 +106,17 @@ def spool_rows(base: Path) -> int:
         # The file exists a moment before the orchester has created its table.
         if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'batches'").fetchone() is None:
             return 0
-        return int(conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0])
+        return int(conn.execute(f"SELECT {expression} FROM batches").fetchone()[0])
+
+
+def spool_rows(base: Path) -> int:
+    """Batches in the spool's file now."""
+    return _spool_total(base, "COUNT(*)")
+
+
+def spooled_points(base: Path) -> int:
+    """Datapoints in the spool's file now."""
+    return _spool_total(base, "COALESCE(SUM(points), 0)")
 
 
 def step_pid(up: subprocess.Popen[bytes], step: str) -> int | None:
@@ -117,6 +128,27 @@ def step_pid(up: subprocess.Popen[bytes], step: str) -> int | None:
         if len(cmd) > 2 and cmd[-3] == "run" and cmd[-1] == step:
             return child.pid
     return None
+
+
+def orchester_up(processes: Processes, topo: Path, port: int) -> tuple[subprocess.Popen[bytes], psutil.Process]:
+    """``dsat up`` of *topo*, once its orchester listens on *port*; and the orchester's process."""
+    up = processes.dsat("up", str(topo), name="up")
+    wait_for(lambda: listening(port), 30, f"the orchester's port {port}")
+    pid = step_pid(up, "orchester")
+    assert pid is not None
+    return up, psutil.Process(pid)
+
+
+def kill_orchester(up: subprocess.Popen[bytes], port: int) -> None:
+    """``kill -9`` of the orchester; returns once the supervisor's new one listens on *port*."""
+    import os
+    import signal
+
+    pid = step_pid(up, "orchester")
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: step_pid(up, "orchester") not in (None, pid), 60, "the supervisor to restart the orchester")
+    wait_for(lambda: listening(port), 60, "the restarted orchester's port")
 
 
 def status(topo: Path) -> dict[str, Any] | None:

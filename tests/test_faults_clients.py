@@ -26,7 +26,7 @@ import pytest
 from dsat.ingress import IDLE_GRACE, MAX_CONNECTIONS, RESERVED_DESCRIPTORS
 from dsat.stack import free_port
 from tests.conftest import Processes, wait_for
-from tests.harness import CountingCarbon, ingress_topology, listening, record, step_pid
+from tests.harness import CountingCarbon, ingress_topology, orchester_up, record, step_pid
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -190,10 +190,8 @@ def test_slowloris_idle_connections_are_bounded_counted_and_others_are_served(
     sink = WatchingCarbon(carbon_port, clients + 1, per_client)
     sink.start()
     try:
-        up = processes.dsat("up", str(topo), name="up")
-        wait_for(lambda: listening(tcp), 30, "the orchester's plaintext port")
-        orchester = step_pid(up, "orchester")
-        assert orchester is not None
+        up, proc = orchester_up(processes, topo, tcp)
+        orchester = proc.pid
         watch = RssWatch(orchester)
         senders = [Sender(tcp, c, per_client, chunk=20, pace=0.1) for c in range(clients)]
         for s in senders:
@@ -283,11 +281,8 @@ def test_descriptor_limit_reached_refuses_new_clients_counted_and_serves_again_o
     sink = WatchingCarbon(carbon_port, clients + 1, per_client)
     sink.start()
     try:
-        up = processes.dsat("up", str(topo), name="up")
-        wait_for(lambda: listening(tcp), 30, "the orchester's plaintext port")
-        orchester = step_pid(up, "orchester")
-        assert orchester is not None
-        proc = psutil.Process(orchester)
+        up, proc = orchester_up(processes, topo, tcp)
+        orchester = proc.pid
         wait_for(lambda: sink.own["points_out"] > 0, 30, "the orchester's first own metrics at Carbon")
         senders = [Sender(tcp, c, per_client, pace=0.1) for c in range(clients)]
         for s in senders:
@@ -364,10 +359,8 @@ def test_a_flood_of_new_names_stays_in_bounded_memory_while_others_flow(short_tm
     sink = WatchingCarbon(carbon_port, 1, per_client)
     sink.start()
     try:
-        up = processes.dsat("up", str(topo), name="up")
-        wait_for(lambda: listening(tcp), 30, "the orchester's plaintext port")
-        orchester = step_pid(up, "orchester")
-        assert orchester is not None
+        up, proc = orchester_up(processes, topo, tcp)
+        orchester = proc.pid
         now = int(time.time())
         share = names // connections
         payloads = [

@@ -15,7 +15,6 @@ it afterwards.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import threading
@@ -27,7 +26,15 @@ import pytest
 
 from dsat.stack import free_port
 from tests.conftest import Processes, install_missing_programs, wait_for
-from tests.harness import CountingCarbon, ingress_topology, listening, record, status, step_pid
+from tests.harness import (
+    CountingCarbon,
+    ingress_topology,
+    kill_orchester,
+    orchester_up,
+    record,
+    spooled_points,
+    status,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -191,8 +198,7 @@ def test_a_spool_disk_that_fills_is_a_full_spool(
     carbon_port, tcp = free_port(), free_port()
     # block at the defaults (max_queue 1,000,000 in memory); drop_oldest with less memory, so that it drops
     topo = spool_topology(short_tmp, carbon_port, tcp, policy, None if policy == "block" else 50_000)
-    up = processes.dsat("up", str(topo), name="up")
-    wait_for(lambda: listening(tcp), 30, "the orchester's plaintext port")
+    up, _ = orchester_up(processes, topo, tcp)
     threads, sent = send_clients(tcp, clients, per_client, names)
     wait_for(lambda: "ALERT spool_disk_full" in processes.log_of(up), 120, "the spool's disk to fill")
     if policy == "drop_oldest":
@@ -227,8 +233,7 @@ def test_a_spool_disk_remounted_read_only_in_the_middle_is_a_full_spool(
     mount.ext4(64)
     carbon_port, tcp = free_port(), free_port()
     topo = spool_topology(short_tmp, carbon_port, tcp, policy, 20_000)
-    up = processes.dsat("up", str(topo), name="up")
-    wait_for(lambda: listening(tcp), 30, "the orchester's plaintext port")
+    up, _ = orchester_up(processes, topo, tcp)
     threads, sent = send_clients(tcp, clients // 2, per_client, names)
     wait_for(lambda: sum(sent) >= clients // 2 * per_client, 120, "the first clients to send everything")
     wait_for(lambda: orchester_counters(topo).get("dropped") is not None, 30, "a heartbeat of the orchester")
@@ -261,19 +266,6 @@ def test_a_spool_disk_remounted_read_only_in_the_middle_is_a_full_spool(
     assert figures["disk_full_episodes"] == 1  # read-only for good: one episode, one alert
 
 
-def spooled_points(base: Path) -> int:
-    """Datapoints in the spool's file now (0 before it has its table)."""
-    import sqlite3
-
-    db = base / "spool" / "carbon.db"
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as conn:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'batches'").fetchone() is None:
-            return 0
-        return int(conn.execute("SELECT COALESCE(SUM(points), 0) FROM batches").fetchone()[0])
-
-
 @pytest.mark.parametrize("fault", ["deleted", "replaced"])
 def test_a_spool_file_deleted_or_replaced_while_the_orchester_runs_loses_nothing(
     short_tmp: Path, processes: Processes, fault: str
@@ -284,8 +276,7 @@ def test_a_spool_file_deleted_or_replaced_while_the_orchester_runs_loses_nothing
     clients, per_client, names = 10, 20_000, 2_000
     carbon_port, tcp = free_port(), free_port()
     topo = spool_topology(short_tmp, carbon_port, tcp, "drop_oldest", None)  # the defaults
-    up = processes.dsat("up", str(topo), name="up")
-    wait_for(lambda: listening(tcp), 30, "the orchester's plaintext port")
+    up, _ = orchester_up(processes, topo, tcp)
     half = clients // 2 * per_client
     first, sent_first = send_clients(tcp, clients // 2, per_client, names)
     wait_for(lambda: spooled_points(short_tmp) == half, 120, "the first half in the spool")
@@ -296,11 +287,7 @@ def test_a_spool_file_deleted_or_replaced_while_the_orchester_runs_loses_nothing
         path.write_bytes(os.urandom(16384))
     wait_for(lambda: "ALERT spool_replaced" in processes.log_of(up), 30, "the orchester to notice")
     wait_for(lambda: spooled_points(short_tmp) == half, 30, "what the old spool held, in the new file")
-    orchester = step_pid(up, "orchester")
-    assert orchester is not None
-    os.kill(orchester, signal.SIGKILL)  # what was only in the deleted file would be gone now
-    wait_for(lambda: step_pid(up, "orchester") not in (None, orchester), 60, "the supervisor to restart it")
-    wait_for(lambda: listening(tcp), 60, "the restarted orchester's plaintext port")
+    kill_orchester(up, tcp)  # what was only in the deleted file would be gone now
     more, sent_more = send_clients(tcp, clients // 2, per_client, names, first=clients // 2)
     figures = carbon_back_and_count(
         processes, up, topo, carbon_port, clients, per_client, "block", [*first, *more],
@@ -345,8 +332,6 @@ def test_a_carbon_that_accepts_but_never_reads_for_two_minutes(short_tmp: Path, 
     """At the defaults: the orchester's memory stays within a bound, what does not fit is spooled, the stalled
     connection is given up after [carbon] timeout and what it held sent again, and every datapoint arrives once
     Carbon reads."""
-    import psutil
-
     clients, per_client, names = 20, 50_000, 10_000
     total = clients * per_client
     carbon_port, tcp = free_port(), free_port()
@@ -354,11 +339,7 @@ def test_a_carbon_that_accepts_but_never_reads_for_two_minutes(short_tmp: Path, 
     sink = StallingCarbon(carbon_port, clients, per_client)
     sink.start()
     try:
-        up = processes.dsat("up", str(topo), name="up")
-        wait_for(lambda: listening(tcp), 30, "the orchester's plaintext port")
-        orchester = step_pid(up, "orchester")
-        assert orchester is not None
-        proc = psutil.Process(orchester)
+        up, proc = orchester_up(processes, topo, tcp)
         rss_at_start = proc.memory_info().rss
         wait_for(lambda: sink.accepted > 0, 30, "the orchester to connect to the stalled carbon")
         stalled_at = time.monotonic()
@@ -412,8 +393,7 @@ def test_when_space_comes_back_the_spool_takes_writes_again_by_itself(
     mount.tmpfs("32m")  # room for everything once the other file is gone
     carbon_port, tcp = free_port(), free_port()
     topo = spool_topology(short_tmp, carbon_port, tcp, "block", None)
-    up = processes.dsat("up", str(topo), name="up")
-    wait_for(lambda: listening(tcp), 30, "the orchester's plaintext port")
+    up, _ = orchester_up(processes, topo, tcp)
     wait_for(lambda: spooled_points(short_tmp) == 0 and (mount.where / "carbon.db").exists(), 30, "the spool")
     ballast = mount.where / "ballast"
     subprocess.run(["dd", "if=/dev/zero", f"of={ballast}", "bs=64k"], capture_output=True)  # until the disk is full
@@ -431,10 +411,7 @@ def test_when_space_comes_back_the_spool_takes_writes_again_by_itself(
         "everything in the spool",
         detail=lambda: (spooled_points(short_tmp), status(topo)),
     )
-    orchester = step_pid(up, "orchester")
-    assert orchester is not None
-    os.kill(orchester, signal.SIGKILL)  # only what is on disk survives this
-    wait_for(lambda: step_pid(up, "orchester") not in (None, orchester), 60, "the supervisor to restart it")
+    kill_orchester(up, tcp)  # only what is on disk survives this
     figures = carbon_back_and_count(
         processes, up, topo, carbon_port, clients, per_client, "block", threads, lambda: sum(sent), episodes=0
     )
