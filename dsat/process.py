@@ -59,6 +59,19 @@ def install_reactor() -> Any:
     return reactor
 
 
+def watch_clock(reactor: Any) -> None:
+    """Keep the reactor's timers on time across a step of the wall clock (:class:`dsat.schedule.ClockWatch`).
+
+    The watch looks on asyncio's own timer (the monotonic clock), which no
+    Twisted timer can delay; it runs while the reactor does.
+    """
+    from dsat.schedule import ClockWatch
+
+    watch = ClockWatch(reactor, call_later=asyncio.get_event_loop().call_later)
+    reactor.callWhenRunning(watch.start)
+    reactor.addSystemEventTrigger("before", "shutdown", watch.stop)
+
+
 def start_logging() -> None:
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
@@ -542,6 +555,7 @@ def run(topology_path: str | Path, step: str, host: str = "", worker: int | None
     # A step whose reactor stops turning (a satellite's code that never returns) is killed and restarted.
     watchdog = Watchdog(reactor, topo.watchdog_of(step), name=step if worker is None else f"{step} worker {worker}")
     reactor.callWhenRunning(watchdog.start)
+    watch_clock(reactor)  # a wall clock stepped back would stall every timer (and the watchdog's pets)
     try:
         reactor.run()
     finally:

@@ -23,7 +23,9 @@ and counted in ``failures``, and the schedule goes on.  A bare
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -181,3 +183,85 @@ class SlotSchedule(_Guarded):
                 every=self.every,
                 missed=self.missed,
             )
+
+
+#: The wall clock moving this many seconds more (or less) than the monotonic clock between two looks is a step.
+STEP_TOLERANCE = 1.0
+
+
+class ClockWatch:
+    """Keeps a process's timers on time when the wall clock steps (NTP, an operator's ``date``, a VM resumed).
+
+    Twisted times its delayed calls on the wall clock (``reactor.seconds()``
+    is ``time.time()``).  Stepped back an hour, every timer of a process
+    (heartbeats, the spool's replay, the tracker's deadlines, collector
+    runs, the watchdog's pets, so the watchdog would kill it) would wait an
+    hour; stepped forward, all would fire at once (every batch in flight
+    timed out).  A ClockWatch looks every *every* seconds on a timer the
+    step cannot delay (*call_later*: asyncio's loop, on the monotonic
+    clock) and, when the wall clock moved more than :data:`STEP_TOLERANCE`
+    against *monotonic*, moves every pending delayed call by the step
+    (``IDelayedCall.reset``): each fires when it was meant to, as a clock
+    that does not step measures it.  Timestamps stay on the wall clock: a
+    :class:`SlotSchedule` stamps its calls with the multiples of the clock
+    as it now reads (stepped back within a slot, it waits; stepped forward,
+    the slots between are counted as missed).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTime,
+        *,
+        call_later: Callable[[float, Callable[[], None]], Any],
+        monotonic: Callable[[], float] = time.monotonic,
+        every: float = 1.0,
+    ) -> None:
+        self.reactor = reactor
+        self.call_later = call_later
+        self.monotonic = monotonic
+        self.every = every
+        #: Steps seen since start, and the last one (seconds: positive forward).
+        self.steps = 0
+        self.last_step = 0.0
+        self._offset = 0.0
+        self._handle: Any = None
+
+    def start(self) -> None:
+        self._offset = self.reactor.seconds() - self.monotonic()
+        self._handle = self.call_later(self.every, self.look)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def look(self) -> None:
+        """Compare the clocks; after a step, move every pending timer by it.  Never raises: it looks again."""
+        try:
+            wall = self.reactor.seconds()
+            offset = wall - self.monotonic()
+            step, self._offset = offset - self._offset, offset
+            if abs(step) > STEP_TOLERANCE:
+                self._moved(step, wall)
+        except Exception:
+            self.log.failure("clock watch: a look failed; it looks again")
+        self._handle = self.call_later(self.every, self.look)
+
+    def _moved(self, step: float, wall: float) -> None:
+        moved = 0
+        for call in self.reactor.getDelayedCalls():
+            if call.active():
+                call.reset(max(0.0, call.getTime() - wall + step))
+                moved += 1
+        self.steps += 1
+        self.last_step = step
+        self.log.warn(
+            "the wall clock stepped {direction} by {step:.1f}s: {moved} timers moved with it, so each fires when it"
+            " was meant to; timestamps follow the clock ({steps} steps so far)",
+            direction="forward" if step > 0 else "back",
+            step=abs(step),
+            moved=moved,
+            steps=self.steps,
+        )

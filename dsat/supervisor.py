@@ -215,6 +215,7 @@ def up(topology_path: str | Path, *, extra: Any = None, host: str | None = None)
     keys.require_curve(topo)
     reactor = process.install_reactor()
     process.start_logging()
+    process.watch_clock(reactor)
     topo.run_dir.mkdir(parents=True, exist_ok=True)
     supervisor = Supervisor(reactor)
     if extra is not None:

@@ -7,7 +7,7 @@ from itertools import pairwise
 import pytest
 from twisted.internet.task import Clock
 
-from dsat.schedule import Repeat, SlotSchedule
+from dsat.schedule import ClockWatch, Repeat, SlotSchedule
 
 
 def clock_at(t: float) -> Clock:
@@ -231,3 +231,91 @@ def test_repeat_refuses_an_interval_that_is_not_a_positive_number() -> None:
     for every in (0, -1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="positive"):
             Repeat(clock_at(0), every, lambda: None, name="test")
+
+
+class Monotonic:
+    """A monotonic clock moved by hand, beside the wall clock (a twisted Clock) that may step."""
+
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def watched(clock: Clock) -> tuple[ClockWatch, Monotonic, list[float]]:
+    """A Repeat every second on *clock*, and a ClockWatch (looked at by hand) over it."""
+    mono = Monotonic()
+    calls: list[float] = []
+    Repeat(clock, 1, lambda: calls.append(mono.now), name="test").start()
+    watch = ClockWatch(clock, call_later=lambda delay, fn: None, monotonic=mono)
+    watch.start()
+    return watch, mono, calls
+
+
+def walk(clock: Clock, mono: Monotonic, seconds: float) -> None:
+    """Both clocks go on by *seconds* (no step)."""
+    mono.now += seconds
+    clock.advance(seconds)
+
+
+@pytest.mark.parametrize("step", [-3600.0, 3600.0], ids=["back_an_hour", "forward_an_hour"])
+def test_a_wall_clock_step_leaves_every_timer_firing_when_it_was_meant_to(step: float) -> None:
+    """Twisted times calls on the wall clock: stepped back an hour they would wait an hour, forward all fire at once;
+    the watch moves them by the step, so the Repeat keeps its one call a second of monotonic time."""
+    clock = clock_at(1_000_000)
+    watch, mono, calls = watched(clock)
+    walk(clock, mono, 0.5)
+    clock.rightNow += step  # the step: the monotonic clock does not move
+    watch.look()
+    assert watch.steps == 1 and watch.last_step == pytest.approx(step)
+    clock.advance(0)
+    assert calls == []  # forward: nothing fired at once
+    walk(clock, mono, 0.5)
+    assert calls == [501.0]  # back: it did not wait an hour
+    walk(clock, mono, 1.0)
+    assert calls == [501.0, 502.0]
+
+
+def test_without_the_watch_a_step_back_stalls_the_timers() -> None:
+    """What the watch is for, shown on the same clock: no call in the next seconds."""
+    clock = clock_at(1_000_000)
+    calls: list[float] = []
+    Repeat(clock, 1, lambda: calls.append(clock.seconds()), name="test").start()
+    clock.advance(0.5)
+    clock.rightNow -= 3600
+    clock.pump([1.0] * 10)
+    assert calls == []
+
+
+@pytest.mark.parametrize("step", [-3600, 3600], ids=["back_an_hour", "forward_an_hour"])
+def test_slots_follow_the_wall_clock_after_a_step(step: int) -> None:
+    """A SlotSchedule's next call comes after the same monotonic wait, stamped with the clock as it now reads."""
+    clock = clock_at(1_000_000)
+    mono = Monotonic()
+    slots: list[float] = []
+    schedule = SlotSchedule(clock, 10, slots.append, name="test")
+    schedule.start()
+    watch = ClockWatch(clock, call_later=lambda delay, fn: None, monotonic=mono)
+    watch.start()
+    walk(clock, mono, 10)
+    clock.rightNow += step
+    watch.look()
+    walk(clock, mono, 10)
+    walk(clock, mono, 10)
+    assert slots == [1_000_010, 1_000_020 + step, 1_000_030 + step]
+    assert schedule.failures == 0
+
+
+def test_small_drift_is_not_a_step_and_a_failing_look_looks_again() -> None:
+    clock = clock_at(1_000_000)
+    mono = Monotonic()
+    scheduled: list[float] = []
+    watch = ClockWatch(clock, call_later=lambda delay, fn: scheduled.append(delay), monotonic=mono)
+    watch.start()
+    clock.rightNow += 0.5  # NTP slewing, a late look: under STEP_TOLERANCE
+    watch.look()
+    assert watch.steps == 0
+    watch.reactor = None  # type: ignore[assignment]  # anything that makes a look raise
+    watch.look()
+    assert len(scheduled) == 3  # start, and after each look, the failing one included
