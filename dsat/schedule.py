@@ -37,11 +37,16 @@ TOLERANCE = 1e-6
 
 
 class _Guarded:
-    """What both schedules share: the pending call, stop, and the failure handling (log a sample, count, go on)."""
+    """What both schedules share: the clock and interval, the pending call, stop, and the failure handling (log a
+    sample, count, go on)."""
 
     log = Logger()
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, clock: IReactorTime, every: float, *, name: str) -> None:
+        if not (math.isfinite(every) and every > 0):
+            raise ValueError(f"{name}: every must be a positive number of seconds, not {every!r}")
+        self.clock = clock
+        self.every = every
         self.name = name
         #: Calls that raised since start (each one logged up to should_log's sample).
         self.failures = 0
@@ -78,11 +83,7 @@ class Repeat(_Guarded):
     def __init__(
         self, clock: IReactorTime, every: float, fn: Callable[[], object], *, name: str, now: bool = False
     ) -> None:
-        if not (math.isfinite(every) and every > 0):
-            raise ValueError(f"{name}: every must be a positive number of seconds, not {every!r}")
-        super().__init__(name)
-        self.clock = clock
-        self.every = every
+        super().__init__(clock, every, name=name)
         self.fn = fn
         self.now = now
 
@@ -122,11 +123,7 @@ class SlotSchedule(_Guarded):
     """
 
     def __init__(self, clock: IReactorTime, every: float, fn: Callable[[float], object], *, name: str) -> None:
-        if not (math.isfinite(every) and every > 0):
-            raise ValueError(f"{name}: every must be a positive number of seconds, not {every!r}")
-        super().__init__(name)
-        self.clock = clock
-        self.every = every
+        super().__init__(clock, every, name=name)
         self.fn = fn
         #: Slots that went by without a call, because a call ran that late.
         self.missed = 0
