@@ -69,10 +69,10 @@ from typing import Any
 
 import psutil
 
-from dsat.bench import stop_group
 from dsat.carbon import encode_pickle
 from dsat.naming import tagged_path
-from dsat.stack import free_port
+from dsat.tools.bench import stop_group
+from dsat.tools.stack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psutil
 
-from dsat.stack import free_port
+from dsat.tools.stack import free_port
 
 TOPOLOGY = """
 [dsat]

@@ -1,7 +1,7 @@
 #!/opt/dsat/bin/python
 """Container entry point of carbon-cache: render carbon_conf for this container, then run carbon in the foreground.
 
-The same carbon_conf files and template as the local stack (dsat.stack.LocalStack), with every state
+The same carbon_conf files and template as the local stack (dsat.tools.stack.LocalStack), with every state
 directory under /var/lib/dsat and the receivers listening on all interfaces of the container.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dsat.stack import LocalStack
+from dsat.tools.stack import LocalStack
 
 stack = LocalStack(
     Path("/var/lib/dsat"),

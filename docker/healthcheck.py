@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import sys
 
-from dsat import status, topology
+from dsat import topology
 from dsat.errors import DsatError
+from dsat.tools import status
 
 step = sys.argv[1]
 try:

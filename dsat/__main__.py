@@ -2,6 +2,6 @@
 
 import sys
 
-from dsat.cli import main
+from dsat.tools.cli import main
 
 sys.exit(main())

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import whisper
 
-from dsat.stack import LocalStack, free_port
+from dsat.tools.stack import LocalStack, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,12 +27,13 @@ from typing import Any
 import psutil
 import pytest
 
-from dsat import bench, bench_load, bench_sink, topology
-from dsat.bench_load import Phase
+from dsat import topology
 from dsat.carbon import POINTS_PER_MESSAGE
 from dsat.ingress import parse_pickle
 from dsat.naming import is_tagged, tagged_path
-from dsat.stack import free_port
+from dsat.tools import bench, bench_load, bench_sink
+from dsat.tools.bench_load import Phase
+from dsat.tools.stack import free_port
 from tests.conftest import ROOT
 
 SMALL = """
@@ -115,8 +116,8 @@ def test_plaintext_and_pickle_are_read_like_carbon_reads_them() -> None:
         counting.start(p)
         points = [
             ("dsatbench.n1", 1_000_000, 1.0),
-            ("dsat.bench.gen.dsatbench.n2", 1_000_001, 2.0),
-            ("dsat.bench.self.orchester.spooled", 1_000_001, 7.0),
+            ("dsat.tools.bench.gen.dsatbench.n2", 1_000_001, 2.0),
+            ("dsat.tools.bench.self.orchester.spooled", 1_000_001, 7.0),
             ("servers.web01.cpu", 1_000_001, 3.0),
         ]
         if protocol == "plaintext":
@@ -239,7 +240,7 @@ def test_bench_compare_runs_both_topologies_on_the_same_collector_load(tmp_path:
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the lost raise, on purpose
 def test_a_ctrl_c_lost_inside_a_finaliser_still_stops_the_bench() -> None:
     """Python only prints a KeyboardInterrupt raised in a __del__; the bench's waits raise it again."""
-    from dsat import bench
+    from dsat.tools import bench
 
     class Finalised:
         def __del__(self) -> None:

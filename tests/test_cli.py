@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dsat.cli import main
+from dsat.tools.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

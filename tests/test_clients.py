@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import whisper
 
-from dsat.stack import free_port
+from dsat.tools.stack import free_port
 from tests.conftest import Carbon, Processes, wait_for
 from tests.harness import free_udp_port, listening
 
@@ -41,7 +41,7 @@ def values(carbon: Carbon, path: str) -> list[float]:
 
 def start_carbon_relay(base: Path, destination_port: int) -> tuple[subprocess.Popen[bytes], int]:
     """carbon-relay listening for plaintext, forwarding pickle to *destination_port*."""
-    from dsat.stack import LocalStack
+    from dsat.tools.stack import LocalStack
 
     line_port = free_port()
     relay = LocalStack(base / "relay", pickle_port=free_port())

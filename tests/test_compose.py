@@ -40,7 +40,7 @@ import pytest
 import yaml
 
 from dsat import naming
-from dsat.stack import free_port
+from dsat.tools.stack import free_port
 from tests.conftest import ROOT, install_missing_programs, wait_for
 
 pytestmark = pytest.mark.compose

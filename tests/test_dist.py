@@ -51,7 +51,7 @@ def test_the_wheel_holds_what_dsat_needs_at_run_time_under_dsat_alone(dist: Path
     names = set(zipfile.ZipFile(built(dist, "*.whl")).namelist())
     wanted = {
         "dsat/demo.toml",
-        "dsat/bench_load.py",
+        "dsat/tools/bench_load.py",
         "dsat/satellites/__init__.py",
         "dsat/satellites/synthetic.py",
         "dsat/carbon_conf/carbon.conf",

@@ -23,7 +23,7 @@ import pytest
 import whisper
 
 from dsat import naming
-from dsat.stack import free_port
+from dsat.tools.stack import free_port
 from tests.conftest import ROOT, Processes, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -121,7 +121,7 @@ def stop_cleanly(proc: subprocess.Popen[bytes], procs: Processes) -> None:
         pytest.fail(f"dsat demo exited early ({proc.returncode}): {procs.log_of(proc)[-3000:]}")
     children = psutil.Process(proc.pid).children(recursive=True)
     names = " ".join(" ".join(c.cmdline()) for c in children)
-    assert "carbon-cache" in names and "dsat.graphite_web" in names and " run " in names
+    assert "carbon-cache" in names and "dsat.tools.graphite_web" in names and " run " in names
     status = procs.stop(proc, timeout=30)
     assert status == 0, procs.log_of(proc)[-3000:]
     _gone, alive = psutil.wait_procs(children, timeout=5)

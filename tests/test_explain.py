@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dsat import explain
 from dsat.errors import ConfigError
+from dsat.tools import explain
 
 REWRITE = "[pre]\n^servers\\.(\\w+)\\.cpu\\. = servers.\\1.processor.\n"
 AGGREGATION = "servers.all.processor.<metric> (60) = avg servers.*.processor.<metric>\n"

@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from dsat.ingress import IDLE_GRACE, MAX_CONNECTIONS, RESERVED_DESCRIPTORS
-from dsat.stack import free_port
+from dsat.tools.stack import free_port
 from tests.conftest import Processes, wait_for
 from tests.harness import CountingCarbon, ingress_topology, orchester_up, record, step_pid
 

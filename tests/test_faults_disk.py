@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from dsat.stack import free_port
+from dsat.tools.stack import free_port
 from tests.conftest import Processes, install_missing_programs, wait_for
 from tests.harness import (
     CountingCarbon,

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from dsat import graph, topology
+from dsat import topology
+from dsat.tools import graph
 from tests.conftest import ROOT, install_missing_programs
 
 DEMO = ROOT / "dsat" / "demo.toml"

@@ -1,6 +1,6 @@
 """graphite-web's start-up: its database and the dashboards shipped in carbon_conf/dashboards/.
 
-Django is set up once per process, so each check runs ``dsat.graphite_web`` in a child Python.
+Django is set up once per process, so each check runs ``dsat.tools.graphite_web`` in a child Python.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dsat.stack import LocalStack
+from dsat.tools.stack import LocalStack
 from tests.conftest import ROOT
 
 SHIPPED = json.loads((ROOT / "carbon_conf" / "dashboards" / "dsat.json").read_text())
@@ -18,7 +18,7 @@ SHIPPED = json.loads((ROOT / "carbon_conf" / "dashboards" / "dsat.json").read_te
 
 def in_graphite(stack: LocalStack, code: str) -> str:
     """Run *code* in a child Python with graphite-web's settings for *stack*; its stdout."""
-    prelude = "import json\nfrom dsat.graphite_web import prepare_database\n"
+    prelude = "import json\nfrom dsat.tools.graphite_web import prepare_database\n"
     done = subprocess.run(
         [sys.executable, "-c", prelude + code],
         env={"PATH": "/usr/bin:/bin", **stack.graphite_env()},

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from dsat.errors import DsatError
-from dsat.stack import LocalStack
-from dsat.status import fetch
+from dsat.tools.stack import LocalStack
+from dsat.tools.status import fetch
 from tests.conftest import wait_for
 from tests.harness import spool_rows
 from tests.test_multihost import SCHEMAS, Cluster, Network, host_copy, ip, runs

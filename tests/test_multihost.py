@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import whisper
 
-from dsat.stack import LocalStack, free_port
+from dsat.tools.stack import LocalStack, free_port
 from tests.conftest import settled, wait_for
 from tests.harness import record
 from tests.test_clients import values

@@ -24,8 +24,8 @@ from twisted.internet.testing import MemoryReactorClock
 
 from dsat import process, topology
 from dsat.events import BREAKER_TOPIC
-from dsat.stack import free_port
 from dsat.testing import FakeProducer, FakeSender
+from dsat.tools.stack import free_port
 from tests.conftest import Processes, wait_for
 
 TOPOLOGY = """

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from dsat.stack import free_port
+from dsat.tools.stack import free_port
 from tests.conftest import Carbon, Processes, wait_for
 from tests.harness import (
     CarbonStandIn,

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from dsat import route
 from dsat.carbon import CarbonEgress, decode, encode_pickle, encode_plaintext
 from dsat.errors import ConfigError
 from dsat.spool import Spool
-from dsat.stack import free_port
+from dsat.tools import route
+from dsat.tools.stack import free_port
 from tests.conftest import Processes, wait_for
 from tests.test_carbon import connect, sent_bytes, unpickle_messages
 

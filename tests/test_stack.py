@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dsat.errors import ConfigError
-from dsat.stack import LocalStack, render_carbon_conf
+from dsat.tools.stack import LocalStack, render_carbon_conf
 
 
 def test_carbon_conf_renders_every_field(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dsat.status import format_status
+from dsat.tools.status import format_status
 
 
 def test_table_has_a_row_per_step_with_counts_and_heartbeat_age() -> None:

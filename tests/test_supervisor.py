@@ -12,8 +12,8 @@ import pytest
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.python.failure import Failure
 
-from dsat.stack import free_port
 from dsat.supervisor import Restarts, exit_cause, step_names
+from dsat.tools.stack import free_port
 from tests.conftest import Processes, wait_for
 
 TOPOLOGY = """

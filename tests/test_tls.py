@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from dsat.errors import ConfigError
-from dsat.stack import free_port
 from dsat.tls import server_options
+from dsat.tools.stack import free_port
 from tests.conftest import Carbon, Processes, wait_for
 from tests.test_clients import values
 from tests.test_topology import BASE, load, only_problem

@@ -18,7 +18,7 @@ from twisted.logger import globalLogPublisher
 
 from dsat import keys, topology, transport
 from dsat.counters import Rejections
-from dsat.stack import free_port
+from dsat.tools.stack import free_port
 from dsat.transport import ZmqReceiver, ZmqSender, context
 from tests.test_topology import MULTI, REGISTRY
 

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 from dsat import process, topology
 from dsat.envelope import Envelope, encode
 from dsat.errors import ConfigError
-from dsat.stack import free_port
+from dsat.tools.stack import free_port
 from dsat.workers import ParentLink, Workers, listen_tcp, reuseport_socket, worker_command, worker_spool
 from tests.conftest import Processes, wait_for
 from tests.harness import CarbonStandIn

@@ -4,7 +4,7 @@ The topology runs as it is, with ``dsat up`` (real processes, the same code),
 from a copy written in a temporary folder with four changes, each printed in
 the report: ``run_dir`` and the spool move into that folder (nothing of a
 running instance is touched), every ``[carbon]`` destination points at the
-counting sink of :mod:`dsat.bench_sink` (same instance names, so carbon's ring
+counting sink of :mod:`dsat.tools.bench_sink` (same instance names, so carbon's ring
 places metrics as it would), DSAT's own metrics come every second, and the
 load source is added: a Graphite plaintext ingress when the topology has none
 (``--payload ingress``) or ``bench_<type>`` collectors in place of its own
@@ -44,10 +44,11 @@ from typing import Any, TextIO
 import psutil
 import tomli_w
 
-from dsat import bench_load, status, topology
-from dsat.bench_load import Phase
+from dsat import topology
 from dsat.errors import BenchError, ConfigError, DsatError
-from dsat.stack import free_port
+from dsat.tools import bench_load, status
+from dsat.tools.bench_load import Phase
+from dsat.tools.stack import free_port
 
 #: Seconds without a new datapoint at the sink after which a phase's missing datapoints count as lost.
 SETTLE = 3.0
@@ -127,7 +128,7 @@ def derive(source: Path, work: Path, options: Options) -> Plan:
         if not collectors:
             raise BenchError(f"{source}: no collector to replace; use --payload ingress")
         plan.phase_file = work / "phase.json"
-        top["plugins"] = [*top.get("plugins", []), "dsat.bench_load"]
+        top["plugins"] = [*top.get("plugins", []), "dsat.tools.bench_load"]
         every_cap = options.duration / 10
         for step in collectors:
             sat = doc["satellites"][step.name]
@@ -166,7 +167,7 @@ class Running:
             listener = socket.create_server(("127.0.0.1", port), backlog=64)
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
             listeners.append(listener)
-        from dsat.bench_sink import serve
+        from dsat.tools.bench_sink import serve
 
         ctx = multiprocessing.get_context("fork")
         self.control, theirs = ctx.Pipe()
@@ -188,7 +189,7 @@ class Running:
 
     def _start_carbon(self, options: Options) -> list[tuple[str, int]]:
         """One carbon-cache behind the sink: every destination's bytes are forwarded to it."""
-        from dsat.stack import LocalStack
+        from dsat.tools.stack import LocalStack
 
         stack = LocalStack(self.work / "carbon", pickle_port=free_port())
         stack.prepare_carbon()

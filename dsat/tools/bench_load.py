@@ -4,7 +4,7 @@ Every synthetic datapoint is named ``…dsatbench.n<J>`` (J from 0 to the number
 distinct names) and carries as its timestamp ``base + tick``, the number of
 :data:`TICK` periods between the start of the load (``t0``, on the monotonic
 clock every process of this machine shares) and the moment it entered DSAT.  The
-counting sink (:mod:`dsat.bench_sink`) turns a timestamp back into that moment,
+counting sink (:mod:`dsat.tools.bench_sink`) turns a timestamp back into that moment,
 so the latency it measures runs from the datapoint entering DSAT to its arrival
 at the Carbon socket, through every step, rule and encoding in between, and
 needs nothing from the pipeline but to keep timestamps (Carbon's plaintext

@@ -18,9 +18,9 @@ from typing import Any
 
 import zmq
 
-from dsat import status
 from dsat.envelope import Envelope, encode
 from dsat.errors import ConfigError, DsatError
+from dsat.tools import status
 
 
 def command(action: str, args: list[str]) -> dict[str, str]:

@@ -4,7 +4,7 @@
 topology's ``[carbon] destinations`` point.  It reads Carbon's pickle or
 plaintext protocol as carbon-cache does (a pickle is read with no globals
 allowed, like carbon's own safe unpickler), and for every datapoint of the
-bench's load (see :mod:`dsat.bench_load`) it notes whether that (name,
+bench's load (see :mod:`dsat.tools.bench_load`) it notes whether that (name,
 timestamp) came before (a duplicate, delivered at least once) and how long ago
 it entered DSAT.  Everything else is counted as ``other``, and DSAT's own
 ``self.orchester.*`` counts (spooled, dropped, resent, replayed) are summed
@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
-from dsat.bench_load import NAME_INDEX, PLAINTEXT_POINT, Phase
+from dsat.tools.bench_load import NAME_INDEX, PLAINTEXT_POINT, Phase
 
 #: The orchester's own counters the sink sums (``<prefix>.<where>.self.orchester.<name>``).
 OWN_COUNTERS = ("spooled", "dropped", "resent", "replayed")

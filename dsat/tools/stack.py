@@ -2,7 +2,7 @@
 
 carbon-cache (from the ``carbon`` package) and graphite-web (from the
 ``graphite-web`` package, served by Twisted's WSGI container, see
-:mod:`dsat.graphite_web`) run as supervised processes next to the topology's own, from one
+:mod:`dsat.tools.graphite_web`) run as supervised processes next to the topology's own, from one
 state directory: configuration rendered from :mod:`dsat.carbon_conf`, the Whisper
 tree, graphite-web's sqlite database and the logs.  carbon-cache listens for
 pickle on the port of the topology's first carbon destination, and registers
@@ -111,7 +111,13 @@ class LocalStack:
         return [sys.executable, script, f"--config={conf}", "--debug", "start"]
 
     def graphite_command(self) -> list[str]:
-        return [sys.executable, "-m", "dsat.graphite_web", f"--port={self.http_port}", f"--interface={self.interface}"]
+        return [
+            sys.executable,
+            "-m",
+            "dsat.tools.graphite_web",
+            f"--port={self.http_port}",
+            f"--interface={self.interface}",
+        ]
 
     def add_to(self, supervisor: object) -> None:
         """Add carbon-cache and graphite-web to a :class:`dsat.supervisor.Supervisor`."""

@@ -71,7 +71,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from dsat import status, supervisor, topology
+    from dsat import supervisor, topology
+    from dsat.tools import status
 
     topo = topology.load(args.topology)
     snap = status.fetch(topo.tracker.status, timeout=args.timeout)
@@ -82,7 +83,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from dsat import supervisor, topology
-    from dsat.stack import LocalStack
+    from dsat.tools.stack import LocalStack
 
     state_dir = Path(args.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +132,8 @@ def announce_when_listening(reactor: Any, stack: Any, topo: Any) -> None:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    from dsat import route, topology
+    from dsat import topology
+    from dsat.tools import route
 
     topo = topology.load(args.topology)
     config = route.send(topo, route.command(args.action, args.args), timeout=args.timeout)
@@ -140,13 +142,13 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_test_rules(args: argparse.Namespace) -> int:
-    from dsat import explain
+    from dsat.tools import explain
 
     return explain.run([Path(f) for f in args.rules], sys.stdin, sys.stdout, args.topology)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from dsat import bench
+    from dsat.tools import bench
 
     try:
         return bench.main(args)
@@ -156,7 +158,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
-    from dsat import graph, topology
+    from dsat import topology
+    from dsat.tools import graph
 
     data = graph.render(graph.to_dot(topology.load(args.topology)), args.format)
     if args.output:

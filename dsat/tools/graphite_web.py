@@ -1,11 +1,11 @@
 """graphite-web served by Twisted: its WSGI application and its UI files.
 
-``python -m dsat.graphite_web --port 8080`` runs graphite-web's Django
+``python -m dsat.tools.graphite_web --port 8080`` runs graphite-web's Django
 application in Twisted's WSGI container (a thread pool, not Django's
 development server) and serves the UI files (``/static/...``) from where pip
 installed them, with Twisted's static file resource.  Settings come from the
 environment (``GRAPHITE_SETTINGS_MODULE=dsat.carbon_conf.local_settings``); see
-:class:`dsat.stack.LocalStack`.
+:class:`dsat.tools.stack.LocalStack`.
 
 Before serving it prepares graphite-web's database (creates or migrates it)
 and installs the dashboards shipped in ``carbon_conf/dashboards/`` (the
@@ -81,7 +81,7 @@ def prepare_database() -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dsat.graphite_web", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m dsat.tools.graphite_web", description=__doc__)
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--interface", default="127.0.0.1")
     args = parser.parse_args(argv)
