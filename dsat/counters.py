@@ -12,9 +12,6 @@ from collections import Counter
 
 from twisted.logger import Logger
 
-from dsat.envelope import Envelope, decode
-from dsat.errors import EnvelopeError
-
 
 def should_log(count: int) -> bool:
     """True for the 1st..10th, then the 16th, 32nd, 64th... occurrence."""
@@ -42,15 +39,3 @@ class Rejections(Counter[str]):
                 error=error,
                 total=total,
             )
-
-    def decode(self, frame: bytes, *, channel: str, type: str | None = None) -> Envelope | None:
-        """The envelope in *frame* if it decodes and is on *channel* (and of *type*); else count why, None."""
-        try:
-            env = decode(frame)
-        except EnvelopeError as exc:
-            self.reject(exc.reason, exc)
-            return None
-        if env.channel != channel or (type is not None and env.type != type):
-            self.reject("wrong_channel", f"{env.channel!r}/{env.type!r} from {env.step!r} where {channel!r} belongs")
-            return None
-        return env

@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from dsat.cache import DEFAULT_MAX_BYTES
+from dsat.counters import Rejections
 from dsat.errors import BadName, DsatError
 from dsat.naming import PathCache
-
-if TYPE_CHECKING:  # dsat.counters imports dsat.envelope, which imports this module
-    from dsat.counters import Rejections
 
 Datapoint = tuple[str, float, float]
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from dsat.counters import Rejections
 from dsat.datapoint import Datapoint
 from dsat.errors import EnvelopeError, PluginError
 
@@ -294,6 +295,19 @@ def decode(frame: bytes, *, max_frame_bytes: int = MAX_FRAME_BYTES, max_points: 
     if channel != "event" and event:
         raise _bad_field(f"event {event!r} on channel {channel!r}: only channel 'event' carries events")
     return Envelope(**fields)
+
+
+def decode_checked(frame: bytes, rejections: Rejections, *, channel: str, type: str | None = None) -> Envelope | None:
+    """The envelope in *frame* if it decodes and is on *channel* (and of *type*); else count why, None."""
+    try:
+        env = decode(frame)
+    except EnvelopeError as exc:
+        rejections.reject(exc.reason, exc)
+        return None
+    if env.channel != channel or (type is not None and env.type != type):
+        rejections.reject("wrong_channel", f"{env.channel!r}/{env.type!r} from {env.step!r} where {channel!r} belongs")
+        return None
+    return env
 
 
 def _check_points(points: Any, max_points: int) -> tuple[Datapoint, ...]:

@@ -51,7 +51,7 @@ from dsat.breaker import Circuits
 from dsat.carbon import CarbonEgress
 from dsat.counters import Rejections
 from dsat.datapoint import Datapoint, Validator
-from dsat.envelope import Envelope, encode
+from dsat.envelope import Envelope, decode_checked, encode
 from dsat.errors import ConfigError
 from dsat.events import HEARTBEAT_EVERY, Reporter, parse_published, published
 from dsat.flow import PushProducer
@@ -264,7 +264,7 @@ class Orchester:
 
     def on_frame(self, frame: bytes) -> None:
         """Handle one frame from the input link: decode, route, egress."""
-        env = self.rejected.decode(frame, channel="data")
+        env = decode_checked(frame, self.rejected, channel="data")
         if env is None:
             return
         if self.pair is not None and env.emitter != "tracker" and not self.pair.client_request():
@@ -300,7 +300,7 @@ class Orchester:
 
     def on_control(self, frame: bytes) -> None:
         """A change from `dsat route`: set a type's route, add or drain a carbon destination."""
-        env = self.rejected.decode(frame, channel="control", type="route")
+        env = decode_checked(frame, self.rejected, channel="control", type="route")
         if env is None:
             return
         try:

@@ -34,7 +34,7 @@ from dsat.breaker import Circuits
 from dsat.cache import GenerationalCache
 from dsat.counters import Rejections, should_log
 from dsat.datapoint import Datapoint, number_problem
-from dsat.envelope import Batches, Envelope, encode
+from dsat.envelope import Batches, Envelope, decode_checked, encode
 from dsat.errors import BadName, EnvelopeError
 from dsat.events import HEARTBEAT_EVERY, Reporter, parse_published
 from dsat.plugins import SatelliteSpec
@@ -315,7 +315,7 @@ class SatelliteRuntime:
 
     def on_frame(self, frame: bytes) -> None:
         """Handle one frame from the input link."""
-        env = self.rejected.decode(frame, channel="data")
+        env = decode_checked(frame, self.rejected, channel="data")
         if env is None:
             return
         self.reporter.ack(env)

@@ -12,6 +12,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from dsat.counters import Rejections
 from dsat.envelope import (
     CODECS,
     EVENTS,
@@ -20,6 +21,7 @@ from dsat.envelope import (
     Envelope,
     codec_for,
     decode,
+    decode_checked,
     encode,
 )
 from dsat.errors import ConfigError, EnvelopeError, PluginError
@@ -446,3 +448,25 @@ def test_json_body_is_readable_utf8() -> None:
     """The JSON codec writes plain UTF-8 JSON a person can read while debugging."""
     text = encode(Envelope(type="jauge", points=(("é", 1, 2),)), "json")[4:].decode("utf-8")
     assert json.loads(text)["points"] == [["é", 1, 2]] and "é" in text
+
+
+def test_decode_counts_each_bad_frame_by_its_reason() -> None:
+    """A frame that does not decode is counted under the envelope error's reason and gives None."""
+    rejections = Rejections("orchester")
+    assert decode_checked(b"", rejections, channel="data") is None
+    assert decode_checked(b"\x00" * 100, rejections, channel="data") is None
+    assert rejections == {"truncated": 1, "bad_magic": 1}
+
+
+def test_decode_refuses_an_envelope_on_the_wrong_channel_or_of_the_wrong_type() -> None:
+    """An envelope that decodes but belongs elsewhere is counted wrong_channel; the right one comes back."""
+    rejections = Rejections("orchester")
+    data = encode(Envelope(type="gauge", step="cpu", points=(("a.b", 1.0, 2.0),)))
+    control = encode(Envelope(channel="control", type="route", step="cli"))
+    assert decode_checked(data, rejections, channel="control") is None
+    assert decode_checked(control, rejections, channel="control", type="heartbeat") is None
+    assert rejections == {"wrong_channel": 2}
+    env = decode_checked(control, rejections, channel="control", type="route")
+    assert env is not None and env.step == "cli"
+    got = decode_checked(data, rejections, channel="data")
+    assert got is not None and got.points == (("a.b", 1.0, 2.0),)
