@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dsat.tools.cli import main
+from dsat.tools.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,3 +104,29 @@ def test_keys_makes_the_pairs_and_says_what_to_copy(tmp_path: Path, capsys: pyte
     one.write_text((ROOT / "dsat" / "demo.toml").read_text())
     assert main(["keys", str(one)]) == 2
     assert "no [hosts], so no link leaves this machine" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("250ms", 0.25), ("10s", 10.0), ("2m", 120.0), ("1h", 3600.0), ("5", 5.0), ("0.5", 0.5), ("1e1", 10.0)],
+)
+def test_every_cli_duration_takes_the_topology_form_or_seconds(text: str, seconds: float) -> None:
+    """`bench --duration`, `status --timeout` and `route --timeout` read "2m" as a topology does, or seconds."""
+    parser = build_parser()
+    assert parser.parse_args(["bench", "t.toml", "--duration", text]).duration == seconds
+    assert parser.parse_args(["status", "t.toml", "--timeout", text]).timeout == seconds
+    assert parser.parse_args(["route", "t.toml", "set", "cpu", "carbon", "--timeout", text]).timeout == seconds
+
+
+@pytest.mark.parametrize("text", ["2 minutes", "10sec", "0", "-1", "0s", "inf", "nan", ""])
+def test_a_bad_cli_duration_is_an_argparse_error_with_the_accepted_forms(
+    text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A duration the topology would refuse exits 2 with usage, the option, what is wrong and the forms to write."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["bench", "t.toml", "--duration", text])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: dsat bench")
+    assert "dsat bench: error: argument --duration: " in err and " is not a duration" in err
+    assert 'write a duration like "250ms", "10s", "5m", "1h" or a number of seconds' in err

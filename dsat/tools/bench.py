@@ -665,8 +665,8 @@ def main(args: Any, out: TextIO = sys.stdout) -> int:
             raise ConfigError(f"--rate {args.rate!r}: write datapoints a second (e.g. 10000) or max") from None
         if not rate > 0:
             raise ConfigError(f"--rate {args.rate}: must be more than 0")
-    if args.duration <= 0 or args.names < 1:
-        raise ConfigError("--duration must be more than 0 seconds and --names at least 1")
+    if args.names < 1:
+        raise ConfigError(f"--names {args.names}: must be at least 1")
     options = Options(rate, args.duration, args.names, args.payload, args.carbon, args.max_p99, args.max_loss)
     if threading.current_thread() is not threading.main_thread():
         return _main(args, options, out)

@@ -17,6 +17,25 @@ from typing import Any
 
 from dsat import __version__, compiled
 from dsat.errors import ConfigError, DsatError
+from dsat.topology import parse_duration
+
+
+def duration(text: str) -> float:
+    """Seconds from a command-line duration: the topology's ``250ms``, ``10s``, ``2m``, ``1h``, or plain seconds.
+
+    The argparse ``type`` of every option that takes a duration; what
+    :func:`~dsat.topology.parse_duration` refuses becomes an argparse error
+    (usage, the option, what is wrong and the accepted forms, exit status 2).
+    """
+    value: str | float
+    try:
+        value = float(text)
+    except ValueError:
+        value = text
+    try:
+        return parse_duration(value, where=repr(text))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{text!r}: ")) from None
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -208,14 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show the running tracker's counts per step")
     p.add_argument("topology")
     p.add_argument("--json", action="store_true", help="print the raw snapshot as JSON")
-    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the tracker (default 3)")
+    p.add_argument("--timeout", type=duration, default=3.0, help="how long to wait for the tracker (default 3s)")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("route", help="change the running orchester's routing (no restart)")
     p.add_argument("topology")
     p.add_argument("action", choices=["set", "add", "drain", "remove"])
     p.add_argument("args", nargs="+", help="set: TYPE STEP...; add/drain/remove: HOST:PORT[:INSTANCE]")
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=duration, default=10.0, help="how long to wait for the orchester (default 10s)")
     p.set_defaults(func=cmd_route)
 
     p = sub.add_parser("test-rules", help="show what rule files do to metric names read on stdin")
@@ -226,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run a topology under synthetic load and measure what reaches Carbon")
     p.add_argument("topology")
     p.add_argument("--rate", default="10000", help="datapoints a second, or max to find the highest sustained")
-    p.add_argument("--duration", type=float, default=5.0, help="seconds of load per run (default 5)")
+    p.add_argument("--duration", type=duration, default=5.0, help="load per run: 30s, 2m or seconds (default 5s)")
     p.add_argument("--names", type=int, default=1000, help="distinct metric names in the load (default 1000)")
     p.add_argument(
         "--payload",
