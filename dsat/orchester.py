@@ -40,7 +40,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -57,12 +57,18 @@ from dsat.events import HEARTBEAT_EVERY, Reporter, parse_published, published
 from dsat.flow import PushProducer
 from dsat.rules import RuleSet, load_rules
 from dsat.schedule import Repeat, SlotSchedule
-from dsat.shards import Shards
 from dsat.topology import Topology
 from dsat.transport import Sender
-from dsat.udp import CountingPort
 
 STEP = "orchester"
+
+
+class IngressTotals(Protocol):
+    """What the orchester's listeners counted since start (dsat.process.Listeners), for its own metrics."""
+
+    def totals(self) -> Mapping[str, int]: ...
+
+
 #: Seconds between two checks of the rule files' modification times.
 RULES_CHECK_EVERY = 2.0
 
@@ -93,13 +99,15 @@ class PairMember:
         heartbeat: float,
         missed_beats: int,
         publisher: Sender,
+        on_active: Callable[[bool], object] | None = None,
+        on_change: Callable[[Transition], object] | None = None,
     ) -> None:
         self.clock = clock
         self.host = host
         self.publisher = publisher
         self.fsm = BinaryStar(clock, role=role, heartbeat=heartbeat, missed_beats=missed_beats, on_change=self._changed)
-        self.on_active: Callable[[bool], object] | None = None
-        self.on_change: Callable[[Transition], object] | None = None
+        self.on_active = on_active
+        self.on_change = on_change
         self.beats = Repeat(clock, self.fsm.heartbeat, self.beat, name=f"pair {host}: heartbeat", now=True)
 
     def start(self) -> None:
@@ -132,7 +140,11 @@ class PairMember:
             self.on_change(transition)
 
     def heartbeat_fields(self) -> dict[str, int | str]:
-        """What the orchester's heartbeat tells its tracker: counts (ints) and the state (strings)."""
+        """What the orchester's heartbeat tells its tracker: counts (ints) and the state (strings).
+
+        ``ha_peer`` is the peer's state as last heard; ``ha_peer_silent`` (seconds, only once the
+        peer has been silent past the deadline) says that state is stale, and for how long.
+        """
         fsm = self.fsm
         last = fsm.last_failover
         peer = fsm.peer_state.value if fsm.peer_state is not None else "unheard"
@@ -141,6 +153,7 @@ class PairMember:
             "dual_active": fsm.counts["dual_active"],
             "ha_state": f"{self.host} ({fsm.role}) {fsm.state.value}",
             "ha_peer": peer,
+            **({"ha_peer_silent": f"{fsm.silence():.1f}"} if fsm.peer_silent() else {}),
             "ha_last_failover": f"at {last.at:.0f}: {last.reason}" if last is not None else "none",
         }
 
@@ -161,6 +174,8 @@ class Orchester:
         where: str,
         rules: RuleSet | None = None,
         pair: PairMember | None = None,
+        ingress: IngressTotals | None = None,
+        workers_state: Callable[[], str] | None = None,
         name: str = STEP,
     ) -> None:
         #: ``orchester``, or ``orchester.wN`` for ingress worker N (dsat.workers): its own metrics' names.
@@ -178,10 +193,8 @@ class Orchester:
         self.validator = Validator()
         #: Rule reloads refused because a rule file did not parse.
         self.rules_refused = 0
-        #: The UDP listeners (dsat.udp.CountingPort): what the kernel dropped on them is reported.
-        self.udp_ports: list[CountingPort] = []
-        #: With ``[ingress] workers``: the links that pass each name to its owner process (dsat.shards).
-        self.shards: Shards | None = None
+        #: Its Graphite and statsd listeners (dsat.process.Listeners): their counts join its own metrics.
+        self.ingress = ingress
         self.rejected = Rejections(name)
         self.circuits = Circuits()
         self.points_in = 0
@@ -196,13 +209,11 @@ class Orchester:
             )
         ]
         #: How its ingress workers are (dsat.workers.Workers.describe), for the heartbeat; None without workers.
-        self.workers_state: Callable[[], str] | None = None
+        self.workers_state = workers_state
         #: ``self.orchester.*`` counts are deltas: each write needs a slot of its own (dsat.schedule).
         self._metrics = SlotSchedule(
             self.clock, topology.tracker.metrics_every, self.write_own_metrics, name="orchester"
         )
-        if pair is not None:
-            pair.on_change = lambda _transition: self.heartbeat()
 
     def start(self, input_link: PushProducer | None = None) -> None:
         """Start the egress and the timers; *input_link* is paused while Carbon cannot take more (dsat.flow)."""
@@ -460,10 +471,9 @@ class Orchester:
             "spool_refused": egress.spool.refused if egress.spool is not None else 0,
             "spool_disk_refused": egress.spool.disk_refused if egress.spool is not None else 0,
             "timer_failures": self.timer_failures,
-            "udp.dropped": sum(port.kernel_dropped for port in self.udp_ports),
             **{f"rejected.{reason}": n for reason, n in self.rejected.items()},
             **({f"ha.{name}": n for name, n in self.pair.fsm.counts.items()} if self.pair is not None else {}),
-            **(self.shards.totals() if self.shards is not None else {}),
+            **(self.ingress.totals() if self.ingress is not None else {}),
         }
         path = naming.metric_path
         points: list[Datapoint] = []

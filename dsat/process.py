@@ -29,18 +29,34 @@ import sys
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from dsat.carbon import CarbonEgress
-    from dsat.events import Reporter
-    from dsat.orchester import Orchester
-    from dsat.rules import RuleSet
-    from dsat.satellite import SatelliteRuntime
-    from dsat.topology import Server, Topology
-    from dsat.tracker import TrackerService
-    from dsat.transport import Sender
-    from dsat.workers import Workers
+from twisted.internet import defer
+from twisted.internet.stdio import StandardIO
+from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.protocols.tls import TLSMemoryBIOFactory
+
+from dsat import compiled, keys, topology
+from dsat.binarystar import HEARTBEAT_TOPIC, ServerChoice
+from dsat.carbon import CarbonEgress
+from dsat.errors import ConfigError
+from dsat.events import BREAKER_TOPIC, Reporter, topic_for
+from dsat.ingress import PickleFactory, PlaintextDatagram, PlaintextFactory
+from dsat.orchester import Orchester, PairMember
+from dsat.rules import RuleSet, load_rules
+from dsat.satellite import SatelliteRuntime
+from dsat.schedule import ClockWatch
+from dsat.shards import Shards
+from dsat.spool import Spool
+from dsat.statsd import StatsdAggregator, StatsdProtocol
+from dsat.supervisor import Supervisor
+from dsat.tls import server_options
+from dsat.topology import Server, Topology
+from dsat.tracker import TrackerService
+from dsat.transport import PairSender, Sender, ZmqReceiver, ZmqSender, start_zap
+from dsat.udp import CountingPort, listen_udp
+from dsat.watchdog import Watchdog
+from dsat.workers import Discard, ParentLink, Workers, adopt_stranded, listen_tcp, worker_name, worker_spool
 
 #: How long a stopping step waits for its queues to drain.
 DRAIN_SECONDS = 5.0
@@ -65,93 +81,123 @@ def watch_clock(reactor: Any) -> None:
     The watch looks on asyncio's own timer (the monotonic clock), which no
     Twisted timer can delay; it runs while the reactor does.
     """
-    from dsat.schedule import ClockWatch
-
     watch = ClockWatch(reactor, call_later=asyncio.get_event_loop().call_later)
     reactor.callWhenRunning(watch.start)
     reactor.addSystemEventTrigger("before", "shutdown", watch.stop)
 
 
 def start_logging() -> None:
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
 
 
-def listen_ingress(reactor: Any, topo: Any, orch: Any, *, host: str = "", worker: int = 0) -> list[Any]:
-    """Open the orchester's Graphite and statsd listeners (``[ingress]``); returns the ports.
+class Listeners:
+    """The orchester's Graphite and statsd listeners (``[ingress]``): opened and closed by the process, counted.
 
     With ``[ingress] workers`` above 1 the TCP listeners are shared with the
     ingress workers (``SO_REUSEPORT``, :mod:`dsat.workers`), and each process
     passes the lines of the names it does not own to their owners
     (:mod:`dsat.shards`; its links close with the ports).  A *worker* (its
     index, 1 and up) opens the TCP listeners alone: UDP and statsd stay with
-    the orchester.
+    the orchester.  A pair's server opens them while ACTIVE and closes them
+    otherwise; :meth:`totals` keeps counting across (a closed UDP port keeps
+    what the kernel dropped on it), so the orchester's deltas never go back.
     """
-    from dsat.ingress import PickleFactory, PlaintextDatagram, PlaintextFactory
-    from dsat.shards import Shards
-    from dsat.statsd import StatsdAggregator, StatsdProtocol
-    from dsat.udp import listen_udp
-    from dsat.workers import listen_tcp
 
-    conf = topo.ingress
-    shared = conf.workers > 1
-    ports = []
-    # one factory for the plain and the TLS listener: the same parser, the same flow control (paused under block)
-    limits = {
-        "max_connections": conf.max_connections,
-        "idle_timeout": conf.idle_timeout,
-        "idle_grace": conf.idle_grace,
-    }
-    plaintext = PlaintextFactory(
-        orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line, producers=orch.egress.producers, **limits
-    )
-    shards = None
-    if shared:
-        shards = orch.shards = Shards(
-            reactor, worker, conf.workers, topology_path=topo.path, host=host, producers=orch.egress.producers
-        )
-        shards.deliver = plaintext.take
-        plaintext.shards = shards
-        shards.start()
-        ports.append(shards)
-    if conf.plaintext:
-        ports.append(listen_tcp(reactor, conf.plaintext, plaintext, reuse_port=shared))
-    if conf.plaintext_tls:
-        from twisted.protocols.tls import TLSMemoryBIOFactory
+    def __init__(self, reactor: Any, topo: Topology, *, host: str = "", worker: int = 0) -> None:
+        self.reactor = reactor
+        self.topo = topo
+        self.host = host
+        self.worker = worker
+        self.ports: list[Any] = []
+        #: Every UDP listener opened (dsat.udp.CountingPort): what the kernel dropped on them is reported.
+        self.udp_ports: list[CountingPort] = []
+        #: With ``[ingress] workers``: the links that pass each name to its owner process (dsat.shards).
+        self.shards: Shards | None = None
 
-        from dsat.tls import server_options
+    @property
+    def open(self) -> bool:
+        return bool(self.ports)
 
-        options = server_options(conf.tls_certificate, conf.tls_key)
-        # what reactor.listenSSL does: TLS over a TCP listener
-        tls = TLSMemoryBIOFactory(options, False, plaintext)
-        ports.append(listen_tcp(reactor, conf.plaintext_tls, tls, reuse_port=shared))
-    if conf.pickle:
-        pickle = PickleFactory(orch.ingest, orch.rejected, reactor, producers=orch.egress.producers, **limits)
-        pickle.shards = shards
-        ports.append(listen_tcp(reactor, conf.pickle, pickle, reuse_port=shared))
-    if worker:
-        return ports
-    if conf.plaintext_udp:
-        datagram = PlaintextDatagram(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
-        orch.udp_ports.append(listen_udp(reactor, conf.plaintext_udp, datagram, receive_buffer=conf.udp_buffer))
-    if conf.statsd:
-        aggregator = StatsdAggregator(
+    def listen(self, orch: Orchester) -> None:
+        """Open the listeners, feeding *orch* (its ingest, its rejections, its egress's flow control)."""
+        reactor, topo, conf = self.reactor, self.topo, self.topo.ingress
+        shared = conf.workers > 1
+        ports = self.ports
+        # one factory for the plain and the TLS listener: the same parser, the same flow control (paused under block)
+        limits: dict[str, Any] = {
+            "max_connections": conf.max_connections,
+            "idle_timeout": conf.idle_timeout,
+            "idle_grace": conf.idle_grace,
+        }
+        plaintext = PlaintextFactory(
+            orch.ingest,
+            orch.rejected,
             reactor,
-            conf.statsd_flush,
-            conf.statsd_prefix,
-            percentiles=conf.statsd_percentiles,
-            rejections=orch.rejected,
+            max_line_length=conf.max_line,
+            producers=orch.egress.producers,
+            **limits,
         )
-        statsd = StatsdProtocol(aggregator, orch.ingest)
-        orch.udp_ports.append(listen_udp(reactor, conf.statsd, statsd, receive_buffer=conf.udp_buffer))
-    return [*ports, *orch.udp_ports]
+        shards = None
+        if shared:
+            shards = self.shards = Shards(
+                reactor,
+                self.worker,
+                conf.workers,
+                topology_path=topo.path,
+                host=self.host,
+                producers=orch.egress.producers,
+            )
+            shards.deliver = plaintext.take
+            plaintext.shards = shards
+            shards.start()
+            ports.append(shards)
+        if conf.plaintext:
+            ports.append(listen_tcp(reactor, conf.plaintext, plaintext, reuse_port=shared))
+        if conf.plaintext_tls:
+            assert conf.tls_certificate is not None and conf.tls_key is not None  # the topology requires them
+            options = server_options(conf.tls_certificate, conf.tls_key)
+            # what reactor.listenSSL does: TLS over a TCP listener
+            tls = TLSMemoryBIOFactory(options, False, plaintext)
+            ports.append(listen_tcp(reactor, conf.plaintext_tls, tls, reuse_port=shared))
+        if conf.pickle:
+            pickle = PickleFactory(orch.ingest, orch.rejected, reactor, producers=orch.egress.producers, **limits)
+            pickle.shards = shards
+            ports.append(listen_tcp(reactor, conf.pickle, pickle, reuse_port=shared))
+        if self.worker:
+            return
+        udp: list[CountingPort] = []
+        if conf.plaintext_udp:
+            datagram = PlaintextDatagram(orch.ingest, orch.rejected, reactor, max_line_length=conf.max_line)
+            udp.append(listen_udp(reactor, conf.plaintext_udp, datagram, receive_buffer=conf.udp_buffer))
+        if conf.statsd:
+            aggregator = StatsdAggregator(
+                reactor,
+                conf.statsd_flush,
+                conf.statsd_prefix,
+                percentiles=conf.statsd_percentiles,
+                rejections=orch.rejected,
+            )
+            statsd = StatsdProtocol(aggregator, orch.ingest)
+            udp.append(listen_udp(reactor, conf.statsd, statsd, receive_buffer=conf.udp_buffer))
+        self.udp_ports.extend(udp)
+        ports.extend(udp)
+
+    def close(self) -> Any:
+        """Stop listening; a Deferred that fires when every port has closed."""
+        closing = [defer.maybeDeferred(port.stopListening) for port in self.ports]
+        self.ports.clear()
+        return defer.gatherResults(closing)
+
+    def totals(self) -> dict[str, int]:
+        """What the listeners counted since start, for the orchester's own metrics."""
+        return {
+            "udp.dropped": sum(port.kernel_dropped for port in self.udp_ports),
+            **(self.shards.totals() if self.shards is not None else {}),
+        }
 
 
 def host_of(topo: Any, step: str, host: str) -> str:
     """The host *step* runs on in this process: *host*, checked against the topology ("" without hosts)."""
-    from dsat.errors import ConfigError
-
     if not topo.multi_host:
         return ""
     if host not in topo.hosts:
@@ -197,10 +243,10 @@ class Wiring:
         self.stop_hooks: list[Callable[[], object]] = []
         #: The orchester's ingress workers, when ``[ingress] workers`` is above 1 (dsat.workers).
         self.workers: Workers | None = None
+        #: The orchester's (or an ingress worker's) Graphite and statsd listeners.
+        self.listeners: Listeners | None = None
         self.choice = None
         if topo.servers and step not in ("tracker", "orchester"):
-            from dsat.binarystar import ServerChoice
-
             self.choice = ServerChoice(
                 reactor,
                 tuple(server.host for server in topo.servers),
@@ -210,8 +256,6 @@ class Wiring:
 
     def to_pair(self, address_of: Callable[[Server], str], pattern: str) -> Sender:
         """One link to each server of the pair, used as one: frames go to the server ``choice`` picks."""
-        from dsat.transport import PairSender
-
         choice = self.choice
         assert choice is not None
         return PairSender(
@@ -228,8 +272,6 @@ class Wiring:
     @cached_property
     def reporter(self) -> Reporter:
         """The step's task events and heartbeats, to its tracker (to both trackers of a pair)."""
-        from dsat.events import Reporter
-
         if self.choice is not None:
             events = self.to_pair(lambda server: server.events, "push")
         else:
@@ -239,8 +281,6 @@ class Wiring:
 
 def tracker(wiring: Wiring) -> TrackerService:
     """The tracker: hears every step's events, publishes states, answers ``dsat status``."""
-    from dsat.tracker import TrackerService
-
     topo, sender, receiver = wiring.topo, wiring.sender, wiring.receiver
     svc = TrackerService(
         topo,
@@ -265,15 +305,10 @@ def carbon_egress(
     *adopt_workers* (the orchester, not a worker): the spool first takes what the spools of workers that
     no longer run hold (:func:`dsat.workers.adopt_stranded`), before its destinations count what it holds.
     """
-    from dsat.carbon import CarbonEgress
-    from dsat.spool import Spool
-
     spool = None
     if spool_path is not None:
         spool = Spool(spool_path, max_bytes=topo.spool.max_bytes, policy=topo.spool.policy, sync=topo.spool.sync)
         if adopt_workers:
-            from dsat.workers import adopt_stranded
-
             adopt_stranded(spool, topo.ingress.workers)
     return CarbonEgress(
         reactor,
@@ -289,8 +324,6 @@ def carbon_egress(
 
 def rules_of(reactor: Any, topo: Topology) -> RuleSet | None:
     """The topology's carbon-compatible rules (``[rules]``), or None without any."""
-    from dsat.rules import load_rules
-
     conf = topo.rules
     if not (conf.rewrite or conf.aggregation or conf.allow or conf.deny):
         return None
@@ -299,7 +332,6 @@ def rules_of(reactor: Any, topo: Topology) -> RuleSet | None:
 
 def drain_and_stop(stop_hooks: list[Callable[[], object]], egress: CarbonEgress) -> None:
     """At a graceful stop: wait (up to ``DRAIN_SECONDS``) for the carbon queues to empty, then close the egress."""
-    from twisted.internet import defer
 
     async def drain_carbon() -> None:
         loop = asyncio.get_running_loop()
@@ -313,22 +345,21 @@ def drain_and_stop(stop_hooks: list[Callable[[], object]], egress: CarbonEgress)
 
 def orchester(wiring: Wiring) -> Orchester:
     """The orchester: its carbon egress and spool, its rules, its links, its Graphite ingress (while ACTIVE)."""
-    from twisted.internet import defer
-
-    from dsat import compiled
-    from dsat.binarystar import HEARTBEAT_TOPIC
-    from dsat.events import BREAKER_TOPIC
-    from dsat.orchester import Orchester
-
     reactor, topo, host, sender, receiver = wiring.reactor, wiring.topo, wiring.host, wiring.sender, wiring.receiver
-    reporter = wiring.reporter
     egress = carbon_egress(reactor, topo, topo.spool.path, adopt_workers=True)
     # Every transform and sink can be a route target (`dsat route` may point a type at any of them).
     targets = {name for name, sat in topo.satellites.items() if sat.kind != "collector"}
+    listeners = wiring.listeners = Listeners(reactor, topo, host=host)
+
+    def listening(active: bool) -> Any:
+        """Open the Graphite and statsd listeners (a pair's ACTIVE server), or close them."""
+        if active and not listeners.open:
+            listeners.listen(orch)
+            return None
+        return listeners.close()
+
     pair = None
     if topo.servers:
-        from dsat.orchester import PairMember
-
         server = topo.server(host)
         pair = PairMember(
             reactor,
@@ -337,49 +368,40 @@ def orchester(wiring: Wiring) -> Orchester:
             heartbeat=topo.orchester.heartbeat,
             missed_beats=topo.orchester.missed_beats,
             publisher=sender("pub", server.heartbeat, bind=True),
+            on_active=listening,
+            on_change=lambda _transition: orch.heartbeat(),  # dsat status and the alert follow at once
         )
+    workers = None
+    if topo.ingress.workers > 1:
+        workers = wiring.workers = Workers(reactor, topo.path, topo.ingress.workers, host=host)
     orch = Orchester(
         topo,
         clock=reactor,
         egress=egress,
-        reporter=reporter,
+        reporter=wiring.reporter,
         where=wiring.where,
         senders={name: wiring.sender_to(name) for name in targets},
         rules=rules_of(reactor, topo),
         pair=pair,
+        ingress=listeners,
+        workers_state=workers.describe if workers is not None else None,  # `dsat status` shows it
     )
     orch.log.info("hot path: {how}", how=compiled.describe())
-    ports: list[Any] = []
-
-    def ingress(listening: bool) -> Any:
-        """Open the Graphite and statsd listeners (a pair's ACTIVE server), or close them."""
-        if listening and not ports:
-            ports.extend(listen_ingress(reactor, topo, orch, host=host))
-            return None
-        closing = [defer.maybeDeferred(port.stopListening) for port in ports]
-        ports.clear()
-        return defer.gatherResults(closing)
-
     stop_hooks = wiring.stop_hooks
     if pair is None:
-        ingress(True)
+        listening(True)
     else:
-        pair.on_active = ingress
         peer = next(s for s in topo.servers if s.host != host)
         receiver("sub", peer.heartbeat, orch.on_peer_heartbeat, bind=False, topics=(HEARTBEAT_TOPIC,))
         pair.start()
         stop_hooks.append(pair.stop)
-    stop_hooks.append(lambda: ingress(False))
+    stop_hooks.append(listeners.close)
     on_control: Callable[[bytes], object] = orch.on_control
-    if topo.ingress.workers > 1:
-        from dsat.workers import Workers
-
-        workers = wiring.workers = Workers(reactor, topo.path, topo.ingress.workers, host=host)
-        orch.workers_state = workers.describe  # `dsat status` shows it, from the heartbeat
+    stopping: list[Any] = []
+    if workers is not None:
         on_control = workers.forwarding(orch.on_control)  # every process places names on the same destinations
         reactor.callWhenRunning(workers.start)
         # the workers drain while this process does (dsat up gives it KILL_AFTER seconds in all)
-        stopping: list[Any] = []
         stop_hooks.append(lambda: stopping.append(workers.stop()))
     link = topo.orchester.listen
     orchester_input = receiver(link.pattern, link.address, orch.on_frame)
@@ -388,7 +410,7 @@ def orchester(wiring: Wiring) -> Orchester:
     orch.start(orchester_input)
     stop_hooks.append(orch.stop)
     drain_and_stop(stop_hooks, egress)
-    if wiring.workers is not None:
+    if workers is not None:
         stop_hooks.append(lambda: stopping[0])
     return orch
 
@@ -399,15 +421,10 @@ def ingress_worker(wiring: Wiring, index: int) -> Orchester:
     It has no link of its own: the control frames come from the orchester, on
     standard input (:class:`dsat.workers.ParentLink`, set up by :func:`run`).
     """
-    from twisted.internet import defer
-
-    from dsat.events import Reporter
-    from dsat.orchester import Orchester
-    from dsat.workers import Discard, worker_name, worker_spool
-
     reactor, topo = wiring.reactor, wiring.topo
     name = worker_name(index)
     egress = carbon_egress(reactor, topo, worker_spool(topo.spool.path, index))
+    listeners = wiring.listeners = Listeners(reactor, topo, host=wiring.host, worker=index)
     orch = Orchester(
         topo,
         clock=reactor,
@@ -417,11 +434,12 @@ def ingress_worker(wiring: Wiring, index: int) -> Orchester:
         where=wiring.where,
         senders={},
         rules=rules_of(reactor, topo),
+        ingress=listeners,
         name=name,
     )
-    ports = listen_ingress(reactor, topo, orch, host=wiring.host, worker=index)
+    listeners.listen(orch)
     stop_hooks = wiring.stop_hooks
-    stop_hooks.append(lambda: defer.gatherResults([defer.maybeDeferred(port.stopListening) for port in ports]))
+    stop_hooks.append(listeners.close)
     orch.start()
     stop_hooks.append(orch.stop)
     drain_and_stop(stop_hooks, egress)
@@ -430,10 +448,6 @@ def ingress_worker(wiring: Wiring, index: int) -> Orchester:
 
 def satellite(wiring: Wiring) -> SatelliteRuntime:
     """A satellite: its plugin's runtime, its input (transforms and sinks), the tracker's states it follows."""
-    from dsat.binarystar import HEARTBEAT_TOPIC
-    from dsat.events import BREAKER_TOPIC, topic_for
-    from dsat.satellite import SatelliteRuntime
-
     topo, step, receiver = wiring.topo, wiring.step, wiring.receiver
     reporter = wiring.reporter
     conf = topo.satellites[step]
@@ -471,15 +485,7 @@ def run(topology_path: str | Path, step: str, host: str = "", worker: int | None
     reactor = install_reactor()
     start_logging()
 
-    from twisted.internet import defer
-
-    from dsat import keys as keys_mod
-    from dsat import topology as topo_mod
-    from dsat.errors import ConfigError
-    from dsat.transport import ZmqReceiver, ZmqSender, start_zap
-    from dsat.watchdog import Watchdog
-
-    topo = topo_mod.load(topology_path)
+    topo = topology.load(topology_path)
     host = host_of(topo, step, host)
     if worker is not None and not (step == "orchester" and 0 < worker < topo.ingress.workers):
         raise ConfigError(
@@ -490,8 +496,8 @@ def run(topology_path: str | Path, step: str, host: str = "", worker: int | None
         topo = topo.for_server(host)
     keyring = zap = None
     if topo.multi_host and not topo.insecure and worker is None:  # a worker has no ZeroMQ link
-        keys_mod.require_curve(topo)
-        keyring = keys_mod.KeyRing(topo, host)
+        keys.require_curve(topo)
+        keyring = keys.KeyRing(topo, host)
         zap = start_zap(keyring.allow_list())
     senders: list[Sender] = []
     receivers: list[ZmqReceiver] = []
@@ -513,10 +519,6 @@ def run(topology_path: str | Path, step: str, host: str = "", worker: int | None
     if step == "tracker":
         built: Any = tracker(wiring)
     elif worker is not None:
-        from twisted.internet.stdio import StandardIO
-
-        from dsat.workers import ParentLink
-
         built = ingress_worker(wiring, worker)
         StandardIO(ParentLink(built.on_control, reactor), reactor=reactor)
         signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(built.reload_rules))
@@ -560,4 +562,27 @@ def run(topology_path: str | Path, step: str, host: str = "", worker: int | None
         reactor.run()
     finally:
         watchdog.stop()
+    return 0
+
+
+def up(topology_path: str | Path, *, extra: Any = None, host: str | None = None) -> int:
+    """Validate a topology, then run all its processes (those of *host*) until stopped.
+
+    *extra* is a callable given the supervisor before it starts, to add more
+    processes (``dsat demo`` adds carbon-cache and graphite-web).  A topology
+    with ``[hosts]`` needs *host*: each host runs its own part.
+    """
+    topo = topology.load(topology_path, check_environment=True, host=host)
+    keys.require_curve(topo)
+    reactor = install_reactor()
+    start_logging()
+    watch_clock(reactor)
+    topo.run_dir.mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor(reactor)
+    if extra is not None:
+        extra(supervisor, topo)
+    supervisor.add_topology(topo, host or "")
+    reactor.callWhenRunning(supervisor.start)
+    reactor.addSystemEventTrigger("before", "shutdown", supervisor.stop)
+    reactor.run()
     return 0

@@ -200,28 +200,3 @@ class Supervisor:
             deadline = self.reactor.seconds() + KILL_AFTER + 2
             while any(name in monitor.protocols for name in alive) and self.reactor.seconds() < deadline:
                 yield task.deferLater(self.reactor, 0.05, lambda: None)
-
-
-def up(topology_path: str | Path, *, extra: Any = None, host: str | None = None) -> int:
-    """Validate a topology, then run all its processes (those of *host*) until stopped.
-
-    *extra* is a callable given the supervisor before it starts, to add more
-    processes (``dsat demo`` adds carbon-cache and graphite-web).  A topology
-    with ``[hosts]`` needs *host*: each host runs its own part.
-    """
-    from dsat import keys, process, topology
-
-    topo = topology.load(topology_path, check_environment=True, host=host)
-    keys.require_curve(topo)
-    reactor = process.install_reactor()
-    process.start_logging()
-    process.watch_clock(reactor)
-    topo.run_dir.mkdir(parents=True, exist_ok=True)
-    supervisor = Supervisor(reactor)
-    if extra is not None:
-        extra(supervisor, topo)
-    supervisor.add_topology(topo, host or "")
-    reactor.callWhenRunning(supervisor.start)
-    reactor.addSystemEventTrigger("before", "shutdown", supervisor.stop)
-    reactor.run()
-    return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from dsat import topology
 from dsat.envelope import Envelope, encode
 from dsat.errors import ConfigError
 from dsat.events import Reporter
-from dsat.orchester import Orchester
+from dsat.orchester import Orchester, PairMember
 from dsat.plugins import Registry, SatelliteSpec
 from dsat.testing import CaptureEgress, FakeProducer, FakeSender
 
@@ -48,7 +49,10 @@ REGISTRY = Registry(
 )
 
 
-def make(hold: bool = False) -> tuple[Orchester, CaptureEgress, FakeSender, FakeSender, Clock]:
+def make(
+    hold: bool = False, pair: Callable[[Clock, Callable[[], Orchester]], PairMember] | None = None
+) -> tuple[Orchester, CaptureEgress, FakeSender, FakeSender, Clock]:
+    """An orchester on a fake clock; *pair* builds its PairMember (given the clock and the orchester, late)."""
     clock = Clock()
     clock.advance(1_700_000_000)
     topo = topology.loads(TOPOLOGY, path=Path("/tmp/t.toml"), registry=REGISTRY)
@@ -61,6 +65,7 @@ def make(hold: bool = False) -> tuple[Orchester, CaptureEgress, FakeSender, Fake
         senders={"archive": archive},  # type: ignore[arg-type]
         reporter=Reporter(events, step="orchester", where="h", pid=1),
         where="h",
+        pair=pair(clock, lambda: orch) if pair is not None else None,
     )
     return orch, egress, events, archive, clock
 
@@ -329,16 +334,25 @@ def test_under_block_a_full_carbon_egress_pauses_the_input_link_until_carbon_tak
 
 
 def make_pair_member(role: str = "backup") -> tuple[Orchester, CaptureEgress, FakeSender, Clock, list[bool]]:
-    from dsat.orchester import PairMember
-
-    orch, egress, events, _, clock = make()
     beats = FakeSender()
-    pair = PairMember(clock, host="hub-b", role=role, heartbeat=0.5, missed_beats=3, publisher=beats)
     listening: list[bool] = []
-    pair.on_active = listening.append
-    orch.pair = pair
-    pair.on_change = lambda _transition: orch.heartbeat()
-    pair.start()
+
+    def member(clock: Clock, orch: Callable[[], Orchester]) -> PairMember:
+        """Built as dsat.process builds it: the listeners follow ACTIVE, each transition beats to the tracker."""
+        return PairMember(
+            clock,
+            host="hub-b",
+            role=role,
+            heartbeat=0.5,
+            missed_beats=3,
+            publisher=beats,
+            on_active=listening.append,
+            on_change=lambda _transition: orch().heartbeat(),
+        )
+
+    orch, egress, _events, _, clock = make(pair=member)
+    assert orch.pair is not None
+    orch.pair.start()
     return orch, egress, beats, clock, listening
 
 

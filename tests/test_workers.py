@@ -158,7 +158,7 @@ def test_the_orchester_with_workers_shares_its_tcp_listeners_and_forwards_contro
     wiring = process.Wiring(reactor, topo, "orchester", host="", pid=1, sender=links.sender, receiver=links.receiver)
     orch = process.orchester(wiring)
     assert len(reactor.adoptedPorts) == 2 and reactor.tcpServers == []  # plaintext and pickle, shared
-    assert len(orch.udp_ports) == 1  # UDP stays here
+    assert wiring.listeners is not None and len(wiring.listeners.udp_ports) == 1  # UDP stays here
     workers = wiring.workers
     assert workers is not None and workers.names == ["orchester.w1", "orchester.w2"]
     orch.heartbeat()  # the workers are not started (no reactor run): the heartbeat says so, for `dsat status`
@@ -181,8 +181,7 @@ def test_the_orchester_with_workers_shares_its_tcp_listeners_and_forwards_contro
     assert forwarded == [frame] and orch.routes["gauge"] == ("carbon",)
     links.received[("sub", topo.orchester.control)](b"x" * (ParentLink.MAX_LENGTH + 1))
     assert forwarded == [frame]  # rejected here, not forwarded: the workers' link stays up
-    for port in orch.udp_ports:
-        port.stopListening()
+    wiring.listeners.close()
 
 
 def start_orchester_logged(tmp_path: Path, topo: topology.Topology) -> tuple[Any, list[dict[str, Any]]]:
@@ -196,8 +195,8 @@ def start_orchester_logged(tmp_path: Path, topo: topology.Topology) -> tuple[Any
         orch = process.orchester(wiring)
     finally:
         globalLogPublisher.removeObserver(events.append)
-    for port in orch.udp_ports:
-        port.stopListening()
+    assert wiring.listeners is not None
+    wiring.listeners.close()
     return orch, events
 
 
@@ -248,7 +247,8 @@ def test_a_worker_listens_on_tcp_only_with_its_own_spool_and_metric_names(tmp_pa
     links, reactor = Links(), MemoryReactorClock()
     wiring = process.Wiring(reactor, topo, "orchester", host="", pid=7, sender=links.sender, receiver=links.receiver)
     worker = process.ingress_worker(wiring, 2)
-    assert len(reactor.adoptedPorts) == 2 and worker.udp_ports == [] and links.received == {}
+    assert wiring.listeners is not None and wiring.listeners.udp_ports == []
+    assert len(reactor.adoptedPorts) == 2 and links.received == {}
     assert worker.egress.spool is not None and worker.egress.spool.path == tmp_path / "spool" / "carbon.w2.db"
     assert worker_spool(None, 2) is None
     names = {path for path, _ts, _value in worker.own_metrics()}

@@ -62,9 +62,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from dsat import supervisor
+    from dsat import process
 
-    return supervisor.up(args.topology, host=args.host)
+    return process.up(args.topology, host=args.host)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -101,7 +101,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dsat import supervisor, topology
+    from dsat import process, supervisor, topology
     from dsat.tools.stack import LocalStack
 
     state_dir = Path(args.state_dir).resolve()
@@ -122,7 +122,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         stack.add_to(sup)
         announce_when_listening(sup.reactor, stack, topo)
 
-    return supervisor.up(topo_path, extra=add_stack)
+    return process.up(topo_path, extra=add_stack)
 
 
 def announce_when_listening(reactor: Any, stack: Any, topo: Any) -> None:
