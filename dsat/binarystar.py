@@ -136,6 +136,10 @@ class BinaryStar:
     def peer_silent(self) -> bool:
         return self.clock.seconds() >= self.peer_expiry
 
+    def silence(self) -> float:
+        """Seconds since the peer was last heard (since this server started if it never was)."""
+        return self.clock.seconds() - (self.peer_heard if self.peer_heard is not None else self.started_at)
+
     # -- events ----------------------------------------------------------------
 
     def on_peer(self, announced: object) -> None:
@@ -165,7 +169,7 @@ class BinaryStar:
                 return True
             if state is State.BACKUP or not self.peer_silent():
                 return False
-            silent = self.clock.seconds() - (self.peer_heard if self.peer_heard is not None else self.started_at)
+            silent = self.silence()
             if state is State.PRIMARY:
                 self._move(State.ACTIVE, event, f"no peer heard for {silent:.1f}s; a client asked")
             else:

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from twisted.internet.task import Clock
+
+from dsat import topology
+from dsat.events import Reporter
+from dsat.orchester import PairMember
+from dsat.testing import FakeSender
 from dsat.tools.status import format_status
+from dsat.tracker import TrackerService
 
 
 def test_table_has_a_row_per_step_with_counts_and_heartbeat_age() -> None:
@@ -70,3 +79,43 @@ def test_the_restarts_dsat_up_counted_are_shown_by_step_and_cause() -> None:
     snap = {"tasks": {}, "steps": {}, "restarts": {"hang": {"hung": 1}, "orchester": {"exited": 2, "killed": 1}}}
     assert "restarts (this host): hang hung 1; orchester exited 2, killed 1" in format_status(snap)
     assert "restarts" not in format_status({"tasks": {}, "steps": {}, "restarts": {}})
+
+
+def test_after_a_failover_the_dead_peer_shows_as_silent_with_its_age_not_as_its_last_state() -> None:
+    """The backup that took over shows its peer silent for as long as it has been, heartbeat's age included,
+    through the real path: the pair's heartbeat fields, the orchester's heartbeat, the tracker's snapshot."""
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    topo = topology.loads(
+        '[ingress]\nplaintext = "127.0.0.1:2003"\n[carbon]\ndestinations = ["127.0.0.1:2004"]\n',
+        path=Path("/tmp/t.toml"),
+    )
+    tracker = TrackerService(topo, clock=clock, where="hub-b", publisher=FakeSender(), orchester=FakeSender())
+    events = FakeSender()
+    reporter = Reporter(events, step="orchester", where="hub-b", pid=2)
+    pair = PairMember(clock, host="hub-b", role="backup", heartbeat=0.5, missed_beats=3, publisher=FakeSender())
+
+    def status_after_a_heartbeat(age: float) -> str:
+        reporter.heartbeat(**pair.heartbeat_fields())
+        tracker.on_event(events.frames[-1])
+        clock.advance(age)
+        return format_status(tracker.status())
+
+    pair.fsm.on_peer("ACTIVE")
+    assert "pair: this server hub-b (backup) PASSIVE; peer ACTIVE\n" in status_after_a_heartbeat(1.0)
+    clock.advance(1.0)
+    assert pair.client_request()  # 2 s of silence: past the 1.5 s deadline, and a client asked: the failover
+    assert "pair: this server hub-b (backup) ACTIVE; peer silent for 2s (last heard ACTIVE)" in (
+        status_after_a_heartbeat(0.0)
+    )
+    clock.advance(10)
+    assert "peer silent for 15s (last heard ACTIVE)" in status_after_a_heartbeat(3.0)
+    pair.fsm.on_peer("PRIMARY")  # the old primary is back: heard again, no longer silent
+    assert "; peer PRIMARY\n" in status_after_a_heartbeat(0.5)
+
+
+def test_a_peer_never_heard_shows_as_silent_since_the_server_started() -> None:
+    """A server whose peer never beat, past the deadline, says so rather than a state it never heard."""
+    config = {"ha_state": "hub-a (primary) ACTIVE", "ha_peer": "unheard", "ha_peer_silent": "40.0"}
+    snap = {"tasks": {}, "steps": {}, "heartbeats": {"orchester": {"age": 2.0, "config": config}}}
+    assert "pair: this server hub-a (primary) ACTIVE; peer silent for 42s (never heard)" in format_status(snap)

@@ -3,8 +3,9 @@
 The tracker answers on its REP socket (``[tracker] status``) with a JSON
 snapshot: batches per FSM state, per-step counters, and how long ago each step
 last sent a heartbeat.  On a server of an orchester pair it also shows the
-pair: this server's state, its peer's as last heard, the failovers and the
-last one's reason (from the orchester's heartbeat).  The restarts ``dsat up``
+pair: this server's state, its peer's as last heard (or, once the peer has
+been silent past the deadline, silent and for how long), the failovers and
+the last one's reason (from the orchester's heartbeat).  The restarts ``dsat up``
 counted on this host (by cause: hung, killed, exited) come from its
 ``run/restarts.json``.
 """
@@ -49,6 +50,16 @@ def fetch(address: str, timeout: float = 3.0) -> dict[str, Any]:
     return json.loads(reply)
 
 
+def _peer(config: dict[str, str], beat_age: float) -> str:
+    """The pair's other server: its state as last heard, or silent for how long (until now, not the heartbeat)."""
+    state = config.get("ha_peer", "unheard")
+    if "ha_peer_silent" not in config:
+        return state
+    silent = float(config["ha_peer_silent"]) + beat_age
+    last = "never heard" if state == "unheard" else f"last heard {state}"
+    return f"silent for {silent:.0f}s ({last})"
+
+
 def format_status(snap: dict[str, Any]) -> str:
     """A plain-text table of a tracker snapshot."""
     tasks = snap["tasks"]
@@ -82,9 +93,10 @@ def format_status(snap: dict[str, Any]) -> str:
     if "spool_state" in config:
         lines.append(f"spool: {config['spool_state']}")
     if "ha_state" in config:
-        failovers = snap["heartbeats"]["orchester"].get("counters", {}).get("failovers", 0)
+        beat = snap["heartbeats"]["orchester"]
+        failovers = beat.get("counters", {}).get("failovers", 0)
         lines += [
-            f"pair: this server {config['ha_state']}; peer {config.get('ha_peer')}",
+            f"pair: this server {config['ha_state']}; peer {_peer(config, beat['age'])}",
             f"failovers: {failovers}; last: {config.get('ha_last_failover')}",
         ]
     if snap.get("restarts"):
