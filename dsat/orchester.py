@@ -48,19 +48,65 @@ from twisted.logger import Logger
 from dsat import naming
 from dsat.binarystar import HEARTBEAT_TOPIC, BinaryStar, State, Transition
 from dsat.breaker import Circuits
-from dsat.carbon import CarbonEgress
 from dsat.counters import Rejections
 from dsat.datapoint import Datapoint, Validator
 from dsat.envelope import Envelope, decode_checked, encode
 from dsat.errors import ConfigError
 from dsat.events import HEARTBEAT_EVERY, Reporter, parse_published, published
-from dsat.flow import PushProducer
+from dsat.flow import Producers, PushProducer
 from dsat.rules import RuleSet, load_rules
 from dsat.schedule import Repeat, SlotSchedule
+from dsat.spool import Spool
 from dsat.topology import Topology
 from dsat.transport import Sender
 
 STEP = "orchester"
+
+
+class Egress(Protocol):
+    """What the orchester uses of its way to Carbon (:class:`dsat.carbon.CarbonEgress`; a fake in tests)."""
+
+    @property
+    def producers(self) -> Producers: ...
+
+    @property
+    def spool(self) -> Spool | None: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+    @property
+    def spooled(self) -> int: ...
+
+    @property
+    def replayed(self) -> int: ...
+
+    @property
+    def resent(self) -> int: ...
+
+    @property
+    def placing(self) -> list[str]: ...
+
+    @property
+    def queued_points(self) -> int: ...
+
+    @property
+    def spool_pending(self) -> int: ...
+
+    @property
+    def timer_failures(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> list[object]: ...
+
+    def send(self, points: Sequence[Datapoint], on_written: Callable[[], None] | None = None) -> None: ...
+
+    def add_destination(self, text: str) -> bool: ...
+
+    def drain_destination(self, text: str) -> bool: ...
+
+    def remove_destination(self, text: str) -> bool: ...
 
 
 class IngressTotals(Protocol):
@@ -168,7 +214,7 @@ class Orchester:
         topology: Topology,
         *,
         clock: IReactorTime,
-        egress: CarbonEgress,
+        egress: Egress,
         senders: Mapping[str, Sender],
         reporter: Reporter,
         where: str,

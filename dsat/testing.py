@@ -1,5 +1,9 @@
 """Test helpers, shipped as public API (as ``structlog.testing`` is).
 
+mypy checks each fake against the protocol the real part satisfies
+(:class:`dsat.transport.Sender`, :class:`dsat.orchester.Egress`,
+:class:`dsat.flow.PushProducer`): see the end of this module.
+
 :class:`FakeSender` stands in for a ZeroMQ link and keeps every frame sent
 (``envelopes()`` reads them back); :class:`CaptureEgress` stands
 in for the carbon egress, :class:`FakeProducer` for an input it pauses,
@@ -12,11 +16,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsat.envelope import Envelope, decode
-from dsat.flow import Producers
+from dsat.flow import Producers, PushProducer
+from dsat.orchester import Egress
 from dsat.spool import Spool
+from dsat.transport import Sender
 
 
 class FakeSender:
@@ -93,6 +99,21 @@ class CaptureEgress:
             else:
                 on_written()
 
+    def add_destination(self, text: str) -> bool:
+        if text in self.placing:
+            return False
+        self.placing.append(text)
+        return True
+
+    def drain_destination(self, text: str) -> bool:
+        return text in self.placing
+
+    def remove_destination(self, text: str) -> bool:
+        if text not in self.placing:
+            return False
+        self.placing.remove(text)
+        return True
+
     def release(self) -> None:
         held, self._held = self._held, []
         for callback in held:
@@ -142,3 +163,7 @@ class FailingDisk:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.db, name)
+
+
+if TYPE_CHECKING:  # each fake stands in for a protocol: mypy checks it against that protocol
+    _fakes: tuple[Sender, Egress, PushProducer] = (FakeSender(), CaptureEgress(), FakeProducer())
