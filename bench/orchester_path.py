@@ -2,7 +2,7 @@
 
 Feeds ``bench/relay.py``'s workload (``--names`` distinct names, ``--rounds``
 rounds of them) to the same objects the orchester runs for a plaintext
-listener: :func:`dsat.ingress.parse_plaintext` with one
+listener: :func:`dsat.graphite_wire.parse_plaintext` with one
 :class:`~dsat.datapoint.Validator` (the datapoint rule and its path cache),
 the bench's rewrite rule in a :class:`~dsat.rules.RuleSet`, then
 :class:`~dsat.carbon.CarbonEgress` placement over ``--destinations`` and
@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from relay import PATTERN, REPLACEMENT, Cell, workload  # noqa: E402
 
-from dsat.carbon import CarbonEgress, encode_plaintext  # noqa: E402
+from dsat.carbon import CarbonEgress  # noqa: E402
 from dsat.datapoint import Validator  # noqa: E402
-from dsat.ingress import parse_plaintext  # noqa: E402
+from dsat.graphite_wire import encode_plaintext, parse_plaintext  # noqa: E402
 from dsat.rules import RewriteRule, RuleSet  # noqa: E402
 
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         for piece in pieces:
             points, _, _ = parse_plaintext(piece, 0.0, validator=validator)
             kept, _ = rules.apply(points)
-            for part in egress._split(kept).values():
+            for part in egress.placement.split(kept).values():
                 encode_plaintext(part)
             points_total += len(points)
         spent = time.process_time() - begin

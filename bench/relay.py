@@ -27,7 +27,7 @@ DSAT runs with ``[ingress] workers`` = ``--workers``, one per CPU by default
 
 Two variants of the workload, alone or together, also with ``--sweep``:
 ``--protocol pickle`` sends the same datapoints in carbon's pickle protocol, as
-carbon clients frame it (:func:`dsat.carbon.encode_pickle`: frames of 500
+carbon clients frame it (:func:`dsat.graphite_wire.encode_pickle`: frames of 500
 datapoints over one connection, one frame a write of 20 over many), to DSAT's
 ``[ingress] pickle`` listener and carbon-relay's PICKLE_RECEIVER_PORT;
 carbon-c-relay has none, so it is left out of the default relays and refused by
@@ -69,7 +69,7 @@ from typing import Any
 
 import psutil
 
-from dsat.carbon import encode_pickle
+from dsat.graphite_wire import encode_pickle
 from dsat.naming import tagged_path
 from dsat.tools.bench import stop_group
 from dsat.tools.stack import free_port

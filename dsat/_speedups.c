@@ -7,11 +7,11 @@
  * batches) and answers None for a batch it does not handle, for the Python
  * version to take (and raise what it raises):
  *
- *   group_by_place(points, table)  the first step of
- *       dsat.carbon.CarbonEgress._split: (path, ts, value) tuples grouped by
+ *   group_by_place(points, table)  dsat.placement.CarbonCh.group, the
+ *       first step of its split: (path, ts, value) tuples grouped by
  *       the entry of the 65,536-entry *table* at carbon's ring position of
  *       their path, the first 16 bits of the MD5 of its UTF-8;
- *   encode_plaintext(points)  dsat.carbon.encode_plaintext: the lines
+ *   encode_plaintext(points)  dsat.graphite_wire.encode_plaintext: the lines
  *       f"{path} {value!r} {int(ts)}\n" of (path, ts, value) tuples, as UTF-8;
  *   split_by_owner(body, count)  dsat.shards.split_by_owner: the lines of
  *       a chunk grouped by the owner of their name (its Adler-32 modulo the

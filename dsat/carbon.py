@@ -1,15 +1,17 @@
 """The carbon egress: batches of clean datapoints to one or more carbon-caches.
 
 Speaks carbon's pickle protocol (4-byte big-endian length, then a pickled
-list of ``(path, (timestamp, value))``) or its plaintext protocol.  Each
+list of ``(path, (timestamp, value))``) or its plaintext protocol, encoded
+by :mod:`dsat.graphite_wire`.  Each
 destination is a :class:`twisted.application.internet.ClientService` that
 reconnects with backoff; while a destination is down or slow its batches go
 to the disk spool (:mod:`dsat.spool`) and are replayed when it is back (with
 no spool they wait in a bounded memory queue, the oldest dropped and counted
 when it is full).  Under the spool's ``block`` policy a destination whose
 spool and memory queue are full pauses the orchester's inputs
-(:mod:`dsat.flow`) until its queue is half empty again.  With several destinations each path is placed with
-carbon's own ``carbon_ch`` consistent-hash ring, so DSAT and a carbon-relay
+(:mod:`dsat.flow`) until its queue is half empty again.  With several
+destinations each path is placed with carbon's own ``carbon_ch``
+consistent-hash ring (:mod:`dsat.placement`), so DSAT and a carbon-relay
 agree on where a metric lives.  A destination removed at run time, or gone
 from the topology, has what it still holds placed on the others.
 
@@ -19,22 +21,13 @@ to the carbon socket: that is where a batch's journey ends (HAPPY_END).
 
 from __future__ import annotations
 
-import pickle
 import socket
-import struct
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from hashlib import md5
-
-try:  # CPython's own md5 (HACL*): the same digest as hashlib's, twice as fast on a short key
-    from _md5 import md5 as _md5
-except ImportError:  # pragma: no cover - a Python built without it
-    _md5 = md5
 from typing import Any
 
-from carbon.hashing import ConsistentHashRing
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet import endpoints
 from twisted.internet.interfaces import IPushProducer
@@ -42,18 +35,16 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from dsat.compiled import speedups
 from dsat.counters import should_log
 from dsat.datapoint import Datapoint
 from dsat.errors import ConfigError
 from dsat.flow import Producers
+from dsat.graphite_wire import ENCODERS, decode, encode_pickle, is_pickle
+from dsat.placement import CarbonCh, Node
 from dsat.schedule import Repeat
 from dsat.spool import Spool
 from dsat.topology import CarbonConf, OrchesterConf, SpoolConf, parse_destination
 
-#: carbon-cache's pickle receiver refuses messages over 1 MiB; 500 points a
-#: message is carbon's own MAX_DATAPOINTS_PER_MESSAGE default.
-POINTS_PER_MESSAGE = 500
 #: Under the ``block`` policy: the inputs pause at ``max_queue`` datapoints in memory (high watermark) and
 #: resume at ``max_queue // 2`` (low); up to HOLD_FACTOR x ``max_queue`` are held (what was already read,
 #: UDP, statsd, DSAT's own metrics) and a batch past that is dropped and counted.
@@ -89,59 +80,6 @@ def watch_connection(sock: socket.socket, timeout: float) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, max(1, round(timeout * 1000)))
-
-
-def encode_pickle(points: Sequence[Datapoint]) -> bytes:
-    """Encode points as carbon pickle messages of at most POINTS_PER_MESSAGE each."""
-    out = []
-    for start in range(0, len(points), POINTS_PER_MESSAGE):
-        body = pickle.dumps(
-            [(path, (ts, value)) for path, ts, value in points[start : start + POINTS_PER_MESSAGE]],
-            protocol=2,
-        )
-        out.append(struct.pack("!L", len(body)))
-        out.append(body)
-    return b"".join(out)
-
-
-def encode_plaintext(points: Sequence[Datapoint]) -> bytes:
-    """Encode points as carbon plaintext lines ``path value timestamp`` (compiled: :mod:`dsat.compiled`)."""
-    if speedups is not None:
-        encoded: bytes | None = speedups.encode_plaintext(points)
-        if encoded is not None:
-            return encoded
-    return "".join([f"{path} {value!r} {int(ts)}\n" for path, ts, value in points]).encode()
-
-
-ENCODERS: dict[str, Callable[[Sequence[Datapoint]], bytes]] = {
-    "pickle": encode_pickle,
-    "plaintext": encode_plaintext,
-}
-
-
-def is_pickle(data: bytes) -> bool:
-    """Was *data* written by :func:`encode_pickle` (rather than :func:`encode_plaintext`)?"""
-    return data[4:6] == b"\x80\x02"
-
-
-def decode(data: bytes) -> list[Datapoint]:
-    """The datapoints of a batch as :func:`encode_pickle` or :func:`encode_plaintext` wrote it.
-
-    Reads spooled and queued batches back, whichever protocol wrote them
-    (pickle messages start with a length and pickle protocol 2's ``\\x80\\x02``,
-    which no plaintext line can hold).  Points that do not read back are left out.
-    """
-    from dsat.ingress import parse_pickle, parse_plaintext
-
-    if not is_pickle(data):
-        return parse_plaintext(data, 0.0)[0]
-    points: list[Datapoint] = []
-    offset = 0
-    while offset + 4 <= len(data):
-        (size,) = struct.unpack_from("!L", data, offset)
-        points.extend(parse_pickle(data[offset + 4 : offset + 4 + size], 0.0)[0])
-        offset += 4 + size
-    return points
 
 
 @dataclass
@@ -229,6 +167,7 @@ class Destination:
         timeout: float = CarbonConf.timeout,
         spool: Spool | None = None,
         replay_rate: float = SpoolConf.replay_rate,
+        on_blocked: Callable[[bool], None] | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.name = f"{host}:{port}"
@@ -249,7 +188,8 @@ class Destination:
         self.spool_pending = spool.pending(self.name) if spool is not None else 0
         self._blocking = spool is not None and spool.policy == "block"
         self.blocked = False
-        self.on_blocked: Callable[[bool], None] | None = None
+        #: Told True when the destination becomes :attr:`blocked`, False when it no longer is.
+        self.on_blocked = on_blocked
         self._proto: _CarbonProtocol | None = None
         self._recent: deque[tuple[float, bytes, int]] = deque()
         self._recent_bytes = 0
@@ -462,31 +402,13 @@ class Destination:
         self.spool_pending -= points
 
 
-#: carbon_ch ring positions: the first 16 bits of a key's md5.
-RING_POSITIONS = 1 << 16
-
-
-class _PositionRing(ConsistentHashRing):
-    """Carbon's ``carbon_ch`` ring that can also be asked by ring position (an int) rather than by key.
-
-    The ring itself is built by carbon's code from the node names as ever;
-    ``get_nodes(position)`` then walks it exactly as carbon's does for a key
-    at that position.
-    """
-
-    def compute_ring_position(self, key: str | int) -> int:
-        if isinstance(key, int):
-            return key
-        return super().compute_ring_position(key)
-
-
 @dataclass
 class _Member:
     """One destination of a :class:`CarbonEgress`: its client, its carbon_ch ring node ``(host, instance)``,
     whether new data is placed on it (False: draining), and whether it was removed for good."""
 
     destination: Destination
-    node: tuple[str, str | None]
+    node: Node
     placing: bool = True
     removed: bool = False
 
@@ -536,6 +458,7 @@ class CarbonEgress:
             timeout=timeout,
             spool=spool,
             replay_rate=replay_rate,
+            on_blocked=self._blocked_changed,
         )
         #: One record per destination, in the order they were added (``place`` gives indexes into it).
         self._members: list[_Member] = []
@@ -551,42 +474,14 @@ class CarbonEgress:
 
     def _add(self, host: str, port: int, instance: str | None) -> Destination:
         dest = self._make(host, port)
-        dest.on_blocked = self._blocked_changed
         self._members.append(_Member(dest, (host, instance)))
         return dest
 
     def _rebuild(self) -> None:
-        """Build the ring from the destinations new data is placed on."""
-        self._index = {member.node: i for i, member in enumerate(self._members) if member.placing}
-        nodes = list(self._index)
-        self._ring: _PositionRing | None = _PositionRing(nodes) if len(nodes) > 1 else None
-        #: The destinations of each carbon_ch ring position.
-        self._at: list[tuple[int, ...]] = self._table() if self._ring is not None else []
-        self._only = (self._index[nodes[0]],)
-
-    def _table(self) -> list[tuple[int, ...]]:
-        """The destinations of every ring position, asked of carbon's ring once per arc between two of its entries.
-
-        Carbon places a position on the first ring entry at or after it
-        (wrapping past the last), so every position of the arc that ends at
-        an entry gets what carbon's ``get_nodes`` gives for that entry's own
-        position.
-        """
-        assert self._ring is not None
-        ring = self._ring
-
-        def nodes_at(position: int) -> tuple[int, ...]:
-            nodes = ring.get_nodes(position)
-            return tuple(self._index[next(nodes)] for _ in range(self.replication))
-
-        table: list[tuple[int, ...]] = []
-        for position, _ in ring.ring:
-            if position >= len(table):
-                end = min(position + 1, RING_POSITIONS)
-                table.extend([nodes_at(position)] * (end - len(table)))
-        if len(table) < RING_POSITIONS:
-            table.extend([nodes_at(len(table))] * (RING_POSITIONS - len(table)))
-        return table
+        """Place new data on the destinations it is placed on now (a new :class:`~dsat.placement.CarbonCh`)."""
+        nodes = {member.node: i for i, member in enumerate(self._members) if member.placing}
+        #: Where each name goes: indexes into :attr:`destinations`.
+        self.placement = CarbonCh(nodes, self.replication)
 
     @property
     def placing(self) -> list[str]:
@@ -608,7 +503,7 @@ class CarbonEgress:
                 member.placing = True
                 self._rebuild()
                 return True
-        if (host, instance) in self._index:
+        if (host, instance) in self.placement.nodes:
             raise ConfigError(f"{text}: another destination has host {host} and instance {instance}")
         dest = self._add(host, port, instance)
         if self._started:
@@ -675,7 +570,7 @@ class CarbonEgress:
                         name=name,
                         lost=batch.points - len(points),
                     )
-                for index, part in self._split(points).items():
+                for index, part in self.placement.split(points).items():
                     target = self._members[index].destination
                     rows.append((target.name, target.encode(part), len(part)))
                     target.spool_pending += len(part)
@@ -757,48 +652,7 @@ class CarbonEgress:
 
     def place(self, path: str) -> tuple[int, ...]:
         """Indexes of the destinations that hold *path* (carbon_ch, ``replication`` of them)."""
-        if self._ring is None:
-            return self._only
-        return self._place_many([path])[0]
-
-    def _place_many(self, paths: Iterable[str]) -> list[tuple[int, ...]]:
-        """:meth:`place` for each of *paths*: carbon's ring position from the md5, then the position's destinations.
-
-        Carbon's position of a key is the first 16 bits of its md5
-        (``int(md5(key).hexdigest()[:4], 16)``), so the destinations depend on
-        the position alone: a table of the 65,536 positions, made from
-        carbon's own ring (:meth:`_table`), gives them.
-        """
-        at, from_bytes = self._at, int.from_bytes
-        return [at[from_bytes(_md5(path.encode("utf-8")).digest()[:2], "big")] for path in paths]
-
-    def _group(self, points: Sequence[Datapoint]) -> dict[tuple[int, ...], list[Datapoint]]:
-        """The batch's points by the tuple of destinations that hold them, in order (compiled: :mod:`dsat.compiled`)."""
-        if speedups is not None:
-            grouped: dict[tuple[int, ...], list[Datapoint]] | None = speedups.group_by_place(points, self._at)
-            if grouped is not None:
-                return grouped
-        groups: dict[tuple[int, ...], list[Datapoint]] = {}
-        for point, indexes in zip(points, self._place_many([point[0] for point in points]), strict=True):
-            group = groups.get(indexes)
-            if group is None:
-                group = groups[indexes] = []
-            group.append(point)
-        return groups
-
-    def _split(self, points: Sequence[Datapoint]) -> dict[int, list[Datapoint]]:
-        """The batch's points by the index of each destination that holds them."""
-        if self._ring is None:
-            return {self._only[0]: list(points)} if points else {}
-        # Grouped by the table's tuple of destinations first (a few distinct ones), then per destination.
-        groups = self._group(points)
-        # A name always gets the same tuple, so each name's points keep their order in every part.
-        parts: dict[int, list[Datapoint]] = {}
-        for indexes, group in groups.items():
-            for index in indexes:
-                part = parts.get(index)
-                parts[index] = group if part is None else [*part, *group]
-        return parts
+        return self.placement.place(path)
 
     def send(self, points: Sequence[Datapoint], on_written: Callable[[], None] | None = None) -> None:
         """Send one batch; ``on_written`` fires once every part is written (or spooled) at every destination."""
@@ -806,10 +660,11 @@ class CarbonEgress:
             if on_written is not None:
                 on_written()
             return
-        if self._ring is None:
-            self._members[self._only[0]].destination.send(points, on_written)
+        only = self.placement.only
+        if only is not None:
+            self._members[only].destination.send(points, on_written)
             return
-        parts = self._split(points)
+        parts = self.placement.split(points)
         remaining = [len(parts)]
 
         def part_written() -> None:

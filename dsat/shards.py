@@ -50,11 +50,10 @@ from twisted.internet.protocol import Protocol, ReconnectingClientFactory, Serve
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 
-from dsat.carbon import encode_plaintext
 from dsat.compiled import speedups
 from dsat.datapoint import Datapoint
 from dsat.flow import PausesTransport, Producers
-from dsat.ingress import NOT_WHITESPACE
+from dsat.graphite_wire import encode_plaintext, plain_fields
 
 #: Bytes a link to another process holds, written by this one and not yet by the kernel; past it lines stay here.
 LINK_BUFFER = 4 * 1024 * 1024
@@ -90,9 +89,9 @@ def split_by_owner(body: bytes, count: int) -> list[bytes]:
             return split
     lines = body.split(b"\n")
     lines.pop()  # empty: the body ends with a newline
-    names = body.split() if body.translate(None, NOT_WHITESPACE) == b"  \n" * len(lines) else []
-    if len(names) == 3 * len(lines):
-        names = names[0::3]
+    fields = plain_fields(body)
+    if fields is not None:
+        names = fields[0::3]
     else:
         names = _NAME.findall(body)
         names.pop()  # the empty match after the last newline

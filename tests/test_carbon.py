@@ -1,4 +1,4 @@
-"""The carbon egress: carbon's own wire formats, bounded queues, placement like carbon-relay."""
+"""The carbon egress: connections, bounded queues, the spool, resending, and placement like carbon-relay's."""
 
 from __future__ import annotations
 
@@ -10,17 +10,8 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from dsat.carbon import (
-    ENCODERS,
-    POINTS_PER_MESSAGE,
-    RING_POSITIONS,
-    CarbonEgress,
-    Destination,
-    _CarbonProtocol,
-    decode,
-    encode_pickle,
-    encode_plaintext,
-)
+from dsat.carbon import CarbonEgress, Destination, _CarbonProtocol
+from dsat.graphite_wire import encode_pickle
 from dsat.testing import FakeProducer
 
 
@@ -34,25 +25,6 @@ def unpickle_messages(data: bytes) -> list[list]:
         out.append(SafeUnpickler.loads(data[4 : 4 + size]))
         data = data[4 + size :]
     return out
-
-
-def test_every_protocol_the_topology_accepts_has_an_encoder_and_no_other() -> None:
-    from dsat.topology import PROTOCOLS
-
-    assert sorted(ENCODERS) == sorted(PROTOCOLS)
-
-
-def test_pickle_is_what_carbon_unpickles_in_chunks_of_500() -> None:
-    """1,201 points become 3 length-prefixed messages carbon's SafeUnpickler reads back exactly."""
-    points = [(f"a.b{i}", 1_700_000_000 + i, i * 0.5) for i in range(1201)]
-    messages = unpickle_messages(encode_pickle(points))
-    assert [len(m) for m in messages] == [POINTS_PER_MESSAGE, POINTS_PER_MESSAGE, 201]
-    assert [p for m in messages for p in m] == [(path, (ts, v)) for path, ts, v in points]
-
-
-def test_plaintext_lines_are_carbons_line_protocol() -> None:
-    """Plaintext is `path value timestamp` per line, timestamps as integers."""
-    assert encode_plaintext([("a.b", 1_700_000_000.7, 1.5), ("c", 5, 2)]) == b"a.b 1.5 1700000000\nc 2 5\n"
 
 
 class OneWriteTransport(StringTransport):
@@ -164,41 +136,11 @@ def test_placement_matches_carbon_relay_consistent_hashing(destinations: list, r
         theirs = [(host, port) for host, port, _instance in router.getDestinations(path)]
         ours = [destinations[index][:2] for index in egress.place(path)]
         assert ours == theirs, path
-    parts = egress._split([(path, 1.0, 1.0) for path in paths])
+    parts = egress.placement.split([(path, 1.0, 1.0) for path in paths])
     for index, part in parts.items():
         for path, _, _ in part:
             assert index in egress.place(path)
     assert sum(map(len, parts.values())) == replication * len(paths)
-
-
-@pytest.mark.parametrize("replication", [1, 2])
-def test_split_keeps_each_names_points_in_batch_order(replication: int) -> None:
-    """Points are grouped per destination, but a name's points stay in the order of the batch."""
-    egress = CarbonEgress(
-        MemoryReactorClock(), [("127.0.0.1", 2003 + i, f"c{i}") for i in range(4)], replication=replication
-    )
-    batch = [(f"app.name{i % 37}", float(i), float(i)) for i in range(2_000)]
-    parts = egress._split(batch)
-    for index, part in parts.items():
-        expected = [point for point in batch if index in egress.place(point[0])]
-        assert sorted(part) == sorted(expected)
-        for name in {point[0] for point in expected}:
-            assert [p for p in part if p[0] == name] == [p for p in expected if p[0] == name]
-
-
-@pytest.mark.parametrize("count", [2, 3, 5, 12])
-def test_every_ring_position_has_the_destinations_carbons_ring_gives(count: int) -> None:
-    """The position table agrees with carbon's own get_nodes at each of the 65,536 carbon_ch positions."""
-    from carbon.hashing import ConsistentHashRing
-
-    destinations = [(f"10.0.{i}.1", 2004, f"i{i}") for i in range(count)]
-    egress = CarbonEgress(MemoryReactorClock(), destinations, replication=2)
-    ring = ConsistentHashRing([(host, instance) for host, _, instance in destinations])
-    index = {(host, instance): i for i, (host, _, instance) in enumerate(destinations)}
-    for position in range(RING_POSITIONS):
-        ring.compute_ring_position = lambda key, position=position: position  # type: ignore[method-assign]
-        nodes = ring.get_nodes("any")
-        assert egress._at[position] == (index[next(nodes)], index[next(nodes)]), position
 
 
 def test_replicated_batch_reaches_every_replica_and_ends_once() -> None:
@@ -342,9 +284,8 @@ def test_blocked_destination_resumes_at_its_low_watermark(tmp_path) -> None:  # 
     from dsat.spool import Spool
 
     spool = Spool(tmp_path / "s.db", max_bytes=1, policy="block")
-    dest = Destination(MemoryReactorClock(), "127.0.0.1", 2004, spool=spool, max_queue=10)
     changes: list[bool] = []
-    dest.on_blocked = changes.append
+    dest = Destination(MemoryReactorClock(), "127.0.0.1", 2004, spool=spool, max_queue=10, on_blocked=changes.append)
     for i in range(10):
         dest.send([(f"m{i}", 1, 1.0)])
     assert changes == [True]
@@ -419,14 +360,6 @@ def test_closing_the_connection_ourselves_resends_nothing(tmp_path) -> None:  # 
     assert dest.resent == 0 and dest.spool_pending == 0
 
 
-def test_decode_reads_back_both_encodings() -> None:
-    """Spooled and queued batches decode to the points that were encoded, whichever protocol wrote them."""
-    points = [(f"a.b{i}", 1_700_000_000.0 + i, i * 0.5) for i in range(1201)]
-    assert decode(encode_pickle(points)) == points
-    assert decode(encode_plaintext(points)) == points
-    assert decode(b"") == [] and decode(encode_pickle([])) == []
-
-
 def test_a_batch_spooled_under_the_other_protocol_is_replayed_in_the_current_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """[carbon] protocol changed from pickle to plaintext with data in the spool: replay writes plaintext."""
     dest, reactor = spooled_destination(tmp_path, protocol="plaintext")
@@ -436,47 +369,6 @@ def test_a_batch_spooled_under_the_other_protocol_is_replayed_in_the_current_one
     proto = connect(dest)
     reactor.advance(0.1)
     assert sent_bytes(proto) == b"old.pickled 1.5 1700000000\n"
-
-
-def test_tagged_series_are_placed_by_their_canonical_name_as_carbon_does() -> None:
-    """20,000 tagged names, tags in any order: placed where carbon_ch puts TaggedSeries.parse(name).path.
-
-    That is also the cache graphite-web's carbonlink asks for the series' points not yet written.
-    """
-    import random
-
-    from carbon.routers import ConsistentHashingRouter
-    from carbon.util import TaggedSeries
-    from graphite.render.hashing import ConsistentHashRing as GraphiteWebRing
-
-    from dsat.naming import clean_path
-
-    class Settings(dict):
-        __getattr__ = dict.__getitem__
-
-    destinations = [("127.0.0.1", 2004, "a"), ("127.0.0.1", 2104, "b"), ("10.0.0.2", 2004, "c")]
-    settings = Settings(REPLICATION_FACTOR=1, DIVERSE_REPLICAS=False, ROUTER_HASH_TYPE="carbon_ch")
-    router = ConsistentHashingRouter(settings)
-    for dest in destinations:
-        router.addDestination(dest)
-    egress = CarbonEgress(MemoryReactorClock(), destinations)
-    # graphite-web's carbonlink ring (CARBONLINK_HOSTS host:port:instance): where it asks for unwritten points.
-    carbonlink = GraphiteWebRing([(host, instance) for host, _port, instance in destinations], hash_type="carbon_ch")
-    rng = random.Random(7)
-    unnormalized_elsewhere = 0
-    for i in range(20_000):
-        tags = [f"host=web{i % 50:02d}", f"dc=dc{i % 3}", f"disk=sd{chr(97 + i % 4)}", f"id={i}"]
-        rng.shuffle(tags)
-        raw = ";".join([f"disk.used{i % 7}", *tags])
-        theirs = [(host, port) for host, port, _instance in router.getDestinations(TaggedSeries.parse(raw).path)]
-        ours = [destinations[index][:2] for index in egress.place(clean_path(raw))]
-        assert ours == theirs, raw
-        host, instance = carbonlink.get_node(clean_path(raw))
-        assert ours == [next((h, p) for h, p, i in destinations if (h, i) == (host, instance))], raw
-        raw_place = [(host, port) for host, port, _instance in router.getDestinations(raw)]
-        unnormalized_elsewhere += raw_place != theirs
-    # Placing the name as sent (carbon-relay without TAG_RELAY_NORMALIZED) would scatter one series.
-    assert unnormalized_elsewhere > 5_000
 
 
 def disk_full_destination(tmp_path, policy: str, max_queue: int = 20):  # type: ignore[no-untyped-def]

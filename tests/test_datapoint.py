@@ -20,7 +20,7 @@ from dsat.datapoint import (
     number_problem,
 )
 from dsat.errors import BadName
-from dsat.ingress import _parse_plain, parse_pickle, parse_plaintext
+from dsat.graphite_wire import parse_pickle, parse_plain, parse_plaintext
 from dsat.naming import MAX_PATH_CHARS, PathCache
 
 NOW = 1_700_000_100.0
@@ -186,7 +186,7 @@ def test_the_fast_path_agrees_with_the_rule_on_hostile_input(seed: int) -> None:
     want_rejected = Counter(v for v in verdicts if isinstance(v, str))
 
     fast_rejected: Counter[str] = Counter()
-    fast = _parse_plain(body, 4096, Validator(), fast_rejected)
+    fast = parse_plain(body, 4096, Validator(), fast_rejected)
     if bad_number_rate == 0.0:
         assert fast is not None  # every number is good: the fast path takes the chunk, bad names and all
     if fast is not None:

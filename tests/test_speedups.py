@@ -20,13 +20,14 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from twisted.internet.testing import MemoryReactorClock
 
-import dsat.carbon
+import dsat.graphite_wire
 import dsat.naming
+import dsat.placement
 import dsat.shards
 from dsat import compiled
-from dsat.carbon import CarbonEgress, encode_plaintext
+from dsat.graphite_wire import encode_plaintext
+from dsat.placement import CarbonCh
 from dsat.shards import split_by_owner
 
 NOW = 1_764_680_000.0
@@ -90,15 +91,14 @@ def test_placement_groups_are_the_pure_pythons(
     monkeypatch: pytest.MonkeyPatch, destinations: int, replication: int
 ) -> None:
     """Random, non-ASCII and long paths: the same groups, in the same order, as hashing each path in Python."""
-    destinations_list = [("127.0.0.1", 2003 + i, f"c{i}") for i in range(destinations)]
-    egress = CarbonEgress(MemoryReactorClock(), destinations_list, replication=replication)
+    placement = CarbonCh({("127.0.0.1", f"c{i}"): i for i in range(destinations)}, replication)
     rng = random.Random(destinations * 10 + replication)
     for _ in range(30):
         points = [(_random_path(rng), NOW + i, float(i)) for i in range(rng.randint(0, 400))]
-        fast, slow = both_ways(monkeypatch, dsat.carbon, lambda points=points: egress._group(points))
+        fast, slow = both_ways(monkeypatch, dsat.placement, lambda points=points: placement.group(points))
         assert fast == slow
         assert [list(group) for group in fast.values()] == [list(group) for group in slow.values()]
-        fast, slow = both_ways(monkeypatch, dsat.carbon, lambda points=points: egress._split(points))
+        fast, slow = both_ways(monkeypatch, dsat.placement, lambda points=points: placement.split(points))
         assert fast == slow
 
 
@@ -113,9 +113,9 @@ def test_placement_groups_are_the_pure_pythons(
     ],
 )
 def test_what_placement_does_not_handle_goes_to_python(monkeypatch: pytest.MonkeyPatch, points: Any) -> None:
-    egress = CarbonEgress(MemoryReactorClock(), [("127.0.0.1", 2003 + i, f"c{i}") for i in range(3)])
-    assert _speedups().group_by_place(points, egress._at) is None
-    fast, slow = both_ways(monkeypatch, dsat.carbon, lambda: egress._group(points))
+    placement = CarbonCh({("127.0.0.1", f"c{i}"): i for i in range(3)}, 1)
+    assert _speedups().group_by_place(points, placement.table) is None
+    fast, slow = both_ways(monkeypatch, dsat.placement, lambda: placement.group(points))
     assert fast == slow
 
 
@@ -157,7 +157,7 @@ def test_plaintext_encoding_is_the_pure_pythons(monkeypatch: pytest.MonkeyPatch,
         for _ in range(rng.randint(0, 60)):
             path = _random_path(rng) if rng.random() < 0.9 else rng.choice(["a\udc80", "ok"])
             points.append((path, _random_number(rng), _random_number(rng)))
-        fast, slow = both_ways(monkeypatch, dsat.carbon, lambda points=points: encode_plaintext(points))
+        fast, slow = both_ways(monkeypatch, dsat.graphite_wire, lambda points=points: encode_plaintext(points))
         assert fast == slow
 
 
