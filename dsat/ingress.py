@@ -29,7 +29,7 @@ from __future__ import annotations
 import resource
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
@@ -43,10 +43,8 @@ from dsat.datapoint import Datapoint, Validator
 from dsat.flow import PausesTransport, Producers
 from dsat.graphite_wire import MAX_PICKLE_LENGTH, parse_pickle, parse_plain, parse_plaintext
 from dsat.schedule import Repeat
+from dsat.shards import Shards
 from dsat.topology import IngressConf
-
-if TYPE_CHECKING:
-    from dsat.shards import Shards
 
 #: ``[ingress]`` defaults (dsat.topology.IngressConf holds them): connections per listener, idle timeout, grace.
 MAX_CONNECTIONS = IngressConf.max_connections
@@ -133,7 +131,9 @@ class IngressFactory(ServerFactory[_Connection]):
     of open descriptors, read at each connection (``RLIMIT_NOFILE`` by
     default; a test passes its own): since the kernel gives a new socket the
     lowest free descriptor, a connection whose descriptor is within
-    *reserved_descriptors* of the limit shows the reserve reached.
+    *reserved_descriptors* of the limit shows the reserve reached.  With
+    *shards* (``[ingress] workers``), what other processes own is passed
+    to them (:mod:`dsat.shards`).
     """
 
     def __init__(
@@ -148,6 +148,7 @@ class IngressFactory(ServerFactory[_Connection]):
         idle_grace: float = IDLE_GRACE,
         descriptor_limit: Callable[[], int | None] = descriptor_limit,
         reserved_descriptors: int = RESERVED_DESCRIPTORS,
+        shards: Shards | None = None,
     ) -> None:
         self.sink = sink
         self.rejections = rejections
@@ -161,8 +162,7 @@ class IngressFactory(ServerFactory[_Connection]):
         #: Open connections -> the time of their last complete line (or of their start), least recent first.
         self._active: OrderedDict[PlaintextProtocol | PickleProtocol, float] = OrderedDict()
         self._sweep = Repeat(clock, min(idle_timeout / 4, 5.0), self.close_idle, name="ingress idle sweep")
-        #: With ``[ingress] workers``: passes what other processes own to them (dsat.shards).
-        self.shards: Shards | None = None
+        self.shards = shards
 
     @property
     def connections(self) -> int:
@@ -320,10 +320,11 @@ class PlaintextFactory(IngressFactory[PlaintextProtocol]):
         *,
         max_line_length: int = IngressConf.max_line,
         producers: Producers | None = None,
+        shards: Shards | None = None,
         **limits: Any,
     ) -> None:
         """*limits*: :class:`IngressFactory`'s (``max_connections``, ``idle_timeout``, ``idle_grace``...)."""
-        super().__init__(sink, rejections, clock, producers=producers, **limits)
+        super().__init__(sink, rejections, clock, producers=producers, shards=shards, **limits)
         self.max_line_length = max_line_length
         self.validator = Validator()
         self._pending: list[tuple[str, bytes]] = []
@@ -470,9 +471,10 @@ class PickleFactory(IngressFactory[PickleProtocol]):
         *,
         max_length: int = MAX_PICKLE_LENGTH,
         producers: Producers | None = None,
+        shards: Shards | None = None,
         **limits: Any,
     ) -> None:
         """*limits*: :class:`IngressFactory`'s (``max_connections``, ``idle_timeout``, ``idle_grace``...)."""
-        super().__init__(sink, rejections, clock, producers=producers, **limits)
+        super().__init__(sink, rejections, clock, producers=producers, shards=shards, **limits)
         self.max_length = max_length
         self.validator = Validator()

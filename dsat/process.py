@@ -38,9 +38,10 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from dsat import compiled, keys, topology
 from dsat.binarystar import HEARTBEAT_TOPIC, ServerChoice
+from dsat.breaker import BREAKER_TOPIC
 from dsat.carbon import CarbonEgress
 from dsat.errors import ConfigError
-from dsat.events import BREAKER_TOPIC, Reporter, topic_for
+from dsat.events import Reporter, topic_for
 from dsat.ingress import PickleFactory, PlaintextDatagram, PlaintextFactory
 from dsat.orchester import Orchester, PairMember
 from dsat.rules import RuleSet, load_rules
@@ -51,7 +52,7 @@ from dsat.spool import Spool
 from dsat.statsd import StatsdAggregator, StatsdProtocol
 from dsat.supervisor import Supervisor
 from dsat.tls import server_options
-from dsat.topology import Server, Topology
+from dsat.topology import Server, Topology, preflight
 from dsat.tracker import TrackerService
 from dsat.transport import PairSender, Sender, ZmqReceiver, ZmqSender, start_zap
 from dsat.udp import CountingPort, listen_udp
@@ -129,14 +130,6 @@ class Listeners:
             "idle_timeout": conf.idle_timeout,
             "idle_grace": conf.idle_grace,
         }
-        plaintext = PlaintextFactory(
-            orch.ingest,
-            orch.rejected,
-            reactor,
-            max_line_length=conf.max_line,
-            producers=orch.egress.producers,
-            **limits,
-        )
         shards = None
         if shared:
             shards = self.shards = Shards(
@@ -147,9 +140,17 @@ class Listeners:
                 host=self.host,
                 producers=orch.egress.producers,
             )
-            shards.deliver = plaintext.take
-            plaintext.shards = shards
-            shards.start()
+        plaintext = PlaintextFactory(
+            orch.ingest,
+            orch.rejected,
+            reactor,
+            max_line_length=conf.max_line,
+            producers=orch.egress.producers,
+            shards=shards,
+            **limits,
+        )
+        if shards is not None:
+            shards.start(plaintext.take)
             ports.append(shards)
         if conf.plaintext:
             ports.append(listen_tcp(reactor, conf.plaintext, plaintext, reuse_port=shared))
@@ -160,8 +161,9 @@ class Listeners:
             tls = TLSMemoryBIOFactory(options, False, plaintext)
             ports.append(listen_tcp(reactor, conf.plaintext_tls, tls, reuse_port=shared))
         if conf.pickle:
-            pickle = PickleFactory(orch.ingest, orch.rejected, reactor, producers=orch.egress.producers, **limits)
-            pickle.shards = shards
+            pickle = PickleFactory(
+                orch.ingest, orch.rejected, reactor, producers=orch.egress.producers, shards=shards, **limits
+            )
             ports.append(listen_tcp(reactor, conf.pickle, pickle, reuse_port=shared))
         if self.worker:
             return
@@ -486,6 +488,7 @@ def run(topology_path: str | Path, step: str, host: str = "", worker: int | None
     start_logging()
 
     topo = topology.load(topology_path)
+    preflight.check(topo)
     host = host_of(topo, step, host)
     if worker is not None and not (step == "orchester" and 0 < worker < topo.ingress.workers):
         raise ConfigError(
@@ -572,7 +575,8 @@ def up(topology_path: str | Path, *, extra: Any = None, host: str | None = None)
     processes (``dsat demo`` adds carbon-cache and graphite-web).  A topology
     with ``[hosts]`` needs *host*: each host runs its own part.
     """
-    topo = topology.load(topology_path, check_environment=True, host=host)
+    topo = topology.load(topology_path)
+    preflight.check(topo, host=host, machine=True)
     keys.require_curve(topo)
     reactor = install_reactor()
     start_logging()

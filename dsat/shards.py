@@ -227,11 +227,7 @@ class _IncomingFactory(ServerFactory[_Incoming]):
 
 
 class Shards:
-    """The links of process *index* of *count* to the others, and the split of each chunk of lines by owner.
-
-    *deliver* receives the lines other processes passed to this one, as
-    ``[(peer, lines), ...]``, once per read of a link.
-    """
+    """The links of process *index* of *count* to the others, and the split of each chunk of lines by owner."""
 
     log = Logger()
 
@@ -251,7 +247,7 @@ class Shards:
         self.topology_path = topology_path
         self.host = host
         self.producers = producers
-        self.deliver: Callable[[Sections], None] = lambda sections: None
+        self._deliver: Callable[[Sections], None] | None = None
         self._links: dict[int, _Outgoing] = {}
         self._connectors: list[Any] = []
         self._port: Any = None
@@ -260,8 +256,13 @@ class Shards:
         self.taken = 0
         self.kept = 0
 
-    def start(self) -> None:
-        """Listen for the others' links and connect to each other process (again while it is not there)."""
+    def start(self, deliver: Callable[[Sections], None]) -> None:
+        """Listen for the others' links and connect to each other process (again while it is not there).
+
+        *deliver* receives the lines other processes pass to this one, as
+        ``[(peer, lines), ...]``, once per read of a link.
+        """
+        self._deliver = deliver
         self._port = self.reactor.listenUNIX(self.address(self.index), _IncomingFactory(self))
         for other in range(self.count):
             if other != self.index:
@@ -329,7 +330,8 @@ class Shards:
 
     def received(self, sections: Sections) -> None:
         self.taken += sum(lines.count(b"\n") for _, lines in sections)
-        self.deliver(sections)
+        assert self._deliver is not None  # links are read only once started
+        self._deliver(sections)
 
     def totals(self) -> dict[str, int]:
         """The counts, for the own metrics (``self.orchester.shard.*``)."""

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 
 from dsat.counters import Rejections
 from dsat.datapoint import Datapoint
@@ -71,17 +71,27 @@ def test_the_split_gives_each_line_once_to_its_names_owner_in_order(seed: int, c
         assert part == b"".join(line + b"\n" for line in lines if owner_of(_name(line), count) == index)
 
 
-def test_the_owner_is_a_function_of_the_name_alone_and_spreads_names_evenly() -> None:
-    """The same bytes give the same owner in any process (whatever its hash seed); names spread over owners."""
+def test_names_spread_evenly_over_owners() -> None:
+    """Many names of one shape spread over every owner, none with more than 10 % over its share."""
     names = [b"servers.host%05d.cpu.core%d.user" % (h, c) for h in range(2000) for c in range(4)]
     for count in (2, 3, 4):
         owners = Counter(owner_of(name, count) for name in names)
         assert set(owners) == set(range(count))
         assert max(owners.values()) < 1.1 * len(names) / count, owners
+
+
+@pytest.mark.integration
+@pytest.mark.integration  # runs child Pythons
+def test_the_owner_is_a_function_of_the_name_alone_in_any_process() -> None:
+    """The same bytes give the same owner in any process, whatever its hash seed."""
     code = "from dsat.shards import owner_of; print([owner_of(b'n%d' % k, 3) for k in range(50)])"
     seen = {
         subprocess.run(
-            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, check=True
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            check=True,
+            timeout=60,
         ).stdout
         for seed in ("1", "2")
     }
@@ -216,8 +226,8 @@ class UnixTransport(StringTransport):
 def incoming(uid: int) -> tuple[_Incoming, UnixTransport, list[list[tuple[str, bytes]]], Producers]:
     delivered: list[list[tuple[str, bytes]]] = []
     producers = Producers()
-    shard = Shards(Clock(), 1, 2, topology_path=Path("t.toml"), producers=producers)
-    shard.deliver = delivered.append
+    shard = Shards(MemoryReactorClock(), 1, 2, topology_path=Path("t.toml"), producers=producers)
+    shard.start(delivered.append)
     proto = _IncomingFactory(shard).buildProtocol(None)
     assert isinstance(proto, _Incoming)
     transport = UnixTransport(os.getuid() if uid < 0 else uid)
@@ -291,9 +301,8 @@ def _connected(make: Any) -> tuple[Any, list[list[Datapoint]], FakeLink, Clock]:
     batches: list[list[Datapoint]] = []
     clock = Clock()
     clock.advance(NOW)
-    factory = make(batches.append, Rejections("test"), clock)
     link = FakeLink()
-    factory.shards = shards(links={1: link})
+    factory = make(batches.append, Rejections("test"), clock, shards=shards(links={1: link}))
     peer = IPv4Address("TCP", "192.0.2.7", 40000)
     proto = factory.buildProtocol(peer)
     assert proto is not None
