@@ -19,8 +19,16 @@ from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from dsat.events import BREAKER_TOPIC
-from dsat.topology import TrackerConf
+#: Topic of circuit-breaker changes on the tracker's PUB socket (:mod:`dsat.events`).
+BREAKER_TOPIC = b"breaker\0"
+#: Seconds of outcomes a breaker looks back over (``[tracker] breaker_window``).
+DEFAULT_WINDOW = 30.0
+#: Share of failures among those outcomes above which it opens (``[tracker] breaker_threshold``).
+DEFAULT_THRESHOLD = 0.5
+#: Failures within the window it takes to open, whatever the share (``[tracker] breaker_min_failures``).
+DEFAULT_MIN_FAILURES = 5
+#: Seconds it stays open before it lets one probe batch through (``[tracker] breaker_cooldown``).
+DEFAULT_COOLDOWN = 30.0
 
 
 class Circuit(enum.Enum):
@@ -38,10 +46,10 @@ class Breaker:
         clock: IReactorTime,
         *,
         on_change: Callable[[str, Circuit, str], None],
-        window: float = TrackerConf.breaker_window,
-        threshold: float = TrackerConf.breaker_threshold,
-        min_failures: int = TrackerConf.breaker_min_failures,
-        cooldown: float = TrackerConf.breaker_cooldown,
+        window: float = DEFAULT_WINDOW,
+        threshold: float = DEFAULT_THRESHOLD,
+        min_failures: int = DEFAULT_MIN_FAILURES,
+        cooldown: float = DEFAULT_COOLDOWN,
     ) -> None:
         self.step = step
         self.clock = clock

@@ -15,7 +15,7 @@ current attempt from late ones.
 The other way, the tracker publishes on its PUB socket: every batch state
 change under the topic ``<emitter>\0`` (an emitter subscribes to its own
 name and learns which of its batches ended, must be sent again, or failed),
-and every circuit-breaker change under ``breaker\0``.  The body after the
+and every circuit-breaker change under ``breaker\0`` (:data:`dsat.breaker.BREAKER_TOPIC`).  The body after the
 topic is a msgpack map.
 """
 
@@ -29,8 +29,6 @@ import msgpack
 from dsat.envelope import Envelope, encode
 from dsat.transport import Sender
 
-#: Topic of circuit-breaker changes on the tracker's PUB socket.
-BREAKER_TOPIC = b"breaker\0"
 #: Seconds between two heartbeats of a step to the tracker.
 HEARTBEAT_EVERY = 5.0
 

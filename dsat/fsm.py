@@ -29,7 +29,10 @@ from typing import Any, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from dsat.topology import TrackerConf
+#: Times a batch is sent again after its first attempt before it is given up (``[tracker] max_retries``).
+DEFAULT_MAX_RETRIES = 3
+#: Each retry's deadline is the one before times this (``[tracker] backoff``).
+DEFAULT_BACKOFF = 2.0
 
 
 class State(enum.Enum):
@@ -173,8 +176,8 @@ class BatchTracker:
         on_change: Callable[[Change], None] | None = None,
         max_in_flight: int = 100_000,
         max_finished: int = 10_000,
-        max_retries: int = TrackerConf.max_retries,
-        backoff: float = TrackerConf.backoff,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        backoff: float = DEFAULT_BACKOFF,
     ) -> None:
         self.clock = clock
         self.timeout = timeout

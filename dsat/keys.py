@@ -30,7 +30,7 @@ from zmq.utils import z85
 
 from dsat.counters import Rejections
 from dsat.errors import DsatError, KeyFileError
-from dsat.topology import Topology
+from dsat.topology.model import Topology
 
 #: The ZAP domain every DSAT CURVE server socket asks about.
 ZAP_DOMAIN = b"dsat"

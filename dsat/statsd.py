@@ -29,7 +29,7 @@ from dsat.errors import BadName, ConfigError
 from dsat.ingress import Sink
 from dsat.naming import MAX_PATH_CHARS, TAG_SEPARATOR, PathCache, clean_path
 from dsat.schedule import SlotSchedule
-from dsat.topology import IngressConf
+from dsat.topology import IngressConf, valid_percentile
 
 #: Distinct names held at once, all types together (gauges are held for good).
 MAX_KEYS = 20_000
@@ -37,15 +37,6 @@ MAX_KEYS = 20_000
 MAX_VALUES = 1_000_000
 
 _TYPES = frozenset(("c", "ms", "g", "s"))
-
-
-def valid_percentile(pct: object) -> bool:
-    """Whether *pct* is a percentile etsy statsd flushes: a number in ``[-100, 0)`` or ``(0, 100]`` (not a bool).
-
-    ``90`` is over the lowest 90 per cent of a timer's samples, ``-10`` over
-    the highest 10 per cent; ``100`` and ``-100`` over all of them.
-    """
-    return isinstance(pct, int | float) and not isinstance(pct, bool) and 0 < abs(pct) <= 100
 
 
 def percentile_label(pct: float) -> str:

@@ -30,11 +30,11 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 
 from dsat import naming
-from dsat.breaker import Breaker, Circuit
+from dsat.breaker import BREAKER_TOPIC, Breaker, Circuit
 from dsat.counters import Rejections, should_log
 from dsat.envelope import Envelope, decode, encode
 from dsat.errors import EnvelopeError
-from dsat.events import BREAKER_TOPIC, published, topic_for
+from dsat.events import published, topic_for
 from dsat.fsm import BatchTracker, Change, State
 from dsat.schedule import SlotSchedule
 from dsat.topology import Topology

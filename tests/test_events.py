@@ -5,8 +5,9 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from dsat.breaker import BREAKER_TOPIC
 from dsat.envelope import Envelope, decode
-from dsat.events import BREAKER_TOPIC, Reporter, parse_published, published, topic_for
+from dsat.events import Reporter, parse_published, published, topic_for
 from dsat.testing import FakeSender
 
 

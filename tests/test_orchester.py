@@ -289,7 +289,8 @@ def test_flush_aggregates_sends_each_closed_interval_once(tmp_path: Path) -> Non
 def test_a_circuit_opened_by_the_tracker_holds_the_legs_to_its_step() -> None:
     """on_published: an open circuit holds legs to the step (counted as diverted), carbon legs still go; closed again,
     the step gets batches again; a frame that does not parse is counted bad_state."""
-    from dsat.events import BREAKER_TOPIC, published
+    from dsat.breaker import BREAKER_TOPIC
+    from dsat.events import published
 
     orch, egress, _, archive, _ = make()
     orch.on_published(published(BREAKER_TOPIC, {"step": "archive", "state": "OPEN"}))
@@ -311,7 +312,7 @@ def test_under_block_a_full_carbon_egress_pauses_the_input_link_until_carbon_tak
 
     from dsat.carbon import CarbonEgress
     from dsat.spool import Spool
-    from tests.test_carbon import connect
+    from tests.harness import connect
 
     spool = Spool(tmp_path / "s.db", max_bytes=2000, policy="block")
     egress = CarbonEgress(MemoryReactorClock(), [("127.0.0.1", 2004)], spool=spool, max_queue=50)

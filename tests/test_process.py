@@ -23,10 +23,10 @@ import zmq
 from twisted.internet.testing import MemoryReactorClock
 
 from dsat import process, topology
-from dsat.events import BREAKER_TOPIC
+from dsat.breaker import BREAKER_TOPIC
 from dsat.testing import FakeProducer, FakeSender
 from dsat.tools.stack import free_port
-from tests.conftest import Processes, wait_for
+from tests.harness import Processes, wait_for
 
 TOPOLOGY = """
 [dsat]

@@ -400,7 +400,8 @@ def test_retry_window_is_bounded() -> None:
 
 def test_open_circuit_holds_the_leg_and_half_open_sends_one_probe() -> None:
     """No frame goes to a step whose circuit is open (the leg still counts); half-open lets one through."""
-    from dsat.events import BREAKER_TOPIC, published
+    from dsat.breaker import BREAKER_TOPIC
+    from dsat.events import published
 
     runtime, senders, events, _ = make_runtime("collector", lambda: [("m", 1.0)], next=("t", "u"), every=10)
     runtime.on_published(published(BREAKER_TOPIC, {"step": "t", "state": "OPEN"}))

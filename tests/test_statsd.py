@@ -12,7 +12,8 @@ from twisted.internet.task import Clock
 from dsat.counters import Rejections
 from dsat.datapoint import Datapoint
 from dsat.errors import ConfigError
-from dsat.statsd import StatsdAggregator, StatsdProtocol, percentile_label, timer_stats, valid_percentile
+from dsat.statsd import StatsdAggregator, StatsdProtocol, percentile_label, timer_stats
+from dsat.topology import valid_percentile
 
 NOW = 1_700_000_000
 

@@ -2,50 +2,48 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import socket
 import ssl
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from dsat.errors import ConfigError
 from dsat.tls import server_options
 from dsat.tools.stack import free_port
-from tests.conftest import Carbon, Processes, wait_for
-from tests.test_clients import values
-from tests.test_topology import BASE, load, only_problem
+from tests.harness import BASE, Carbon, Processes, only_problem, problems, wait_for
 
 
 def make_certificate(folder: Path, name: str = "server") -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key, made by the openssl command."""
-    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=dsat-test",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
+    """A self-signed EC certificate for 127.0.0.1, valid for a day, and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dsat-test")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
     )
-    return cert, key
+    cert_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
 
 
 def test_server_options_load_a_pem_certificate_and_its_key(tmp_path: Path) -> None:
@@ -71,20 +69,16 @@ def test_a_key_of_another_certificate_or_a_bad_file_is_a_config_error(tmp_path: 
 
 
 def test_plaintext_tls_needs_its_certificate_and_key_in_the_topology(tmp_path: Path) -> None:
-    """plaintext_tls without tls_certificate and tls_key is refused with the keys to add."""
-    found = load_problems(BASE + '[ingress]\nplaintext_tls = "127.0.0.1:2443"\n')
+    """plaintext_tls without tls_certificate and tls_key is refused with the keys to add; files that do not
+    load are the preflight's problem."""
+    found = problems(BASE + '[ingress]\nplaintext_tls = "127.0.0.1:2443"\n')
     assert [p.split(": ")[1] for p in found] == ["ingress.tls_certificate", "ingress.tls_key"]
     problem = only_problem(
         BASE + f'[ingress]\nplaintext_tls = "127.0.0.1:2443"\ntls_certificate = "{tmp_path}/no.pem"\n'
-        f'tls_key = "{tmp_path}/no.key"\n'
+        f'tls_key = "{tmp_path}/no.key"\n',
+        files=True,
     )
     assert "ingress.plaintext_tls: " in problem and "no.pem: cannot read" in problem
-
-
-def load_problems(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load(text)
-    return info.value.problems
 
 
 @pytest.mark.integration
@@ -131,6 +125,25 @@ destinations = ["127.0.0.1:{carbon.port}"]
     wait_for(lambda: tls_send(f"dsat.testhost.tls.ok 4.5 {now}\n"), 30, "the TLS listener")
     with socket.create_connection(("127.0.0.1", port), timeout=5) as plain:
         plain.sendall(f"dsat.testhost.tls.plain 9 {now}\n".encode())
-    wait_for(lambda: values(carbon, "dsat.testhost.tls.ok") == [4.5], 30, "the point sent over TLS")
-    time.sleep(2)  # the plain line had as long as the TLS one
+        # the refusal: the server reads the line as a broken TLS record and closes the connection
+        assert closed_by_server(plain, within=10), "the TLS port kept a plain connection open"
+    # a TLS line sent after the refused plain one lands: the plain one, had it been taken, would be there too
+    assert tls_send(f"dsat.testhost.tls.after 5.5 {now}\n")
+    wait_for(lambda: carbon.values("dsat.testhost.tls.ok") == [4.5], 30, "the point sent over TLS")
+    wait_for(lambda: carbon.values("dsat.testhost.tls.after") == [5.5], 30, "the point sent over TLS after")
     assert not (carbon.stack.whisper_dir / "dsat" / "testhost" / "tls" / "plain.wsp").exists()
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the peer closes *sock* (end of stream or reset) within *within* seconds; what it sends is read."""
+    deadline = time.monotonic() + within
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if not sock.recv(4096):
+                return True
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+    return False

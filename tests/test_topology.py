@@ -1,4 +1,4 @@
-"""The topology file: loading into frozen dataclasses, and the three validation stages."""
+"""The topology file: loading into frozen dataclasses, its validation stages, and the preflight on this machine."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from dsat import topology
+import dsat
+from dsat import breaker, fsm, topology
 from dsat.errors import ConfigError
 from dsat.plugins import Registry, SatelliteSpec
-from dsat.topology import CarbonConf, Link, OrchesterConf, Step, Topology, TrackerConf
+from dsat.topology import CarbonConf, Link, OrchesterConf, Step, Topology, TrackerConf, preflight, schema, tables
 
 REGISTRY = Registry(
     [
@@ -38,20 +39,25 @@ use = "t"
 """
 
 
-def load(text: str, check_environment: bool = False) -> Topology:
-    return topology.loads(text, path=PATH, registry=REGISTRY, check_environment=check_environment)
+def load(text: str, files: bool = False, machine: bool = False) -> Topology:
+    """*text* loaded; with *files* the preflight checks the files it names (rules, TLS), with *machine* this
+    machine too."""
+    topo = topology.loads(text, path=PATH, registry=REGISTRY)
+    if files or machine:
+        preflight.check(topo, machine=machine)
+    return topo
 
 
-def problems(text: str, check_environment: bool = False) -> list[str]:
-    """The problems loading *text* reports (the test fails if it loads)."""
+def problems(text: str, files: bool = False, machine: bool = False) -> list[str]:
+    """The problems loading *text* (and the preflight asked for) reports (the test fails if it loads)."""
     with pytest.raises(ConfigError) as info:
-        load(text, check_environment)
+        load(text, files, machine)
     return info.value.problems
 
 
-def only_problem(text: str, check_environment: bool = False) -> str:
-    """The one problem loading *text* reports."""
-    found = problems(text, check_environment)
+def only_problem(text: str, files: bool = False, machine: bool = False) -> str:
+    """The one problem loading *text* (and the preflight asked for) reports."""
+    found = problems(text, files, machine)
     assert len(found) == 1, found
     return found[0]
 
@@ -240,7 +246,7 @@ def test_load_of_a_missing_file_names_it(tmp_path: Path) -> None:
 
 def test_default_registry_is_the_built_in_satellites() -> None:
     """Without a registry, `use` names are looked up among the built-in satellites (the demo loads)."""
-    demo = Path(topology.__file__).with_name("demo.toml")
+    demo = Path(dsat.__file__).with_name("demo.toml")
     topo = topology.load(demo)
     assert topo.satellites["cpu"].kind == "collector"
 
@@ -596,42 +602,82 @@ def test_ipc_path_over_the_os_limit() -> None:
     assert "over the OS limit of 107; use a shorter [dsat] run_dir or address" in problem
 
 
-# -- stage 3: environment --------------------------------------------------------
+# -- the preflight: this machine --------------------------------------------------------
 
 
 def test_port_in_use(short_tmp: Path) -> None:
-    """With check_environment, a tcp bind address whose port is taken is reported."""
+    """The machine preflight reports a tcp bind address whose port is taken; loading does not look."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         text = f'[dsat]\nrun_dir = "{short_tmp}"\n' + BASE + f'[orchester]\nlisten = "tcp://127.0.0.1:{port}"\n'
         load(text)  # not checked unless asked
-        problem = only_problem(text, check_environment=True)
+        problem = only_problem(text, machine=True)
     assert problem.startswith(f"demo.toml: orchester.listen: cannot bind tcp://127.0.0.1:{port} (")
     assert problem.endswith("stop what uses it or pick another port")
 
 
 def test_free_tcp_port_and_writable_run_dir_pass(short_tmp: Path) -> None:
-    """check_environment creates run_dir and accepts free ports."""
+    """The machine preflight creates run_dir and accepts free ports."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     run_dir = short_tmp / "run"
     text = f'[dsat]\nrun_dir = "{run_dir}"\n' + BASE + f'[orchester]\nlisten = "tcp://127.0.0.1:{port}"\n'
-    load(text, check_environment=True)
+    load(text, machine=True)
     assert run_dir.is_dir() and list(run_dir.iterdir()) == []
 
 
 def test_unwritable_run_dir(short_tmp: Path) -> None:
-    """With check_environment, a run_dir that cannot be created is reported; without it, it is not checked."""
+    """The machine preflight reports a run_dir that cannot be created; loading does not check it."""
     plain = short_tmp / "plain"
     plain.write_text("")
     text = f'[dsat]\nrun_dir = "{plain}/run"\n' + BASE
     load(text)
-    problem = only_problem(text, check_environment=True)
+    problem = only_problem(text, machine=True)
     assert problem.startswith(f"demo.toml: dsat.run_dir: {plain}/run is not a writable folder (")
     assert problem.endswith("pick another")
+
+
+def test_an_ingress_port_in_use_is_reported_beside_tcp_links(tmp_path: Path) -> None:
+    """The ingress listeners are checked when the topology also binds tcp links (their loop once hid them)."""
+    with socket.socket() as busy, socket.socket() as probe:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        probe.bind(("127.0.0.1", 0))
+        port, free = busy.getsockname()[1], probe.getsockname()[1]
+        probe.close()
+        text = f'[dsat]\nrun_dir = "{tmp_path}"\n' + BASE + f'[orchester]\nlisten = "tcp://127.0.0.1:{free}"\n'
+        text += f'[ingress]\nplaintext = "127.0.0.1:{port}"\n[spool]\npath = ""\n'
+        problem = only_problem(text, machine=True)
+    assert problem.startswith(f"demo.toml: ingress.plaintext: cannot listen on 127.0.0.1:{port} (")
+
+
+def test_the_rule_files_are_the_preflights_not_the_loaders(tmp_path: Path) -> None:
+    """Loading reads no rule file; the preflight reports a missing one, then every bad line of one that exists."""
+    text = BASE + f'[rules]\nrewrite = "{tmp_path}/rewrite.conf"\n'
+    load(text)
+    assert only_problem(text, files=True) == (
+        f"demo.toml: rules.rewrite: {tmp_path}/rewrite.conf is not a readable file; write the rules there or fix"
+        " the path"
+    )
+    (tmp_path / "rewrite.conf").write_text("[pre]\n(unclosed = x\n")
+    problem = only_problem(text, files=True)
+    assert problem.startswith(f"demo.toml: rules: {tmp_path}/rewrite.conf:2: ") and problem.endswith(
+        "; fix the rule file"
+    )
+
+
+def test_the_machine_preflight_of_a_multi_host_topology_needs_the_host() -> None:
+    """Checking this machine for a topology with [hosts] asks which host it is; the files alone do not."""
+    topo = load(MULTI)
+    preflight.check(topo)
+    with pytest.raises(ConfigError) as info:
+        preflight.check(topo, machine=True)
+    assert info.value.problems == [
+        "demo.toml: --host: this topology spans hosts; say which one this is: one of hub, web01, web02"
+    ]
 
 
 def test_an_ingress_port_in_use_is_reported(tmp_path: Path) -> None:
@@ -643,7 +689,7 @@ def test_an_ingress_port_in_use_is_reported(tmp_path: Path) -> None:
         text = f'[dsat]\nrun_dir = "{tmp_path}"\n[spool]\npath = ""\n[ingress]\nplaintext = "127.0.0.1:{port}"\n'
         text += '[carbon]\ndestinations = ["127.0.0.1:2004"]\n'
         with pytest.raises(ConfigError) as error:
-            topology.loads(text, path=tmp_path / "t.toml", registry=REGISTRY, check_environment=True)
+            preflight.check(topology.loads(text, path=tmp_path / "t.toml", registry=REGISTRY), machine=True)
     assert "ingress.plaintext: cannot listen on 127.0.0.1:" in str(error.value)
 
 
@@ -769,7 +815,7 @@ def test_a_host_needs_an_address_and_a_group_known_hosts() -> None:
 def test_an_unknown_host_asked_for_is_refused() -> None:
     """`--host` names a host of the topology; the problem lists them."""
     with pytest.raises(ConfigError) as info:
-        topology.loads(MULTI, path=PATH, registry=REGISTRY, host="web03")
+        preflight.check(load(MULTI), host="web03")
     assert info.value.problems == [
         'demo.toml: --host: "web03" is not in [hosts]; did you mean "web02"? hosts are: hub, web01, web02'
     ]
@@ -820,18 +866,30 @@ def test_an_orchester_pair_is_checked() -> None:
     )
 
 
+def test_the_trackers_defaults_are_those_of_its_state_machines() -> None:
+    """[tracker]'s retry and breaker defaults are the ones dsat.fsm and dsat.breaker use when given none."""
+    conf = TrackerConf(events="e", states="s", status="t")
+    assert (conf.max_retries, conf.backoff) == (fsm.DEFAULT_MAX_RETRIES, fsm.DEFAULT_BACKOFF)
+    assert (conf.breaker_window, conf.breaker_threshold, conf.breaker_min_failures, conf.breaker_cooldown) == (
+        breaker.DEFAULT_WINDOW,
+        breaker.DEFAULT_THRESHOLD,
+        breaker.DEFAULT_MIN_FAILURES,
+        breaker.DEFAULT_COOLDOWN,
+    )
+
+
 # -- one table at a time ---------------------------------------------------------
 
 
-def table_problems() -> topology._Problems:
-    return topology._Problems(PATH)
+def table_problems() -> schema._Problems:
+    return schema._Problems(PATH)
 
 
 def test_build_converts_each_plain_key_and_keeps_the_dataclass_default_for_absent_ones() -> None:
     """A duration key becomes seconds, a number key a float; an absent key is the dataclass's default, and what
     the table's builder computed wins over a key of the same name."""
     found = table_problems()
-    conf = topology._build(
+    conf = schema._build(
         found,
         "tracker",
         {"timeout": "1m", "backoff": 3, "host": "raw"},
@@ -842,15 +900,15 @@ def test_build_converts_each_plain_key_and_keeps_the_dataclass_default_for_absen
     )
     assert (conf.timeout, conf.backoff, conf.metrics_every) == (60.0, 3.0, TrackerConf.metrics_every)
     assert isinstance(conf.backoff, float) and conf.host == "raw" and found.items == []
-    assert topology._build(found, "tracker", {"host": "raw"}, TrackerConf, events="e", states="s", status="t", host="")
-    bad = topology._build(found, "tracker", {"timeout": "soon"}, TrackerConf, events="e", states="s", status="t")
+    assert schema._build(found, "tracker", {"host": "raw"}, TrackerConf, events="e", states="s", status="t", host="")
+    bad = schema._build(found, "tracker", {"timeout": "soon"}, TrackerConf, events="e", states="s", status="t")
     assert bad.timeout == TrackerConf.timeout
-    assert found.items == ["demo.toml: tracker.timeout: 'soon' is not a duration; " + topology._DURATION_HINT]
+    assert found.items == ["demo.toml: tracker.timeout: 'soon' is not a duration; " + schema._DURATION_HINT]
 
 
 def test_tracker_table_alone_reports_its_bounds() -> None:
     found = table_problems()
-    conf = topology._tracker(found, {"max_retries": -1, "breaker_threshold": 2}, Path("/run"))
+    conf = tables._tracker(found, {"max_retries": -1, "breaker_threshold": 2}, Path("/run"))
     assert conf.events == "ipc:///run/tracker-events" and conf.host == ""
     assert found.items == [
         "demo.toml: tracker.max_retries: -1 must be 0 or more",
@@ -860,12 +918,12 @@ def test_tracker_table_alone_reports_its_bounds() -> None:
 
 def test_orchester_table_alone_defaults_and_bounds() -> None:
     found = table_problems()
-    conf = topology._orchester(found, {}, Path("/run"), ())
+    conf = tables._orchester(found, {}, Path("/run"), ())
     assert conf == OrchesterConf(
         Link("ipc:///run/orchester", "pull"), "ipc:///run/orchester-control", {"*": ("carbon",)}
     )
     assert found.items == []
-    topology._orchester(found, {"max_queue": 0, "missed_beats": 0, "routes": {}}, Path("/run"), ("a", "b"))
+    tables._orchester(found, {"max_queue": 0, "missed_beats": 0, "routes": {}}, Path("/run"), ("a", "b"))
     assert [item.split(": ")[1] for item in found.items] == [
         "orchester.missed_beats",
         "orchester.routes",
@@ -876,11 +934,11 @@ def test_orchester_table_alone_defaults_and_bounds() -> None:
 def test_a_pair_refuses_a_tracker_host_and_puts_the_tracker_on_the_primary() -> None:
     hosts = {name: topology.Host(name, f"10.0.0.{i}") for i, name in enumerate(("a", "b"), 1)}
     found = table_problems()
-    place = topology._Placer(found, hosts, {})
-    pair = topology._orchester_hosts(found, {"host": ["a", "b"]}, place, "a")
+    place = tables._Placer(found, hosts, {})
+    pair = tables._orchester_hosts(found, {"host": ["a", "b"]}, place, "a")
     assert pair == ("a", "b")
-    assert topology._tracker_host(found, {}, place, pair) == "a" and found.items == []
-    topology._tracker_host(found, {"host": "b"}, place, pair)
+    assert tables._tracker_host(found, {}, place, pair) == "a" and found.items == []
+    tables._tracker_host(found, {"host": "b"}, place, pair)
     assert found.items == [
         "demo.toml: tracker.host: with an orchester pair a tracker runs beside each orchester; remove the key"
     ]
@@ -888,11 +946,11 @@ def test_a_pair_refuses_a_tracker_host_and_puts_the_tracker_on_the_primary() -> 
 
 def test_carbon_table_alone() -> None:
     found = table_problems()
-    assert topology._carbon(found, {"destinations": ["h:2004:a", "[::1]:2104"]}) == CarbonConf(
+    assert tables._carbon(found, {"destinations": ["h:2004:a", "[::1]:2104"]}) == CarbonConf(
         (("h", 2004, "a"), ("::1", 2104, None))
     )
     assert found.items == []
-    topology._carbon(found, {"destinations": ["h:2004", "h:2104"], "replication": 3, "protocol": "json"})
+    tables._carbon(found, {"destinations": ["h:2004", "h:2104"], "replication": 3, "protocol": "json"})
     assert [item.split(": ")[1] for item in found.items] == [
         "carbon.destinations",
         "carbon.replication",
@@ -902,8 +960,8 @@ def test_carbon_table_alone() -> None:
 
 def test_spool_table_alone() -> None:
     found = table_problems()
-    assert topology._spool(found, {"path": ""}, PATH).path is None
-    conf = topology._spool(found, {"max_mb": 2, "policy": "block", "replay_rate": 10}, PATH)
+    assert tables._spool(found, {"path": ""}, PATH).path is None
+    conf = tables._spool(found, {"max_mb": 2, "policy": "block", "replay_rate": 10}, PATH)
     assert (conf.path, conf.max_bytes, conf.policy, conf.sync, conf.replay_rate) == (
         PATH.parent / "spool/carbon.db",
         2 * 1024 * 1024,
@@ -912,16 +970,16 @@ def test_spool_table_alone() -> None:
         10.0,
     )
     assert found.items == []
-    topology._spool(found, {"policy": "wait", "replay_rate": 0}, PATH)
+    tables._spool(found, {"policy": "wait", "replay_rate": 0}, PATH)
     assert [item.split(": ")[1] for item in found.items] == ["spool.policy", "spool.replay_rate"]
 
 
 def test_ingress_table_alone() -> None:
     found = table_problems()
-    conf = topology._ingress(found, {"plaintext": "[::1]:2003", "statsd_flush": "2s", "max_line": 100}, PATH)
+    conf = tables._ingress(found, {"plaintext": "[::1]:2003", "statsd_flush": "2s", "max_line": 100}, PATH)
     assert (conf.plaintext, conf.statsd, conf.statsd_flush, conf.max_line) == (("::1", 2003), None, 2.0, 100)
     assert conf.statsd_percentiles == topology.IngressConf.statsd_percentiles and found.items == []
-    topology._ingress(found, {"plaintext_tls": "0.0.0.0:2443", "statsd_percentiles": [150]}, PATH)
+    tables._ingress(found, {"plaintext_tls": "0.0.0.0:2443", "statsd_percentiles": [150]}, PATH)
     assert [item.split(": ")[1] for item in found.items] == [
         "ingress.statsd_percentiles",
         "ingress.tls_certificate",
@@ -930,22 +988,22 @@ def test_ingress_table_alone() -> None:
 
 
 def test_run_dir_is_beside_the_topology_unless_absolute() -> None:
-    assert topology._run_dir({}, PATH) == PATH.parent / ".dsat/run"
-    assert topology._run_dir({"run_dir": "/var/run/dsat/../dsat"}, PATH) == Path("/var/run/dsat")
+    assert tables._run_dir({}, PATH) == PATH.parent / ".dsat/run"
+    assert tables._run_dir({"run_dir": "/var/run/dsat/../dsat"}, PATH) == Path("/var/run/dsat")
 
 
 def test_routes_keep_the_good_ones_and_name_each_bad_one() -> None:
     found = table_problems()
-    routes = topology._routes(found, {"*": ["carbon"], "audit": "carbon", "x": []})
+    routes = tables._routes(found, {"*": ["carbon"], "audit": "carbon", "x": []})
     assert routes == {"*": ("carbon",)}
     assert [item.split(": ")[1] for item in found.items] == ["orchester.routes.audit", "orchester.routes.x"]
 
 
 def test_rules_table_alone() -> None:
     found = table_problems()
-    conf = topology._rules_table(found, {"rewrite": "rw.conf", "deny": ["^tmp\\."]}, PATH)
+    conf = tables._rules_table(found, {"rewrite": "rw.conf", "deny": ["^tmp\\."]}, PATH)
     assert (conf.rewrite, conf.aggregation, conf.allow, conf.deny) == (PATH.parent / "rw.conf", None, (), ("^tmp\\.",))
-    topology._rules_table(found, {"allow": ["("], "deny": [1]}, PATH)
+    tables._rules_table(found, {"allow": ["("], "deny": [1]}, PATH)
     assert [item.split(": ")[1] for item in found.items] == ["rules.allow[0]", "rules.deny"]
 
 
@@ -954,13 +1012,13 @@ def test_ingress_connection_limits_are_read_with_their_defaults_and_checked() ->
     from dsat import ingress
 
     found = table_problems()
-    default = topology._ingress(found, {}, PATH)
+    default = tables._ingress(found, {}, PATH)
     assert (default.max_connections, default.idle_timeout, default.idle_grace) == (
         ingress.MAX_CONNECTIONS,
         ingress.IDLE_TIMEOUT,
         ingress.IDLE_GRACE,
     )
-    conf = topology._ingress(found, {"max_connections": 50, "idle_timeout": "2m", "idle_grace": "1s"}, PATH)
+    conf = tables._ingress(found, {"max_connections": 50, "idle_timeout": "2m", "idle_grace": "1s"}, PATH)
     assert (conf.max_connections, conf.idle_timeout, conf.idle_grace) == (50, 120.0, 1.0) and found.items == []
-    topology._ingress(found, {"max_connections": 0, "idle_timeout": "1s", "idle_grace": "5s"}, PATH)
+    tables._ingress(found, {"max_connections": 0, "idle_timeout": "1s", "idle_grace": "5s"}, PATH)
     assert [item.split(": ")[1] for item in found.items] == ["ingress.max_connections", "ingress.idle_grace"]

@@ -8,8 +8,9 @@ from pathlib import Path
 from twisted.internet.task import Clock
 
 from dsat import topology
+from dsat.breaker import BREAKER_TOPIC
 from dsat.envelope import Envelope, encode
-from dsat.events import BREAKER_TOPIC, Reporter, parse_published
+from dsat.events import Reporter, parse_published
 from dsat.plugins import Registry, SatelliteSpec
 from dsat.testing import FakeSender
 from dsat.tracker import TrackerService

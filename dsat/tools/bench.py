@@ -49,6 +49,7 @@ from dsat.errors import BenchError, ConfigError, DsatError
 from dsat.tools import bench_load, status
 from dsat.tools.bench_load import Phase
 from dsat.tools.stack import free_port
+from dsat.topology import preflight
 
 #: Seconds without a new datapoint at the sink after which a phase's missing datapoints count as lost.
 SETTLE = 3.0
@@ -95,7 +96,8 @@ class Plan:
 
 def derive(source: Path, work: Path, options: Options) -> Plan:
     """Write the bench's copy of *source* into *work* and validate it with this machine's checks."""
-    original = topology.load(source, check_environment=True)
+    original = topology.load(source)
+    preflight.check(original, machine=True)
     doc = tomllib.loads(source.read_text(encoding="utf-8"))
     changes = [f"run_dir and spool in {work}"]
     top = doc.setdefault("dsat", {})
@@ -144,7 +146,8 @@ def derive(source: Path, work: Path, options: Options) -> Plan:
             plan.collectors.append(step.name)
         changes.append(f"collectors {', '.join(plan.collectors)} replaced by bench collectors of the same type")
     plan.path.write_text(tomli_w.dumps(doc))
-    plan.topology = topology.load(plan.path, check_environment=True)
+    plan.topology = topology.load(plan.path)
+    preflight.check(plan.topology, machine=True)
     return plan
 
 
@@ -682,7 +685,7 @@ def _main(args: Any, options: Options, out: TextIO) -> int:
     progress = Progress(sys.stderr)
     sources = [Path(args.topology)] + ([Path(args.compare)] if args.compare else [])
     for source in sources:  # both are checked before either runs
-        topology.load(source, check_environment=True)
+        preflight.check(topology.load(source), machine=True)
     reports = []
     for source in sources:
         reports.append(bench(source, options, progress))

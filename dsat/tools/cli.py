@@ -40,8 +40,10 @@ def duration(text: str) -> float:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from dsat import keys, topology
+    from dsat.topology import preflight
 
-    topo = topology.load(args.topology, check_environment=args.environment and args.host is not None, host=args.host)
+    topo = topology.load(args.topology)
+    preflight.check(topo, host=args.host, machine=args.environment and args.host is not None)
     if topo.multi_host and topo.insecure:
         plain = ", ".join(sorted(topo.tcp_binders)) or "none yet"
         print(
