@@ -1,123 +1,123 @@
-"""Shared fixtures: real DSAT processes started from topologies written per test."""
+"""Fixtures, and the line between unit tests and the slow ones.
+
+A test that starts a process (``dsat``, carbon-cache, openssl, any child),
+needs root, network namespaces or podman, or runs for more than about a
+second carries a marker: ``integration`` (real processes and sockets),
+``e2e`` (the whole Graphite stack), ``compose`` (podman), ``faults`` (with
+integration: the fault matrix).  Every other test is given the ``unit``
+marker here, and ``make unit`` (``pytest -m unit``) runs those: no root, no
+network namespace, no container, in under a minute.  A unit test that starts
+a process, binds an address other than loopback, or runs over
+:data:`UNIT_SECONDS` fails, saying which marker it needs.
+
+The helpers the fixtures build on, and that test modules import, are in
+:mod:`tests.harness`.
+"""
 
 from __future__ import annotations
 
+import _posixsubprocess
+import ipaddress
 import os
 import shutil
-import signal
+import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
-import whisper
+import zmq
 
-from dsat.tools.stack import LocalStack, free_port
+from dsat import naming
+from dsat.tools.stack import free_port
+from tests.harness import Carbon, Processes, demo_topology, stop_cleanly, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def install_missing_programs(packages: Mapping[str, str]) -> None:
-    """Install with apt-get the Debian package of each program (``{program: package}``) not on the PATH."""
-    missing = sorted({pkg for prog, pkg in packages.items() if shutil.which(prog) is None})
-    if not missing:
-        return
-    if os.geteuid() != 0:
-        pytest.fail(f"this test needs {', '.join(missing)} and is not root to install them with apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            pytest.fail(f"cannot install {missing}: {' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+#: The markers of the slow tests; a test with none of them is a unit test.
+SLOW_MARKERS = ("integration", "e2e", "compose", "faults")
+#: The longest a unit test may run (about a second is the rule; this leaves room for a busy machine).
+UNIT_SECONDS = 5.0
 
 
-def wait_for(
-    predicate: Callable[[], object],
-    timeout: float,
-    what: str,
-    interval: float = 0.2,
-    detail: Callable[[], object] | None = None,
-) -> object:
-    """Poll *predicate* until it returns something truthy; fail the test with *what* after *timeout*.
-
-    *detail*, when given, is called on failure and its result shown (e.g. what is still missing).
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            shown = f": {detail()}" if detail is not None else ""
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}{shown}")
-        time.sleep(interval)
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``unit`` every test that carries none of :data:`SLOW_MARKERS` (before ``-m`` selects)."""
+    for item in items:
+        if not any(item.get_closest_marker(name) for name in SLOW_MARKERS):
+            item.add_marker(pytest.mark.unit)
 
 
-def settled(read: Callable[[], Any], timeout: float, what: str) -> Any:
-    """What *read* returns once two reads a second apart agree and hold something (carbon-cache done writing)."""
-    previous: list[Any] = [read()]
-
-    def stable() -> Any:
-        time.sleep(1)
-        now = read()
-        same = now == previous[0]
-        previous[0] = now
-        return now if same and any(now) else None
-
-    return wait_for(stable, timeout, what, interval=0)
-
-
-class Processes:
-    """Starts ``dsat`` commands as real processes and makes sure none outlives the test."""
-
-    def __init__(self, log_dir: Path) -> None:
-        self.log_dir = log_dir
-        self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
-
-    def dsat(self, *args: str, name: str = "dsat") -> subprocess.Popen[bytes]:
-        log = self.log_dir / f"{name}.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dsat", *args],
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A unit test that passed in more than :data:`UNIT_SECONDS` fails: it belongs with the slow ones."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.passed and item.get_closest_marker("unit") and call.duration > UNIT_SECONDS:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"{item.nodeid} is a unit test but ran {call.duration:.1f} s (over {UNIT_SECONDS:g} s): make it faster "
+            "or mark it integration (tests/conftest.py)"
         )
-        self.started.append((proc, log))
-        return proc
 
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
-        """SIGTERM, then wait; returns the exit status."""
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        return proc.wait(timeout)
 
-    def cleanup(self) -> list[str]:
-        """Kill whatever is left (and say so); returns what had to be killed."""
-        leftovers = []
-        for proc, _log in self.started:
-            try:
-                family = psutil.Process(proc.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
-                family = []
-            if proc.poll() is None:
-                proc.kill()
-                leftovers.append(f"pid {proc.pid}")
-            for child in family:
-                if child.is_running():
-                    leftovers.append(f"child {child.pid} {' '.join(child.cmdline()[:6])}")
-                    child.kill()
-        return leftovers
+def _loopback(host: object) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(str(host).strip("[]")).is_loopback
+    except ValueError:
+        return False
 
-    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
-        for p, log in self.started:
-            if p is proc:
-                return log.read_text(errors="replace")
-        return ""
+
+@pytest.fixture(autouse=True)
+def _unit_tests_stay_in_this_process(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """In a unit test, starting a process or binding an address other than loopback fails the test.
+
+    The call still goes through (a test that catches its error sees the real one); the test fails at its end.
+    """
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    found: list[str] = []
+
+    def starts(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            shown = args[0] if args and isinstance(args[0], list | tuple) else args[:1]
+            found.append(f"started a process ({name} {' '.join(map(os.fsdecode, shown))[:200]})")
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    for name in ("fork", "posix_spawn", "posix_spawnp"):
+        monkeypatch.setattr(os, name, starts(f"os.{name}", getattr(os, name)))
+    monkeypatch.setattr(_posixsubprocess, "fork_exec", starts("fork_exec", _posixsubprocess.fork_exec))
+    monkeypatch.setattr(subprocess, "_fork_exec", starts("subprocess", _posixsubprocess.fork_exec))  # its own name
+
+    real_bind = socket.socket.bind
+
+    def bind(sock: socket.socket, address: Any) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _loopback(address[0]):
+            found.append(f"bound {address!r}, not a loopback address")
+        real_bind(sock, address)
+
+    monkeypatch.setattr(socket.socket, "bind", bind)
+    real_zmq_bind = zmq.Socket.bind
+
+    def zmq_bind(sock: zmq.Socket[Any], address: str) -> Any:
+        if address.startswith("tcp://") and not _loopback(address[6:].rsplit(":", 1)[0]):
+            found.append(f"bound {address}, not a loopback address")
+        return real_zmq_bind(sock, address)
+
+    monkeypatch.setattr(zmq.Socket, "bind", zmq_bind)
+    yield
+    if found:
+        pytest.fail(
+            f"{request.node.nodeid} is a unit test but it {found[0]}"
+            + (f" (and {len(found) - 1} more)" if len(found) > 1 else "")
+            + ": keep it in this process on loopback, or mark it integration (tests/conftest.py)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture
@@ -130,75 +130,47 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 @pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A temporary folder with a short path: unix socket paths are limited to 107 bytes."""
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="dsat-") as name:
         yield Path(name)
 
 
-SCHEMAS = """
-[test]
-pattern = ^dsat\\.testhost\\.
-retentions = 1s:30m
-
-[default]
-pattern = .*
-retentions = 10s:1h
-"""
-
-
-class Carbon:
-    """A real carbon-cache (1 s Whisper resolution for the test tree) that a test stops and starts."""
-
-    def __init__(self, base: Path) -> None:
-        self.stack = LocalStack(base / "carbon", pickle_port=free_port())
-        self.stack.prepare_carbon(SCHEMAS)
-        self.log = base / "carbon.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def port(self) -> int:
-        return self.stack.pickle_port
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            self.stack.carbon_command(), stdout=self.log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True
-        )
-        wait_for(self.listening, 30, "carbon-cache to listen")
-
-    def listening(self) -> bool:
-        import socket
-
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-        except OSError:
-            return False
-        return True
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
-        self.proc = None
-
-    def runs(self, step: str, metrics: int) -> list[set[int]]:
-        """For each metric m0..m<N-1> of *step*, the run numbers stored in its Whisper file."""
-        out = []
-        for i in range(metrics):
-            path = self.stack.whisper_dir / "dsat" / "testhost" / step / f"m{i}.wsp"
-            if not path.exists():
-                out.append(set())
-                continue
-            try:
-                _, values = whisper.fetch(str(path), 0)
-            except whisper.CorruptWhisperFile:  # being created by carbon-cache right now
-                values = []
-            out.append({int(v) for v in values if v is not None})
-        return out
-
-
 @pytest.fixture
-def carbon(short_tmp: Path) -> Any:
+def carbon(short_tmp: Path) -> Iterator[Carbon]:
     server = Carbon(short_tmp)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One running demo stack (``dsat demo``) shared by the tests of a module; stopped cleanly at its end."""
+    base = Path(tempfile.mkdtemp(prefix="dsat-e2e-"))
+    procs = Processes(tmp_path_factory.mktemp("logs"))
+    topo = demo_topology(base, free_port())
+    http_port = free_port()
+    proc = procs.dsat(
+        "demo", "--topology", str(topo), "--state-dir", str(base / "state"), "--http-port", str(http_port), name="demo"
+    )
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or "dsat demo is up" in procs.log_of(proc),
+            90,
+            "the demo to announce graphite-web",
+        )
+        assert proc.poll() is None, procs.log_of(proc)
+        yield {
+            "proc": proc,
+            "procs": procs,
+            "url": f"http://127.0.0.1:{http_port}/",
+            "where": naming.component(socket.gethostname()),
+            "whisper": base / "state" / "whisper",
+            "topology": topo,
+            "base": base,
+        }
+    finally:
+        try:
+            stop_cleanly(proc, procs)
+        finally:
+            leftovers = procs.cleanup()
+            shutil.rmtree(base, ignore_errors=True)
+        assert not leftovers, f"processes left running: {leftovers}"

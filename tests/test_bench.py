@@ -28,13 +28,12 @@ import psutil
 import pytest
 
 from dsat import topology
-from dsat.carbon import POINTS_PER_MESSAGE
-from dsat.ingress import parse_pickle
+from dsat.graphite_wire import POINTS_PER_MESSAGE, parse_pickle
 from dsat.naming import is_tagged, tagged_path
 from dsat.tools import bench, bench_load, bench_sink
 from dsat.tools.bench_load import Phase
 from dsat.tools.stack import free_port
-from tests.conftest import ROOT
+from tests.harness import ROOT, wait_for
 
 SMALL = """
 [dsat]
@@ -166,6 +165,7 @@ def test_find_max_rate_doubles_then_bisects_to_the_highest_rate_that_holds() -> 
     assert all(rate > 20_000 for rate in tried if rate > best[1]["rate"])
 
 
+@pytest.mark.integration
 def test_bench_refuses_a_topology_whose_port_is_taken(tmp_path: Path) -> None:
     """A taken ingress port stops the bench before it starts anything, naming the port."""
     topo = write_topology(tmp_path, SMALL)
@@ -261,21 +261,28 @@ def test_ctrl_c_stops_every_process_and_removes_every_file(tmp_path: Path) -> No
     """SIGINT in the middle of the load: exit 130, no process of the bench alive, its folder gone."""
     topo = write_topology(tmp_path, SMALL)
     before = bench_dirs()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dsat", "bench", str(topo), "--duration", "30"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "delivered" in line:
-            break
-    family = psutil.Process(proc.pid).children(recursive=True)
-    assert len(family) >= 5  # the sink, dsat up and its steps
-    proc.send_signal(signal.SIGINT)
-    code = proc.wait(60)
-    err = proc.stderr.read()
+    out, errors = tmp_path / "bench.out", tmp_path / "bench.err"
+    with out.open("wb") as stdout, errors.open("wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dsat", "bench", str(topo), "--duration", "30"], stdout=stdout, stderr=stderr
+        )
+    try:
+        wait_for(
+            lambda: proc.poll() is not None or "delivered" in errors.read_text(errors="replace"),
+            60,
+            "the bench's load to start",
+            detail=lambda: errors.read_text(errors="replace")[-3000:],
+        )
+        assert proc.poll() is None, errors.read_text(errors="replace")[-3000:]
+        family = psutil.Process(proc.pid).children(recursive=True)
+        assert len(family) >= 5  # the sink, dsat up and its steps
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    err = errors.read_text(errors="replace")
     assert code == 130, err[-3000:]
     assert "interrupted" in err
     deadline = time.monotonic() + 10

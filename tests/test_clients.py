@@ -14,11 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-import whisper
 
 from dsat.tools.stack import free_port
-from tests.conftest import Carbon, Processes, wait_for
-from tests.harness import free_udp_port, listening
+from tests.harness import Carbon, Processes, free_udp_port, listening, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,17 +24,6 @@ REWRITE = """
 [pre]
 ^legacy\\.(\\w+)\\. = dsat.testhost.renamed.\\1.
 """
-
-
-def values(carbon: Carbon, path: str) -> list[float]:
-    wsp = carbon.stack.whisper_dir / (path.replace(".", "/") + ".wsp")
-    if not wsp.exists():
-        return []
-    try:
-        _, points = whisper.fetch(str(wsp), 0)
-    except whisper.CorruptWhisperFile:
-        return []
-    return [v for v in points if v is not None]
 
 
 def start_carbon_relay(base: Path, destination_port: int) -> tuple[subprocess.Popen[bytes], int]:
@@ -124,15 +111,15 @@ path = "spool.db"
             client.timing("latency", 12)
         client.gauge("queue", 42)
 
-        wait_for(lambda: values(carbon, "dsat.testhost.tcp.ok") == [1.5], 30, "the TCP plaintext point")
-        wait_for(lambda: values(carbon, "dsat.testhost.udp.ok") == [2.5], 30, "the UDP plaintext point")
-        wait_for(lambda: values(carbon, "dsat.testhost.relayed.ok") == [3.5], 60, "the point through carbon-relay")
-        wait_for(lambda: values(carbon, "dsat.testhost.renamed.web1.requests") == [7.0], 30, "the rewritten point")
-        wait_for(lambda: 10.0 in values(carbon, "dsat.testhost.statsd.counters.hits.count"), 30, "statsd counter")
-        wait_for(lambda: 12.0 in values(carbon, "dsat.testhost.statsd.timers.latency.mean"), 30, "statsd timer")
-        wait_for(lambda: 42.0 in values(carbon, "dsat.testhost.statsd.gauges.queue"), 30, "statsd gauge")
+        wait_for(lambda: carbon.values("dsat.testhost.tcp.ok") == [1.5], 30, "the TCP plaintext point")
+        wait_for(lambda: carbon.values("dsat.testhost.udp.ok") == [2.5], 30, "the UDP plaintext point")
+        wait_for(lambda: carbon.values("dsat.testhost.relayed.ok") == [3.5], 60, "the point through carbon-relay")
+        wait_for(lambda: carbon.values("dsat.testhost.renamed.web1.requests") == [7.0], 30, "the rewritten point")
+        wait_for(lambda: 10.0 in carbon.values("dsat.testhost.statsd.counters.hits.count"), 30, "statsd counter")
+        wait_for(lambda: 12.0 in carbon.values("dsat.testhost.statsd.timers.latency.mean"), 30, "statsd timer")
+        wait_for(lambda: 42.0 in carbon.values("dsat.testhost.statsd.gauges.queue"), 30, "statsd gauge")
         assert not (carbon.stack.whisper_dir / "legacy").exists()
-        assert not values(carbon, "dsat.testhost.tcp.nan")
+        assert not carbon.values("dsat.testhost.tcp.nan")
     finally:
         relay.terminate()
         relay.wait(30)

@@ -41,7 +41,7 @@ import yaml
 
 from dsat import naming
 from dsat.tools.stack import free_port
-from tests.conftest import ROOT, install_missing_programs, wait_for
+from tests.harness import ROOT, install_missing_programs, wait_for
 
 pytestmark = pytest.mark.compose
 
@@ -305,6 +305,15 @@ def test_every_service_is_healthy_and_unprivileged(stack: dict[str, Any]) -> Non
     for service, name in names.items():
         uid = stack["engine"].run("podman", "exec", name, "id", "-u").strip()
         assert uid == "10001", f"{service} runs as uid {uid}"
+
+
+def test_no_service_says_it_cannot_write_twisteds_plugin_cache(stack: dict[str, Any]) -> None:
+    """Twisted's plugin cache is built into the images: no log says "Unable to write to plugin cache" at start."""
+    for service, name in stack["containers"].items():
+        out = subprocess.run(
+            ["podman", "logs", name], env=stack["engine"].env, capture_output=True, text=True, timeout=60
+        )
+        assert "Unable to write to plugin cache" not in out.stdout + out.stderr, service
 
 
 def test_ports_are_published_on_the_interface_asked_for(stack: dict[str, Any]) -> None:

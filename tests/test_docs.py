@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
+import pytest
+
+from tests.harness import ROOT
+
+pytestmark = pytest.mark.integration  # runs sphinx-build, seconds
 
 
 def test_sphinx_builds_the_docs_with_warnings_as_errors(tmp_path: Path) -> None:

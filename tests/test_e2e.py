@@ -8,38 +8,20 @@ every second here (the demo's 10 s would only make the test slower).
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import psutil
 import pytest
 import whisper
 
-from dsat import naming
-from dsat.tools.stack import free_port
-from tests.conftest import ROOT, Processes, wait_for
+from tests.harness import ROOT, render, wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def demo_topology(directory: Path, pickle_port: int) -> Path:
-    """The packaged demo topology with fast intervals, this test's carbon port and free ingress ports."""
-    text = (ROOT / "dsat" / "demo.toml").read_text()
-    text = text.replace('"127.0.0.1:2104"', f'"127.0.0.1:{pickle_port}"')
-    for key in ("plaintext", "plaintext_udp", "pickle", "statsd"):
-        text = re.sub(rf'^{key} = "127.0.0.1:\d+"', f'{key} = "127.0.0.1:{free_port()}"', text, flags=re.M)
-    text = re.sub(r'every = "\d+s"', 'every = "1s"', text)
-    text = text.replace('metrics_every = "10s"', 'metrics_every = "1s"')
-    path = directory / "demo.toml"
-    path.write_text(text)
-    return path
 
 
 def render_png(url: str, target: str) -> bytes:
@@ -50,82 +32,12 @@ def render_png(url: str, target: str) -> bytes:
         return resp.read()
 
 
-def render(url: str, target: str) -> list[dict]:
-    query = urllib.parse.urlencode({"target": target, "format": "json", "from": "-10min"})
-    with urllib.request.urlopen(f"{url}render?{query}", timeout=10) as resp:
-        return json.loads(resp.read())
-
-
 def non_null_series(url: str, target: str) -> list[str]:
     try:
         series = render(url, target)
     except OSError:
         return []
     return [s["target"] for s in series if any(v is not None for v, _ts in s["datapoints"])]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory):
-    """One running demo stack shared by the tests of this module."""
-    import tempfile
-
-    base = Path(tempfile.mkdtemp(prefix="dsat-e2e-"))
-    procs = Processes(tmp_path_factory.mktemp("logs"))
-    topo = demo_topology(base, free_port())
-    http_port = free_port()
-    proc = procs.dsat(
-        "demo",
-        "--topology",
-        str(topo),
-        "--state-dir",
-        str(base / "state"),
-        "--http-port",
-        str(http_port),
-        name="demo",
-    )
-    url = f"http://127.0.0.1:{http_port}/"
-    where = naming.component(socket.gethostname())
-    whisper_dir = base / "state" / "whisper"
-    try:
-        wait_for(
-            lambda: proc.poll() is not None or "dsat demo is up" in procs.log_of(proc),
-            90,
-            "the demo to announce graphite-web",
-        )
-        assert proc.poll() is None, procs.log_of(proc)
-        yield {
-            "proc": proc,
-            "procs": procs,
-            "url": url,
-            "where": where,
-            "whisper": whisper_dir,
-            "topology": topo,
-            "base": base,
-        }
-    finally:
-        try:
-            stop_cleanly(proc, procs)
-        finally:
-            leftovers = procs.cleanup()
-            shutil.rmtree(base, ignore_errors=True)
-        assert not leftovers, f"processes left running: {leftovers}"
-
-
-def stop_cleanly(proc: subprocess.Popen[bytes], procs: Processes) -> None:
-    """SIGTERM to `dsat demo` stops every process it started, cleanly, with nothing left running.
-
-    Run by the ``demo`` fixture as it ends, after every test of the module (a failure shows as a
-    teardown error), so no test has to stop the shared stack and run last.
-    """
-    if proc.poll() is not None:
-        pytest.fail(f"dsat demo exited early ({proc.returncode}): {procs.log_of(proc)[-3000:]}")
-    children = psutil.Process(proc.pid).children(recursive=True)
-    names = " ".join(" ".join(c.cmdline()) for c in children)
-    assert "carbon-cache" in names and "dsat.tools.graphite_web" in names and " run " in names
-    status = procs.stop(proc, timeout=30)
-    assert status == 0, procs.log_of(proc)[-3000:]
-    _gone, alive = psutil.wait_procs(children, timeout=5)
-    assert not alive, [c.pid for c in alive]
 
 
 def test_whisper_files_appear_at_the_documented_paths(demo) -> None:

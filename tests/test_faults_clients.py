@@ -25,8 +25,7 @@ import pytest
 
 from dsat.ingress import IDLE_GRACE, MAX_CONNECTIONS, RESERVED_DESCRIPTORS
 from dsat.tools.stack import free_port
-from tests.conftest import Processes, wait_for
-from tests.harness import CountingCarbon, ingress_topology, orchester_up, record, step_pid
+from tests.harness import CountingCarbon, Processes, ingress_topology, orchester_up, record, step_pid, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

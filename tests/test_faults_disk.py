@@ -25,15 +25,17 @@ from pathlib import Path
 import pytest
 
 from dsat.tools.stack import free_port
-from tests.conftest import Processes, install_missing_programs, wait_for
 from tests.harness import (
     CountingCarbon,
+    Processes,
     ingress_topology,
+    install_missing_programs,
     kill_orchester,
     orchester_up,
     record,
     spooled_points,
     status,
+    wait_for,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 
 from tests.chaos import GARBAGE, MADE_SAFE
-from tests.conftest import Carbon, Processes, wait_for
 from tests.harness import (
+    Carbon,
+    Processes,
     assert_every_run_stored,
     latest_run,
     record,
@@ -32,6 +33,7 @@ from tests.harness import (
     step_pid,
     synthetic,
     topology,
+    wait_for,
     wait_for_more_runs,
 )
 

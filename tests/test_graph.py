@@ -13,7 +13,7 @@ import pytest
 
 from dsat import topology
 from dsat.tools import graph
-from tests.conftest import ROOT, install_missing_programs
+from tests.harness import ROOT, install_missing_programs
 
 DEMO = ROOT / "dsat" / "demo.toml"
 ROUTED = """
@@ -58,6 +58,7 @@ def edges(doc: dict[str, Any]) -> set[tuple[str, str, str]]:
     return {(names[e["tail"]], names[e["head"]], e.get("label", "")) for e in doc.get("edges", [])}
 
 
+@pytest.mark.integration  # runs Graphviz's dot
 def test_the_demo_graph_parses_and_shows_every_step_link_and_destination(dot: None) -> None:
     """The demo: every satellite, the ingress listeners, push → pull links and the pickle egress to its cache."""
     doc = parsed(graph.to_dot(topology.load(DEMO)))
@@ -70,6 +71,7 @@ def test_the_demo_graph_parses_and_shows_every_step_link_and_destination(dot: No
     assert {"tracker", "orchester", "cpu", "memory", "load", "disk", "disk_usage", "network", "rate"} <= nodes
 
 
+@pytest.mark.integration  # runs Graphviz's dot
 def test_routes_by_type_hosts_and_every_destination_are_drawn(tmp_path: Path, dot: None) -> None:
     """Routes carry their types, a link its pattern, each host its own cluster, each destination its own node."""
     path = tmp_path / "routed.toml"
@@ -91,6 +93,7 @@ def test_quote_keeps_any_name_one_dot_id() -> None:
     assert graph.quote('a"b\\c\nd') == '"a\\"b\\\\c\\nd"'
 
 
+@pytest.mark.integration  # runs dsat graph and dot
 def test_dsat_graph_writes_svg_that_is_xml(tmp_path: Path, dot: None) -> None:
     """dsat graph --format svg -o FILE writes an SVG document with a node per step."""
     out = tmp_path / "demo.svg"
@@ -107,8 +110,8 @@ def test_dsat_graph_writes_svg_that_is_xml(tmp_path: Path, dot: None) -> None:
     assert {"orchester", "rate", "cpu"} <= titles
 
 
-def test_the_readme_picture_is_the_demo_as_dsat_graph_draws_it(dot: None) -> None:
-    """docs/_static/demo-topology.svg shows the demo's steps today (regenerate it with the command in README)."""
+def test_the_docs_picture_is_the_demo_as_dsat_graph_draws_it(dot: None) -> None:
+    """docs/_static/demo-topology.svg shows the demo's steps today (docs/bench.rst has the command that draws it)."""
     root = ET.parse(ROOT / "docs" / "_static" / "demo-topology.svg").getroot()
     titles = {el.text for el in root.iter("{http://www.w3.org/2000/svg}title")}
     steps = set(topology.load(DEMO).satellites)

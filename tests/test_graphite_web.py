@@ -10,8 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dsat.tools.stack import LocalStack
-from tests.conftest import ROOT
+from tests.harness import ROOT
+
+pytestmark = pytest.mark.integration  # graphite-web in child Pythons
 
 SHIPPED = json.loads((ROOT / "carbon_conf" / "dashboards" / "dsat.json").read_text())
 

@@ -14,7 +14,7 @@ from dsat import keys, topology
 from dsat.counters import Rejections
 from dsat.errors import DsatError, KeyFileError
 from dsat.topology import Topology
-from tests.test_topology import MULTI, REGISTRY
+from tests.harness import MULTI, REGISTRY
 
 
 def multi(tmp_path: Path, extra: str = "") -> Topology:

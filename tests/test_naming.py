@@ -17,7 +17,7 @@ from dsat import naming
 from dsat.cache import entry_bytes
 from dsat.errors import BadName
 from dsat.naming import MAX_COMPONENT_BYTES, MAX_PATH_CHARS, PathCache, clean_path, component, metric_path
-from tests.conftest import ROOT
+from tests.harness import ROOT
 
 SAFE_PUNCTUATION = set("_-:+=@%#~")
 

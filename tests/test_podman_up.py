@@ -8,7 +8,7 @@ from types import ModuleType
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.harness import ROOT
 
 
 def podman_up() -> ModuleType:

@@ -21,10 +21,11 @@ import psutil
 import pytest
 
 from dsat.tools.stack import free_port
-from tests.conftest import Carbon, Processes, wait_for
 from tests.harness import (
+    Carbon,
     CarbonStandIn,
     CountingCarbon,
+    Processes,
     assert_every_run_stored,
     free_udp_port,
     ingress_topology,
@@ -38,6 +39,7 @@ from tests.harness import (
     step_pid,
     synthetic,
     topology,
+    wait_for,
     wait_for_more_runs,
 )
 
@@ -463,7 +465,7 @@ def test_a_truncated_spool_does_not_stop_the_orchester_and_what_reads_back_is_re
     import shutil
     import socket
 
-    from dsat.carbon import encode_pickle
+    from dsat.graphite_wire import encode_pickle
     from dsat.spool import Spool
 
     carbon_port, tcp = free_port(), free_port()

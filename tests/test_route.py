@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 
-from dsat.carbon import CarbonEgress, decode, encode_pickle, encode_plaintext
+from dsat.carbon import CarbonEgress
 from dsat.errors import ConfigError
+from dsat.graphite_wire import decode, encode_pickle, encode_plaintext
 from dsat.spool import Spool
 from dsat.tools import route
 from dsat.tools.stack import free_port
-from tests.conftest import Processes, wait_for
-from tests.test_carbon import connect, sent_bytes, unpickle_messages
+from tests.harness import Processes, connect, sent_bytes, unpickle_messages, wait_for
 
 
 def test_commands_and_how_they_show_in_force() -> None:

@@ -40,6 +40,7 @@ def _speedups() -> Any:
         pytest.fail(f"dsat._speedups was not built ({exc}): make venv compiles it with the machine's C compiler")
 
 
+@pytest.mark.integration  # runs child Pythons
 def test_the_extension_is_built_and_used_unless_told_not_to() -> None:
     """make venv builds dsat._speedups; dsat.compiled uses it, or not with DSAT_PURE_PYTHON set."""
     module = _speedups()

@@ -164,6 +164,7 @@ while True:
 """
 
 
+@pytest.mark.integration  # a writer process killed -9
 def test_committed_batches_survive_kill_9(tmp_path: Path) -> None:
     """A process killed with SIGKILL mid-stream leaves a readable spool holding an unbroken prefix."""
     db = tmp_path / "s.db"

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from dsat.supervisor import Restarts, exit_cause, step_names
 from dsat.tools.stack import free_port
-from tests.conftest import Processes, wait_for
+from tests.harness import MULTI, Processes, load, wait_for
 
 TOPOLOGY = """
 [dsat]
@@ -39,8 +39,6 @@ options = {{ path = "{capture}" }}
 
 def test_step_names_start_sinks_before_collectors() -> None:
     """Processes start tracker, orchester, sinks, transforms, then collectors, so nothing sends into a void."""
-    from tests.test_topology import load
-
     topo = load(
         '[carbon]\ndestinations = ["127.0.0.1:2004"]\n[satellites.c]\nuse = "c"\nevery = "1s"\nnext = ["t"]\n'
         '[satellites.t]\nuse = "t"\n[satellites.s]\nuse = "s"\n'
@@ -50,8 +48,6 @@ def test_step_names_start_sinks_before_collectors() -> None:
 
 def test_step_names_on_a_host_are_that_hosts_steps_only() -> None:
     """With [hosts], a host runs its own steps: the hub tracker and orchester, a web host its collector."""
-    from tests.test_topology import MULTI, load
-
     topo = load(MULTI)
     assert step_names(topo, "hub") == ["tracker", "orchester"]
     assert step_names(topo, "web02") == ["rate", "cpu"]

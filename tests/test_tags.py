@@ -22,8 +22,7 @@ import pytest
 from carbon.util import TaggedSeries
 
 from dsat import topology
-from tests.conftest import wait_for
-from tests.test_e2e import demo, render  # noqa: F401 (demo is a module-scoped fixture: one stack for this module)
+from tests.harness import render, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +42,7 @@ def get_json(url: str) -> object:
 
 
 @pytest.fixture(scope="module")
-def sent(demo):  # noqa: F811 (the imported fixture)
+def sent(demo):
     """Tagged datapoints sent once over plaintext (with a refused one in the batch), pickle and statsd."""
     conf = topology.load(demo["topology"]).ingress
     assert conf.plaintext and conf.pickle and conf.statsd

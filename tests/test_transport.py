@@ -20,7 +20,7 @@ from dsat import keys, topology, transport
 from dsat.counters import Rejections
 from dsat.tools.stack import free_port
 from dsat.transport import ZmqReceiver, ZmqSender, context
-from tests.test_topology import MULTI, REGISTRY
+from tests.harness import MULTI, REGISTRY
 
 
 def run(test: Callable[[str], Coroutine[Any, Any, None]]) -> None:

@@ -90,6 +90,7 @@ hang_for_ever({kind!r})
 """
 
 
+@pytest.mark.integration  # a child process that hangs
 @pytest.mark.parametrize("kind", ["loop", "regex"])
 def test_a_process_that_hangs_is_killed_by_the_signal_with_its_traceback(kind: str) -> None:
     """A real process stuck in Python code, or in C holding the GIL, dies by SIGALRM after printing where it was."""

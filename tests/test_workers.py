@@ -32,9 +32,7 @@ from dsat.envelope import Envelope, encode
 from dsat.errors import ConfigError
 from dsat.tools.stack import free_port
 from dsat.workers import ParentLink, Workers, listen_tcp, reuseport_socket, worker_command, worker_spool
-from tests.conftest import Processes, wait_for
-from tests.harness import CarbonStandIn
-from tests.test_topology import BASE, PAIR, REGISTRY, load, only_problem
+from tests.harness import BASE, PAIR, REGISTRY, CarbonStandIn, Processes, load, only_problem, wait_for
 
 # -- the setting -------------------------------------------------------------------------------------
 
@@ -393,6 +391,7 @@ def test_the_parent_link_reads_forwarded_frames_and_stops_the_worker_at_its_end(
 # -- real processes ----------------------------------------------------------------------------------
 
 
+@pytest.mark.integration  # runs dsat run
 def test_run_refuses_a_worker_index_the_topology_does_not_have(tmp_path: Path) -> None:
     """`dsat run T orchester --worker 2` with workers = 2 (worker 1 only) exits 2 and says which exist."""
     topo = tmp_path / "t.toml"
