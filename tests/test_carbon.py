@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import struct
-
 import pytest
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -13,18 +10,7 @@ from twisted.python.failure import Failure
 from dsat.carbon import CarbonEgress, Destination, _CarbonProtocol
 from dsat.graphite_wire import encode_pickle
 from dsat.testing import FakeProducer
-
-
-def unpickle_messages(data: bytes) -> list[list]:
-    """Split a byte stream into carbon pickle messages and load each with carbon's own safe unpickler."""
-    from carbon.util import SafeUnpickler
-
-    out = []
-    while data:
-        (size,) = struct.unpack("!L", data[:4])
-        out.append(SafeUnpickler.loads(data[4 : 4 + size]))
-        data = data[4 + size :]
-    return out
+from tests.harness import connect, sent_bytes, unpickle_messages
 
 
 class OneWriteTransport(StringTransport):
@@ -35,23 +21,9 @@ class OneWriteTransport(StringTransport):
         self.producer.pauseProducing()
 
 
-def connect(dest: Destination, transport: StringTransport | None = None) -> _CarbonProtocol:
-    """A connection to *dest* made through its own factory and the real protocol, on an in-memory transport."""
-    proto = dest.factory.buildProtocol(IPv4Address("TCP", dest.host, dest.port))
-    assert isinstance(proto, _CarbonProtocol)
-    proto.makeConnection(transport if transport is not None else StringTransport())
-    return proto
-
-
 def lose(proto: _CarbonProtocol) -> None:
     """The carbon-cache closed the connection (or the network broke it)."""
     proto.connectionLost(Failure(ConnectionDone()))
-
-
-def sent_bytes(proto: _CarbonProtocol) -> bytes:
-    """What the connection wrote to carbon-cache."""
-    assert isinstance(proto.transport, StringTransport)
-    return proto.transport.value()
 
 
 def make_destination(max_queue: int = 1000) -> Destination:
