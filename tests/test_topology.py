@@ -11,56 +11,8 @@ import pytest
 import dsat
 from dsat import breaker, fsm, topology
 from dsat.errors import ConfigError
-from dsat.plugins import Registry, SatelliteSpec
-from dsat.topology import CarbonConf, Link, OrchesterConf, Step, Topology, TrackerConf, preflight, schema, tables
-
-REGISTRY = Registry(
-    [
-        SatelliteSpec(name="c", kind="collector", factory=lambda o: lambda: [], type="gauge"),
-        SatelliteSpec(name="t", kind="transform", factory=lambda o: lambda batch: batch),
-        SatelliteSpec(name="s", kind="sink", factory=lambda o: lambda batch: None),
-    ]
-)
-
-PATH = Path("/tmp/dsat-topo/demo.toml")
-
-#: The smallest valid topology: a collector into a transform into the orchester, on to carbon.
-BASE = """
-[carbon]
-destinations = ["127.0.0.1:2004"]
-
-[satellites.cpu]
-use = "c"
-every = "10s"
-next = ["rate"]
-
-[satellites.rate]
-use = "t"
-"""
-
-
-def load(text: str, files: bool = False, machine: bool = False) -> Topology:
-    """*text* loaded; with *files* the preflight checks the files it names (rules, TLS), with *machine* this
-    machine too."""
-    topo = topology.loads(text, path=PATH, registry=REGISTRY)
-    if files or machine:
-        preflight.check(topo, machine=machine)
-    return topo
-
-
-def problems(text: str, files: bool = False, machine: bool = False) -> list[str]:
-    """The problems loading *text* (and the preflight asked for) reports (the test fails if it loads)."""
-    with pytest.raises(ConfigError) as info:
-        load(text, files, machine)
-    return info.value.problems
-
-
-def only_problem(text: str, files: bool = False, machine: bool = False) -> str:
-    """The one problem loading *text* (and the preflight asked for) reports."""
-    found = problems(text, files, machine)
-    assert len(found) == 1, found
-    return found[0]
-
+from dsat.topology import CarbonConf, Link, OrchesterConf, Step, TrackerConf, preflight, schema, tables
+from tests.harness import BASE, MULTI, PAIR, PATH, REGISTRY, load, only_problem, problems
 
 # -- loading -------------------------------------------------------------------
 
@@ -695,37 +647,6 @@ def test_an_ingress_port_in_use_is_reported(tmp_path: Path) -> None:
 
 # -- hosts ---------------------------------------------------------------------
 
-#: Three hosts: the hub (orchester, tracker), a collector on both web hosts, a transform on web02.
-MULTI = """
-[dsat]
-port_base = 7400
-
-[hosts.hub]
-address = "10.0.0.1"
-
-[hosts.web01]
-address = "10.0.0.11"
-
-[hosts.web02]
-address = "fd00::12"
-
-[groups]
-web = ["web01", "web02"]
-
-[carbon]
-destinations = ["127.0.0.1:2004"]
-
-[satellites.cpu]
-use = "c"
-every = "10s"
-host = "web"
-next = ["rate"]
-
-[satellites.rate]
-use = "t"
-host = "web02"
-"""
-
 
 def test_links_between_hosts_get_tcp_addresses_derived_from_the_binding_host() -> None:
     """Each link with a peer on another host binds tcp on its host's address at port_base + a fixed offset."""
@@ -822,11 +743,6 @@ def test_an_unknown_host_asked_for_is_refused() -> None:
 
 
 # -- an orchester pair -----------------------------------------------------------
-
-PAIR = MULTI.replace(
-    '[hosts.hub]\naddress = "10.0.0.1"', '[hosts.hub]\naddress = "10.0.0.1"\n\n[hosts.hub2]\naddress = "10.0.0.2"'
-)
-PAIR += '\n[orchester]\nhost = ["hub", "hub2"]\nheartbeat = "250ms"\nmissed_beats = 4\n'
 
 
 def test_an_orchester_pair_gives_each_server_its_own_addresses_primary_first() -> None:
