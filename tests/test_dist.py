@@ -39,7 +39,9 @@ def built(dist: Path, pattern: str) -> Path:
 def test_twine_check_passes_strict_on_the_sdist_and_the_wheel(dist: Path) -> None:
     """twine check --strict: the metadata is complete and README.rst renders as the PyPI description, no warning."""
     files = [str(built(dist, "*.tar.gz")), str(built(dist, "*.whl"))]
-    done = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *files], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", *files], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count("PASSED") == 2 and "WARNING" not in done.stdout
 
@@ -94,12 +96,15 @@ def test_the_wheel_installed_in_a_fresh_venv_validates_the_packaged_demo(dist: P
         text=True,
         cwd=tmp_path,
         env=env,
+        timeout=600,
     ).stdout.split()
     assert where[0].startswith(str(env_dir)), f"dsat imported from {where[0]}, not the venv"
     assert Path(where[2]).is_file()
     dsat = str(env_dir / "bin" / "dsat")
     compiled_env = {k: v for k, v in env.items() if k != "DSAT_PURE_PYTHON"}
-    version = subprocess.run([dsat, "--version"], capture_output=True, text=True, cwd=tmp_path, env=compiled_env)
+    version = subprocess.run(
+        [dsat, "--version"], capture_output=True, text=True, cwd=tmp_path, env=compiled_env, timeout=600
+    )
     assert version.stdout.strip() == f"dsat {wheel.name.split('-')[1]}, hot path: compiled (dsat._speedups)"
     # As dsat demo does, the packaged file is copied out first: its run_dir ("run", beside the file) would
     # put unix sockets deep in site-packages, past the OS's 107-byte limit, and validate says so.
@@ -108,7 +113,12 @@ def test_the_wheel_installed_in_a_fresh_venv_validates_the_packaged_demo(dist: P
         topo = Path(short) / "demo.toml"
         shutil.copyfile(where[1], topo)
         valid = subprocess.run(
-            [dsat, "validate", "--no-environment", str(topo)], capture_output=True, text=True, cwd=tmp_path, env=env
+            [dsat, "validate", "--no-environment", str(topo)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=600,
         )
     assert valid.returncode == 0, valid.stderr
     assert "OK (7 satellites" in valid.stdout
@@ -121,7 +131,7 @@ def gnupg() -> Iterator[dict[str, str]]:
     os.chmod(home, 0o700)
     env = {**os.environ, "GNUPGHOME": home}
     yield env
-    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True)
+    subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True, timeout=600)
     shutil.rmtree(home, ignore_errors=True)
 
 
@@ -137,7 +147,7 @@ def test_make_release_without_a_key_says_how_to_get_one(dist: Path, tmp_path: Pa
     """With no GPG secret key, the signing step of make release fails, says what to do, and signs nothing."""
     files = unsigned(dist, tmp_path)
     done = subprocess.run(
-        ["make", "-s", "-C", str(ROOT), "sign", f"DIST={files}"], capture_output=True, text=True, env=gnupg
+        ["make", "-s", "-C", str(ROOT), "sign", f"DIST={files}"], capture_output=True, text=True, env=gnupg, timeout=600
     )
     assert done.returncode != 0
     assert "no GPG secret key" in done.stderr and "gpg --full-generate-key" in done.stderr
@@ -154,6 +164,7 @@ def test_make_release_signs_each_file_with_the_configured_key(
         check=True,
         capture_output=True,
         env=gnupg,
+        timeout=600,
     )
     files = unsigned(dist, tmp_path)
     done = subprocess.run(
@@ -161,10 +172,13 @@ def test_make_release_signs_each_file_with_the_configured_key(
         capture_output=True,
         text=True,
         env=gnupg,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     for f in (built(files, "*.tar.gz"), built(files, "*.whl")):
         signature = Path(f"{f}.asc")
         assert signature.read_text().startswith("-----BEGIN PGP SIGNATURE-----")
-        check = subprocess.run(["gpg", "--verify", str(signature), str(f)], capture_output=True, text=True, env=gnupg)
+        check = subprocess.run(
+            ["gpg", "--verify", str(signature), str(f)], capture_output=True, text=True, env=gnupg, timeout=600
+        )
         assert check.returncode == 0 and uid in check.stderr

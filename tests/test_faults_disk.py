@@ -50,30 +50,34 @@ class Mount:
         where.mkdir(parents=True, exist_ok=True)
 
     def tmpfs(self, size: str) -> None:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(self.where)], check=True)
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(self.where)], check=True, timeout=120
+        )
 
     def ext4(self, size_mb: int) -> None:
         install_missing_programs({"mkfs.ext4": "e2fsprogs"})
         self.image = self.where.with_name(self.where.name + ".img")
         with self.image.open("wb") as f:
             f.truncate(size_mb * 2**20)
-        subprocess.run(["mkfs.ext4", "-q", "-F", str(self.image)], check=True)
-        subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.where)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(self.image)], check=True, timeout=120)
+        subprocess.run(
+            ["mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.where)], check=True, timeout=120
+        )
 
     def fail_read_only(self) -> None:
         """An error in the filesystem: ext4 remounts itself read-only (what a failing disk does to a server)."""
         source = subprocess.run(
-            ["findmnt", "-no", "SOURCE", str(self.where)], capture_output=True, text=True, check=True
+            ["findmnt", "-no", "SOURCE", str(self.where)], capture_output=True, text=True, check=True, timeout=120
         ).stdout.strip()
         Path(f"/sys/fs/ext4/{os.path.basename(source)}/trigger_fs_error").write_text("dsat fault test\n")
 
     def options(self) -> str:
         return subprocess.run(
-            ["findmnt", "-no", "OPTIONS", str(self.where)], capture_output=True, text=True, check=True
+            ["findmnt", "-no", "OPTIONS", str(self.where)], capture_output=True, text=True, check=True, timeout=120
         ).stdout.strip()
 
     def remove(self) -> None:
-        subprocess.run(["umount", "-l", str(self.where)], capture_output=True)
+        subprocess.run(["umount", "-l", str(self.where)], capture_output=True, timeout=120)
         if self.image is not None:
             self.image.unlink(missing_ok=True)
 
@@ -398,7 +402,9 @@ def test_when_space_comes_back_the_spool_takes_writes_again_by_itself(
     up, _ = orchester_up(processes, topo, tcp)
     wait_for(lambda: spooled_points(short_tmp) == 0 and (mount.where / "carbon.db").exists(), 30, "the spool")
     ballast = mount.where / "ballast"
-    subprocess.run(["dd", "if=/dev/zero", f"of={ballast}", "bs=64k"], capture_output=True)  # until the disk is full
+    subprocess.run(
+        ["dd", "if=/dev/zero", f"of={ballast}", "bs=64k"], capture_output=True, timeout=120
+    )  # until the disk is full
     threads, sent = send_clients(tcp, clients, per_client, names)
     wait_for(lambda: "ALERT spool_disk_full" in processes.log_of(up), 60, "the spool to find its disk full")
     for t in threads:

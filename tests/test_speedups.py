@@ -46,10 +46,14 @@ def test_the_extension_is_built_and_used_unless_told_not_to() -> None:
     module = _speedups()
     env = {k: v for k, v in os.environ.items() if k != compiled.PURE_PYTHON_ENV}
     script = "from dsat import compiled; print(compiled.speedups is not None, compiled.describe())"
-    used = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    used = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, timeout=60
+    )
     assert used.stdout.strip() == "True compiled (dsat._speedups)"
     env[compiled.PURE_PYTHON_ENV] = "1"
-    unused = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    unused = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, timeout=60
+    )
     assert unused.stdout.strip() == f"False pure Python ({compiled.PURE_PYTHON_ENV} is set)"
     assert module.__file__ is not None and module.__file__.endswith(".so")
 

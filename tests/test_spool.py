@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sqlite3
 import subprocess
@@ -170,9 +171,12 @@ def test_committed_batches_survive_kill_9(tmp_path: Path) -> None:
     db = tmp_path / "s.db"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(db)], stdout=subprocess.PIPE)
     assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == b"ready"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        readable, _, _ = select.select([proc.stdout], [], [], 30)  # the writer says ready, or the wait ends
+        assert readable and proc.stdout.readline().strip() == b"ready"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
     spool = Spool(db)
     assert spool.quarantined is None
     rows = [data for (data,) in spool.db.execute("SELECT data FROM batches WHERE dest = 'a' ORDER BY id")]
