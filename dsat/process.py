@@ -44,6 +44,7 @@ from dsat.errors import ConfigError
 from dsat.events import Reporter, topic_for
 from dsat.ingress import PickleFactory, PlaintextDatagram, PlaintextFactory
 from dsat.orchester import Orchester, PairMember
+from dsat.reactor import install as install_reactor
 from dsat.rules import RuleSet, load_rules
 from dsat.satellite import SatelliteRuntime
 from dsat.schedule import ClockWatch
@@ -61,19 +62,6 @@ from dsat.workers import Discard, ParentLink, Workers, adopt_stranded, listen_tc
 
 #: How long a stopping step waits for its queues to drain.
 DRAIN_SECONDS = 5.0
-
-
-def install_reactor() -> Any:
-    """Install the asyncio reactor (idempotent) and return it."""
-    from twisted.internet import asyncioreactor
-
-    if "twisted.internet.reactor" not in sys.modules:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)  # zmq.asyncio and ensure_future find the reactor's loop
-        asyncioreactor.install(loop)
-    from twisted.internet import reactor
-
-    return reactor
 
 
 def watch_clock(reactor: Any) -> None:

@@ -4,7 +4,7 @@ Everything else in DSAT talks to a :class:`Sender` or hands a callback to a
 :class:`ZmqReceiver`, so the logic is tested in memory (:mod:`dsat.testing`)
 and only a few tests need real sockets.  The real links use ``zmq.asyncio``
 on Twisted's asyncio reactor (installed once per process, by
-:func:`dsat.process.install_reactor`): both are maintained upstream, unlike
+:func:`dsat.reactor.install`): both are maintained upstream, unlike
 the old txZMQ bridge.
 
 Every sending link has a bounded queue of whole frames (one frame is one
@@ -232,7 +232,7 @@ class ZmqSender:
         self._idle = asyncio.Event()
         self._idle.set()
         self.dropped = 0
-        #: Frames ZeroMQ refused (an error from its send), counted in :attr:`dropped` too.
+        #: Frames ZeroMQ refused (an error from its send), counted in ``dropped`` too.
         self.failed = 0
         self.sent = 0
         self._pump = asyncio.ensure_future(self._run())

@@ -63,16 +63,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+def runtime() -> Any:
+    """:mod:`dsat.process`, imported once DSAT's reactor is installed (:mod:`dsat.reactor` says why first)."""
+    from dsat.reactor import install
+
+    install()
     from dsat import process
 
-    return process.up(args.topology, host=args.host)
+    return process
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    return int(runtime().up(args.topology, host=args.host))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from dsat import process
-
-    return process.run(args.topology, args.step, args.host or "", args.worker)
+    return int(runtime().run(args.topology, args.step, args.host or "", args.worker))
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -103,7 +109,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dsat import process, supervisor, topology
+    process = runtime()
+    from dsat import supervisor, topology
     from dsat.tools.stack import LocalStack
 
     state_dir = Path(args.state_dir).resolve()
