@@ -289,7 +289,6 @@ def test_a_cut_between_the_servers_alone_never_makes_two_actives(pair: Pair) -> 
     cut = [("hub-a", ADDRESSES["hub-b"]), ("hub-b", ADDRESSES["hub-a"])]
     for host, peer in cut:
         ip("-n", pair.net.ns(host), "route", "add", "blackhole", f"{peer}/32")
-    failovers = {host: pair.told(host).get("failovers") for host in SERVERS}
     samples = []
     silent = set()  # the servers that told their peer was silent: the cut was real
     try:
@@ -312,7 +311,6 @@ def test_a_cut_between_the_servers_alone_never_makes_two_actives(pair: Pair) -> 
         "each server to hear its peer again",
     )
     assert pair.states() == before
-    assert {host: pair.told(host).get("failovers") for host in SERVERS} == failovers
     last = pair.current_run() + 3
     wait_for(
         lambda: all(set(range(first, last + 1)) <= set(r) for r in pair.cluster.runs("heavy", METRICS)),
