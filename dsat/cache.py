@@ -81,7 +81,7 @@ class GenerationalCache(Generic[K, V]):
 
     @property
     def nbytes(self) -> int:
-        """The estimated size of what is held, at most :attr:`max_bytes`."""
+        """The estimated size of what is held, at most ``max_bytes``."""
         return self._young_bytes + self._old_bytes
 
     def clear(self) -> None:

@@ -138,7 +138,7 @@ class Destination:
     are dropped and counted.  Once connected again, the spool is replayed in
     order at ``replay_rate`` datapoints a second at most, beside live traffic.
     Under the spool's ``block`` policy, a batch the spool refuses waits in
-    memory: at ``max_queue`` datapoints the destination is :attr:`blocked`
+    memory: at ``max_queue`` datapoints the destination is ``blocked``
     (``on_blocked(True)``: the inputs pause), at ``max_queue // 2`` it is not
     (``on_blocked(False)``), and past ``HOLD_FACTOR * max_queue`` a batch is
     dropped and counted.
@@ -188,7 +188,7 @@ class Destination:
         self.spool_pending = spool.pending(self.name) if spool is not None else 0
         self._blocking = spool is not None and spool.policy == "block"
         self.blocked = False
-        #: Told True when the destination becomes :attr:`blocked`, False when it no longer is.
+        #: Told True when the destination becomes ``blocked``, False when it no longer is.
         self.on_blocked = on_blocked
         self._proto: _CarbonProtocol | None = None
         self._recent: deque[tuple[float, bytes, int]] = deque()
@@ -596,7 +596,8 @@ class CarbonEgress:
             self._spool_check.start()
 
     def check_spool(self) -> None:
-        """Every second: :meth:`Spool.check`; when it opened the spool again, each destination's count of what waits."""
+        """Every second: :meth:`dsat.spool.Spool.check`; when it opened the spool again, each destination's count
+        of what waits."""
         spool = self.spool
         if spool is not None and spool.check():
             for dest in self.destinations:

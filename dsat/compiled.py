@@ -1,4 +1,4 @@
-"""The compiled hot path, :mod:`dsat._speedups`, or None: per-line steps of the orchester in C, when they were built.
+"""The compiled hot path, ``dsat._speedups``, or None: per-line steps of the orchester in C, when they were built.
 
 ``setup.py`` builds the extension when the machine has a C compiler
 (``optional=True``: without one, DSAT installs and runs in pure Python).
@@ -28,7 +28,7 @@ def _load() -> ModuleType | None:
         return None
 
 
-#: :mod:`dsat._speedups`, or None when it was not built or :data:`PURE_PYTHON_ENV` is set.
+#: ``dsat._speedups``, or None when it was not built or :data:`PURE_PYTHON_ENV` is set.
 speedups: ModuleType | None = _load()
 
 

@@ -38,6 +38,7 @@ Datapoint = tuple[str, float, float]
 MAX_TIMESTAMP = 2**32
 #: The reasons a datapoint is refused for, in the order they are checked.
 BAD_VALUE, NAN, BAD_TIMESTAMP, BAD_NAME, BAD_TAG = "bad_value", "nan", "bad_timestamp", "bad_name", "bad_tag"
+#: Every reason, as counted in ``rejected.<reason>``.
 REASONS = (BAD_VALUE, NAN, BAD_TIMESTAMP, BAD_NAME, BAD_TAG)
 
 
@@ -102,7 +103,10 @@ class Validator:
         self.paths = PathCache(max_bytes) if paths is None else paths
 
     def check(self, path: str | bytes, timestamp: object, value: object) -> Datapoint:
-        """The datapoint as Carbon stores it (its path made safe); raises :class:`BadDatapoint` or :class:`BadName`."""
+        """The datapoint as Carbon stores it (its path made safe).
+
+        Raises :class:`BadDatapoint` or :class:`~dsat.errors.BadName`.
+        """
         problem = number_problem(timestamp, value)
         if problem is not None:
             raise BadDatapoint(f"{path[:80]!r}: timestamp {timestamp!r}, value {value!r}", reason=problem)

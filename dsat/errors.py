@@ -24,7 +24,7 @@ class ConfigError(DsatError):
     """A topology, rule or settings file is wrong.
 
     ``problems`` holds every problem found (validation reports them all at
-    once); each is a :class:`Problem`-like string already naming the file,
+    once); each is a problem string already naming the file,
     the key path, what is wrong and how to fix it.
     """
 

@@ -151,7 +151,7 @@ def plain_fields(body: bytes) -> list[bytes] | None:
     ends with ``\\n``.  Then the whitespace of the body is exactly ``"  \\n"``
     once per line (one ``translate`` inside C tells), and splitting it yields
     three fields per line unless one is empty.  Any other layout is for the
-    line by line path (:func:`_parse_each`), which tells each line's fault.
+    line by line path (``_parse_each``), which tells each line's fault.
     """
     separators = body.translate(None, _NOT_WHITESPACE)
     lines = len(separators) // 3
@@ -164,7 +164,7 @@ def plain_fields(body: bytes) -> list[bytes] | None:
 def parse_plain(
     body: bytes, max_line_length: int, validator: Validator, rejected: Counter[str]
 ) -> list[Datapoint] | None:
-    """The datapoints of *body* if it is plain (bad names aside), else None for :func:`_parse_each` to sort out.
+    """The datapoints of *body* if it is plain (bad names aside), else None for ``_parse_each`` to sort out.
 
     Plain: laid out as :func:`plain_fields` says, within the length limit,
     with numbers the datapoint rule accepts

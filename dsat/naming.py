@@ -29,6 +29,7 @@ from dsat.errors import BadName
 
 #: A Whisper file name is the component plus ".wsp"; NAME_MAX is 255 bytes.
 MAX_COMPONENT_BYTES = 200
+#: The longest metric path accepted, in characters.
 MAX_PATH_CHARS = 1024
 #: The punctuation a component keeps; every other non-alphanumeric character becomes "_".
 SAFE_PUNCTUATION = "_-:+=@%#~"
@@ -80,7 +81,7 @@ def component(text: str) -> str:
 
     Every unsafe character becomes ``_`` (``"../"`` is ``"___"``, ``"eth0.100"``
     is ``"eth0_100"``); a result made only of ``_`` is kept.  Raises
-    :class:`BadName` for an empty *text* or a result over
+    :class:`~dsat.errors.BadName` for an empty *text* or a result over
     :data:`MAX_COMPONENT_BYTES` bytes in UTF-8.
     """
     if not text:
@@ -93,7 +94,7 @@ def metric_path(prefix: str, where: str, step: str, metric: str) -> str:
 
     *metric* may hold dots (``core0.user``): each dot-separated part is a
     component, so an empty part (``"a..b"``, ``".a"``, ``""``) raises
-    :class:`BadName`, as does a result over :data:`MAX_PATH_CHARS`.  A
+    :class:`~dsat.errors.BadName`, as does a result over :data:`MAX_PATH_CHARS`.  A
     tagged *metric* (``latency;region=eu``) keeps its tags, checked and
     sorted as :func:`tagged_path` does: ``<prefix>.<where>.<step>.latency;region=eu``.
     """
@@ -110,7 +111,7 @@ def metric_path(prefix: str, where: str, step: str, metric: str) -> str:
 
 
 def clean_path(path: str) -> str:
-    """Check and make safe a full path that arrived from outside; raises :class:`BadName` if it cannot be.
+    """Check and make safe a full path that arrived from outside; raises :class:`~dsat.errors.BadName` if it cannot be.
 
     Rejected: a control character (checked first), an empty path, a path
     over :data:`MAX_PATH_CHARS` characters (before or after normalisation), a
@@ -244,7 +245,9 @@ def _bad_tag(path: str, why: str) -> BadName:
 
 
 def check_tag(key: str, value: str, path: str) -> None:
-    """Carbon's rules for one tag (``validateTagAndValue``), and DSAT's one more; :class:`BadName` ``bad_tag``.
+    """Carbon's rules for one tag (``validateTagAndValue``), and DSAT's one more.
+
+    A tag that breaks one raises :class:`~dsat.errors.BadName` (``bad_tag``).
 
     Carbon's: the key is not empty and holds none of ``;!^=``; the value is
     not empty, holds no ``;`` and does not start with ``~``.  DSAT's: neither
@@ -274,7 +277,7 @@ def parse_tags(path: str) -> tuple[str, dict[str, str]]:
     key; a ``name`` tag is dropped (the name is the name).  Each tag is
     checked by :func:`check_tag`.  The name is returned as sent: making it
     safe, and carbon's "no leading ``~``", are :func:`tagged_path`'s.
-    Raises :class:`BadName` ``bad_tag``.
+    Raises :class:`~dsat.errors.BadName` ``bad_tag``.
     """
     tags: dict[str, str] = {}
     if path[-2:] == '"}' and "{" in path:  # carbon's test for the OpenMetrics form
@@ -307,7 +310,7 @@ def format_tags(name: str, tags: dict[str, str]) -> str:
 
 
 def tagged_path(path: str) -> str:
-    """A tagged *path* made safe and canonical; raises :class:`BadName` (``bad_tag`` or ``bad_name``).
+    """A tagged *path* made safe and canonical; raises :class:`~dsat.errors.BadName` (``bad_tag`` or ``bad_name``).
 
     The name part is made safe as :func:`clean_path` makes any path (so
     ``a b;k=v`` is ``a_b;k=v``); the tags are read and checked by
@@ -353,7 +356,7 @@ class PathCache:
     :data:`MAX_PATH_CHARS` are not kept.  Only the verdict is kept for a
     rejected path; its reason is found again when asked (:meth:`clean`,
     :meth:`count_rejected`), so a cached rejection raises a fresh
-    :class:`BadName`.
+    :class:`~dsat.errors.BadName`.
     """
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -363,7 +366,7 @@ class PathCache:
         return len(self._cache)
 
     def clean(self, raw: str | bytes) -> str:
-        """The clean path of *raw*; raises :class:`BadName` (``bad_name``, ``bad_tag``) when it has none."""
+        """The clean path of *raw*; :class:`~dsat.errors.BadName` (``bad_name``, ``bad_tag``) when it has none."""
         path = self._cache.get(raw)
         if path is None:
             path = self.clean_many([raw])[0]
@@ -420,7 +423,7 @@ def _clean_raw(raw: str | bytes) -> str:
 
 
 def _why(raw: str | bytes) -> BadName:
-    """Why :func:`clean_path` rejects *raw* (which it does), as a fresh :class:`BadName`."""
+    """Why :func:`clean_path` rejects *raw* (which it does), as a fresh :class:`~dsat.errors.BadName`."""
     try:
         clean_path(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
     except UnicodeDecodeError as exc:

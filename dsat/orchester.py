@@ -125,7 +125,7 @@ def _mb(n: int | str) -> str:
 
 
 class PairMember:
-    """One server of an orchester pair: runs its :class:`BinaryStar`, beats its state, hears its peer's.
+    """One server of an orchester pair: its :class:`~dsat.binarystar.BinaryStar`, beating its state, hearing its peer's.
 
     *publisher* is the server's ``orchester.heartbeat`` PUB link (its peer and
     every satellite subscribe); ``on_active(bool)`` is called when the server

@@ -34,7 +34,6 @@ from typing import Any
 from twisted.internet import defer
 from twisted.internet.stdio import StandardIO
 from twisted.logger import globalLogBeginner, textFileLogObserver
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from dsat import compiled, keys, topology
 from dsat.binarystar import HEARTBEAT_TOPIC, ServerChoice
@@ -144,6 +143,9 @@ class Listeners:
             ports.append(listen_tcp(reactor, conf.plaintext, plaintext, reuse_port=shared))
         if conf.plaintext_tls:
             assert conf.tls_certificate is not None and conf.tls_key is not None  # the topology requires them
+            # pyOpenSSL comes with the [tls] extra only: imported where the topology asks for TLS
+            from twisted.protocols.tls import TLSMemoryBIOFactory
+
             options = server_options(conf.tls_certificate, conf.tls_key)
             # what reactor.listenSSL does: TLS over a TCP listener
             tls = TLSMemoryBIOFactory(options, False, plaintext)

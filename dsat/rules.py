@@ -163,7 +163,7 @@ def parse_rewrite_rules(
     ``regex = replacement`` split on the first ``=``.  Where carbon logs and
     skips a line (bad regex, no ``=``) or silently ignores rules (before any
     heading, in a section other than ``[pre]``/``[post]``), this raises a
-    :class:`ConfigError` listing every such line.
+    :class:`~dsat.errors.ConfigError` listing every such line.
     """
     sections: dict[str, list[RewriteRule]] = {"pre": [], "post": []}
     section: str | None = None
@@ -292,7 +292,7 @@ class AggregationRule:
 
 
 def parse_aggregation_rules(text: str, source: str = "<aggregation rules>") -> tuple[AggregationRule, ...]:
-    """The rules of an ``aggregation-rules.conf`` text; a :class:`ConfigError` lists every bad line."""
+    """The rules of an ``aggregation-rules.conf`` text; a :class:`~dsat.errors.ConfigError` lists every bad line."""
     rules: list[AggregationRule] = []
     problems: list[str] = []
     for lineno, raw in enumerate(text.split("\n"), 1):
@@ -466,7 +466,7 @@ class RuleSet:
         """The datapoints that go on (renamed), and the count of those dropped, by reason.
 
         The fate of each path is cached; the paths of the batch not in the
-        cache are routed together (:meth:`_routes_for`).  While the names
+        cache are routed together (``_routes_for``).  While the names
         outnumber the cache, a batch it would not admit is routed whole,
         without the lookups that would mostly miss
         (:meth:`~dsat.cache.GenerationalCache.skips`).
@@ -645,7 +645,7 @@ def load_rules(
 ) -> RuleSet:
     """A :class:`RuleSet` from carbon rule files and filter regexes.
 
-    Every problem in every file is reported in one :class:`ConfigError`
+    Every problem in every file is reported in one :class:`~dsat.errors.ConfigError`
     (``file:line: reason``); nothing is built then, so the caller keeps its
     current rules.  To reload, load the new set, then ``new.adopt(old)`` to
     keep the aggregation buffers of outputs that still exist.

@@ -75,7 +75,7 @@ class _Guarded:
 class Repeat(_Guarded):
     """Call ``fn()`` every *every* seconds on *clock*; an exception is logged and counted, and it runs again.
 
-    With ``now=True`` the first call is at :meth:`start`.  A call that runs
+    With ``now=True`` the first call is at ``start()``.  A call that runs
     late does not bunch the next ones: each is *every* seconds after the end
     of the one before.
     """
@@ -111,7 +111,7 @@ class Repeat(_Guarded):
 class SlotSchedule(_Guarded):
     """Call ``fn(slot_time)`` at each multiple of *every* seconds on *clock*.
 
-    The first call is at the first multiple after :meth:`start`, not at
+    The first call is at the first multiple after ``start()``, not at
     once: a call stamped with a multiple then always runs at it or after it,
     never before, so what it measures (a counter read for a rate, say)
     belongs to its stamp.  Started at 7.3 s with every 10 s, a call at once

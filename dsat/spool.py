@@ -120,7 +120,7 @@ class Spool:
         #: Batches refused by the block policy since start.
         self.refused = 0
         self.clock = clock
-        #: True while the disk refuses writes (an episode); :attr:`disk_episodes` counts them since start.
+        #: True while the disk refuses writes (an episode); ``disk_episodes`` counts them since start.
         self.disk_full = False
         self.disk_episodes = 0
         #: Why the last write failed (SQLite's message), for the log and ``dsat status``.

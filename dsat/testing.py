@@ -67,7 +67,7 @@ class FakeProducer:
 
 class CaptureEgress:
     """Stands in for :class:`dsat.carbon.CarbonEgress`: keeps batches, acknowledges at once
-    (or later, with ``hold=True`` and :meth:`release`)."""
+    (or later, with ``hold=True`` and :meth:`CaptureEgress.release`)."""
 
     def __init__(self, *, hold: bool = False) -> None:
         self.batches: list[list[tuple[str, float, float]]] = []
@@ -115,6 +115,7 @@ class CaptureEgress:
         return True
 
     def release(self) -> None:
+        """Acknowledge the batches held so far (``hold=True``): their ``on_written`` callbacks run now."""
         held, self._held = self._held, []
         for callback in held:
             callback()
@@ -125,13 +126,13 @@ class CaptureEgress:
 
 
 class FailingDisk:
-    """A spool's SQLite connection whose disk refuses writes while :attr:`failing`.
+    """A spool's SQLite connection whose disk refuses writes while ``failing``.
 
     Put in place with ``spool.db = FailingDisk(spool.db)``.
 
     A statement whose first word is in *fail_on* raises what SQLite raises
     on a full disk (or *error*); every other statement, and every statement
-    while not failing, goes to the real connection.  :attr:`refused` counts
+    while not failing, goes to the real connection.  ``refused`` counts
     the statements it failed.
     """
 

@@ -7,7 +7,7 @@ receive buffer of ``[ingress] udp_buffer`` bytes (as statsd servers size
 theirs; Linux caps it at ``net.core.rmem_max`` unless the process may raise
 it, and a smaller buffer is logged), and asks Linux for ``SO_RXQ_OVFL``: each
 datagram then carries the socket's count of datagrams dropped so far, which
-:class:`CountingPort` keeps in :attr:`CountingPort.kernel_dropped` and the
+:class:`CountingPort` keeps in ``CountingPort.kernel_dropped`` and the
 orchester reports as ``self.orchester.udp.dropped``.
 """
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dsat.plugins import Registry, SatelliteSpec
 from dsat.satellites import capture, cpu, disk, load, memory, network, rate, synthetic
 
+#: The satellites DSAT ships, by the name a topology's ``use`` gives.
 REGISTRY = Registry(
     [
         cpu.SPEC,

@@ -74,7 +74,9 @@ def test_the_sdist_holds_the_c_source_it_builds_the_compiled_hot_path_from(dist:
 
 
 def test_the_wheel_installed_in_a_fresh_venv_validates_the_packaged_demo(dist: Path, tmp_path: Path) -> None:
-    """A fresh venv, the wheel installed (not editable): dsat --version, and dsat validate on its demo.toml."""
+    """A fresh venv, the wheel installed (not editable) without extras: the runtime that runs a step imports
+    (dsat.process: no import of pyOpenSSL, which comes with [tls] only), dsat --version, and dsat validate on
+    its demo.toml."""
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     py = env_dir / "bin" / "python"
@@ -85,11 +87,11 @@ def test_the_wheel_installed_in_a_fresh_venv_validates_the_packaged_demo(dist: P
         [str(py), "-m", "pip", "install", "--quiet", str(wheel)], capture_output=True, text=True, env=env, timeout=900
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    where = subprocess.run(
+    imported = subprocess.run(
         [
             str(py),
             "-c",
-            "import dsat, dsat.satellites, importlib.resources as r; print(dsat.__file__);"
+            "import dsat, dsat.satellites, dsat.process, importlib.resources as r; print(dsat.__file__);"
             " print(r.files('dsat') / 'demo.toml'); print(r.files('dsat.carbon_conf') / 'carbon.conf')",
         ],
         capture_output=True,
@@ -97,7 +99,9 @@ def test_the_wheel_installed_in_a_fresh_venv_validates_the_packaged_demo(dist: P
         cwd=tmp_path,
         env=env,
         timeout=600,
-    ).stdout.split()
+    )
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    where = imported.stdout.split()
     assert where[0].startswith(str(env_dir)), f"dsat imported from {where[0]}, not the venv"
     assert Path(where[2]).is_file()
     dsat = str(env_dir / "bin" / "dsat")

@@ -67,7 +67,8 @@ def runtime() -> Any:
     """:mod:`dsat.process`, imported once DSAT's reactor is installed (:mod:`dsat.reactor` says why first)."""
     from dsat.reactor import install
 
-    install()
+    if "twisted.internet.reactor" not in sys.modules:  # else process.up and run refuse it, after the topology's checks
+        install()
     from dsat import process
 
     return process

@@ -3,7 +3,7 @@
 carbon-cache (from the ``carbon`` package) and graphite-web (from the
 ``graphite-web`` package, served by Twisted's WSGI container, see
 :mod:`dsat.tools.graphite_web`) run as supervised processes next to the topology's own, from one
-state directory: configuration rendered from :mod:`dsat.carbon_conf`, the Whisper
+state directory: configuration rendered from ``dsat.carbon_conf``, the Whisper
 tree, graphite-web's sqlite database and the logs.  carbon-cache listens for
 pickle on the port of the topology's first carbon destination, and registers
 the tagged series it creates in graphite-web's TagDB (``ENABLE_TAGS``).

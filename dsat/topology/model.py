@@ -38,6 +38,7 @@ MIN_WATCHDOG = 1.0
 TCP_PORTS = {"tracker.events": 0, "tracker.states": 1, "orchester.listen": 2, "orchester.heartbeat": 3}
 #: The keys whose address each server of an orchester pair binds on its own host.
 SERVER_LINKS = ("tracker.events", "tracker.states", "orchester.listen", "orchester.heartbeat")
+#: Offset from ``[dsat] port_base`` of the first receiving satellite's derived tcp port.
 SATELLITE_PORTS_FROM = 10
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 

@@ -1,7 +1,7 @@
 """The topology's schema: what each key accepts, checked one value at a time.
 
-:class:`_Problems` collects every problem as ``<file>: <key path>: <what is
-wrong>; <how to fix>``, with a did-you-mean for a typo (:func:`_suggest`);
+``_Problems`` collects every problem as ``<file>: <key path>: <what is
+wrong>; <how to fix>``, with a did-you-mean for a typo (``_suggest``);
 ``_SCHEMA`` lists every table's keys, their types and an example for the
 fix; the checks of one kind of value (an address, a pattern, a codec, a
 duration, a watchdog timeout) are written once here and used by every table
@@ -50,7 +50,7 @@ def _duration_seconds(value: Any) -> float:
 def parse_duration(value: Any, *, where: str) -> float:
     """Seconds from ``"250ms"``, ``"10s"``, ``"5m"``, ``"1h"`` or a positive number.
 
-    *where* (a key path) starts the :class:`ConfigError` message for anything else.
+    *where* (a key path) starts the :class:`~dsat.errors.ConfigError` message for anything else.
     """
     try:
         return _duration_seconds(value)

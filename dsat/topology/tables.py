@@ -2,7 +2,7 @@
 ``[tracker]``, ``[orchester]``, ``[carbon]``, ``[ingress]``, ``[rules]``, ``[spool]`` and
 each ``[satellites.NAME]``.
 
-Each takes the :class:`~dsat.topology.schema._Problems` it adds to and the
+Each takes the ``_Problems`` (:mod:`dsat.topology.schema`) it adds to and the
 raw table, checks it with the schema's value checks, and returns its part of
 the model (a table with problems still gives a value, so every problem of
 the file is found in one pass).  What a step's ``use`` names is looked up in
