@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from dsat import breaker, fsm
+from dsat.graphite_wire import MAX_LINE
 from dsat.plugins import SatelliteSpec
 from dsat.spool import DEFAULT_MAX_BYTES, DEFAULT_POLICY, DEFAULT_SYNC
 
@@ -143,7 +144,7 @@ class IngressConf:
     statsd_flush: float = 10.0
     statsd_prefix: str = "stats"
     statsd_percentiles: tuple[float, ...] = (90.0,)
-    max_line: int = 4096
+    max_line: int = MAX_LINE
     #: Bytes of kernel receive buffer asked for each UDP listener (dsat.udp).
     udp_buffer: int = 8 * 1024 * 1024
     #: Processes serving the Graphite TCP listeners, the orchester's own included (dsat.workers).
