@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,29 @@ def test_validate_accepts_the_demo_topology(tmp_path: Path, capsys: pytest.Captu
     """`dsat validate` on the packaged demo prints OK with its satellites and exits 0."""
     topo = tmp_path / "demo.toml"
     topo.write_text((ROOT / "dsat" / "demo.toml").read_text())
-    assert main(["validate", str(topo)]) == 0
+    # --no-environment: the demo's ports may be in use by a demo stack on this machine
+    assert main(["validate", "--no-environment", str(topo)]) == 0
     out = capsys.readouterr().out
     assert "OK" in out and "cpu" in out and "rate" in out
+
+
+def test_validate_checks_this_machine_for_a_one_host_topology(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without [hosts], `dsat validate` checks this machine (as docs/topology.rst says): an ingress port in use
+    is a problem, exit 2; --no-environment skips the check."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        topo = tmp_path / "t.toml"
+        topo.write_text(
+            f'[dsat]\nrun_dir = "run"\n[ingress]\nplaintext = "127.0.0.1:{port}"\n'
+            '[carbon]\ndestinations = ["127.0.0.1:2004"]\n'
+        )
+        assert main(["validate", str(topo)]) == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+        assert main(["validate", "--no-environment", str(topo)]) == 0
 
 
 def test_validate_reports_every_problem_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -43,7 +43,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from dsat.topology import preflight
 
     topo = topology.load(args.topology)
-    preflight.check(topo, host=args.host, machine=args.environment and args.host is not None)
+    # this machine: a one-host topology's, or with [hosts] the part of the host --host names
+    machine = args.environment and (args.host is not None or not topo.multi_host)
+    preflight.check(topo, host=args.host, machine=machine)
     if topo.multi_host and topo.insecure:
         plain = ", ".join(sorted(topo.tcp_binders)) or "none yet"
         print(
