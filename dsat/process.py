@@ -44,6 +44,7 @@ from dsat.events import Reporter, topic_for
 from dsat.ingress import PickleFactory, PlaintextDatagram, PlaintextFactory
 from dsat.orchester import Orchester, PairMember
 from dsat.reactor import install as install_reactor
+from dsat.reactor import stop_on_sigterm
 from dsat.rules import RuleSet, load_rules
 from dsat.satellite import SatelliteRuntime
 from dsat.schedule import ClockWatch
@@ -543,6 +544,7 @@ def run(topology_path: str | Path, step: str, host: str = "", worker: int | None
             link_sender.close()
 
     reactor.addSystemEventTrigger("before", "shutdown", graceful_stop)
+    stop_on_sigterm(reactor)
     if os.environ.get("DSAT_SUPERVISED"):
         # Ctrl-C in a terminal reaches the whole process group; under `dsat up`
         # the supervisor alone decides when a step stops (with SIGTERM).
@@ -578,5 +580,6 @@ def up(topology_path: str | Path, *, extra: Any = None, host: str | None = None)
     supervisor.add_topology(topo, host or "")
     reactor.callWhenRunning(supervisor.start)
     reactor.addSystemEventTrigger("before", "shutdown", supervisor.stop)
+    stop_on_sigterm(reactor)
     reactor.run()
     return 0

@@ -11,8 +11,14 @@ refuses, with the reason, a process where another reactor came first.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from typing import Any
+
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
+
+log = Logger()
 
 
 def install() -> Any:
@@ -31,3 +37,25 @@ def install() -> Any:
             " twisted.internet.reactor first; install DSAT's reactor before importing the runtime"
         )
     return reactor
+
+
+def stop_on_sigterm(reactor: Any) -> None:
+    """Once running, SIGTERM stops *reactor*, and a SIGTERM more while it stops is logged, not a traceback.
+
+    A process group signalled as a whole (systemd's control group, ``kill --
+    -PGID``, ``timeout``) gives each step one SIGTERM, and ``dsat up`` gives it
+    another: Twisted's own handler stops the reactor twice, and the second
+    raises ``ReactorNotRunning`` as a critical error in the step's log.
+    """
+
+    def stop() -> None:
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            log.info("SIGTERM again: already stopping")
+
+    def on_sigterm(_number: int, _frame: object) -> None:
+        log.info("Received SIGTERM, shutting down.")
+        reactor.callFromThread(stop)
+
+    reactor.callWhenRunning(signal.signal, signal.SIGTERM, on_sigterm)

@@ -131,6 +131,31 @@ def test_a_crashed_satellite_is_restarted_and_stop_leaves_nothing(short_tmp: Pat
     assert json.loads((short_tmp / "run" / "restarts.json").read_text()) == {"load": {"killed": 1}}
 
 
+@pytest.mark.integration
+def test_a_sigterm_to_the_whole_process_group_stops_every_step_without_a_traceback(
+    short_tmp: Path, processes: Processes
+) -> None:
+    """SIGTERM to `dsat up`'s process group (systemd's control group, kill -- -PGID): the steps hear it as well
+    as the supervisor's own SIGTERM; `dsat up` exits 0, no traceback in any log, nothing left running.
+    (Whether a step hears both depends on timing; test_reactor shows a second SIGTERM handled.)"""
+    topo = short_tmp / "t.toml"
+    capture = short_tmp / "c.txt"
+    topo.write_text(TOPOLOGY.format(carbon_port=free_port(), capture=capture))
+    up = processes.dsat("up", str(topo), name="up")
+    steps = wait_for(
+        lambda: (c := children_by_step(up.pid)) and {"tracker", "orchester", "load", "sink"} <= set(c) and c,
+        30,
+        "all four steps running",
+    )
+    wait_for(lambda: capture.exists() and capture.stat().st_size > 0, 30, "data at the sink")
+    os.killpg(up.pid, signal.SIGTERM)  # start_new_session: its own group, its steps in it
+    assert up.wait(60) == 0
+    _gone, alive = psutil.wait_procs(list(steps.values()), timeout=5)
+    assert not alive
+    log = processes.log_of(up)
+    assert "Traceback" not in log and "ReactorNotRunning" not in log, log[-3000:]
+
+
 def test_read_restarts_gives_what_dsat_up_wrote_and_nothing_for_a_missing_or_broken_file(tmp_path: Path) -> None:
     from dsat.supervisor import read_restarts, restarts_path
 
