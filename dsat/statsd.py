@@ -1,30 +1,37 @@
-"""statsd ingress: etsy statsd's line protocol over UDP, aggregated and flushed as carbon-style datapoints.
+"""statsd ingress: etsy statsd's line protocol and DogStatsD's, aggregated and flushed as carbon-style datapoints.
 
-Owns the parsing of statsd packets (``name:value|type[|@rate]``, several
-values per name and several lines per packet, as etsy statsd reads them),
-the aggregation of counters, timers, gauges and sets between two flushes,
-and the flush, which names and computes every datapoint as etsy statsd's
-graphite backend does with the legacy namespace off
-(``<prefix>.counters.<name>.count``, ``<prefix>.timers.<name>.upper_90``...;
-``docs/ingress.rst``).  DogStatsD tags (``name:1|c|#k:v,k2:v2``) and Graphite
-tags in the name (``name;k=v:1|c``) make a tagged series: the suffix goes on
-the name part (``<prefix>.counters.<name>.count;k=v``).  Bad lines are
-counted by reason and never raise; the number of names and of held timer
-values and set members is bounded, what goes over is counted.  Time comes
-from the injected clock.
+Owns the parsing of statsd payloads (``name:value|type[|@rate]``, several
+values per name and several lines per payload, as etsy statsd reads them;
+DogStatsD's protocol v1.3 as the Datadog agent reads it: histograms
+``|h`` and distributions ``|d``, packed values ``name:1:2:3|h``, tags
+``|#k:v``, timestamps ``|T<unix>``, the origin-detection fields ``|c:``,
+``|e:``, ``|card:``, events ``_e{`` and service checks ``_sc|``), the
+aggregation of counters, timers (histograms and distributions with them),
+gauges and sets between two flushes, and the flush, which names and
+computes every datapoint as etsy statsd's graphite backend does with the
+legacy namespace off (``<prefix>.counters.<name>.count``,
+``<prefix>.timers.<name>.upper_90``...; ``docs/ingress.rst``).  DogStatsD
+tags (``name:1|c|#k:v,k2:v2``) and Graphite tags in the name
+(``name;k=v:1|c``) make a tagged series: the suffix goes on the name part
+(``<prefix>.counters.<name>.count;k=v``).  A timestamped gauge or counter
+is not aggregated: the next flush writes it at its own time.  Bad lines,
+bare tags, events and service checks are counted by reason and never
+raise; the number of names and of held values is bounded, what goes over
+is counted.  Time comes from the injected clock.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import accumulate
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import DatagramProtocol
 
 from dsat.counters import Rejections
-from dsat.datapoint import Datapoint, Validator
+from dsat.datapoint import MAX_TIMESTAMP, Datapoint, Validator
 from dsat.errors import BadName, ConfigError
 from dsat.ingress import Sink
 from dsat.naming import MAX_PATH_CHARS, TAG_SEPARATOR, PathCache, clean_path
@@ -36,7 +43,12 @@ MAX_KEYS = 20_000
 #: Timer values and set members held between two flushes, all names together.
 MAX_VALUES = 1_000_000
 
-_TYPES = frozenset(("c", "ms", "g", "s"))
+#: etsy statsd's types, and DogStatsD's histogram and distribution.
+_TYPES = frozenset(("c", "ms", "g", "s", "h", "d"))
+#: The types a DogStatsD ``|T`` timestamp may carry (as the Datadog clients send it).
+_TIMESTAMPED = frozenset(("c", "g"))
+#: DogStatsD's origin-detection fields: container ID, external data, cardinality.
+_ORIGIN_FIELDS = ("c:", "e:", "card:")
 
 
 def percentile_label(pct: float) -> str:
@@ -103,19 +115,97 @@ def timer_stats(
     return stats
 
 
-def dogstatsd_tags(text: str) -> str | None:
-    """DogStatsD's ``k:v,k2:v2`` as Graphite tags (``;k=v;k2=v2``), or None when a tag has no ``key:value``.
+def dogstatsd_tags(text: str) -> tuple[str, str]:
+    """DogStatsD's ``k:v,k2:v2`` as Graphite tags (``;k=v;k2=v2``), and its bare tags (``production``), dropped.
 
     A tag's key ends at its first ``:``; the tags are then checked by
-    :func:`dsat.naming.clean_path` with the name.
+    :func:`dsat.naming.clean_path` with the name.  A tag without ``:`` has
+    no Graphite form (a Graphite tag needs a value): it is left out and
+    returned, comma-separated, to be counted.  Empty tags are skipped.
     """
-    tags = []
+    tags, bare = [], []
     for tag in text.split(","):
         key, colon, value = tag.partition(":")
-        if not colon:
-            return None
-        tags.append(f"{TAG_SEPARATOR}{key}={value}")
-    return "".join(tags)
+        if colon:
+            tags.append(f"{TAG_SEPARATOR}{key}={value}")
+        elif tag:
+            bare.append(tag)
+    return "".join(tags), ",".join(bare)
+
+
+@dataclass(slots=True)
+class _Sample:
+    """Values sharing one type and its fields: ``1:2:3|h|@0.5`` is one, ``1|c:2|ms`` two."""
+
+    values: list[str]
+    kind: str = ""
+    rate: float = 1.0
+    timestamp: int | None = None
+    error: str = ""  # the reason the sample is refused, when it is
+
+
+def _rate(text: str) -> float:
+    try:
+        rate = float(text)
+    except ValueError:
+        return math.nan
+    return rate if 0 < rate < math.inf else math.nan
+
+
+def _timestamp(text: str) -> int:
+    try:
+        ts = int(text)
+    except ValueError:
+        return 0
+    return ts if 0 < ts < MAX_TIMESTAMP else 0
+
+
+def _fields(rest: str) -> tuple[list[_Sample], str, str]:
+    """The samples of a line after its ``name:``, its Graphite tags, and its bare DogStatsD tags (dropped).
+
+    The ``|``-separated fields are read in order.  The field after values
+    is the type; what follows a ``:`` in it (etsy statsd's ``1|c:2|ms``) or
+    in a sample rate (``1|c|@0.1:2|c``) are the next sample's values.  The
+    other fields apply to the sample before them: ``@rate``, ``#tags`` (for
+    the whole line), ``T<unix time>`` (gauges and counters only), and the
+    origin-detection fields ``c:`` (container ID), ``e:`` (external data)
+    and ``card:`` (cardinality), read and ignored.  Any other field refuses
+    its sample as ``bad_field``.
+    """
+    fields = rest.split("|")
+    samples: list[_Sample] = []
+    tags = bare = ""
+    current = _Sample(fields[0].split(":"))
+    pending: _Sample | None = current  # values waiting for their type
+    for field in fields[1:]:
+        if pending is not None:
+            kind, colon, more = field.partition(":")
+            pending.kind = kind.strip()
+            if pending.kind not in _TYPES:
+                pending.error = "bad_type"
+            samples.append(pending)
+            current, pending = pending, (_Sample(more.split(":")) if colon else None)
+            continue
+        head = field[:1]
+        if head == "@":
+            text, colon, more = field[1:].partition(":")
+            current.rate = _rate(text)
+            if current.rate != current.rate:
+                current.error = current.error or "bad_sample_rate"
+            if colon:
+                pending = _Sample(more.split(":"))
+        elif head == "#":
+            tags, bare = dogstatsd_tags(field[1:])
+        elif head == "T":
+            current.timestamp = _timestamp(field[1:])
+            if not current.timestamp or current.kind not in _TIMESTAMPED:
+                current.error = current.error or "bad_timestamp"
+        elif not field.startswith(_ORIGIN_FIELDS):
+            current.error = current.error or "bad_field"
+    if pending is not None:
+        pending.error = "invalid_line"
+        samples.append(pending)
+    return samples, tags, bare
 
 
 def split_tags(name: str) -> tuple[str, str]:
@@ -164,6 +254,8 @@ class StatsdAggregator:
         self.timer_counts: dict[str, float] = {}
         self.gauges: dict[str, float] = {}
         self.sets: dict[str, set[str]] = {}
+        #: DogStatsD's ``|T`` gauges and counters: written at their own time at the next flush, not aggregated.
+        self.timestamped: list[Datapoint] = []
         self.values_held = 0
         self._paths = PathCache()
         self._validator = Validator(self._paths)
@@ -174,10 +266,11 @@ class StatsdAggregator:
     # -- receiving ---------------------------------------------------------
 
     def receive(self, packet: bytes, source: str = "?") -> None:
-        """Take in one packet: lines separated by ``\\n``, each ``name:sample[:sample...]``.
+        """Take in one payload: lines separated by ``\\n`` (a datagram, or what a stream delivered).
 
-        A sample is ``value|type`` then optionally ``|@rate``; *source* (the
-        sender) only goes into the log of rejections.
+        A line is ``name:values|type`` and its optional fields (module
+        docstring); *source* (the sender) only goes into the log of
+        rejections.
         """
         for line in packet.decode("utf-8", "replace").split("\n"):
             if line.strip():
@@ -187,20 +280,16 @@ class StatsdAggregator:
         self.rejections.reject(reason, f"{source}: {text!r:.120}")
 
     def _line(self, line: str, source: str) -> None:
-        tags = ""
-        start = line.find("|#")
-        if start >= 0:  # DogStatsD tags: name:value|type[|@rate]|#k:v,k2:v2[|...]
-            end = line.find("|", start + 2)
-            text = line[start + 2 :] if end < 0 else line[start + 2 : end]
-            line = line[:start] if end < 0 else line[:start] + line[end:]
-            graphite_tags = dogstatsd_tags(text)
-            if graphite_tags is None:
-                self._reject("bad_tag", source, text)
-                return
-            tags = graphite_tags
-        key, *samples = line.split(":")
-        if not samples:
+        if line.startswith(("_e{", "_sc|")):  # a DogStatsD event or service check: not a metric
+            self._reject("event" if line[1] == "e" else "service_check", source, line)
+            return
+        key, colon, rest = line.partition(":")
+        if not colon:
             self._reject("invalid_line", source, line)
+            return
+        samples, tags, bare = _fields(rest)
+        if tags is None:
+            self._reject("bad_tag", source, line)
             return
         try:
             name = self._paths.clean(key + tags)
@@ -210,37 +299,31 @@ class StatsdAggregator:
         if len(name) > self._longest_name:
             self._reject("bad_name", source, line)
             return
+        if bare:
+            self._reject("bare_tag", source, f"{bare} (dropped, the metric kept): {line}")
         for sample in samples:
-            self._sample(name, sample, source)
+            if sample.error:
+                self._reject(sample.error, source, line)
+            elif sample.kind == "s":
+                self._add_member(name, ":".join(sample.values) or "0", source)
+            else:
+                for raw in sample.values:
+                    self._value(name, sample, raw, source)
 
-    def _sample(self, name: str, sample: str, source: str) -> None:
-        fields = sample.split("|")
-        if len(fields) < 2:
-            self._reject("invalid_line", source, sample)
-            return
-        raw, kind = fields[0], fields[1].strip()
-        rate = 1.0
-        if len(fields) > 2:
-            try:
-                rate = float(fields[2][1:]) if fields[2].startswith("@") else math.nan
-            except ValueError:
-                rate = math.nan
-            if not 0 < rate < math.inf:
-                self._reject("bad_sample_rate", source, sample)
-                return
-        if kind not in _TYPES:
-            self._reject("bad_type", source, sample)
-            return
-        if kind == "s":
-            self._add_member(name, raw or "0", source)
-            return
+    def _value(self, name: str, sample: _Sample, raw: str, source: str) -> None:
         try:
             value = float(raw)
         except ValueError:
-            self._reject("bad_value", source, sample)
+            self._reject("bad_value", source, f"{name}:{raw}")
             return
+        kind, rate = sample.kind, sample.rate
         if value - value != 0.0:
-            self._reject("nan", source, sample)
+            self._reject("nan", source, f"{name}:{raw}")
+        elif sample.timestamp is not None:  # |T: written at its own time, not aggregated
+            if self._hold(source, name):
+                base, tags = split_tags(name)
+                path = f"{self.prefix}.gauges.{name}" if kind == "g" else f"{self.prefix}.counters.{base}.count{tags}"
+                self.timestamped.append((path, sample.timestamp, value if kind == "g" else value / rate))
         elif kind == "c":
             if name in self.counters or self._admit(source, name):
                 self.counters[name] = self.counters.get(name, 0.0) + value / rate
@@ -248,8 +331,8 @@ class StatsdAggregator:
             if name in self.gauges or self._admit(source, name):
                 relative = raw[:1] in ("+", "-")
                 self.gauges[name] = self.gauges.get(name, 0.0) + value if relative else value
-        elif value < 0:
-            self._reject("bad_value", source, sample)  # a negative duration
+        elif value < 0 and kind == "ms":
+            self._reject("bad_value", source, f"{name}:{raw}")  # a negative duration
         elif (name in self.timers or self._admit(source, name)) and self._hold(source, name):
             self.timers.setdefault(name, []).append(value)
             self.timer_counts[name] = self.timer_counts.get(name, 0.0) + 1 / rate
@@ -307,7 +390,9 @@ class StatsdAggregator:
         self.counters.clear()
         self.timers.clear()
         self.timer_counts.clear()
+        points += self.timestamped
         self.sets.clear()
+        self.timestamped = []
         self.values_held = 0
         return self._validator.keep(points, self.rejections)
 
@@ -335,8 +420,10 @@ class StatsdProtocol(DatagramProtocol):
         self._flushes.stop()
         self.flush(self._flushes.next_time())
 
-    def datagramReceived(self, datagram: bytes, addr: tuple[str, int]) -> None:
-        self.aggregator.receive(datagram, f"{addr[0]}:{addr[1]}")
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int] | str | None) -> None:
+        """One datagram: from a UDP ``(host, port)``, or a Unix datagram socket's peer (a path, often unbound)."""
+        source = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else (addr or "unix")
+        self.aggregator.receive(datagram, source)
 
     def flush(self, at: float | None = None) -> None:
         points = self.aggregator.flush(at)

@@ -154,14 +154,20 @@ BAD = [
     (b"a:-5|ms", "bad_value"),
     (b"a:nan|g", "nan"),
     (b"a:inf|c", "nan"),
-    (b"a:1|h", "bad_type"),
+    (b"a:1|x", "bad_type"),
+    (b"a:1|hh", "bad_type"),
     (b"a:1|", "bad_type"),
-    (b"a:1|c|0.1", "bad_sample_rate"),
+    (b"a:1|c|0.1", "bad_field"),  # not a rate without its @
+    (b"a:1|c|x:y", "bad_field"),
     (b"a:1|c|@", "bad_sample_rate"),
     (b"a:1|c|@x", "bad_sample_rate"),
     (b"a:1|c|@0", "bad_sample_rate"),
     (b"a:1|c|@-0.5", "bad_sample_rate"),
-    (b"a:1|c|#env_prod", "bad_tag"),  # a DogStatsD tag without a value: a Graphite tag needs one
+    (b"a:1|c|Tx", "bad_timestamp"),
+    (b"a:1|c|T0", "bad_timestamp"),
+    (b"a:1|g|T4294967296", "bad_timestamp"),
+    (b"a:1|ms|T1700000000", "bad_timestamp"),  # only gauges and counters carry a time
+    (b"a:1|h|T1700000000", "bad_timestamp"),
     (b"a:1|c|#k:~v", "bad_tag"),  # carbon: no value starts with ~
     (b"a:1|c|#:v", "bad_tag"),
     (b"a:1|c|#k:", "bad_tag"),
