@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import struct
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -44,8 +45,20 @@ MAX_PICKLE_LENGTH = 2**20
 POINTS_PER_MESSAGE = 500
 #: A pickle message's length prefix: 4 bytes, big-endian.
 _LENGTH = struct.Struct("!L")
-#: Every byte but the ASCII whitespace ``bytes.split()`` splits on.
-_NOT_WHITESPACE = bytes(set(range(256)) - set(b" \t\n\r\x0b\x0c"))
+#: The whitespace ``bytes.split()`` splits on: ASCII's six.
+_ASCII_WHITESPACE = b" \t\n\r\x0b\x0c"
+#: The ASCII characters carbon's ``str.split()`` splits on and ``bytes.split()`` does not: the
+#: information separators (``str.isspace()``), turned into spaces for the line by line path.
+_SEPARATORS_AS_SPACE = bytes.maketrans(b"\x1c\x1d\x1e\x1f", b"    ")
+#: The characters above ASCII that ``str.isspace()`` calls whitespace (tests check the list against
+#: Python's own), and their UTF-8, which no other character's UTF-8 holds.
+_UNICODE_WHITESPACE = "\x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+_UNICODE_WHITESPACE_UTF8 = re.compile(b"|".join(re.escape(space.encode()) for space in _UNICODE_WHITESPACE))
+#: Every byte but those that may separate fields: ASCII whitespace, the information separators,
+#: and the bytes over 0x7f (those of a Unicode whitespace among them).
+_NOT_SEPARATOR = bytes(set(range(128)) - set(_ASCII_WHITESPACE) - set(b"\x1c\x1d\x1e\x1f"))
+_ASCII = bytes(range(128))
+_OVER_ASCII = bytes(range(128, 256))
 
 
 # -- encoding ------------------------------------------------------------------
@@ -148,12 +161,20 @@ def plain_fields(body: bytes) -> list[bytes] | None:
     """The fields of *body* (complete lines), three a line, if it is laid out as clients send it; else None.
 
     Plain: every line is three non-empty fields joined by single spaces and
-    ends with ``\\n``.  Then the whitespace of the body is exactly ``"  \\n"``
-    once per line (one ``translate`` inside C tells), and splitting it yields
-    three fields per line unless one is empty.  Any other layout is for the
-    line by line path (``_parse_each``), which tells each line's fault.
+    ends with ``\\n``.  Then what may separate fields in the body is exactly
+    ``"  \\n"`` once per line (one ``translate`` inside C tells), and splitting
+    it yields three fields per line unless one is empty.  What may separate
+    fields is what carbon's ``str.split()`` splits on: ASCII whitespace, the
+    information separators ``\\x1c``-``\\x1f`` and, in a body that is not
+    ASCII, the UTF-8 of a Unicode whitespace (U+00A0...); a body holding
+    any but the space and the newline is not plain.  Any other layout is for
+    the line by line path (``_parse_each``), which tells each line's fault.
     """
-    separators = body.translate(None, _NOT_WHITESPACE)
+    separators = body.translate(None, _NOT_SEPARATOR)
+    if not separators.isascii():  # UTF-8 names: plain unless one of its characters is whitespace
+        if _UNICODE_WHITESPACE_UTF8.search(separators):
+            return None
+        separators = separators.translate(None, _OVER_ASCII)
     lines = len(separators) // 3
     if separators != b"  \n" * lines:
         return None
@@ -211,20 +232,43 @@ def _when(stamp: object, now: float) -> object:
     return now if type(stamp) in (int, float) and -2.0 < stamp <= -1.0 else stamp  # type: ignore[operator]
 
 
+def _unicode_fields(line: bytes) -> list[str] | list[bytes]:
+    """The fields of a *line* holding bytes over 0x7f, split where carbon's ``str.split()`` splits it.
+
+    Carbon decodes the line as UTF-8 and splits it at any whitespace
+    ``str.isspace()`` knows (U+00A0, U+2003, U+3000...); the fields are then
+    str, so ``float()`` reads a value in any script's digits, as carbon's
+    does.  A line that is not UTF-8 (carbon drops the whole connection on
+    it) is split the same way around its undecodable bytes, which stay in
+    their field as bytes: that field is then refused, the path as
+    ``bad_name`` (not UTF-8), a number as ``bad_value`` or ``bad_timestamp``.
+    """
+    try:
+        return line.decode("utf-8").split()
+    except UnicodeDecodeError:
+        return [field.encode("utf-8", "surrogateescape") for field in line.decode("utf-8", "surrogateescape").split()]
+
+
 def _parse_each(
     body: bytes, now: float, max_line_length: int, validator: Validator, rejected: Counter[str]
 ) -> list[Datapoint]:
-    """The datapoints of *body*, checked line by line, each rejection counted by reason."""
+    """The datapoints of *body*, checked line by line, each rejection counted by reason.
+
+    Each line is split as carbon's ``line.decode("utf-8").strip().split()``
+    splits it: the information separators (``\\x1c``-``\\x1f``) are spaces, an
+    ASCII line is then split at ASCII whitespace, any other one by
+    :func:`_unicode_fields`.
+    """
     points: list[Datapoint] = []
     append = points.append
     check = validator.check
-    lines = body.split(b"\n")
+    lines = body.translate(_SEPARATORS_AS_SPACE).split(b"\n")
     lines.pop()  # empty: the body ends with a newline
     for line in lines:
         if len(line) > max_line_length:
             rejected["line_too_long"] += 1
             continue
-        fields = line.split()
+        fields = line.split() if line.isascii() else _unicode_fields(line)
         if len(fields) != 3:
             rejected["invalid_line"] += 1
             continue

@@ -6,6 +6,7 @@ import os
 import pickle
 import random
 import struct
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from dsat.graphite_wire import (
     encode_pickle,
     encode_plaintext,
     parse_pickle,
+    parse_plain,
     parse_plaintext,
     pickle_frames,
 )
@@ -158,7 +160,7 @@ def test_the_fast_path_agrees_with_the_line_by_line_path(seed: int) -> None:
     """Whatever the buffer, the batch parse gives exactly what checking each line gives."""
     rng = random.Random(seed)
     lines = [b"a.b %d %d" % (i, TS + i) for i in range(200)]
-    variant = rng.randrange(6)
+    variant = rng.randrange(9)
     if variant == 1:
         lines[rng.randrange(200)] = b"a.b 1.5 1700000000.5"
     elif variant == 2:
@@ -170,12 +172,113 @@ def test_the_fast_path_agrees_with_the_line_by_line_path(seed: int) -> None:
         lines[rng.randrange(200)] = b"a.b 1e308 1700000000"
     elif variant == 5:
         lines[rng.randrange(200)] = b" a.b 1 1700000000"
+    elif variant == 6:  # whitespace for carbon's str.split(), not for bytes.split()
+        lines[rng.randrange(200)] = f"a{rng.choice(WHITESPACE)}b 1 1700000000".encode()
+    elif variant == 7:
+        lines[rng.randrange(200)] = f"a.b{rng.choice(WHITESPACE)}1 1700000000".encode()
+    elif variant == 8:  # UTF-8 without whitespace: still plain
+        lines[rng.randrange(200)] = "hôte.１ ١ 1700000000".encode()
     body = b"\n".join(lines) + b"\n"
     slow: Counter[str] = Counter()
     expected = _parse_each(body, NOW, 4096, Validator(), slow)
     points, rejected, _ = parse_plaintext(body, NOW)
     assert points == expected and rejected == slow
     assert all(type(ts) is float and type(v) is float for _, ts, v in points)
+
+
+# -- carbon's own line receiver ----------------------------------------------------
+
+#: Every character Python's str.split() splits on (carbon splits a line with it), ASCII then beyond.
+WHITESPACE = [chr(code) for code in range(0x80) if chr(code).isspace()] + list(graphite_wire._UNICODE_WHITESPACE)
+
+
+def test_the_whitespace_is_pythons_own() -> None:
+    """The characters the parser splits at are exactly those str.isspace() knows, over all of Unicode."""
+    assert "".join(WHITESPACE) == "".join(ch for ch in map(chr, range(sys.maxunicode + 1)) if ch.isspace())
+    assert set(WHITESPACE[:10]) == {*" \t\n\r\x0b\x0c", *"\x1c\x1d\x1e\x1f"}
+
+
+def carbon_reads(line: bytes) -> list[tuple[str, tuple[float, float]]]:
+    """What carbon-cache 1.1's own MetricLineReceiver hands on for *line* (one metric, or none)."""
+    from carbon.protocols import MetricLineReceiver
+
+    class Receiver(MetricLineReceiver):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.peerName = "test"
+            self.received: list[tuple[str, tuple[float, float]]] = []
+
+        def metricReceived(self, metric: str, datapoint: tuple[float, float]) -> None:  # noqa: N802
+            self.received.append((metric, datapoint))
+
+    receiver = Receiver()
+    receiver.lineReceived(line)
+    return receiver.received
+
+
+def whitespace_lines() -> list[bytes]:
+    """Lines with each whitespace character in the name, between the fields and around them, alone or doubled."""
+    lines = []
+    for space in WHITESPACE:
+        if space == "\n":  # the line's end
+            continue
+        lines += [
+            f"a{space}b 1 {TS}",
+            f"{space}a.b 2 {TS}",
+            f"a.b{space}3{space}{TS}",
+            f"a.b {space}4 {space}{TS}",
+            f"a.b 5 {TS}{space}",
+            f"{space}{space}a.b{space} {space}6{space}{space}{TS}{space} ",
+            f"a.b 7{space}8 {TS}",
+            f"a.b 9 {TS}{space}1",
+            f"{space}",
+        ]
+    lines += [f"a.b ١٢ {TS}", f"a.b １.５ {TS}", f"a.b 1_0 {TS}", f"a.b ٣ {TS}\u00a0", f"a.b 1 {TS}\x85"]
+    return [line.encode() for line in lines]
+
+
+def test_lines_are_split_as_carbons_own_receiver_splits_them() -> None:
+    """Every Unicode whitespace str.split() knows, anywhere in a line: carbon's MetricLineReceiver and DSAT agree.
+
+    A line carbon hands on is one datapoint under its clean name (dsat.naming), with carbon's
+    timestamp and value; a line it refuses for its fields is counted invalid_line, or bad_value
+    where the value is not a number (two whitespace-free fields joined by a separator DSAT does not
+    take either).  Line by line, and as one batch.
+    """
+    expected, refused = [], 0
+    for line in whitespace_lines():
+        carbon = carbon_reads(line)
+        points, rejected = parse_one(line)
+        if carbon:
+            [(metric, (stamp, value))] = carbon
+            assert points == [(clean_path(metric), stamp, value)] and not rejected, line
+            expected.append(points[0])
+        else:
+            assert not points and rejected == Counter({"invalid_line": 1}), line
+            refused += 1
+    assert len(expected) > len(WHITESPACE) and refused > len(WHITESPACE)
+    batch = whitespace_lines()
+    points, rejected, _ = parse_plaintext(b"\n".join(batch) + b"\n", NOW)
+    assert points == expected and rejected == Counter({"invalid_line": refused})
+
+
+def test_a_line_that_is_not_utf8_is_refused_alone() -> None:
+    """Carbon's receiver raises on a line that is not UTF-8 (the connection drops); DSAT counts it and reads on."""
+    line = b"a.b\xa0c 1 %d" % TS  # Latin-1's no-break space: not UTF-8, so not whitespace either
+    with pytest.raises(UnicodeDecodeError):
+        carbon_reads(line)
+    points, rejected, _ = parse_plaintext(line + b"\n" + b"a.b 1 %d\n" % TS, NOW)
+    assert points == [("a.b", TS, 1.0)] and rejected == Counter({"bad_name": 1})
+    for bad, reason in [(b"a\xff\xc2\xa0b 1 %d", "invalid_line"), (b"a.b 1\xff %d", "bad_value")]:
+        assert parse_one(bad % TS) == ([], Counter({reason: 1}))
+
+
+def test_plain_bodies_stay_on_the_fast_path_unless_carbon_would_split_them() -> None:
+    """UTF-8 names are plain; a Unicode whitespace or an information separator sends the body line by line."""
+    plain = "hôte.température 1 1700000000\n日本 2 1700000000\n".encode()
+    assert parse_plain(plain, 4096, Validator(), Counter()) == [("hôte.température", TS, 1.0), ("日本", TS, 2.0)]
+    for space in WHITESPACE[5:]:
+        body = plain + f"a{space}b 1 1700000000\n".encode()
+        assert parse_plain(body, 4096, Validator(), Counter()) is None, repr(space)
 
 
 # -- parsing the pickle protocol -------------------------------------------------
@@ -328,8 +431,6 @@ HOSTILE_TAGS = [
     (b"t.x;k!=v", "bad_tag"),
     (b"~~;k=v", "bad_name"),  # nothing left of the name
     (b"t.x;k=a\x00b", "bad_name"),  # a control character, anywhere in a path
-    (b"t.x;k=a\xc2\x85b", "bad_name"),
-    ("t.x;k=a\u2003b".encode(), "bad_tag"),  # whitespace carbon's str.split() would split on
     (b"t.x;" + b";".join(b"k%d=v" % i for i in range(600)), "bad_name"),  # 5,000 bytes of tags: over 1024
     (b"t.x;k=" + b"v" * 2000, "bad_name"),
     (b't.x;z={"};b=1', "bad_tag"),  # its canonical form would read as name{k="v"}
@@ -367,11 +468,12 @@ def test_hostile_tags_in_a_pickle_are_refused_by_reason_and_the_rest_lands() -> 
     items = [("ok.a", (TS, 1.0))]
     items += [(raw.decode(), (TS, 9.0)) for raw, _ in HOSTILE_TAGS]
     items += [("t.x;k=a b", (TS, 9.0)), ("t.x;" + ";".join(f"k{i}=v" for i in range(5000)), (TS, 9.0))]
+    items += [("t.x;k=a\x85b", (TS, 9.0)), ("t.x;k=a\u2003b", (TS, 9.0))]  # a plaintext line splits at both
     items += [("ok.b;k=v", (TS, 2.0))]
     points, rejected = parse_pickle(pickle.dumps(items, protocol=2), NOW)
     assert points == [("ok.a", TS, 1.0), ("ok.b;k=v", TS, 2.0)]
     expected = Counter(reason for _, reason in HOSTILE_TAGS)
-    expected.update({"bad_tag": 1, "bad_name": 1})
+    expected.update({"bad_tag": 2, "bad_name": 2})  # U+0085 is a control character, U+2003 whitespace in a tag
     assert rejected == expected
 
 
