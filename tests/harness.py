@@ -87,16 +87,37 @@ def settled(read: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def install_missing_programs(packages: Mapping[str, str]) -> None:
     """Install with apt-get the Debian package of each program (``{program: package}``) not on the PATH."""
-    missing = sorted({pkg for prog, pkg in packages.items() if shutil.which(prog) is None})
-    if not missing:
+    apt_install(sorted({pkg for prog, pkg in packages.items() if shutil.which(prog) is None}))
+
+
+def apt_install(packages: list[str]) -> None:
+    """Install the Debian *packages* with apt-get (none: nothing to do); the test fails, saying why, if it cannot.
+
+    ``a|b`` installs the first of *a*, *b* the archive holds, for a package renamed between releases.
+    """
+    if not packages:
         return
     if os.geteuid() != 0:
-        pytest.fail(f"this test needs {', '.join(missing)} and is not root to install them with apt-get")
+        pytest.fail(f"this test needs {', '.join(packages)} and is not root to install them with apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]):
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            pytest.fail(f"cannot install {missing}: {' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    update = ["apt-get", "update", "-q"]
+    done = subprocess.run(update, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        pytest.fail(f"cannot install {packages}: {' '.join(update)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    names = [_in_archive(choice.split("|")) for choice in packages]
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *names]
+    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        pytest.fail(f"cannot install {names}: {' '.join(install)} exited {done.returncode}:\n{done.stderr[-3000:]}")
+
+
+def _in_archive(names: list[str]) -> str:
+    """The first of *names* apt knows a version of to install (the last one when none: apt-get then says why)."""
+    for name in names[:-1]:
+        shown = subprocess.run(["apt-cache", "policy", name], capture_output=True, text=True, timeout=60)
+        if "Candidate:" in shown.stdout and "Candidate: (none)" not in shown.stdout:
+            return name
+    return names[-1]
 
 
 # -- topologies, loaded in memory ----------------------------------------------
