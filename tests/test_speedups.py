@@ -26,7 +26,7 @@ import dsat.naming
 import dsat.placement
 import dsat.shards
 from dsat import compiled
-from dsat.graphite_wire import encode_plaintext
+from dsat.graphite_wire import encode_plaintext, parse_plaintext
 from dsat.placement import CarbonCh
 from dsat.shards import split_by_owner
 
@@ -183,6 +183,13 @@ def test_plaintext_encoding_of_usual_points_is_compiled() -> None:
 
 def _hostile_body(rng: random.Random) -> bytes:
     pieces = [b"a", b"b.c", b" ", b"\t", b"\r", b"\x0b", b"\x0c", b"\x00", b"\xff", "é".encode(), b"1", b"\n", b"  "]
+    pieces += [
+        b"\x1c",
+        b"\x1f",
+        "\u00a0".encode(),
+        "\u3000".encode(),
+        b"\xc2",
+    ]  # carbon's str.split() splits on all but \xc2
     if rng.random() < 0.3:
         return b"".join(b"n%d.x %f 17\n" % (rng.randrange(1000), rng.random()) for _ in range(rng.randint(1, 50)))
     if rng.random() < 0.1:  # names longer than Adler-32's 5,552-byte run
@@ -198,6 +205,19 @@ def test_the_split_by_owner_is_the_pure_pythons(monkeypatch: pytest.MonkeyPatch,
     for _ in range(50):
         body, count = _hostile_body(rng), rng.randint(1, 7)
         fast, slow = both_ways(monkeypatch, dsat.shards, lambda body=body, count=count: split_by_owner(body, count))
+        assert fast == slow
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_plaintext_parsing_is_the_same_both_ways(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Hostile and tagged lines, with carbon's whitespace anywhere, parse alike with and without the compiled paths."""
+    rng = random.Random(seed)
+    for _ in range(20):
+        body = _hostile_body(rng) + b"".join(
+            _tagged(rng).encode() + rng.choice([b" ", "\u00a0".encode(), b"\x1d"]) + b"1 1764680000\n"
+            for _ in range(rng.randint(0, 5))
+        )
+        fast, slow = both_ways(monkeypatch, dsat.naming, lambda body=body: parse_plaintext(body, NOW))
         assert fast == slow
 
 
