@@ -1,10 +1,13 @@
-"""Graphite ingress: the listeners for carbon's plaintext (TCP and UDP) and pickle protocols, for external clients.
+"""Ingress: the listeners for carbon's plaintext (TCP and UDP) and pickle protocols and statsd over TCP.
 
 Owns the Twisted protocols and factories that take what clients send and
 hand it, a whole buffer at a time, to the parsers of
 :mod:`dsat.graphite_wire` (:func:`~dsat.graphite_wire.parse_plaintext`,
 :func:`~dsat.graphite_wire.parse_pickle`), then give the datapoints to the
 sink and count each rejection, by reason, against the client it came from.
+statsd's lines over TCP (:class:`StatsdFactory`) go, a chunk of complete
+lines at a time, to the aggregator of :mod:`dsat.statsd`, as its UDP
+datagrams do.
 Each connection only ever handles its own bounded buffer, so a garbage
 client cannot stall the others.
 
@@ -115,11 +118,11 @@ def _abort(connection: Protocol) -> None:
         lost(Failure(ConnectionAborted()))
 
 
-_Connection = TypeVar("_Connection", bound="PlaintextProtocol | PickleProtocol")
+_Connection = TypeVar("_Connection", bound="LineProtocol | PickleProtocol")
 
 
 class IngressFactory(ServerFactory[_Connection]):
-    """What the connections of one TCP listener share: the sink, the rejections, the clock, the limits.
+    """What the connections of one TCP listener share: the rejections, the clock, the limits.
 
     With *producers* (:class:`dsat.flow.Producers`), every connection
     registers there as a push producer, so it stops being read while the
@@ -138,7 +141,6 @@ class IngressFactory(ServerFactory[_Connection]):
 
     def __init__(
         self,
-        sink: Sink,
         rejections: Rejections,
         clock: IReactorTime,
         *,
@@ -150,7 +152,6 @@ class IngressFactory(ServerFactory[_Connection]):
         reserved_descriptors: int = RESERVED_DESCRIPTORS,
         shards: Shards | None = None,
     ) -> None:
-        self.sink = sink
         self.rejections = rejections
         self.clock = clock
         self.max_connections = max_connections
@@ -160,7 +161,7 @@ class IngressFactory(ServerFactory[_Connection]):
         self.descriptor_limit = descriptor_limit
         self.reserved_descriptors = reserved_descriptors
         #: Open connections -> the time of their last complete line (or of their start), least recent first.
-        self._active: OrderedDict[PlaintextProtocol | PickleProtocol, float] = OrderedDict()
+        self._active: OrderedDict[LineProtocol | PickleProtocol, float] = OrderedDict()
         self._sweep = Repeat(clock, min(idle_timeout / 4, 5.0), self.close_idle, name="ingress idle sweep")
         self.shards = shards
 
@@ -175,7 +176,7 @@ class IngressFactory(ServerFactory[_Connection]):
     def stopFactory(self) -> None:  # noqa: N802
         self._sweep.stop()
 
-    def opened(self, connection: PlaintextProtocol | PickleProtocol) -> bool:
+    def opened(self, connection: LineProtocol | PickleProtocol) -> bool:
         """Admit a connection just made, in the place of the idlest at a bound; False (counted) if refused."""
         bound = self._bound(connection)
         if bound is not None and not self._evict_idlest(connection, bound):
@@ -188,17 +189,17 @@ class IngressFactory(ServerFactory[_Connection]):
             self.producers.register(connection)
         return True
 
-    def closed(self, connection: PlaintextProtocol | PickleProtocol) -> None:
+    def closed(self, connection: LineProtocol | PickleProtocol) -> None:
         if self._active.pop(connection, None) is not None and self.producers is not None:
             self.producers.unregister(connection)
 
-    def active(self, connection: PlaintextProtocol | PickleProtocol) -> None:
+    def active(self, connection: LineProtocol | PickleProtocol) -> None:
         """*connection* sent a complete line (or frame), or was resumed: its idle clock starts again."""
         if connection in self._active:
             self._active[connection] = self.clock.seconds()
             self._active.move_to_end(connection)
 
-    def _bound(self, connection: PlaintextProtocol | PickleProtocol) -> tuple[str, str] | None:
+    def _bound(self, connection: LineProtocol | PickleProtocol) -> tuple[str, str] | None:
         """The bound *connection* reaches, as ``(reason, detail)``, or None."""
         if len(self._active) >= self.max_connections:
             return "too_many_connections", f"{len(self._active)} connections open, the most for this listener"
@@ -214,7 +215,7 @@ class IngressFactory(ServerFactory[_Connection]):
     def _paused(self) -> bool:
         return self.producers is not None and self.producers.paused
 
-    def _evict_idlest(self, newcomer: PlaintextProtocol | PickleProtocol, bound: tuple[str, str]) -> bool:
+    def _evict_idlest(self, newcomer: LineProtocol | PickleProtocol, bound: tuple[str, str]) -> bool:
         """Close the connection idle the longest for *newcomer*, if it has been idle for the grace; True if so."""
         if not self._active or self._paused():
             return False
@@ -242,7 +243,7 @@ class IngressFactory(ServerFactory[_Connection]):
                 connection, "idle_timeout", f"{connection.peer} closed: no complete line for {self.idle_timeout:g} s"
             )
 
-    def _close(self, connection: PlaintextProtocol | PickleProtocol, reason: str, detail: str) -> None:
+    def _close(self, connection: LineProtocol | PickleProtocol, reason: str, detail: str) -> None:
         self.closed(connection)
         held = connection.held()
         self.rejections.reject(reason, f"{detail}; {held} bytes of an unfinished line dropped" if held else detail)
@@ -250,16 +251,17 @@ class IngressFactory(ServerFactory[_Connection]):
 
 
 @implementer(IPushProducer)
-class PlaintextProtocol(PausesTransport, Protocol):
-    """One TCP connection speaking carbon's line protocol; its complete lines go to the factory's next batch.
+class LineProtocol(PausesTransport, Protocol):
+    """One TCP connection sending ``\n``-ended lines (carbon's plaintext, statsd); its complete lines go to the factory.
 
-    The unfinished last line is kept for the next chunk.  When it grows past
+    Each chunk's complete lines go to :meth:`LineFactory.take` together; the
+    unfinished last line is kept for the next chunk.  When it grows past
     the line limit it is counted ``line_too_long`` and skipped up to its
     newline, so the connection buffers at most one line.  As a push producer
     it pauses by no longer reading its socket.
     """
 
-    factory: PlaintextFactory
+    factory: LineFactory
 
     def __init__(self) -> None:
         self._buffer = b""
@@ -307,10 +309,30 @@ class PlaintextProtocol(PausesTransport, Protocol):
                 factory.take([(self.peer, lines)])
 
 
-class PlaintextFactory(IngressFactory[PlaintextProtocol]):
-    """Builds :class:`PlaintextProtocol` connections for ``reactor.listenTCP(2003, factory, interface=...)``."""
+class LineFactory(IngressFactory[LineProtocol]):
+    """What the connections of a line listener share: the line limit, and :meth:`take`, where their lines go."""
 
-    protocol = PlaintextProtocol
+    protocol = LineProtocol
+
+    def __init__(
+        self,
+        rejections: Rejections,
+        clock: IReactorTime,
+        *,
+        max_line_length: int = IngressConf.max_line,
+        **limits: Any,
+    ) -> None:
+        """*limits*: :class:`IngressFactory`'s (``max_connections``, ``idle_timeout``, ``producers``...)."""
+        super().__init__(rejections, clock, **limits)
+        self.max_line_length = max_line_length
+
+    def take(self, sections: list[tuple[str, bytes]]) -> None:
+        """Complete lines, as ``[(peer, lines), ...]``: what each kind of listener does with them."""
+        raise NotImplementedError
+
+
+class PlaintextFactory(LineFactory):
+    """Carbon's plaintext over TCP, for ``reactor.listenTCP(2003, factory, interface=...)``."""
 
     def __init__(
         self,
@@ -324,8 +346,10 @@ class PlaintextFactory(IngressFactory[PlaintextProtocol]):
         **limits: Any,
     ) -> None:
         """*limits*: :class:`IngressFactory`'s (``max_connections``, ``idle_timeout``, ``idle_grace``...)."""
-        super().__init__(sink, rejections, clock, producers=producers, shards=shards, **limits)
-        self.max_line_length = max_line_length
+        super().__init__(
+            rejections, clock, max_line_length=max_line_length, producers=producers, shards=shards, **limits
+        )
+        self.sink = sink
         self.validator = Validator()
         self._pending: list[tuple[str, bytes]] = []
         self._pending_bytes = 0
@@ -380,6 +404,48 @@ class PlaintextFactory(IngressFactory[PlaintextProtocol]):
             if points:
                 self.sink(points)
             _report(self.rejections, rejected, peer)
+
+
+class StatsdFactory(LineFactory):
+    """statsd's lines over TCP, for ``reactor.listenTCP(8125, factory, interface=...)`` beside the UDP listener.
+
+    As etsy statsd's ``tcp`` server reads them: ``\n``-ended lines, each
+    chunk's complete ones handed as one packet to *receive*, the
+    :meth:`dsat.statsd.StatsdAggregator.receive` the UDP listener feeds (it
+    parses, aggregates and counts what it refuses); that listener's
+    :class:`dsat.statsd.StatsdProtocol` flushes the aggregator.  The limits,
+    idle rules and pauses are the Graphite listeners' (:class:`IngressFactory`).
+    When the listener stops (the process stops, a pair's server goes
+    passive), its connections are closed: what they sent is in the
+    aggregator, whose last flush comes when the UDP listener stops, and what
+    they would send next would reach an aggregator nobody flushes.
+    """
+
+    def __init__(
+        self,
+        receive: Callable[[bytes, str], None],
+        rejections: Rejections,
+        clock: IReactorTime,
+        *,
+        max_line_length: int = IngressConf.max_line,
+        producers: Producers | None = None,
+        **limits: Any,
+    ) -> None:
+        """*limits*: :class:`IngressFactory`'s (``max_connections``, ``idle_timeout``, ``idle_grace``...)."""
+        super().__init__(rejections, clock, max_line_length=max_line_length, producers=producers, **limits)
+        self.receive = receive
+
+    def take(self, sections: list[tuple[str, bytes]]) -> None:
+        """Each connection's complete lines go to the aggregator at once, as a datagram's would."""
+        for peer, lines in sections:
+            self.receive(lines, peer)
+
+    def stopFactory(self) -> None:  # noqa: N802 (Twisted API)
+        super().stopFactory()
+        for connection in list(self._active):
+            self.closed(connection)
+            assert connection.transport is not None
+            connection.transport.loseConnection()  # read no more; the client sees the end of the stream
 
 
 class PlaintextDatagram(DatagramProtocol):
@@ -475,6 +541,7 @@ class PickleFactory(IngressFactory[PickleProtocol]):
         **limits: Any,
     ) -> None:
         """*limits*: :class:`IngressFactory`'s (``max_connections``, ``idle_timeout``, ``idle_grace``...)."""
-        super().__init__(sink, rejections, clock, producers=producers, shards=shards, **limits)
+        super().__init__(rejections, clock, producers=producers, shards=shards, **limits)
+        self.sink = sink
         self.max_length = max_length
         self.validator = Validator()

@@ -41,7 +41,7 @@ from dsat.breaker import BREAKER_TOPIC
 from dsat.carbon import CarbonEgress
 from dsat.errors import ConfigError
 from dsat.events import Reporter, topic_for
-from dsat.ingress import PickleFactory, PlaintextDatagram, PlaintextFactory
+from dsat.ingress import PickleFactory, PlaintextDatagram, PlaintextFactory, StatsdFactory
 from dsat.orchester import Orchester, PairMember
 from dsat.reactor import install as install_reactor
 from dsat.reactor import stop_on_sigterm
@@ -86,10 +86,11 @@ class Listeners:
     ingress workers (``SO_REUSEPORT``, :mod:`dsat.workers`), and each process
     passes the lines of the names it does not own to their owners
     (:mod:`dsat.shards`; its links close with the ports).  A *worker* (its
-    index, 1 and up) opens the TCP listeners alone: UDP and statsd stay with
-    the orchester.  A pair's server opens them while ACTIVE and closes them
-    otherwise; :meth:`totals` keeps counting across (a closed UDP port keeps
-    what the kernel dropped on it), so the orchester's deltas never go back.
+    index, 1 and up) opens the Graphite TCP listeners alone: UDP and statsd
+    (over UDP and TCP) stay with the orchester.  A pair's server opens them
+    while ACTIVE and closes them otherwise; :meth:`totals` keeps counting
+    across (a closed UDP port keeps what the kernel dropped on it), so the
+    orchester's deltas never go back.
     """
 
     def __init__(self, reactor: Any, topo: Topology, *, host: str = "", worker: int = 0) -> None:
@@ -170,6 +171,17 @@ class Listeners:
                 percentiles=conf.statsd_percentiles,
                 rejections=orch.rejected,
             )
+            # statsd over TCP on the same address, into the same aggregator, which the UDP protocol flushes;
+            # the orchester's alone, as the UDP listeners are
+            stream = StatsdFactory(
+                aggregator.receive,
+                orch.rejected,
+                reactor,
+                max_line_length=conf.max_line,
+                producers=orch.egress.producers,
+                **limits,
+            )
+            ports.append(listen_tcp(reactor, conf.statsd, stream, reuse_port=False))
             statsd = StatsdProtocol(aggregator, orch.ingest)
             udp.append(listen_udp(reactor, conf.statsd, statsd, receive_buffer=conf.udp_buffer))
         self.udp_ports.extend(udp)

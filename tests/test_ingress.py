@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import struct
+import time
 from collections import Counter
 from typing import Any
 
@@ -16,13 +17,15 @@ from dsat.datapoint import Datapoint
 from dsat.graphite_wire import MAX_PICKLE_LENGTH
 from dsat.ingress import (
     BATCH_BYTES,
+    LineProtocol,
     PickleFactory,
     PickleProtocol,
     PlaintextDatagram,
     PlaintextFactory,
-    PlaintextProtocol,
+    StatsdFactory,
     _peer,
 )
+from dsat.statsd import StatsdAggregator
 
 NOW = 1_700_000_100.0
 TS = 1_700_000_000
@@ -50,7 +53,9 @@ def plaintext(**limits: Any) -> tuple[PlaintextFactory, Capture, Rejections]:
     return PlaintextFactory(sink, rejections, clock, **limits), sink, rejections
 
 
-def connect(factory: PlaintextFactory | PickleFactory) -> tuple[PlaintextProtocol | PickleProtocol, StringTransport]:
+def connect(
+    factory: PlaintextFactory | PickleFactory | StatsdFactory,
+) -> tuple[LineProtocol | PickleProtocol, StringTransport]:
     proto = factory.buildProtocol(PEER)
     assert proto is not None
     transport = StringTransport(peerAddress=PEER)
@@ -171,7 +176,7 @@ class DescriptorTransport(StringTransport):
         self.lost += 1
 
 
-def connect_on(factory: PlaintextFactory, number: int) -> tuple[PlaintextProtocol, DescriptorTransport]:
+def connect_on(factory: PlaintextFactory, number: int) -> tuple[LineProtocol, DescriptorTransport]:
     proto = factory.buildProtocol(PEER)
     assert proto is not None
     transport = DescriptorTransport(number)
@@ -364,3 +369,119 @@ def test_udp_a_tagged_datagram_lands_canonical_and_a_bad_tag_is_counted() -> Non
     proto.datagramReceived(b"lat;region=eu;az=b 5 1700000000\nlat;=eu 6 1700000000", ("192.0.2.7", 5000))
     assert sink.batches == [[("lat;az=b;region=eu", TS, 5.0)]]
     assert rejections == Counter({"bad_tag": 1})
+
+
+# -- statsd over TCP -------------------------------------------------------------
+
+
+def statsd_stream(**limits: Any) -> tuple[StatsdFactory, StatsdAggregator, Rejections]:
+    """A statsd TCP factory feeding a real aggregator, both counting into one Rejections, on a fixed clock."""
+    rejections, clock = Rejections("test"), Clock()
+    clock.advance(NOW)
+    aggregator = StatsdAggregator(clock, rejections=rejections)
+    return StatsdFactory(aggregator.receive, rejections, clock, **limits), aggregator, rejections
+
+
+def test_statsd_tcp_lines_split_across_chunks_reach_the_aggregator_as_a_datagrams_would() -> None:
+    """Each chunk's complete lines go to the aggregator at once; a line split across chunks is joined, bad lines are
+    counted by the aggregator's reasons against the client."""
+    factory, aggregator, rejections = statsd_stream()
+    proto, _ = connect(factory)
+    proto.dataReceived(b"hits:1|c\nlat:12|ms\nhi")
+    assert aggregator.counters == {"hits": 1.0} and aggregator.timers == {"lat": [12.0]}
+    proto.dataReceived(b"ts:2|c\nqueue:42|g\nbad:x|c\n")
+    assert aggregator.counters == {"hits": 3.0} and aggregator.gauges == {"queue": 42.0}
+    assert rejections == Counter({"bad_value": 1})
+    assert [(name, value) for name, _, value in aggregator.flush() if name.endswith(".count")] == [
+        ("stats.counters.hits.count", 3.0),
+        ("stats.timers.lat.count", 1.0),
+    ]
+
+
+def test_statsd_tcp_a_line_over_the_limit_is_counted_and_skipped_up_to_its_newline() -> None:
+    """The Graphite listeners' line limit: an endless statsd line is counted line_too_long once, the next line kept."""
+    factory, aggregator, rejections = statsd_stream(max_line_length=20)
+    proto, transport = connect(factory)
+    proto.dataReceived(b"a:1|c\n" + b"x" * 30)
+    proto.dataReceived(b"x" * 100 + b":1|c\nb:2|c\n")
+    assert aggregator.counters == {"a": 1.0, "b": 2.0}
+    assert rejections == Counter({"line_too_long": 1}) and not transport.disconnecting
+
+
+def test_statsd_tcp_connections_pause_under_backpressure_and_obey_the_connection_limit() -> None:
+    """A statsd connection is a producer of the egress's Producers (paused, not read), and past max_connections a new
+    one is refused and counted, as on the Graphite listeners."""
+    from dsat.flow import Producers
+
+    producers = Producers()
+    factory, _, rejections = statsd_stream(producers=producers, max_connections=1)
+    _, first = connect(factory)
+    producers.pause()
+    assert first.producerState == "paused"
+    producers.resume()
+    assert first.producerState == "producing"
+    _, refused = connect(factory)
+    assert refused.disconnected and not first.disconnecting and factory.connections == 1
+    assert rejections == Counter({"too_many_connections": 1})
+
+
+def test_statsd_tcp_connections_are_closed_when_the_listener_stops() -> None:
+    """Stopping the listener closes its connections: what they would send next would reach an aggregator that is no
+    longer flushed."""
+    factory, _, rejections = statsd_stream()
+    factory.doStart()
+    _, transport = connect(factory)
+    factory.doStop()
+    assert transport.disconnecting and factory.connections == 0 and not rejections
+
+
+def test_statsd_tcp_stats_client_lands_in_the_same_aggregator_as_udp() -> None:
+    """On a real reactor, the orchester's listeners take the statsd package's TCPStatsClient on the statsd port, into
+    the aggregator the UDP StatsClient feeds (one counter, summed); closing the listeners closes the client's
+    connection."""
+    from types import SimpleNamespace
+
+    import statsd
+    from twisted.internet.selectreactor import SelectReactor
+
+    from dsat.flow import Producers
+    from dsat.process import Listeners
+    from dsat.tools.stack import free_port
+    from dsat.topology import IngressConf
+
+    reactor = SelectReactor()
+    port = free_port()
+    landed: dict[str, float] = {}
+
+    def ingest(points: list[Datapoint]) -> None:
+        for name, _, value in points:
+            landed[name] = landed.get(name, 0.0) + value if name.endswith(".count") else value
+
+    orch = SimpleNamespace(ingest=ingest, rejected=Rejections("test"), egress=SimpleNamespace(producers=Producers()))
+    topo = SimpleNamespace(ingress=IngressConf(statsd=("127.0.0.1", port), statsd_flush=0.2), path=None)
+    listeners = Listeners(reactor, topo)  # type: ignore[arg-type]
+    listeners.listen(orch)  # type: ignore[arg-type]
+    tcp = statsd.TCPStatsClient("127.0.0.1", port, prefix="app", timeout=5)
+    try:
+        for _ in range(3):
+            tcp.incr("hits")
+        tcp.timing("render", 12)
+        tcp.gauge("queue", 42)
+        statsd.StatsClient("127.0.0.1", port, prefix="app").incr("hits")
+        expected = {"stats.counters.app.hits.count": 4.0, "stats.timers.app.render.mean": 12.0}
+        expected["stats.gauges.app.queue"] = 42.0
+        deadline = time.monotonic() + 4
+        while any(landed.get(name) != value for name, value in expected.items()) and time.monotonic() < deadline:
+            reactor.iterate(0.05)
+        assert {name: landed.get(name) for name in expected} == expected and not orch.rejected
+        closed = listeners.close()
+        done: list[object] = []
+        closed.addBoth(done.append)
+        while not done and time.monotonic() < deadline:
+            reactor.iterate(0.05)
+        assert done == [[None, None]]
+        assert tcp._sock is not None and tcp._sock.recv(1) == b""  # the listener closed the client's connection
+    finally:
+        tcp.close()
+        reactor.removeAll()
+        reactor.waker.connectionLost(None)

@@ -24,7 +24,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from dsat.counters import Rejections
 from dsat.datapoint import Datapoint
 from dsat.flow import Producers
-from dsat.ingress import PickleFactory, PlaintextFactory, PlaintextProtocol
+from dsat.ingress import LineProtocol, PickleFactory, PlaintextFactory
 from dsat.shards import (
     MAX_FRAME,
     Shards,
@@ -313,7 +313,7 @@ def _connected(make: Any) -> tuple[Any, list[list[Datapoint]], FakeLink, Clock]:
 def test_a_connection_passes_other_owners_lines_and_parses_its_own() -> None:
     mine, theirs = _two_owners()
     proto, batches, link, clock = _connected(PlaintextFactory)
-    assert isinstance(proto, PlaintextProtocol)
+    assert isinstance(proto, LineProtocol)
     data = b"".join(line + b"\n" for line in [*mine, *theirs])
     proto.dataReceived(data[:-4])  # the last line unfinished: kept for the next chunk
     proto.dataReceived(data[-4:])

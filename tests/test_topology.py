@@ -645,6 +645,30 @@ def test_an_ingress_port_in_use_is_reported(tmp_path: Path) -> None:
     assert "ingress.plaintext: cannot listen on 127.0.0.1:" in str(error.value)
 
 
+def test_the_statsd_port_must_be_free_on_tcp_too_and_no_two_listeners_share_a_port(tmp_path: Path) -> None:
+    """statsd listens on UDP and TCP: a TCP listener on its port is a problem, and so is another [ingress] TCP
+    listener given the same port (it was allowed when statsd was UDP alone)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        text = f'[dsat]\nrun_dir = "{tmp_path}"\n[spool]\npath = ""\n[ingress]\nstatsd = "127.0.0.1:{port}"\n'
+        text += '[carbon]\ndestinations = ["127.0.0.1:2004"]\n'
+        with pytest.raises(ConfigError) as error:
+            preflight.check(topology.loads(text, path=tmp_path / "t.toml", registry=REGISTRY), machine=True)
+    assert [problem.split(" (")[0] for problem in error.value.problems] == [
+        f"t.toml: ingress.statsd: cannot listen on 127.0.0.1:{port}"
+    ]
+    assert "(TCP: " in error.value.problems[0]
+    text = text.replace("[ingress]\n", f'[ingress]\nplaintext = "127.0.0.1:{port}"\n')
+    with pytest.raises(ConfigError) as error:
+        preflight.check(topology.loads(text, path=tmp_path / "t.toml", registry=REGISTRY), machine=True)
+    assert error.value.problems == [
+        f"t.toml: ingress.statsd: 127.0.0.1:{port} is also ingress.plaintext's TCP port;"
+        " give each listener its own port"
+    ]
+
+
 # -- hosts ---------------------------------------------------------------------
 
 

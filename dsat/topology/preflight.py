@@ -8,7 +8,8 @@ in two stages: the files the topology names (the rule files parse, the TLS
 certificate and key load and belong together) and the ``--host`` asked for;
 then, with *machine*, this machine itself (``run_dir`` and the spool's
 folder writable, this host's CURVE key files, every tcp port and ingress
-listener free).
+listener free: statsd's port on UDP and on TCP, and no two listeners on
+one port).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from dsat.rules import load_rules
 from dsat.tls import server_options
 from dsat.topology.model import Topology
 from dsat.topology.schema import _Problems, _suggest
+
+#: Interfaces that take a port on every address: a listener there shares its port with one on any other.
+_ANY_INTERFACE = frozenset(("0.0.0.0", "::", ""))
 
 
 def check(topo: Topology, *, host: str | None = None, machine: bool = False) -> None:
@@ -108,21 +112,37 @@ def _environment(problems: _Problems, topo: Topology, host: str | None) -> None:
     if host is not None and "orchester" not in topo.steps_on(host):
         return
     ingress = topo.ingress
+    taken: dict[tuple[int, int], list[tuple[str, str]]] = {}  # (socket kind, port) -> [(key, interface)]
     for key, listener, kind in (
         ("ingress.plaintext", ingress.plaintext, socket.SOCK_STREAM),
         ("ingress.plaintext_tls", ingress.plaintext_tls, socket.SOCK_STREAM),
         ("ingress.plaintext_udp", ingress.plaintext_udp, socket.SOCK_DGRAM),
         ("ingress.pickle", ingress.pickle, socket.SOCK_STREAM),
         ("ingress.statsd", ingress.statsd, socket.SOCK_DGRAM),
+        ("ingress.statsd", ingress.statsd, socket.SOCK_STREAM),  # statsd listens on TCP too, on the same port
     ):
         if listener is None:
             continue
         interface, number = listener
+        protocol = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+        sharing = [
+            other
+            for other, where in taken.get((kind, number), [])
+            if where == interface or {where, interface} & _ANY_INTERFACE
+        ]
+        taken.setdefault((kind, number), []).append((key, interface))
+        if sharing:
+            problems.add(
+                key, f"{interface}:{number} is also {sharing[0]}'s {protocol} port; give each listener its own port"
+            )
+            continue
         with socket.socket(socket.AF_INET6 if ":" in interface else socket.AF_INET, kind) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Twisted listens
             try:
                 sock.bind((interface, number))
             except OSError as exc:
                 problems.add(
-                    key, f"cannot listen on {interface}:{number} ({exc.strerror}); stop what uses it or pick another"
+                    key,
+                    f"cannot listen on {interface}:{number} ({protocol}: {exc.strerror}); "
+                    "stop what uses it or pick another",
                 )
