@@ -57,7 +57,6 @@ _UNICODE_WHITESPACE_UTF8 = re.compile(b"|".join(re.escape(space.encode()) for sp
 #: Every byte but those that may separate fields: ASCII whitespace, the information separators,
 #: and the bytes over 0x7f (those of a Unicode whitespace among them).
 _NOT_SEPARATOR = bytes(set(range(128)) - set(_ASCII_WHITESPACE) - set(b"\x1c\x1d\x1e\x1f"))
-_ASCII = bytes(range(128))
 _OVER_ASCII = bytes(range(128, 256))
 
 
@@ -136,7 +135,9 @@ def parse_plaintext(
 
     Lines end with ``\\n``; what follows the last one is returned as the
     remainder, for the caller to prepend to the next buffer.  Fields are
-    separated by ASCII whitespace (so ``\\r\\n`` endings work); value and
+    separated by whatever carbon's ``str.split()`` splits on: ASCII
+    whitespace (so ``\\r\\n`` endings work), ``\\x1c``-``\\x1f`` and, in a UTF-8
+    line, Unicode's whitespace (U+00A0, U+3000...); value and
     timestamp are read with ``float()`` as carbon does, and a timestamp in
     ``(-2, -1]`` (carbon: ``int(ts) == -1``) means *now*.  Rejected lines are
     counted by reason: ``line_too_long`` (over *max_line_length* bytes),
