@@ -4,13 +4,17 @@ topology, and its datapoint lands in Whisper exactly, its batch tracked to a hap
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import whisper
+import zmq
 
+from dsat.envelope import Envelope, decode
 from dsat.tools.stack import free_port
 from dsat.topology import load
 from tests.harness import ROOT, Carbon, Processes, apt_install, status, topology, wait_for
@@ -94,6 +98,40 @@ def test_a_c_program_sends_a_tracked_datapoint_that_lands_exactly_in_whisper(
     tasks = snap["tasks"]
     assert (tasks["happy_end"], tasks["in_flight"], tasks["error"], tasks["bad_events"]) == (1, 0, 0, 0), tasks
     assert snap["steps"]["cprobe"]["batches_sent"] == 1 and snap["steps"]["orchester"]["batches_ended"] == 1
+
+
+def test_the_producer_frames_are_the_batch_and_the_emitters_send_event(producer: Path, short_tmp: Path) -> None:
+    """What the producer sends decodes with dsat.envelope to exactly the tracked batch a satellite would send
+    (a version-4 UUID as task_id, its host and pid, next = orchester), and to its SEND event: one leg to the
+    orchester, one point, the same ids."""
+    context = zmq.Context()
+    orchester, tracker = context.socket(zmq.PULL), context.socket(zmq.PULL)
+    try:
+        for sock, name in ((orchester, "orchester"), (tracker, "events")):
+            sock.bind(f"ipc://{short_tmp}/{name}")
+            sock.setsockopt(zmq.RCVTIMEO, 10_000)
+        args = [f"ipc://{short_tmp}/orchester", "cprobe.t;room=lab", "0.1", "1700000000", f"ipc://{short_tmp}/events"]
+        done = subprocess.run([str(producer), *args], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        batch, event = decode(orchester.recv()), decode(tracker.recv())
+    finally:
+        orchester.close(linger=0)
+        tracker.close(linger=0)
+        context.term()
+    assert uuid.UUID(batch.task_id).version == 4 and batch.task_id == uuid.UUID(batch.task_id).hex
+    assert isinstance(batch.pid, int) and batch.pid > 0
+    ids = {"type": "gauge", "emitter": "cprobe", "task_id": batch.task_id, "seq": 1, "where": socket.gethostname()}
+    assert batch == Envelope(
+        **ids, step="cprobe", pid=batch.pid, next=("orchester",), points=(("cprobe.t;room=lab", 1700000000, 0.1),)
+    )
+    assert event == Envelope(
+        **ids,
+        step="cprobe",
+        pid=batch.pid,
+        channel="event",
+        event="SEND",
+        meta={"legs": 1, "to": "orchester", "points": 1},
+    )
 
 
 def test_the_producer_gives_up_saying_where_when_nothing_listens(producer: Path, short_tmp: Path) -> None:
