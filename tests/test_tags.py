@@ -1,4 +1,5 @@
-"""End to end: Graphite 1.1 tagged series from plaintext, pickle and statsd clients to seriesByTag in graphite-web.
+"""End to end: Graphite 1.1 tagged series from plaintext, pickle, statsd and DogStatsD clients to seriesByTag in
+graphite-web.
 
 One ``dsat demo`` stack (real carbon-cache with ``ENABLE_TAGS``, Whisper,
 graphite-web with its TagDB, over real sockets and HTTP) takes tagged
@@ -20,6 +21,7 @@ import urllib.request
 
 import pytest
 from carbon.util import TaggedSeries
+from datadog.dogstatsd import DogStatsd
 
 from dsat import topology
 from tests.harness import render, wait_for
@@ -60,7 +62,21 @@ def sent(demo):
         client.sendall(struct.pack("!L", len(body)) + body)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.sendto(b"tags.e2e.hits:5|c|#host:web03,dc:eu", conf.statsd)
-    return demo
+    # the Datadog client as an application in a container runs it: its container ID (|c:) and cardinality on
+    # every line, a histogram, a distribution with a bare tag, a gauge at its own timestamp (|T)
+    dogstatsd = DogStatsd(
+        host=conf.statsd[0],
+        port=conf.statsd[1],
+        container_id="abc123",
+        cardinality="low",
+        disable_telemetry=True,
+        socket_timeout=None,
+    )
+    dogstatsd.histogram("tags.e2e.latency", 250, tags=["host:web04", "dc:eu"])
+    dogstatsd.distribution("tags.e2e.size", 512, tags=["host:web05", "dc:eu", "production"])
+    dogstatsd.gauge_with_timestamp("tags.e2e.temp", 21.5, now, tags=["host:web06", "dc:eu"])
+    dogstatsd.close_socket()
+    return {**demo, "now": now}
 
 
 def test_tagged_datapoints_from_every_client_render_by_tag(sent) -> None:
@@ -79,6 +95,25 @@ def test_tagged_datapoints_from_every_client_render_by_tag(sent) -> None:
     assert wait_for(lambda: found() == expected, 60, "the three tagged series by tag", detail=found)
     one = series_values(url, "seriesByTag('name=tags.e2e.plain','host=web01')")
     assert one == {"tags.e2e.plain;dc=eu;host=web01": [42.0]}
+
+
+def test_dogstatsd_as_its_client_sends_it_renders_by_tag(sent) -> None:
+    """The datadog client's histogram and distribution land as timers, its |T gauge at its own timestamp, the
+    container ID ignored and the bare tag dropped: seriesByTag finds each under its canonical name."""
+    url = sent["url"]
+    expected = {
+        "stats.timers.tags.e2e.latency.upper;dc=eu;host=web04": [250.0],
+        "stats.timers.tags.e2e.size.upper;dc=eu;host=web05": [512.0],
+        "stats.gauges.tags.e2e.temp;dc=eu;host=web06": [21.5],
+    }
+    target = "seriesByTag('dc=eu','name=~^stats\\.(timers|gauges)\\.tags\\.e2e\\.(latency\\.upper|size\\.upper|temp)$')"
+
+    def found() -> dict[str, list[float]]:
+        return {name: values for name, values in series_values(url, target).items() if values}
+
+    assert wait_for(lambda: found() == expected, 60, "the DogStatsD series by tag", detail=found)
+    temp = render(url, "seriesByTag('name=stats.gauges.tags.e2e.temp')")
+    assert [ts for value, ts in temp[0]["datapoints"] if value is not None] == [sent["now"]]
 
 
 def test_graphite_web_lists_the_tag_keys(sent) -> None:
