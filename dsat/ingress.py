@@ -252,13 +252,14 @@ class IngressFactory(ServerFactory[_Connection]):
 
 @implementer(IPushProducer)
 class LineProtocol(PausesTransport, Protocol):
-    """One TCP connection sending ``\n``-ended lines (carbon's plaintext, statsd); its complete lines go to the factory.
+    """One TCP connection sending lines (carbon's plaintext, statsd); its complete lines go to the factory.
 
-    Each chunk's complete lines go to :meth:`LineFactory.take` together; the
-    unfinished last line is kept for the next chunk.  When it grows past
-    the line limit it is counted ``line_too_long`` and skipped up to its
-    newline, so the connection buffers at most one line.  As a push producer
-    it pauses by no longer reading its socket.
+    Lines end with ``\\n``.  Each chunk's complete lines go to
+    :meth:`LineFactory.take` together; the unfinished last line is kept for
+    the next chunk.  When it grows past the line limit it is counted
+    ``line_too_long`` and skipped up to its newline, so the connection
+    buffers at most one line.  As a push producer it pauses by no longer
+    reading its socket.
     """
 
     factory: LineFactory
@@ -409,7 +410,7 @@ class PlaintextFactory(LineFactory):
 class StatsdFactory(LineFactory):
     """statsd's lines over TCP, for ``reactor.listenTCP(8125, factory, interface=...)`` beside the UDP listener.
 
-    As etsy statsd's ``tcp`` server reads them: ``\n``-ended lines, each
+    As etsy statsd's ``tcp`` server reads them: ``\\n``-ended lines, each
     chunk's complete ones handed as one packet to *receive*, the
     :meth:`dsat.statsd.StatsdAggregator.receive` the UDP listener feeds (it
     parses, aggregates and counts what it refuses); that listener's
