@@ -63,6 +63,22 @@ _OVER_ASCII = bytes(range(128, 256))
 # -- encoding ------------------------------------------------------------------
 
 
+#: The line breaks ``str.splitlines()`` knows besides ``\n``, as bytes and UTF-8 (``\r\n`` as one break).
+_OTHER_LINE_BREAKS = re.compile(rb"\r\n?|[\x0b\x0c\x1c\x1d\x1e]|\xc2\x85|\xe2\x80[\xa8\xa9]")
+
+
+def datagram_lines(datagram: bytes) -> bytes:
+    r"""A UDP packet's lines, each ending in ``\n``, cut where carbon's ``MetricDatagramReceiver`` cuts them.
+
+    Carbon decodes the packet and cuts it with ``str.splitlines()``: besides ``\n``, at ``\r`` (``\r\n``
+    once), ``\x0b``, ``\x0c``, ``\x1c`` to ``\x1e``, U+0085, U+2028 and U+2029; its last line needs no
+    newline.
+    """
+    if _OTHER_LINE_BREAKS.search(datagram) is not None:
+        datagram = _OTHER_LINE_BREAKS.sub(b"\n", datagram)
+    return datagram if datagram.endswith(b"\n") else datagram + b"\n"
+
+
 def encode_pickle(points: Sequence[Datapoint]) -> bytes:
     """Encode points as carbon pickle messages of at most POINTS_PER_MESSAGE each."""
     out = []

@@ -44,7 +44,7 @@ from zope.interface import implementer
 from dsat.counters import Rejections
 from dsat.datapoint import Datapoint, Validator
 from dsat.flow import PausesTransport, Producers
-from dsat.graphite_wire import MAX_PICKLE_LENGTH, parse_pickle, parse_plain, parse_plaintext
+from dsat.graphite_wire import MAX_PICKLE_LENGTH, datagram_lines, parse_pickle, parse_plain, parse_plaintext
 from dsat.schedule import Repeat
 from dsat.shards import Shards
 from dsat.topology import IngressConf
@@ -465,10 +465,11 @@ class PlaintextDatagram(DatagramProtocol):
         self.validator = Validator()
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        if not datagram.endswith(b"\n"):
-            datagram += b"\n"
         points, rejected, _ = parse_plaintext(
-            datagram, self.clock.seconds(), max_line_length=self.max_line_length, validator=self.validator
+            datagram_lines(datagram),
+            self.clock.seconds(),
+            max_line_length=self.max_line_length,
+            validator=self.validator,
         )
         if points:
             self.sink(points)

@@ -20,6 +20,7 @@ from dsat.graphite_wire import (
     ENCODERS,
     POINTS_PER_MESSAGE,
     _parse_each,
+    datagram_lines,
     decode,
     encode_pickle,
     encode_plaintext,
@@ -259,6 +260,36 @@ def test_lines_are_split_as_carbons_own_receiver_splits_them() -> None:
     batch = whitespace_lines()
     points, rejected, _ = parse_plaintext(b"\n".join(batch) + b"\n", NOW)
     assert points == expected and rejected == Counter({"invalid_line": refused})
+
+
+def carbon_reads_datagram(packet: bytes) -> list[tuple[str, tuple[float, float]]]:
+    """What carbon-cache 1.1's own MetricDatagramReceiver hands on for one UDP *packet*."""
+    from carbon.protocols import MetricDatagramReceiver
+
+    class Receiver(MetricDatagramReceiver):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.received: list[tuple[str, tuple[float, float]]] = []
+
+        def metricReceived(self, metric: str, datapoint: tuple[float, float]) -> None:  # noqa: N802
+            self.received.append((metric, datapoint))
+
+    receiver = Receiver()
+    receiver.datagramReceived(packet, ("127.0.0.1", 2003))
+    return receiver.received
+
+
+def test_a_udp_packet_is_cut_into_lines_as_carbons_datagram_receiver_cuts_it() -> None:
+    """Every line break str.splitlines() knows, between two lines of a packet, with and without a last newline:
+    carbon's MetricDatagramReceiver and DSAT's datagram_lines then parser hand on the same datapoints."""
+    breaks = ["\n", "\r\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+    splits = {ch for ch in map(chr, range(sys.maxunicode + 1)) if len(f"a{ch}b".splitlines()) == 2}
+    assert {brk for brk in breaks if len(brk) == 1} == splits
+    for brk in breaks:
+        for end in ("", brk):
+            packet = f"a.b 1 {TS}{brk}c.d 2 {TS}{end}".encode()
+            carbon = [(clean_path(metric), stamp, value) for metric, (stamp, value) in carbon_reads_datagram(packet)]
+            points, rejected, _ = parse_plaintext(datagram_lines(packet), NOW)
+            assert points == carbon == [("a.b", TS, 1.0), ("c.d", TS, 2.0)] and not rejected, packet
 
 
 def test_a_line_that_is_not_utf8_is_refused_alone() -> None:
