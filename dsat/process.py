@@ -50,13 +50,13 @@ from dsat.satellite import SatelliteRuntime
 from dsat.schedule import ClockWatch
 from dsat.shards import Shards
 from dsat.spool import Spool
-from dsat.statsd import StatsdAggregator, StatsdProtocol
+from dsat.statsd import StatsdAggregator, StatsdFeed, StatsdProtocol
 from dsat.supervisor import Supervisor
 from dsat.tls import server_options
 from dsat.topology import Server, Topology, preflight
 from dsat.tracker import TrackerService
 from dsat.transport import PairSender, Sender, ZmqReceiver, ZmqSender, start_zap
-from dsat.udp import CountingPort, listen_udp
+from dsat.udp import CountingPort, listen_udp, listen_unix_datagram
 from dsat.watchdog import Watchdog
 from dsat.workers import Discard, ParentLink, Workers, adopt_stranded, listen_tcp, worker_name, worker_spool
 
@@ -184,6 +184,8 @@ class Listeners:
             ports.append(listen_tcp(reactor, conf.statsd, stream, reuse_port=False))
             statsd = StatsdProtocol(aggregator, orch.ingest)
             udp.append(listen_udp(reactor, conf.statsd, statsd, receive_buffer=conf.udp_buffer))
+            if conf.statsd_socket is not None:  # DogStatsD's Unix datagram socket, into the same aggregator
+                ports.append(listen_unix_datagram(reactor, str(conf.statsd_socket), StatsdFeed(aggregator)))
         self.udp_ports.extend(udp)
         ports.extend(udp)
 

@@ -397,7 +397,19 @@ class StatsdAggregator:
         return self._validator.keep(points, self.rejections)
 
 
-class StatsdProtocol(DatagramProtocol):
+class StatsdFeed(DatagramProtocol):
+    """statsd datagrams into *aggregator*, which another listener flushes (the Unix socket beside the UDP port)."""
+
+    def __init__(self, aggregator: StatsdAggregator) -> None:
+        self.aggregator = aggregator
+
+    def datagramReceived(self, datagram: bytes, addr: tuple[str, int] | str | None) -> None:
+        """One datagram: from a UDP ``(host, port)``, or a Unix datagram socket's peer (a path, often unbound)."""
+        source = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else (addr or "unix")
+        self.aggregator.receive(datagram, source)
+
+
+class StatsdProtocol(StatsdFeed):
     """statsd over UDP: feeds the aggregator and hands each flush to *sink* as one batch.
 
     Give it to ``reactor.listenUDP(8125, protocol, interface="127.0.0.1")``.
@@ -409,7 +421,7 @@ class StatsdProtocol(DatagramProtocol):
     """
 
     def __init__(self, aggregator: StatsdAggregator, sink: Sink) -> None:
-        self.aggregator = aggregator
+        super().__init__(aggregator)
         self.sink = sink
         self._flushes = SlotSchedule(aggregator.clock, aggregator.flush_interval, self.flush, name="statsd")
 
@@ -419,11 +431,6 @@ class StatsdProtocol(DatagramProtocol):
     def stopProtocol(self) -> None:
         self._flushes.stop()
         self.flush(self._flushes.next_time())
-
-    def datagramReceived(self, datagram: bytes, addr: tuple[str, int] | str | None) -> None:
-        """One datagram: from a UDP ``(host, port)``, or a Unix datagram socket's peer (a path, often unbound)."""
-        source = f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else (addr or "unix")
-        self.aggregator.receive(datagram, source)
 
     def flush(self, at: float | None = None) -> None:
         points = self.aggregator.flush(at)

@@ -13,7 +13,9 @@ orchester reports as ``self.orchester.udp.dropped``.
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 import struct
 import sys
 from typing import Any
@@ -94,3 +96,23 @@ def listen_udp(
             asked=receive_buffer,
         )
     return port
+
+
+def unix_socket_in_use(path: str) -> bool:
+    """Whether a process receives on the Unix datagram socket at *path* (a socket file left by a process that
+    died is not in use: connecting to it is refused)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def listen_unix_datagram(reactor: Any, path: str, protocol: DatagramProtocol) -> Any:
+    """Receive datagrams on a Unix socket at *path*, writable by every user (as the Datadog agent's socket is:
+    clients in other containers or users send to it); a socket file no process receives on is replaced."""
+    if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode) and not unix_socket_in_use(path):
+        os.unlink(path)
+        log.info("{path}: a socket no process received on, replaced", path=path)
+    return reactor.listenUNIXDatagram(path, protocol, mode=0o622)

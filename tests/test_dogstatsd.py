@@ -227,3 +227,57 @@ def test_every_method_of_the_datadog_client_lands(
     assert points[("stats.gauges.dd.tsgauge;app=web;env=prod", 1_600_000_000)] == 7.0
     assert points[("stats.counters.dd.tscount.count;app=web", 1_600_000_000)] == 3.0
     assert len(points) == 1 + 2 * 2 + 4 * TIMER_STATS + 1 + 2
+
+
+def test_the_orchester_receives_dogstatsd_on_its_unix_socket_into_the_statsd_aggregator(tmp_path: Path) -> None:
+    """[ingress] statsd_socket: on a real reactor, the orchester's listeners take the datadog client's
+    socket_path datagrams into the aggregator the UDP port feeds (one counter, summed across both); the socket
+    is writable by every user; after the listeners close, listening again on the path takes over the file."""
+    import stat
+    import time
+    from types import SimpleNamespace
+
+    from twisted.internet.selectreactor import SelectReactor
+
+    from dsat.flow import Producers
+    from dsat.process import Listeners
+    from dsat.tools.stack import free_port
+    from dsat.topology import IngressConf
+
+    reactor = SelectReactor()
+    port, path = free_port(), tmp_path / "dsd.socket"
+    landed: dict[str, float] = {}
+
+    def ingest(points: list[Datapoint]) -> None:
+        for name, _, value in points:
+            landed[name] = landed.get(name, 0.0) + value
+
+    orch = SimpleNamespace(ingest=ingest, rejected=Rejections("test"), egress=SimpleNamespace(producers=Producers()))
+    conf = IngressConf(statsd=("127.0.0.1", port), statsd_socket=path, statsd_flush=0.2)
+    listeners = Listeners(reactor, SimpleNamespace(ingress=conf, path=None))  # type: ignore[arg-type]
+    try:
+        for attempt in range(2):  # the second time, the socket file the first listeners left is taken over
+            landed.clear()
+            listeners.listen(orch)  # type: ignore[arg-type]
+            assert stat.S_IMODE(path.stat().st_mode) & 0o022 == 0o022
+            unix = DogStatsd(socket_path=str(path), origin_detection_enabled=False, disable_telemetry=True)
+            unix.increment("hits", 2, tags=["env:prod"])
+            unix.histogram("size", 512, tags=["env:prod"])
+            unix.close_socket()
+            udp = DogStatsd(host="127.0.0.1", port=port, origin_detection_enabled=False, disable_telemetry=True)
+            udp.increment("hits", 1, tags=["env:prod"])
+            udp.close_socket()
+            expected = {"stats.counters.hits.count;env=prod": 3.0, "stats.timers.size.upper;env=prod": 512.0}
+            deadline = time.monotonic() + 4
+            while any(landed.get(name) != value for name, value in expected.items()) and time.monotonic() < deadline:
+                reactor.iterate(0.05)
+            assert {name: landed.get(name) for name in expected} == expected, attempt
+            assert not orch.rejected
+            closed: list[object] = []
+            listeners.close().addBoth(closed.append)
+            while not closed and time.monotonic() < deadline:
+                reactor.iterate(0.05)
+            assert closed, "the listeners did not close"
+    finally:
+        reactor.removeAll()
+        reactor.waker.connectionLost(None)

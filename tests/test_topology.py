@@ -11,6 +11,7 @@ import pytest
 import dsat
 from dsat import breaker, fsm, topology
 from dsat.errors import ConfigError
+from dsat.tools.stack import free_port
 from dsat.topology import CarbonConf, Link, OrchesterConf, Step, TrackerConf, preflight, schema, tables
 from tests.harness import BASE, MULTI, PAIR, PATH, REGISTRY, load, only_problem, problems
 
@@ -667,6 +668,47 @@ def test_the_statsd_port_must_be_free_on_tcp_too_and_no_two_listeners_share_a_po
         f"t.toml: ingress.statsd: 127.0.0.1:{port} is also ingress.plaintext's TCP port;"
         " give each listener its own port"
     ]
+
+
+def test_the_dogstatsd_socket_needs_statsd_a_short_path_and_a_free_one(tmp_path: Path) -> None:
+    """[ingress] statsd_socket: beside the topology when relative; refused without statsd (whose aggregator it
+    feeds) or over a Unix socket path's length; this machine: not a plain file, not a socket a process receives on,
+    and a socket file nobody receives on is fine (the orchester takes it over)."""
+    base = '[carbon]\ndestinations = ["127.0.0.1:2004"]\n[spool]\npath = ""\n'
+    topo = topology.loads(
+        base + '[ingress]\nstatsd = "127.0.0.1:8125"\nstatsd_socket = "run/dsd.socket"\n',
+        path=tmp_path / "t.toml",
+        registry=REGISTRY,
+    )
+    assert topo.ingress.statsd_socket == tmp_path / "run" / "dsd.socket"
+    with pytest.raises(ConfigError) as error:
+        topology.loads(base + '[ingress]\nstatsd_socket = "/tmp/dsd.socket"\n', path=tmp_path / "t.toml")
+    assert [p.split(": ", 2)[1] for p in error.value.problems] == ["ingress.statsd_socket"]
+    assert "needs statsd" in error.value.problems[0]
+    with pytest.raises(ConfigError) as error:
+        long_path = "/tmp/" + "d" * 120 + ".socket"
+        text = base + f'[ingress]\nstatsd = "127.0.0.1:8125"\nstatsd_socket = "{long_path}"\n'
+        topology.loads(text, path=tmp_path / "t.toml")
+    assert "longer than a Unix socket path may be" in error.value.problems[0]
+
+    path = tmp_path / "s.sock"
+    statsd = f"127.0.0.1:{free_port()}"
+    text = f'[dsat]\nrun_dir = "{tmp_path}"\n{base}[ingress]\nstatsd = "{statsd}"\nstatsd_socket = "{path}"\n'
+
+    def machine() -> list[str]:
+        try:
+            preflight.check(topology.loads(text, path=tmp_path / "t.toml"), machine=True)
+        except ConfigError as exc:
+            return [problem.split(": ", 2)[2] for problem in exc.problems]
+        return []
+
+    path.write_text("")
+    assert machine() == [f"{path} is a file, not a socket; remove it or pick another path"]
+    path.unlink()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as live:
+        live.bind(str(path))
+        assert machine() == [f"{path}: a process receives on it; stop it or pick another path"]
+    assert path.exists() and machine() == []  # left behind by a process gone: taken over
 
 
 # -- hosts ---------------------------------------------------------------------

@@ -141,6 +141,9 @@ class IngressConf:
     plaintext_udp: tuple[str, int] | None = None
     pickle: tuple[str, int] | None = None
     statsd: tuple[str, int] | None = None
+    #: DogStatsD over a Unix datagram socket at this path too (the Datadog client's ``socket_path``), into the
+    #: same aggregator as ``statsd``; None: none.
+    statsd_socket: Path | None = None
     statsd_flush: float = 10.0
     statsd_prefix: str = "stats"
     statsd_percentiles: tuple[float, ...] = (90.0,)

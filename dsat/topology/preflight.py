@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
+from pathlib import Path
 
 from dsat.errors import ConfigError
 from dsat.keys import problems_for
@@ -23,6 +25,7 @@ from dsat.rules import load_rules
 from dsat.tls import server_options
 from dsat.topology.model import Topology
 from dsat.topology.schema import _Problems, _suggest
+from dsat.udp import unix_socket_in_use
 
 #: Interfaces that take a port on every address: a listener there shares its port with one on any other.
 _ANY_INTERFACE = frozenset(("0.0.0.0", "::", ""))
@@ -146,3 +149,21 @@ def _environment(problems: _Problems, topo: Topology, host: str | None) -> None:
                     f"cannot listen on {interface}:{number} ({protocol}: {exc.strerror}); "
                     "stop what uses it or pick another",
                 )
+    _statsd_socket(problems, ingress.statsd_socket)
+
+
+def _statsd_socket(problems: _Problems, path: Path | None) -> None:
+    """DogStatsD's Unix socket: its folder can take it, and no file or receiving process holds its path."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problems.add("ingress.statsd_socket", f"cannot make {path.parent} ({exc.strerror}); pick another path")
+        return
+    if not os.access(path.parent, os.W_OK):
+        problems.add("ingress.statsd_socket", f"{path.parent} is not writable by this user; pick another path")
+    elif path.exists() and not stat.S_ISSOCK(path.stat().st_mode):
+        problems.add("ingress.statsd_socket", f"{path} is a file, not a socket; remove it or pick another path")
+    elif path.exists() and unix_socket_in_use(str(path)):
+        problems.add("ingress.statsd_socket", f"{path}: a process receives on it; stop it or pick another path")

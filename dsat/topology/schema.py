@@ -152,6 +152,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
         "plaintext_udp": ((str,), 'plaintext_udp = "127.0.0.1:2003"'),
         "pickle": ((str,), 'pickle = "127.0.0.1:2004"'),
         "statsd": ((str,), 'statsd = "127.0.0.1:8125"'),
+        "statsd_socket": ((str,), 'statsd_socket = "/var/run/datadog/dsd.socket"'),
         "statsd_flush": (_DURATION_TYPES, 'statsd_flush = "10s"'),
         "statsd_prefix": ((str,), 'statsd_prefix = "stats"'),
         "statsd_percentiles": ((list,), "statsd_percentiles = [90, 99]"),

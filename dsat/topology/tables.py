@@ -23,6 +23,7 @@ from dsat.spool import POLICIES, SYNC_MODES
 from dsat.topology.model import (
     _NAME,
     DEFAULT_WATCHDOG,
+    MAX_IPC_PATH,
     PROTOCOLS,
     RESERVED,
     SATELLITE_PORTS_FROM,
@@ -313,6 +314,14 @@ def _ingress(problems: _Problems, raw: Any, path: Path) -> IngressConf:
         tls_files[key] = _beside(path, ing[key]) if ing.get(key) else None
         if not ing.get(key) and listeners["plaintext_tls"]:
             problems.add(f"ingress.{key}", f'plaintext_tls needs it: the PEM file, e.g. {key} = "tls/{key[4:]}.pem"')
+    statsd_socket = _beside(path, ing["statsd_socket"]) if ing.get("statsd_socket") else None
+    if statsd_socket is not None and not listeners["statsd"]:
+        problems.add(
+            "ingress.statsd_socket",
+            'needs statsd, the address whose aggregator it feeds and flushes: e.g. statsd = "127.0.0.1:8125"',
+        )
+    if statsd_socket is not None and len(str(statsd_socket).encode()) > MAX_IPC_PATH:
+        problems.add("ingress.statsd_socket", f"{statsd_socket} is longer than a Unix socket path may be; shorten it")
     if ing.get("max_connections", 1) < 1:
         problems.add("ingress.max_connections", f"{ing['max_connections']} holds nothing; set it to at least 1")
     conf = _build(
@@ -322,6 +331,7 @@ def _ingress(problems: _Problems, raw: Any, path: Path) -> IngressConf:
         IngressConf,
         **listeners,
         **tls_files,
+        statsd_socket=statsd_socket,
         statsd_percentiles=tuple(float(p) for p in percentiles),
         workers=_worker_count(problems, ing.get("workers", IngressConf.workers)),
     )
