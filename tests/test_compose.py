@@ -317,13 +317,15 @@ def test_no_service_says_it_cannot_write_twisteds_plugin_cache(stack: dict[str, 
 
 
 def test_ports_are_published_on_the_interface_asked_for(stack: dict[str, Any]) -> None:
-    """Unless asked, graphite-web and the ingress ports are published on the host's loopback only."""
+    """Unless asked, graphite-web and the ingress ports are published on the host's loopback only (plaintext and
+    statsd each on UDP and TCP)."""
     names, podman = stack["containers"], stack["engine"]
     published = podman.run("podman", "port", names["orchester"]) + podman.run("podman", "port", names["graphite-web"])
     lines = published.split("\n")
     mapped = sorted(line.split(" -> ")[1] for line in lines if " -> " in line)
     env = stack["env"]
-    want = [env["DSAT_PLAINTEXT_PORT"], env["DSAT_PLAINTEXT_PORT"], env["DSAT_PICKLE_PORT"], env["DSAT_STATSD_PORT"]]
+    want = [env["DSAT_PLAINTEXT_PORT"], env["DSAT_PICKLE_PORT"], env["DSAT_STATSD_PORT"]]
+    want += [env["DSAT_PLAINTEXT_PORT"], env["DSAT_STATSD_PORT"]]  # the UDP twins
     assert mapped == sorted(f"127.0.0.1:{port}" for port in [*want, env["DSAT_HTTP_PORT"]]), published
 
 
@@ -351,19 +353,23 @@ def test_the_images_are_small_and_hold_no_build_tools(stack: dict[str, Any]) -> 
 
 
 def test_metrics_sent_from_the_host_reach_graphite_web(stack: dict[str, Any]) -> None:
-    """A Graphite plaintext line (TCP) and statsd counters (UDP) sent to the published ports are rendered."""
+    """A Graphite plaintext line (TCP) and statsd counters (UDP, and TCP) sent to the published ports are rendered."""
     now = int(time.time())
     with socket.create_connection(stack["plaintext"], timeout=10) as client:
         client.sendall(f"compose.plaintext.requests 42 {now}\n".encode())
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         # one packet, so one flush interval counts all three
         udp.sendto(b"compose.statsd.hits:5|c\n" * 3 + b"compose.statsd.latency:12|ms", stack["statsd"])
+    with socket.create_connection(stack["statsd"], timeout=10) as client:
+        client.sendall(b"compose.statsd.tcp:7|c\n")
     url = stack["url"]
     plaintext = wait_for(lambda: non_null(url, "compose.plaintext.requests"), 90, "the plaintext point in graphite-web")
     assert plaintext["compose.plaintext.requests"] == [42.0]
     counted = wait_for(lambda: non_null(url, "stats.counters.compose.statsd.hits.count"), 90, "the statsd counter")
     assert sum(counted["stats.counters.compose.statsd.hits.count"]) == 15.0
     assert wait_for(lambda: non_null(url, "stats.timers.compose.statsd.latency.upper"), 30, "the statsd timer")
+    over_tcp = wait_for(lambda: non_null(url, "stats.counters.compose.statsd.tcp.count"), 30, "the statsd TCP counter")
+    assert sum(over_tcp["stats.counters.compose.statsd.tcp.count"]) == 7.0
 
 
 def test_the_readmes_shell_example_reaches_graphite_web(stack: dict[str, Any]) -> None:
