@@ -6,6 +6,7 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -100,9 +101,8 @@ def children_by_step(pid: int) -> dict[str, psutil.Process]:
     return out
 
 
-@pytest.mark.integration
-def test_a_crashed_satellite_is_restarted_and_stop_leaves_nothing(short_tmp: Path, processes: Processes) -> None:
-    """kill -9 of a satellite: the supervisor counts it and starts it again; SIGTERM to `dsat up` stops every child."""
+def up_with_four_steps(short_tmp: Path, processes: Processes) -> tuple[Any, dict[str, psutil.Process], Path]:
+    """`dsat up` of TOPOLOGY, once its four steps run: the process, its steps by name, the sink's capture file."""
     topo = short_tmp / "t.toml"
     capture = short_tmp / "c.txt"
     topo.write_text(TOPOLOGY.format(carbon_port=free_port(), capture=capture))
@@ -112,6 +112,14 @@ def test_a_crashed_satellite_is_restarted_and_stop_leaves_nothing(short_tmp: Pat
         30,
         "all four steps running",
     )
+    assert isinstance(steps, dict)
+    return up, steps, capture
+
+
+@pytest.mark.integration
+def test_a_crashed_satellite_is_restarted_and_stop_leaves_nothing(short_tmp: Path, processes: Processes) -> None:
+    """kill -9 of a satellite: the supervisor counts it and starts it again; SIGTERM to `dsat up` stops every child."""
+    up, steps, capture = up_with_four_steps(short_tmp, processes)
     old = steps["load"]
     os.kill(old.pid, signal.SIGKILL)
     new = wait_for(
@@ -138,15 +146,7 @@ def test_a_sigterm_to_the_whole_process_group_stops_every_step_without_a_traceba
     """SIGTERM to `dsat up`'s process group (systemd's control group, kill -- -PGID): the steps hear it as well
     as the supervisor's own SIGTERM; `dsat up` exits 0, no traceback in any log, nothing left running.
     (Whether a step hears both depends on timing; test_reactor shows a second SIGTERM handled.)"""
-    topo = short_tmp / "t.toml"
-    capture = short_tmp / "c.txt"
-    topo.write_text(TOPOLOGY.format(carbon_port=free_port(), capture=capture))
-    up = processes.dsat("up", str(topo), name="up")
-    steps = wait_for(
-        lambda: (c := children_by_step(up.pid)) and {"tracker", "orchester", "load", "sink"} <= set(c) and c,
-        30,
-        "all four steps running",
-    )
+    up, steps, capture = up_with_four_steps(short_tmp, processes)
     wait_for(lambda: capture.exists() and capture.stat().st_size > 0, 30, "data at the sink")
     os.killpg(up.pid, signal.SIGTERM)  # start_new_session: its own group, its steps in it
     assert up.wait(60) == 0

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -633,40 +635,44 @@ def test_the_machine_preflight_of_a_multi_host_topology_needs_the_host() -> None
     ]
 
 
-def test_an_ingress_port_in_use_is_reported(tmp_path: Path) -> None:
-    """With the environment checked, an [ingress] port another process listens on is a problem."""
+def machine_problems(tmp_path: Path, ingress: str) -> list[str]:
+    """What this machine's preflight finds for a one-host topology whose ``[ingress]`` holds *ingress* (its key
+    path and message, without the file's name)."""
+    text = f'[dsat]\nrun_dir = "{tmp_path}"\n[spool]\npath = ""\n[ingress]\n{ingress}'
+    text += '[carbon]\ndestinations = ["127.0.0.1:2004"]\n'
+    try:
+        preflight.check(topology.loads(text, path=tmp_path / "t.toml", registry=REGISTRY), machine=True)
+    except ConfigError as exc:
+        return [problem.split(": ", 1)[1] for problem in exc.problems]
+    return []
+
+
+@contextlib.contextmanager
+def busy_tcp_port() -> Iterator[int]:
+    """A loopback TCP port another socket listens on, while the block runs."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        port = busy.getsockname()[1]
-        text = f'[dsat]\nrun_dir = "{tmp_path}"\n[spool]\npath = ""\n[ingress]\nplaintext = "127.0.0.1:{port}"\n'
-        text += '[carbon]\ndestinations = ["127.0.0.1:2004"]\n'
-        with pytest.raises(ConfigError) as error:
-            preflight.check(topology.loads(text, path=tmp_path / "t.toml", registry=REGISTRY), machine=True)
-    assert "ingress.plaintext: cannot listen on 127.0.0.1:" in str(error.value)
+        yield busy.getsockname()[1]
+
+
+def test_an_ingress_port_in_use_is_reported(tmp_path: Path) -> None:
+    """With the environment checked, an [ingress] port another process listens on is a problem."""
+    with busy_tcp_port() as port:
+        found = machine_problems(tmp_path, f'plaintext = "127.0.0.1:{port}"\n')
+    assert [problem.split(" (")[0] for problem in found] == [f"ingress.plaintext: cannot listen on 127.0.0.1:{port}"]
 
 
 def test_the_statsd_port_must_be_free_on_tcp_too_and_no_two_listeners_share_a_port(tmp_path: Path) -> None:
     """statsd listens on UDP and TCP: a TCP listener on its port is a problem, and so is another [ingress] TCP
     listener given the same port (it was allowed when statsd was UDP alone)."""
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        text = f'[dsat]\nrun_dir = "{tmp_path}"\n[spool]\npath = ""\n[ingress]\nstatsd = "127.0.0.1:{port}"\n'
-        text += '[carbon]\ndestinations = ["127.0.0.1:2004"]\n'
-        with pytest.raises(ConfigError) as error:
-            preflight.check(topology.loads(text, path=tmp_path / "t.toml", registry=REGISTRY), machine=True)
-    assert [problem.split(" (")[0] for problem in error.value.problems] == [
-        f"t.toml: ingress.statsd: cannot listen on 127.0.0.1:{port}"
-    ]
-    assert "(TCP: " in error.value.problems[0]
-    text = text.replace("[ingress]\n", f'[ingress]\nplaintext = "127.0.0.1:{port}"\n')
-    with pytest.raises(ConfigError) as error:
-        preflight.check(topology.loads(text, path=tmp_path / "t.toml", registry=REGISTRY), machine=True)
-    assert error.value.problems == [
-        f"t.toml: ingress.statsd: 127.0.0.1:{port} is also ingress.plaintext's TCP port;"
-        " give each listener its own port"
+    with busy_tcp_port() as port:
+        found = machine_problems(tmp_path, f'statsd = "127.0.0.1:{port}"\n')
+    assert [problem.split(" (")[0] for problem in found] == [f"ingress.statsd: cannot listen on 127.0.0.1:{port}"]
+    assert "(TCP: " in found[0]
+    found = machine_problems(tmp_path, f'plaintext = "127.0.0.1:{port}"\nstatsd = "127.0.0.1:{port}"\n')
+    assert found == [
+        f"ingress.statsd: 127.0.0.1:{port} is also ingress.plaintext's TCP port; give each listener its own port"
     ]
 
 
@@ -692,15 +698,10 @@ def test_the_dogstatsd_socket_needs_statsd_a_short_path_and_a_free_one(tmp_path:
     assert "longer than a Unix socket path may be" in error.value.problems[0]
 
     path = tmp_path / "s.sock"
-    statsd = f"127.0.0.1:{free_port()}"
-    text = f'[dsat]\nrun_dir = "{tmp_path}"\n{base}[ingress]\nstatsd = "{statsd}"\nstatsd_socket = "{path}"\n'
+    ingress = f'statsd = "127.0.0.1:{free_port()}"\nstatsd_socket = "{path}"\n'
 
     def machine() -> list[str]:
-        try:
-            preflight.check(topology.loads(text, path=tmp_path / "t.toml"), machine=True)
-        except ConfigError as exc:
-            return [problem.split(": ", 2)[2] for problem in exc.problems]
-        return []
+        return [problem.split(": ", 1)[1] for problem in machine_problems(tmp_path, ingress)]
 
     path.write_text("")
     assert machine() == [f"{path} is a file, not a socket; remove it or pick another path"]
