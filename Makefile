@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml setup.py dsat/_speedups.c graphite-web.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	GRAPHITE_NO_PREFIX=True $(BIN)/python -m pip install --quiet -e '.[graphite,test]'
-	# graphite-web's own metadata pins Django<3.1; dsat[graphite] brings Django 3.2 (see pyproject.toml)
+	# graphite-web's own metadata pins Django<3.1; dsat[graphite] brings Django 5.2 (see pyproject.toml)
 	GRAPHITE_NO_PREFIX=True $(BIN)/python -m pip install --quiet --no-deps -r graphite-web.txt
 	touch $(STAMP)
 

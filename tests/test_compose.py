@@ -399,6 +399,28 @@ def test_a_tagged_datapoint_sent_from_the_host_is_found_by_tag(stack: dict[str, 
     assert tagged == {"compose.tagged.requests;dc=compose;host=web01": [42.0]}
 
 
+def test_graphite_web_runs_on_the_pinned_django_without_a_warning(stack: dict[str, Any]) -> None:
+    """The graphite image serves graphite-web on the Django dsat[graphite] pins (5.2 LTS): its function list and
+    the tag API's auto-completion answer, and its start logged no warning about Django's security support."""
+    from tests.test_django_compat import pinned_django
+
+    podman, names, url = stack["engine"], stack["containers"], stack["url"]
+    version = podman.run(
+        "podman", "exec", names["graphite-web"], "python", "-c", "import django; print(django.get_version())"
+    )
+    assert version.strip() == pinned_django()
+    with urllib.request.urlopen(f"{url}functions", timeout=20) as resp:
+        assert len(json.loads(resp.read())) >= 150
+    with socket.create_connection(stack["plaintext"], timeout=10) as client:
+        client.sendall(f"compose.django.check;django=five 1 {int(time.time())}\n".encode())
+    wait_for(lambda: non_null(url, "seriesByTag('django=five')"), 90, "the tagged series in graphite-web")
+    with urllib.request.urlopen(f"{url}tags/autoComplete/values?tag=django&valuePrefix=fi", timeout=20) as resp:
+        assert json.loads(resp.read()) == ["five"]
+    logs = subprocess.run(["podman", "logs", names["graphite-web"]], env=podman.env, capture_output=True, text=True)
+    started = logs.stdout + logs.stderr
+    assert "Site starting" in started and "security support" not in started, started[-3000:]
+
+
 def test_collectors_series_are_placed_across_both_caches(stack: dict[str, Any]) -> None:
     """dsat.<host>.* is in graphite-web; each carbon-cache holds a part of the tree, graphite-web reads both
     and asks each cache (carbonlink, for points not yet written) about the metrics the orchester put there."""

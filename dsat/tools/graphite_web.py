@@ -7,7 +7,8 @@ installed them, with Twisted's static file resource.  Settings come from the
 environment (``GRAPHITE_SETTINGS_MODULE=dsat.carbon_conf.local_settings``); see
 :class:`dsat.tools.stack.LocalStack`.
 
-Before serving it prepares graphite-web's database (creates or migrates it)
+Before serving it says when the installed Django is without security support
+(:func:`dsat.tools.django_compat.support_warning`), prepares graphite-web's database (creates or migrates it)
 and installs the dashboards shipped in ``carbon_conf/dashboards/`` (the
 ``dsat`` dashboard of the demo) that the database does not have yet: a
 dashboard saved under the same name in the UI is kept.
@@ -16,6 +17,7 @@ dashboard saved under the same name in the UI is kept.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import os
@@ -80,6 +82,18 @@ def prepare_database() -> list[str]:
     return installed
 
 
+def warn_about_django(today: datetime.date) -> str | None:
+    """Log a warning when the installed Django is past its security support on *today*; the warning."""
+    import django
+
+    from dsat.tools.django_compat import support_warning
+
+    warning = support_warning(django.VERSION, today)
+    if warning:
+        log.warning("%s", warning)
+    return warning
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dsat.tools.graphite_web", description=__doc__)
     parser.add_argument("--port", type=int, default=8080)
@@ -88,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "graphite.settings")
     os.environ.setdefault("GRAPHITE_SETTINGS_MODULE", "dsat.carbon_conf.local_settings")
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warn_about_django(datetime.date.today())
     prepare_database()
     from graphite.wsgi import application
     from twisted.internet import reactor
