@@ -28,7 +28,7 @@ test: $(STAMP)
 	$(BIN)/ruff check dsat satellites tests carbon_conf bench docker
 	$(BIN)/ruff format --check dsat satellites tests carbon_conf bench docker
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 # The tests no marker calls slow (tests/conftest.py): in this process, on loopback, each under 5 s.
 unit: $(STAMP)
