@@ -12,6 +12,7 @@ Paths and peers come from the environment so one file serves the local
                           too (graphite-web's ``CLUSTER_SERVERS``; never this graphite-web itself)
 ``DSAT_SECRET_KEY``       Django's secret key (a random one is made when unset)
 ``DSAT_GRAPHITE_STATIC``  graphite-web's UI files (default: where pip puts them)
+``DSAT_TIME_ZONE``        graphite-web's TIME_ZONE (default UTC)
 """
 
 import os
