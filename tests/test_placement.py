@@ -210,3 +210,29 @@ def test_fnv1a_ch_is_carbons_where_carbon_has_it() -> None:
     index = {(host, instance): i for i, (host, _, instance) in enumerate(destinations)}
     names = relay_names(20_000, utf8=False)
     assert [placement.place(name) for name in names] == [(index[ring.get_node(name)],) for name in names]
+
+
+@pytest.mark.integration  # runs carbon-c-relay
+def test_the_position_dsat_test_rules_shows_is_carbon_c_relays_hash_pos() -> None:
+    """``Placement.where`` (``dsat test-rules``) gives the ``hash_pos`` ``carbon-c-relay -t -d`` prints."""
+    install_missing_programs({"carbon-c-relay": "carbon-c-relay"})
+    names = relay_names(200)
+    clusters = [cluster for cluster in RELAY_CLUSTERS if cluster[0] in ("f2", "j2")]
+    conf = "".join(f"cluster {n} {kind} replication {r} {' '.join(m)};\n" for n, kind, r, m in clusters)
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "relay.conf").write_text(conf + "match * send to f2 j2 stop;\n")
+        done = subprocess.run(
+            ["carbon-c-relay", "-t", "-d", "-f", str(Path(folder) / "relay.conf")],
+            input="\n".join(names) + "\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+    positions = [int(line.strip()[9:-1]) for line in done.stdout.splitlines() if line.strip().startswith("hash_pos(")]
+    assert len(positions) == 2 * len(names)
+    for (_, kind, replication, members), offset in zip(clusters, (0, 1), strict=True):
+        written = [parse_destination(member) for member in members]
+        placement = make_placement(kind, [(dest, i) for i, dest in enumerate(written) if dest], replication)
+        ours = [int(placement.where(name).split()[2]) for name in names]
+        assert ours == positions[offset::2], kind
