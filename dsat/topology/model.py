@@ -191,7 +191,7 @@ def placement_problems(
     if len(set(identities)) != len(identities):
         what = {
             "carbon_ch": "a host and instance",
-            "fnv1a_ch": "an instance (or, without one, a host:port another has as instance)",
+            "fnv1a_ch": "an instance (or, without one, a host and port)",
             "jump_fnv1a_ch": "an instance",
         }[hashing]
         problems.append(

@@ -245,7 +245,8 @@ def _carbon(problems: _Problems, raw: Any) -> CarbonConf:
         if parsed is None:
             problems.add(
                 f"carbon.destinations[{i}]",
-                f'{dest!r} is not "host:port" or "host:port:instance"; write e.g. "127.0.0.1:2004" (port 1-65535)',
+                f'{dest!r} is not "host:port", "host:port:instance" or "host:port=instance";'
+                ' write e.g. "127.0.0.1:2004" (port 1-65535)',
             )
             continue
         destinations.append(parsed)
