@@ -125,7 +125,7 @@ class CarbonCh(Placement):
     *nodes* maps each destination's ring node ``(host, instance)`` to the
     index the caller knows it by; a name goes to the first ``replication``
     distinct nodes after its ring position, the indexes of those are what
-    :meth:`place` gives.  With one node there is no ring: everything goes
+    :meth:`Placement.place` gives.  With one node there is no ring: everything goes
     to it.
     """
 

@@ -126,7 +126,7 @@ class OrchesterConf:
 class CarbonConf:
     """Where the carbon egress sends: (host, port, instance) destinations, protocol, connect timeout,
     how many destinations hold each metric (``replication``, as carbon-relay's REPLICATION_FACTOR) and
-    the hash that places them (``hashing``, one of :data:`HASHINGS`)."""
+    the hash that places them (``hashing``, one of ``HASHINGS``)."""
 
     destinations: tuple[tuple[str, int, str | None], ...]
     protocol: str = "pickle"
