@@ -7,10 +7,15 @@
  * batches) and answers None for a batch it does not handle, for the Python
  * version to take (and raise what it raises):
  *
- *   group_by_place(points, table)  dsat.placement.CarbonCh.group, the
- *       first step of its split: (path, ts, value) tuples grouped by
- *       the entry of the 65,536-entry *table* at carbon's ring position of
- *       their path, the first 16 bits of the MD5 of its UTF-8;
+ *   group_by_place(points, table[, kind])  dsat.placement.CarbonCh.group
+ *       (kind 0, the default) and Fnv1aCh.group (kind 1), the first step
+ *       of their split: (path, ts, value) tuples grouped by the entry of
+ *       the 65,536-entry *table* at the ring position of their path: the
+ *       first 16 bits of the MD5 of its UTF-8 (carbon_ch), or the halves of
+ *       its 32-bit FNV-1a XORed (fnv1a_ch);
+ *   group_by_jump(points, order, replication)  dsat.placement.JumpFnv1aCh.group:
+ *       the points grouped by the tuple of the *replication* entries of
+ *       *order* carbon-c-relay's jump_fnv1a_ch picks for their path;
  *   encode_plaintext(points)  dsat.graphite_wire.encode_plaintext: the lines
  *       f"{path} {value!r} {int(ts)}\n" of (path, ts, value) tuples, as UTF-8;
  *   split_by_owner(body, count)  dsat.shards.split_by_owner: the lines of
@@ -21,7 +26,9 @@
  *       caller then reads the path the long way, dsat.naming.tagged_path).
  *
  * MD5 is RFC 1321's, written out here (the first two bytes of a digest are
- * all that is used, but the whole digest is computed and tested).
+ * all that is used, but the whole digest is computed and tested).  FNV-1a
+ * reads each byte as carbon-c-relay reads it on amd64, a signed char: a byte
+ * from 0x80 up is XORed in sign-extended.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -160,20 +167,88 @@ static const char *utf8_of(PyObject *text, Py_ssize_t *size, PyObject **hold) {
     return PyBytes_AS_STRING(*hold);
 }
 
-/* -- group_by_place ------------------------------------------------------------------------------- */
+/* -- FNV-1a and the jump hash (carbon-c-relay's) ------------------------------------------------------- */
+
+static uint32_t fnv1a_32(const unsigned char *data, size_t size) {
+    uint32_t hash = 2166136261u;
+    for (size_t i = 0; i < size; i++) {
+        hash = (hash ^ (uint32_t)(int32_t)(signed char)data[i]) * 16777619u;
+    }
+    return hash;
+}
+
+static uint64_t fnv1a_64(const unsigned char *data, size_t size) {
+    uint64_t hash = 14695981039346656037ull;
+    for (size_t i = 0; i < size; i++) {
+        hash = (hash ^ (uint64_t)(int64_t)(signed char)data[i]) * 1099511628211ull;
+    }
+    return hash;
+}
+
+/* Lamping and Veach's jump consistent hash of *key* into [0, buckets), in doubles as carbon-c-relay computes it. */
+static Py_ssize_t jump_bucket(uint64_t key, Py_ssize_t buckets) {
+    long long bucket = -1, jump = 0;
+    while (jump < buckets) {
+        bucket = jump;
+        key = key * 2862933555777941757ull + 1;
+        jump = (long long)((double)(bucket + 1) * ((double)(1ll << 31) / (double)((key >> 33) + 1)));
+    }
+    return (Py_ssize_t)bucket;
+}
+
+/* -- group_by_place and group_by_jump ------------------------------------------------------------- */
 
 #define RING_POSITIONS 65536
+#define MAX_BUCKETS 4096
+
+/* The path of a (path, ts, value) point as UTF-8 (see utf8_of), or NULL for a point this module does not handle. */
+static const char *point_path(PyObject *point, Py_ssize_t *size, PyObject **hold) {
+    *hold = NULL;
+    if (!PyTuple_CheckExact(point) || PyTuple_GET_SIZE(point) != 3) {
+        return NULL;
+    }
+    PyObject *path = PyTuple_GET_ITEM(point, 0);
+    return PyUnicode_CheckExact(path) ? utf8_of(path, size, hold) : NULL;
+}
+
+/* Append *point* to the list at *key* of *groups* (made when new); the last key and list are remembered, so that a
+ * run of one key skips the dict.  -1 with an exception set on failure. */
+static int add_to_group(PyObject *groups, PyObject *key, PyObject *point, PyObject **last_key, PyObject **last_group) {
+    PyObject *group = key == *last_key ? *last_group : PyDict_GetItemWithError(groups, key);
+    if (group == NULL) {
+        if (PyErr_Occurred() || (group = PyList_New(0)) == NULL) {
+            return -1;
+        }
+        int failed = PyDict_SetItem(groups, key, group);
+        Py_DECREF(group); /* the dict holds it */
+        if (failed) {
+            return -1;
+        }
+    }
+    if (PyList_Append(group, point) < 0) {
+        return -1;
+    }
+    *last_key = key;
+    *last_group = group;
+    return 0;
+}
 
 /* The (path, ts, value) points of the list *points* grouped by the entry of the 65,536-entry list *table* at
- * carbon's ring position of each path (a dict: entry -> list of points, in their order), or None. */
+ * the ring position of each path (kind 0: carbon_ch's MD5, 1: fnv1a_ch's FNV-1a; a dict: entry -> list of points,
+ * in their order), or None. */
 static PyObject *group_by_place(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "group_by_place(points, table)");
+    if (nargs != 2 && nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "group_by_place(points, table[, kind])");
         return NULL;
     }
     PyObject *points = args[0], *table = args[1];
-    if (!PyList_CheckExact(points) || !PyList_CheckExact(table) || PyList_GET_SIZE(table) != RING_POSITIONS) {
+    long kind = nargs == 3 && PyLong_CheckExact(args[2]) ? PyLong_AsLong(args[2]) : (nargs == 3 ? -1 : 0);
+    if (kind == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    if ((kind != 0 && kind != 1) || !PyList_CheckExact(points) || !PyList_CheckExact(table) ||
+        PyList_GET_SIZE(table) != RING_POSITIONS) {
         Py_RETURN_NONE;
     }
     PyObject *groups = PyDict_New();
@@ -182,42 +257,139 @@ static PyObject *group_by_place(PyObject *module, PyObject *const *args, Py_ssiz
     }
     PyObject *last_entry = NULL, *last_group = NULL; /* borrowed: runs of one destination skip the dict */
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(points); i++) {
-        PyObject *point = PyList_GET_ITEM(points, i), *path, *hold;
+        PyObject *point = PyList_GET_ITEM(points, i), *hold;
         Py_ssize_t size;
-        const char *bytes = NULL;
-        if (PyTuple_CheckExact(point) && PyTuple_GET_SIZE(point) == 3) {
-            path = PyTuple_GET_ITEM(point, 0);
-            bytes = PyUnicode_CheckExact(path) ? utf8_of(path, &size, &hold) : NULL;
-        }
+        const char *bytes = point_path(point, &size, &hold);
         if (bytes == NULL) {
             Py_DECREF(groups);
             Py_RETURN_NONE;
         }
-        unsigned char digest[16];
-        md5((const unsigned char *)bytes, (size_t)size, digest);
-        Py_XDECREF(hold);
-        PyObject *entry = PyList_GET_ITEM(table, ((Py_ssize_t)digest[0] << 8) | digest[1]);
-        PyObject *group = entry == last_entry ? last_group : PyDict_GetItemWithError(groups, entry);
-        if (group == NULL) {
-            if (PyErr_Occurred() || (group = PyList_New(0)) == NULL) {
-                Py_DECREF(groups);
-                return NULL;
-            }
-            int failed = PyDict_SetItem(groups, entry, group);
-            Py_DECREF(group); /* the dict holds it */
-            if (failed) {
-                Py_DECREF(groups);
-                return NULL;
-            }
+        Py_ssize_t position;
+        if (kind == 0) {
+            unsigned char digest[16];
+            md5((const unsigned char *)bytes, (size_t)size, digest);
+            position = ((Py_ssize_t)digest[0] << 8) | digest[1];
+        } else {
+            uint32_t hash = fnv1a_32((const unsigned char *)bytes, (size_t)size);
+            position = (Py_ssize_t)((hash >> 16) ^ (hash & 0xffffu));
         }
-        if (PyList_Append(group, point) < 0) {
+        Py_XDECREF(hold);
+        if (add_to_group(groups, PyList_GET_ITEM(table, position), point, &last_entry, &last_group) < 0) {
             Py_DECREF(groups);
             return NULL;
         }
-        last_entry = entry;
-        last_group = group;
     }
     return groups;
+}
+
+/* The points of the list *points* grouped by the tuple of the *replication* entries of the list *order* that
+ * carbon-c-relay's jump_fnv1a_ch gives each path (a dict: tuple -> list of points, in their order), or None. */
+static PyObject *group_by_jump(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "group_by_jump(points, order, replication)");
+        return NULL;
+    }
+    PyObject *points = args[0], *order = args[1];
+    Py_ssize_t count = PyList_CheckExact(order) ? PyList_GET_SIZE(order) : 0;
+    Py_ssize_t replication = PyLong_CheckExact(args[2]) ? PyLong_AsSsize_t(args[2]) : -1;
+    if (replication == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    if (!PyList_CheckExact(points) || count < 1 || count > MAX_BUCKETS || replication < 1 || replication > count) {
+        Py_RETURN_NONE;
+    }
+    PyObject *groups = PyDict_New(), *singles = PyList_New(count); /* singles: (order[b],) for each bucket */
+    Py_ssize_t *buckets = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)count);
+    if (groups == NULL || singles == NULL || buckets == NULL) {
+        Py_XDECREF(groups);
+        Py_XDECREF(singles);
+        PyMem_Free(buckets);
+        return PyErr_NoMemory();
+    }
+    for (Py_ssize_t b = 0; b < count; b++) {
+        PyObject *single = PyTuple_Pack(1, PyList_GET_ITEM(order, b));
+        if (single == NULL) {
+            goto failed;
+        }
+        PyList_SET_ITEM(singles, b, single);
+    }
+    PyObject *last_key = NULL, *last_group = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(points); i++) {
+        PyObject *point = PyList_GET_ITEM(points, i), *hold;
+        Py_ssize_t size;
+        const char *bytes = point_path(point, &size, &hold);
+        if (bytes == NULL) {
+            Py_DECREF(groups);
+            Py_DECREF(singles);
+            PyMem_Free(buckets);
+            Py_RETURN_NONE;
+        }
+        uint64_t key = fnv1a_64((const unsigned char *)bytes, (size_t)size);
+        Py_XDECREF(hold);
+        PyObject *group_key;
+        if (replication == 1) {
+            group_key = PyList_GET_ITEM(singles, jump_bucket(key, count));
+            Py_INCREF(group_key);
+        } else {
+            for (Py_ssize_t b = 0; b < count; b++) {
+                buckets[b] = b;
+            }
+            if ((group_key = PyTuple_New(replication)) == NULL) {
+                goto failed;
+            }
+            for (Py_ssize_t r = 0, left = count;; r++) {
+                Py_ssize_t bucket = jump_bucket(key, left);
+                PyObject *index = PyList_GET_ITEM(order, buckets[bucket]);
+                Py_INCREF(index);
+                PyTuple_SET_ITEM(group_key, r, index);
+                if (r + 1 == replication) {
+                    break;
+                }
+                key ^= key >> 12; /* xorshift64*: the key of the next replica */
+                key ^= key << 25;
+                key ^= key >> 27;
+                key *= 2685821657736338717ull;
+                buckets[bucket] = buckets[--left];
+            }
+        }
+        /* Tuples made per point are never the same object: only a single's run is remembered. */
+        if (replication > 1) {
+            last_key = NULL;
+        }
+        int status = add_to_group(groups, group_key, point, &last_key, &last_group);
+        Py_DECREF(group_key);
+        if (status < 0) {
+            goto failed;
+        }
+    }
+    Py_DECREF(singles);
+    PyMem_Free(buckets);
+    return groups;
+failed:
+    Py_DECREF(groups);
+    Py_DECREF(singles);
+    PyMem_Free(buckets);
+    return NULL;
+}
+
+/* The 32-bit FNV-1a, its 16-bit ring position and the 64-bit FNV-1a of a bytes object, and the jump bucket of
+ * that 64-bit hash among *buckets*: what the groupings compute, for the tests to compare with Python's. */
+static PyObject *fnv1a_digest(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    Py_ssize_t buckets = nargs == 2 && PyLong_Check(args[1]) ? PyLong_AsSsize_t(args[1]) : -1;
+    if (nargs != 2 || !PyBytes_Check(args[0]) || buckets < 1) {
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_TypeError, "fnv1a_digest(bytes, buckets >= 1)");
+        }
+        return NULL;
+    }
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    size_t size = (size_t)PyBytes_GET_SIZE(args[0]);
+    uint32_t hash32 = fnv1a_32(data, size);
+    uint64_t hash64 = fnv1a_64(data, size);
+    return Py_BuildValue("(kkKn)", (unsigned long)hash32, (unsigned long)((hash32 >> 16) ^ (hash32 & 0xffffu)),
+                         (unsigned long long)hash64, jump_bucket(hash64, buckets));
 }
 
 /* The MD5 digest of a bytes object: what group_by_place hashes, for the tests to compare with hashlib's. */
@@ -571,7 +743,11 @@ static PyObject *simple_tagged(PyObject *module, PyObject *path) {
 
 static PyMethodDef methods[] = {
     {"group_by_place", (PyCFunction)(void (*)(void))group_by_place, METH_FASTCALL,
-     "group_by_place(points, table): the points by table[carbon ring position of their path], or None"},
+     "group_by_place(points, table[, kind]): the points by table[ring position of their path], or None"},
+    {"group_by_jump", (PyCFunction)(void (*)(void))group_by_jump, METH_FASTCALL,
+     "group_by_jump(points, order, replication): the points by their jump_fnv1a_ch destinations, or None"},
+    {"fnv1a_digest", (PyCFunction)(void (*)(void))fnv1a_digest, METH_FASTCALL,
+     "fnv1a_digest(data, buckets): (FNV-1a 32, its ring position, FNV-1a 64, its jump bucket)"},
     {"split_by_owner", (PyCFunction)(void (*)(void))split_by_owner, METH_FASTCALL,
      "split_by_owner(body, count): the lines of body by the Adler-32 of their names modulo count, or None"},
     {"simple_tagged", simple_tagged, METH_O,

@@ -11,8 +11,9 @@ when it is full).  Under the spool's ``block`` policy a destination whose
 spool and memory queue are full pauses the orchester's inputs
 (:mod:`dsat.flow`) until its queue is half empty again.  With several
 destinations each path is placed with carbon's own ``carbon_ch``
-consistent-hash ring (:mod:`dsat.placement`), so DSAT and a carbon-relay
-agree on where a metric lives.  A destination removed at run time, or gone
+consistent-hash ring, or carbon-c-relay's ``fnv1a_ch`` or ``jump_fnv1a_ch``
+(``[carbon] hashing``, :mod:`dsat.placement`), so DSAT and the relay it
+replaces agree on where a metric lives.  A destination removed at run time, or gone
 from the topology, has what it still holds placed on the others.
 
 A batch's ``on_written`` callback fires once all its datapoints are written
@@ -40,10 +41,10 @@ from dsat.datapoint import Datapoint
 from dsat.errors import ConfigError
 from dsat.flow import Producers
 from dsat.graphite_wire import ENCODERS, decode, encode_pickle, is_pickle
-from dsat.placement import CarbonCh, Node
+from dsat.placement import Placement, make_placement
 from dsat.schedule import Repeat
 from dsat.spool import Spool
-from dsat.topology import CarbonConf, OrchesterConf, SpoolConf, parse_destination
+from dsat.topology import CarbonConf, OrchesterConf, SpoolConf, parse_destination, placement_problems
 
 #: Under the ``block`` policy: the inputs pause at ``max_queue`` datapoints in memory (high watermark) and
 #: resume at ``max_queue // 2`` (low); up to HOLD_FACTOR x ``max_queue`` are held (what was already read,
@@ -404,23 +405,30 @@ class Destination:
 
 @dataclass
 class _Member:
-    """One destination of a :class:`CarbonEgress`: its client, its carbon_ch ring node ``(host, instance)``,
-    whether new data is placed on it (False: draining), and whether it was removed for good."""
+    """One destination of a :class:`CarbonEgress`: its client, its instance (None: none), whether new data is
+    placed on it (False: draining), and whether it was removed for good."""
 
     destination: Destination
-    node: Node
+    instance: str | None
     placing: bool = True
     removed: bool = False
 
+    @property
+    def written(self) -> tuple[str, int, str | None]:
+        """``(host, port, instance)``, as the topology writes the destination."""
+        return (self.destination.host, self.destination.port, self.instance)
+
 
 class CarbonEgress:
-    """All carbon destinations; places each datapoint with carbon_ch when there are several.
+    """All carbon destinations; places each datapoint by *hashing* when there are several.
 
-    Placement is carbon-relay's ``ConsistentHashingRouter``: the ring holds
-    ``(host, instance)`` for each destination (``"host:port:instance"``; no
-    instance is ``None``), and a path goes to the first ``replication``
-    distinct nodes after its position, so DSAT and a carbon-relay configured
-    with the same DESTINATIONS and REPLICATION_FACTOR agree.
+    With ``carbon_ch`` placement is carbon-relay's ``ConsistentHashingRouter``:
+    the ring holds ``(host, instance)`` for each destination
+    (``"host:port:instance"``; no instance is ``None``), and a path goes to
+    the first ``replication`` distinct nodes after its position, so DSAT and
+    a carbon-relay configured with the same DESTINATIONS and
+    REPLICATION_FACTOR agree.  ``fnv1a_ch`` and ``jump_fnv1a_ch`` are
+    carbon-c-relay's clusters of those names (:mod:`dsat.placement`).
     """
 
     log = Logger()
@@ -436,14 +444,18 @@ class CarbonEgress:
         spool: Spool | None = None,
         replay_rate: float = SpoolConf.replay_rate,
         replication: int = CarbonConf.replication,
+        hashing: str = CarbonConf.hashing,
     ) -> None:
         if not destinations:
             raise ConfigError("carbon: at least one destination is needed")
         if protocol not in ENCODERS:
             raise ConfigError(f"carbon.protocol: {protocol!r} is not one of {sorted(ENCODERS)}")
-        if not 1 <= replication <= len(destinations):
-            raise ConfigError(f"carbon.replication: {replication} must be from 1 to {len(destinations)}")
+        written = [(dest[0], dest[1], dest[2] if len(dest) > 2 else None) for dest in destinations]
+        problems = placement_problems(hashing, written, replication)
+        if problems:
+            raise ConfigError("; ".join(f"{key}: {problem}" for key, problem in problems))
         self.replication = replication
+        self.hashing = hashing
         self.spool = spool
         self._spool_check = (
             Repeat(reactor, SPOOL_CHECK_EVERY, self.check_spool, name="spool check") if spool is not None else None
@@ -463,8 +475,8 @@ class CarbonEgress:
         #: One record per destination, in the order they were added (``place`` gives indexes into it).
         self._members: list[_Member] = []
         self._started = False
-        for dest in destinations:
-            self._add(dest[0], dest[1], dest[2] if len(dest) > 2 else None)
+        for host, port, instance in written:
+            self._add(host, port, instance)
         self._rebuild()
 
     @property
@@ -474,14 +486,14 @@ class CarbonEgress:
 
     def _add(self, host: str, port: int, instance: str | None) -> Destination:
         dest = self._make(host, port)
-        self._members.append(_Member(dest, (host, instance)))
+        self._members.append(_Member(dest, instance))
         return dest
 
     def _rebuild(self) -> None:
-        """Place new data on the destinations it is placed on now (a new :class:`~dsat.placement.CarbonCh`)."""
-        nodes = {member.node: i for i, member in enumerate(self._members) if member.placing}
+        """Place new data on the destinations it is placed on now (a new :class:`~dsat.placement.Placement`)."""
+        members = [(member.written, i) for i, member in enumerate(self._members) if member.placing]
         #: Where each name goes: indexes into :attr:`destinations`.
-        self.placement = CarbonCh(nodes, self.replication)
+        self.placement: Placement = make_placement(self.hashing, members, self.replication)
 
     @property
     def placing(self) -> list[str]:
@@ -489,10 +501,10 @@ class CarbonEgress:
         return [member.destination.name for member in self._members if member.placing]
 
     def add_destination(self, text: str) -> bool:
-        """Place data on one more destination (``host:port[:instance]``); False if it already is."""
+        """Place data on one more destination (``host:port[:instance]`` or ``host:port=instance``); False if it is."""
         parsed = parse_destination(text)
         if parsed is None:
-            raise ConfigError(f"{text!r} is not host:port or host:port:instance")
+            raise ConfigError(f"{text!r} is not host:port, host:port:instance or host:port=instance")
         host, port, instance = parsed
         for member in self._members:
             if (member.destination.host, member.destination.port) == (host, port):
@@ -503,8 +515,10 @@ class CarbonEgress:
                 member.placing = True
                 self._rebuild()
                 return True
-        if (host, instance) in self.placement.nodes:
-            raise ConfigError(f"{text}: another destination has host {host} and instance {instance}")
+        placing = [member.written for member in self._members if member.placing]
+        problems = placement_problems(self.hashing, [*placing, parsed], self.replication)
+        if problems:
+            raise ConfigError(f"{text}: " + "; ".join(problem for _, problem in problems))
         dest = self._add(host, port, instance)
         if self._started:
             dest.start()
@@ -512,9 +526,9 @@ class CarbonEgress:
         return True
 
     def _find(self, text: str) -> _Member:
+        parsed = parse_destination(text)
         for member in self._members:
-            name = member.destination.name
-            if name == text or f"{name}:{member.node[1]}" == text:
+            if member.destination.name == text or member.written == parsed:
                 return member
         raise ConfigError(f"{text} is not a carbon destination; they are {', '.join(self.placing)}")
 
@@ -554,7 +568,7 @@ class CarbonEgress:
         return True
 
     def _place_spooled(self, name: str) -> int:
-        """Move what the spool holds for *name* to the destinations carbon_ch now places it on; datapoints moved."""
+        """Move what the spool holds for *name* to the destinations it is now placed on; datapoints moved."""
         spool = self.spool
         if spool is None:
             return 0
@@ -652,7 +666,7 @@ class CarbonEgress:
         return sum(d.spool_pending for d in self.destinations)
 
     def place(self, path: str) -> tuple[int, ...]:
-        """Indexes of the destinations that hold *path* (carbon_ch, ``replication`` of them)."""
+        """Indexes of the destinations that hold *path* (``replication`` of them, by ``hashing``)."""
         return self.placement.place(path)
 
     def send(self, points: Sequence[Datapoint], on_written: Callable[[], None] | None = None) -> None:

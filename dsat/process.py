@@ -326,6 +326,7 @@ def carbon_egress(
         spool=spool,
         replay_rate=topo.spool.replay_rate,
         replication=topo.carbon.replication,
+        hashing=topo.carbon.hashing,
     )
 
 

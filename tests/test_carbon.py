@@ -128,7 +128,7 @@ def test_replicated_batch_reaches_every_replica_and_ends_once() -> None:
 
 def test_empty_batch_is_written_at_once() -> None:
     """An empty batch (every point rejected) still ends: its callback fires immediately."""
-    egress = CarbonEgress(MemoryReactorClock(), [("127.0.0.1", 2004), ("127.0.0.1", 2104)])
+    egress = CarbonEgress(MemoryReactorClock(), [("127.0.0.1", 2004, "a"), ("127.0.0.1", 2104, "b")])
     done: list[int] = []
     egress.send([], lambda: done.append(1))
     assert done == [1]
@@ -136,9 +136,10 @@ def test_empty_batch_is_written_at_once() -> None:
 
 def test_split_batch_ends_once_every_part_is_written() -> None:
     """A batch split across destinations fires its callback once, after the last part."""
-    egress = CarbonEgress(MemoryReactorClock(), [("127.0.0.1", 2004), ("127.0.0.1", 2104)])
+    egress = CarbonEgress(MemoryReactorClock(), [("127.0.0.1", 2004, "a"), ("127.0.0.1", 2104, "b")])
     done: list[int] = []
     egress.send([(f"m{i}", 1, 1.0) for i in range(50)], lambda: done.append(1))
+    assert set(egress.placement.split([(f"m{i}", 1, 1.0) for i in range(50)])) == {0, 1}  # a real split
     assert done == []
     connect(egress.destinations[0])
     assert done == []

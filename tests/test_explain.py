@@ -58,3 +58,31 @@ def test_tagged_names_show_their_canonical_form_tags_and_refusals(tmp_path: Path
     assert "    rewritten to   disk.used;dc=eu;server=web01\n" in first
     assert "    sent as        disk.used;dc=eu;server=web01\n    tags           dc=eu server=web01" in first
     assert second.startswith("    refused        (bad_tag) ")
+
+
+@pytest.mark.parametrize(
+    ("hashing", "shown"),
+    [
+        ("carbon_ch", "(carbon_ch position 332, "),  # the md5 of plain.metric begins 0x014c
+        ("fnv1a_ch", "(fnv1a_ch position "),
+        ("jump_fnv1a_ch", "(jump_fnv1a_ch bucket "),
+    ],
+)
+def test_shows_the_placement_of_each_hashing(tmp_path: Path, hashing: str, shown: str) -> None:
+    """With --topology, the destinations come with the method, the ring position (or jump bucket) and replication."""
+    from dsat.placement import make_placement
+
+    (tmp_path / "t.toml").write_text(
+        f'[ingress]\nplaintext = "127.0.0.1:2003"\n[carbon]\nhashing = "{hashing}"\nreplication = 2\n'
+        'destinations = ["127.0.0.1:2004=a", "127.0.0.1:2104=b", "10.0.0.2:2004"]\n'
+    )
+    out = io.StringIO()
+    assert explain.run([], io.StringIO("plain.metric\n"), out, str(tmp_path / "t.toml")) == 0
+    line = next(line for line in out.getvalue().splitlines() if "destination" in line)
+    placement = make_placement(
+        hashing, [(("127.0.0.1", 2004, "a"), 0), (("127.0.0.1", 2104, "b"), 1), (("10.0.0.2", 2004, None), 2)], 2
+    )
+    names = ["127.0.0.1:2004", "127.0.0.1:2104", "10.0.0.2:2004"]
+    expected = ", ".join(names[i] for i in placement.place("plain.metric"))
+    assert line == f"    destination    {expected}  ({placement.where('plain.metric')}, replication 2)"
+    assert shown in line

@@ -247,17 +247,21 @@ def test_a_full_spool_drops_oldest_and_counts_every_dropped_datapoint(
     record("spool_full_drop_oldest", datapoints_sent=sent, datapoints_stored=stored, datapoints_dropped=dropped)
 
 
+@pytest.mark.parametrize("hashing", ["carbon_ch", "fnv1a_ch", "jump_fnv1a_ch"])
 def test_removing_a_dead_destination_delivers_what_was_spooled_for_it(
-    short_tmp: Path, carbon: Carbon, processes: Processes
+    short_tmp: Path, carbon: Carbon, processes: Processes, hashing: str
 ) -> None:
-    """Two caches, one never up: `dsat route T remove` places its spooled share on the live one; every run lands."""
+    """Two caches, one never up: `dsat route T remove` places its spooled share on the live one; every run lands.
+
+    With each ``[carbon] hashing``; the dead one written as carbon-c-relay writes it (``host:port=instance``).
+    """
     metrics = 200
     dead = free_port()
     topo = topology(short_tmp, carbon, synthetic("gen", metrics))
     topo.write_text(
         topo.read_text().replace(
             f'destinations = ["127.0.0.1:{carbon.port}"]',
-            f'destinations = ["127.0.0.1:{carbon.port}:a", "127.0.0.1:{dead}:b"]',
+            f'destinations = ["127.0.0.1:{carbon.port}:a", "127.0.0.1:{dead}=b"]\nhashing = "{hashing}"',
         )
     )
     carbon.start()
@@ -278,7 +282,7 @@ def test_removing_a_dead_destination_delivers_what_was_spooled_for_it(
     runs = settled_runs(carbon, "gen", metrics)
     last = assert_every_run_stored(runs)
     record(
-        "remove_dead_destination",
+        "remove_dead_destination" + ("" if hashing == "carbon_ch" else f"_{hashing}"),
         datapoints_sent=last * metrics,
         datapoints_stored=sum(len(r) for r in runs),
         batches_spooled_for_the_dead_destination=spooled,

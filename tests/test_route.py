@@ -153,3 +153,38 @@ options = {{ path = "{capture}" }}
     )
     assert bad.returncode == 2 and "unknown targets" in bad.stderr
     assert processes.stop(up) == 0
+
+
+@pytest.mark.parametrize("hashing", ["carbon_ch", "fnv1a_ch", "jump_fnv1a_ch"])
+def test_add_drain_and_remove_work_with_each_hashing(tmp_path: Path, hashing: str) -> None:
+    """With each [carbon] hashing: add brings a destination in, drain takes it out of new placements, and
+    remove places its spool where the method now puts each name, as a fresh placement over the others would."""
+    spool = Spool(tmp_path / "s.db")
+    egress = CarbonEgress(MemoryReactorClock(), THREE[:2], spool=spool, hashing=hashing)
+    egress.start()
+    names = [f"servers.host{i}.cpu.user" for i in range(300)]
+    assert egress.add_destination("127.0.0.1:2204=c")  # carbon-c-relay's way of writing an instance
+    assert not egress.add_destination("127.0.0.1:2204:c")
+    assert {egress.place(name)[0] for name in names} == {0, 1, 2}
+    egress.send([(name, 1_700_000_000.0, 1.0) for name in names])  # every destination is down: all spooled
+    before = spool_rows(spool)
+    assert egress.drain_destination("127.0.0.1:2004:a")
+    assert {egress.place(name)[0] for name in names} == {1, 2}
+    assert egress.remove_destination("127.0.0.1:2104=b")
+    after = spool_rows(spool)
+    assert set(after) == {"127.0.0.1:2004", "127.0.0.1:2204"} and spool.pending() == 300
+    # What the removed destination held went where the method places each name now (only 2204 is placing).
+    assert {point[0] for point in before["127.0.0.1:2104"]} <= {point[0] for point in after["127.0.0.1:2204"]}
+    assert egress.placing == ["127.0.0.1:2204"] and egress.placement.hashing == hashing
+
+
+def test_a_destination_that_clashes_in_the_rings_keys_is_refused_at_run_time() -> None:
+    """`dsat route add` checks the new destination as the topology would: fnv1a_ch keys on the instance."""
+    egress = CarbonEgress(MemoryReactorClock(), THREE[:2], hashing="fnv1a_ch")
+    with pytest.raises(ConfigError, match="share an instance"):
+        egress.add_destination("10.0.0.9:2004=a")
+    jump = CarbonEgress(
+        MemoryReactorClock(), [("127.0.0.1", 2004, "9"), ("127.0.0.1", 2104, "10")], hashing="jump_fnv1a_ch"
+    )
+    with pytest.raises(ConfigError, match="no one order"):
+        jump.add_destination("127.0.0.1:2204=1a")  # 9 < 10 as numbers, 10 < 1a < 9 as text: no order

@@ -27,7 +27,7 @@ import dsat.placement
 import dsat.shards
 from dsat import compiled
 from dsat.graphite_wire import encode_plaintext, parse_plaintext
-from dsat.placement import CarbonCh
+from dsat.placement import CarbonCh, make_placement
 from dsat.shards import split_by_owner
 
 NOW = 1_764_680_000.0
@@ -265,3 +265,65 @@ def test_the_usual_tagged_path_is_compiled() -> None:
     assert simple("a;k=v;k=w") is None  # a key twice
     assert simple("a;name=x") is None
     assert simple(b"a;b=1") is None  # not a str
+
+
+# -- carbon-c-relay's fnv1a_ch and jump_fnv1a_ch ------------------------------------------------------------------
+
+
+def test_fnv1a_and_the_jump_bucket_are_pythons_for_every_byte() -> None:
+    """FNV-1a 32 and 64 (bytes from 0x80 up sign-extended), the ring position and the jump bucket, C and Python."""
+    rng = random.Random(11)
+    samples = [bytes([b]) for b in range(256)] + [rng.randbytes(rng.randrange(0, 300)) for _ in range(500)]
+    for data in samples:
+        buckets = rng.randint(1, 600)
+        h64 = dsat.placement.fnv1a_64(data)
+        expected = (dsat.placement.fnv1a_32(data), dsat.placement.fnv1a_position(data), h64)
+        assert _speedups().fnv1a_digest(data, buckets) == (*expected, dsat.placement.jump_bucket(h64, buckets)), data
+
+
+def _members(count: int) -> list[tuple[tuple[str, int, str | None], int]]:
+    return [(("127.0.0.1", 2004 + i, f"c{i}" if i % 2 else None), i) for i in range(count)]
+
+
+@pytest.mark.parametrize("hashing", ["fnv1a_ch", "jump_fnv1a_ch"])
+@pytest.mark.parametrize("destinations", [2, 3, 7])
+@pytest.mark.parametrize("replication", [1, 2])
+def test_carbon_c_relay_placement_groups_are_the_pure_pythons(
+    monkeypatch: pytest.MonkeyPatch, hashing: str, destinations: int, replication: int
+) -> None:
+    """Random, non-ASCII and long paths: fnv1a_ch and jump_fnv1a_ch group a batch the same way in C and Python."""
+    placement = make_placement(hashing, _members(destinations), replication)
+    rng = random.Random(destinations * 10 + replication)
+    for _ in range(20):
+        points = [(_random_path(rng), NOW + i, float(i)) for i in range(rng.randint(0, 300))]
+        fast, slow = both_ways(monkeypatch, dsat.placement, lambda points=points: placement.group(points))
+        assert fast == slow
+        assert [list(group) for group in fast.values()] == [list(group) for group in slow.values()]
+        fast, slow = both_ways(monkeypatch, dsat.placement, lambda points=points: placement.split(points))
+        assert fast == slow
+
+
+@pytest.mark.parametrize(
+    "points",
+    [
+        [("a\udc80", NOW, 1.0)],  # a lone surrogate: not UTF-8, Python raises UnicodeEncodeError
+        [("a.b", NOW, 1.0), ["a.c", NOW, 1.0]],  # not a tuple
+        [(b"a.b", NOW, 1.0)],  # bytes
+        (("a.b", NOW, 1.0),),  # a tuple of points, not a list
+    ],
+)
+def test_what_the_jump_and_fnv1a_groupings_do_not_handle_goes_to_python(points: Any) -> None:
+    fnv1a = make_placement("fnv1a_ch", _members(3), 1)
+    jump = make_placement("jump_fnv1a_ch", _members(3), 2)
+    assert isinstance(fnv1a, dsat.placement.Fnv1aCh) and isinstance(jump, dsat.placement.JumpFnv1aCh)
+    assert _speedups().group_by_place(points, fnv1a.table, 1) is None
+    assert _speedups().group_by_jump(points, jump.order, 2) is None
+
+
+def test_the_groupings_refuse_what_they_cannot_place() -> None:
+    """An unknown hash kind, no bucket, or more replicas than buckets: None, for Python to place."""
+    fnv1a = make_placement("fnv1a_ch", _members(3), 1)
+    assert isinstance(fnv1a, dsat.placement.Fnv1aCh)
+    assert _speedups().group_by_place([("a", NOW, 1.0)], fnv1a.table, 2) is None
+    assert _speedups().group_by_jump([("a", NOW, 1.0)], [], 1) is None
+    assert _speedups().group_by_jump([("a", NOW, 1.0)], [0, 1], 3) is None

@@ -389,10 +389,10 @@ def test_bad_carbon_destination_and_protocol() -> None:
     """Carbon destinations are host:port and the protocol pickle or plaintext; both reported together."""
     found = problems(BASE.replace('"127.0.0.1:2004"]', '"127.0.0.1:2004", "carbon", "h:99999"]\nprotocol = "line"'))
     assert found == [
-        'demo.toml: carbon.destinations[1]: \'carbon\' is not "host:port" or "host:port:instance";'
-        ' write e.g. "127.0.0.1:2004" (port 1-65535)',
-        'demo.toml: carbon.destinations[2]: \'h:99999\' is not "host:port" or "host:port:instance";'
-        ' write e.g. "127.0.0.1:2004" (port 1-65535)',
+        'demo.toml: carbon.destinations[1]: \'carbon\' is not "host:port", "host:port:instance"'
+        ' or "host:port=instance"; write e.g. "127.0.0.1:2004" (port 1-65535)',
+        'demo.toml: carbon.destinations[2]: \'h:99999\' is not "host:port", "host:port:instance"'
+        ' or "host:port=instance"; write e.g. "127.0.0.1:2004" (port 1-65535)',
         'demo.toml: carbon.protocol: unknown protocol "line"; use one of: pickle, plaintext',
     ]
 
@@ -532,6 +532,71 @@ def test_destinations_take_carbon_relay_instances_and_replication() -> None:
     assert any("share a host and instance" in p for p in problems(twins))
     too_many = BASE.replace('destinations = ["127.0.0.1:2004"]', 'destinations = ["h:2004"]\nreplication = 2')
     assert any("carbon.replication" in p for p in problems(too_many))
+
+
+def test_hashing_is_one_of_three_and_defaults_to_carbon_ch() -> None:
+    """``[carbon] hashing``: carbon_ch by default, fnv1a_ch and jump_fnv1a_ch, a typo refused with a suggestion."""
+    assert load(BASE).carbon.hashing == "carbon_ch"
+    for hashing in topology.HASHINGS:
+        text = BASE.replace('destinations = ["127.0.0.1:2004"]', f'destinations = ["h:1"]\nhashing = "{hashing}"')
+        assert load(text).carbon.hashing == hashing
+    typo = BASE.replace('destinations = ["127.0.0.1:2004"]', 'destinations = ["h:1"]\nhashing = "fnv1a"')
+    assert only_problem(typo).endswith(
+        'carbon.hashing: unknown hashing "fnv1a"; did you mean "fnv1a_ch"? '
+        "use one of: carbon_ch, fnv1a_ch, jump_fnv1a_ch"
+    )
+
+
+def test_carbon_c_relay_destinations_are_accepted_as_written() -> None:
+    """``host:port=instance`` (carbon-c-relay) is ``host:port:instance`` (carbon-relay); a bad one is refused."""
+    text = BASE.replace('destinations = ["127.0.0.1:2004"]', 'destinations = ["10.0.0.1:2003=a", "[::1]:2104=b"]')
+    assert load(text).carbon.destinations == (("10.0.0.1", 2003, "a"), ("::1", 2104, "b"))
+    for bad in ("h:1:a=b", "h:1=", "h=a", "h:1=a:b"):
+        assert topology.parse_destination(bad) is None, bad
+
+
+@pytest.mark.parametrize(
+    ("hashing", "destinations", "clash"),
+    [
+        ("carbon_ch", '"h:2004", "h:2104"', True),  # carbon_ch hashes the host, not the port
+        ("fnv1a_ch", '"h:2004", "h:2104"', False),  # fnv1a_ch hashes host:port
+        ("fnv1a_ch", '"h:2004=a", "g:2104=a"', True),  # ... or the instance alone
+        ("jump_fnv1a_ch", '"h:2004", "h:2004"', True),
+        ("jump_fnv1a_ch", '"h:2004=1", "g:2004=1"', True),
+    ],
+)
+def test_destinations_the_rings_keys_cannot_tell_apart_are_refused(
+    hashing: str, destinations: str, clash: bool
+) -> None:
+    """What tells destinations apart depends on the method: carbon-c-relay's ring keys."""
+    text = BASE.replace('destinations = ["127.0.0.1:2004"]', f'destinations = [{destinations}]\nhashing = "{hashing}"')
+    if clash:
+        assert "cannot tell them apart" in only_problem(text)
+    else:
+        assert len(load(text).carbon.destinations) == 2
+
+
+def test_jump_instances_need_one_order() -> None:
+    """jump_fnv1a_ch orders by instance as carbon-c-relay does: numbers as numbers, or words; a mix with no order
+    is refused."""
+    assert [
+        topology.jump_compare(a, b) for a, b in [("9", "10"), ("10", "9"), ("a", "b"), ("1", None), (None, "1")]
+    ] == [
+        -1,
+        1,
+        -1,
+        -1,
+        1,
+    ]
+    assert topology.jump_compare("0", "4294967296") == 0  # carbon-c-relay's (int) difference
+    same = BASE.replace(
+        'destinations = ["127.0.0.1:2004"]', 'destinations = ["h:1=1", "h:2=01"]\nhashing = "jump_fnv1a_ch"'
+    )
+    assert "no one order" in only_problem(same)  # one number, two instances
+    mixed = BASE.replace(
+        'destinations = ["127.0.0.1:2004"]', 'destinations = ["h:1=9", "h:2=10", "h:3=1a"]\nhashing = "jump_fnv1a_ch"'
+    )
+    assert "no one order" in only_problem(mixed)
 
 
 def test_a_sink_satellite_alone_ends_batches() -> None:

@@ -245,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("route", help="change the running orchester's routing (no restart)")
     p.add_argument("topology")
     p.add_argument("action", choices=["set", "add", "drain", "remove"])
-    p.add_argument("args", nargs="+", help="set: TYPE STEP...; add/drain/remove: HOST:PORT[:INSTANCE]")
+    p.add_argument(
+        "args", nargs="+", help="set: TYPE STEP...; add/drain/remove: HOST:PORT[:INSTANCE] or HOST:PORT=INSTANCE"
+    )
     p.add_argument("--timeout", type=duration, default=10.0, help="how long to wait for the orchester (default 10s)")
     p.set_defaults(func=cmd_route)
 

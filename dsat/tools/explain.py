@@ -5,7 +5,8 @@ input and prints, for each, the name the ingress makes of it (a tagged one in
 carbon's canonical form, or why it is refused), the name after the ``[pre]``
 rewrites, whether a filter drops it, the aggregates it feeds, the name it
 leaves with (and its tags), and the carbon destination(s) that would hold it
-(with ``--topology``).  The rule files given are told apart by their content:
+with the topology's ``[carbon] hashing`` and where that hash put the name
+(``--topology``).  The rule files given are told apart by their content:
 one with ``[pre]`` or ``[post]`` sections is a rewrite file, one with
 ``output (frequency) = method input`` lines an aggregation file.
 """
@@ -72,11 +73,24 @@ def explain_lines(rules: RuleSet, lines: Iterable[str], egress: Any = None) -> I
                 tags = parse_tags(info["output"])[1]
                 out.append(f"    tags           {' '.join(f'{k}={v}' for k, v in tags.items())}")
             if egress is not None:
-                names = [egress.destinations[i].name for i in egress.place(info["output"])]
-                out.append(f"    destination    {', '.join(names)}")
+                out.append(f"    destination    {placement_line(egress, info['output'])}")
         elif info["dropped"]:
             out.append(f"    not sent       ({info['dropped']})")
         yield "\n".join(out)
+
+
+def placement_line(egress: Any, path: str) -> str:
+    """The destination(s) that hold *path*, then how the topology's hashing found them.
+
+    ``127.0.0.1:2004, 127.0.0.1:2104  (fnv1a_ch position 34049, replication 2)``: the
+    position (a jump_fnv1a_ch bucket) is what ``carbon-c-relay -t -d`` prints as ``hash_pos``.
+    """
+    placement = egress.placement
+    names = ", ".join(egress.destinations[i].name for i in egress.place(path))
+    if placement.only is not None:
+        return f"{names}  (the only destination)"
+    replication = f", replication {placement.replication}" if placement.replication > 1 else ""
+    return f"{names}  ({placement.where(path)}{replication})"
 
 
 def run(files: Sequence[Path], stdin: TextIO, stdout: TextIO, topology_path: str | None = None) -> int:
@@ -94,7 +108,12 @@ def run(files: Sequence[Path], stdin: TextIO, stdout: TextIO, topology_path: str
         if not files:
             files = [f for f in (topo.rules.rewrite, topo.rules.aggregation) if f is not None]
         # Placement only: a reactor that never connects anything.
-        egress = CarbonEgress(MemoryReactorClock(), topo.carbon.destinations, replication=topo.carbon.replication)
+        egress = CarbonEgress(
+            MemoryReactorClock(),
+            topo.carbon.destinations,
+            replication=topo.carbon.replication,
+            hashing=topo.carbon.hashing,
+        )
     rules = load(files, allow, deny)
     for block in explain_lines(rules, stdin, egress):
         stdout.write(block + "\n")

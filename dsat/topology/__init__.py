@@ -27,6 +27,7 @@ addresses (:class:`Server`), and they beat on ``orchester.heartbeat``.
 from dsat.topology.loading import load, loads
 from dsat.topology.model import (
     DEFAULT_WATCHDOG,
+    HASHINGS,
     MAX_IPC_PATH,
     MIN_WATCHDOG,
     PATTERNS,
@@ -43,6 +44,9 @@ from dsat.topology.model import (
     Step,
     Topology,
     TrackerConf,
+    jump_compare,
+    placement_problems,
+    ring_identity,
     valid_percentile,
 )
 from dsat.topology.schema import parse_duration
@@ -50,6 +54,7 @@ from dsat.topology.tables import parse_destination
 
 __all__ = [
     "DEFAULT_WATCHDOG",
+    "HASHINGS",
     "MAX_IPC_PATH",
     "MIN_WATCHDOG",
     "PATTERNS",
@@ -66,9 +71,12 @@ __all__ = [
     "Step",
     "Topology",
     "TrackerConf",
+    "jump_compare",
     "load",
     "loads",
     "parse_destination",
     "parse_duration",
+    "placement_problems",
+    "ring_identity",
     "valid_percentile",
 ]

@@ -11,10 +11,12 @@ tracker's retry and circuit-breaker defaults belong to :mod:`dsat.fsm` and
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cmp_to_key
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -29,6 +31,8 @@ PATTERNS = {"pull": "push", "sub": "pub", "pair": "pair", "rep": "req"}
 #: Step names a satellite cannot take.
 RESERVED = ("orchester", "carbon", "tracker", "self")
 PROTOCOLS = ("pickle", "plaintext")
+#: ``[carbon] hashing``: how names are placed on several destinations (carbon's and carbon-c-relay's names).
+HASHINGS = ("carbon_ch", "fnv1a_ch", "jump_fnv1a_ch")
 #: sun_path is 108 bytes including the terminating NUL.
 MAX_IPC_PATH = 107
 #: Seconds a step's reactor may go without turning before its watchdog kills it (dsat.watchdog); ``[dsat] watchdog``.
@@ -121,12 +125,97 @@ class OrchesterConf:
 @dataclass(frozen=True)
 class CarbonConf:
     """Where the carbon egress sends: (host, port, instance) destinations, protocol, connect timeout,
-    and how many destinations hold each metric (``replication``, as carbon-relay's REPLICATION_FACTOR)."""
+    how many destinations hold each metric (``replication``, as carbon-relay's REPLICATION_FACTOR) and
+    the hash that places them (``hashing``, one of ``HASHINGS``)."""
 
     destinations: tuple[tuple[str, int, str | None], ...]
     protocol: str = "pickle"
     timeout: float = 10.0
     replication: int = 1
+    hashing: str = "carbon_ch"
+
+
+def ring_identity(hashing: str, host: str, port: int, instance: str | None) -> object:
+    """What the *hashing* method's ring tells a destination apart by: two with the same identity clash.
+
+    carbon_ch hashes ``(host, instance)``; fnv1a_ch the instance when there
+    is one, else ``host:port`` (carbon-c-relay's ring keys); jump_fnv1a_ch
+    orders by the instance when there is one, else by place in the list.
+    """
+    if hashing == "carbon_ch":
+        return (host, instance)
+    if hashing == "fnv1a_ch":
+        return instance if instance is not None else f"{host}:{port}"
+    return instance if instance is not None else (host, port)
+
+
+def _strtol(text: str) -> int | None:
+    """C's ``strtol(text, &end, 10)`` when it reads the whole string (clamped to 64 bits), else None."""
+    match = re.fullmatch(r"[ \t\n\v\f\r]*([+-]?[0-9]+)", text)
+    if match is None:
+        return None
+    return max(-(1 << 63), min((1 << 63) - 1, int(match.group(1))))
+
+
+def jump_compare(left: str | None, right: str | None) -> int:
+    """carbon-c-relay 3.7's order of a jump_fnv1a_ch cluster's buckets, for two members' instances.
+
+    Members with an instance come first, by number when both instances are
+    base-10 numbers (their difference as a C ``int``), else by their bytes;
+    members without one keep their order in the list (0 here).
+    """
+    if left is None or right is None:
+        return (left is None) - (right is None)
+    left_number, right_number = _strtol(left), _strtol(right)
+    if left_number is not None and right_number is not None:
+        difference = (left_number - right_number) & 0xFFFFFFFF  # (int)(long - long): the low 32 bits, signed
+        return difference - (1 << 32) if difference >= 1 << 31 else difference
+    left_bytes, right_bytes = left.encode(), right.encode()
+    return (left_bytes > right_bytes) - (left_bytes < right_bytes)
+
+
+def placement_problems(
+    hashing: str, destinations: Sequence[tuple[str, int, str | None]], replication: int
+) -> list[tuple[str, str]]:
+    """What is wrong with placing on *destinations* by *hashing* with *replication*: (key, problem) pairs.
+
+    The one check of ``[carbon] hashing``, ``replication`` and the
+    destinations' ring identities, for the topology and the egress alike.
+    """
+    if hashing not in HASHINGS:
+        close = difflib.get_close_matches(hashing, HASHINGS, n=1)
+        mean = f'did you mean "{close[0]}"? ' if close else ""
+        return [("carbon.hashing", f'unknown hashing "{hashing}"; {mean}use one of: {", ".join(HASHINGS)}')]
+    problems = []
+    identities = [ring_identity(hashing, host, port, instance) for host, port, instance in destinations]
+    if len(set(identities)) != len(identities):
+        what = {
+            "carbon_ch": "a host and instance",
+            "fnv1a_ch": "an instance (or, without one, a host and port)",
+            "jump_fnv1a_ch": "an instance",
+        }[hashing]
+        problems.append(
+            (
+                "carbon.destinations",
+                f"two destinations share {what}, so {hashing}'s ring cannot tell them apart;"
+                ' name each, e.g. "127.0.0.1:2004:a" and "127.0.0.1:2104:b"',
+            )
+        )
+    elif hashing == "jump_fnv1a_ch":
+        instances = sorted({instance for _, _, instance in destinations if instance is not None})
+        ordered = sorted(instances, key=cmp_to_key(jump_compare))
+        if any(jump_compare(a, b) >= 0 for i, a in enumerate(ordered) for b in ordered[i + 1 :]):
+            problems.append(
+                (
+                    "carbon.destinations",
+                    "jump_fnv1a_ch orders its members by instance, and these instances have no one order"
+                    " (carbon-c-relay compares two numbers as numbers, anything else as text);"
+                    ' make them all numbers, e.g. ":0", ":1", ":2", or all words',
+                )
+            )
+    if not 1 <= replication <= max(1, len(destinations)):
+        problems.append(("carbon.replication", f"{replication} must be from 1 to the number of destinations"))
+    return problems
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], str]]] = {
     "carbon": {
         "destinations": ((list,), 'destinations = ["127.0.0.1:2004"]'),
         "replication": ((int,), "replication = 1"),
+        "hashing": ((str,), 'hashing = "carbon_ch"'),
         "protocol": ((str,), 'protocol = "pickle"'),
         "timeout": (_DURATION_TYPES, 'timeout = "10s"'),
     },

@@ -38,6 +38,7 @@ from dsat.topology.model import (
     Topology,
     TrackerConf,
     _key,
+    placement_problems,
     valid_percentile,
 )
 from dsat.topology.schema import (
@@ -233,7 +234,7 @@ def _routes(problems: _Problems, raw: Mapping[str, Any]) -> dict[str, tuple[str,
 
 
 def _carbon(problems: _Problems, raw: Any) -> CarbonConf:
-    """``[carbon]``: its destinations (carbon-relay's DESTINATIONS), replication, protocol, timeout."""
+    """``[carbon]``: its destinations (carbon-relay's DESTINATIONS), replication, hashing, protocol, timeout."""
     car = _check_table(problems, "carbon", raw, "carbon")
     destinations: list[tuple[str, int, str | None]] = []
     mistyped = isinstance(raw, dict) and "destinations" in raw and "destinations" not in car
@@ -244,20 +245,15 @@ def _carbon(problems: _Problems, raw: Any) -> CarbonConf:
         if parsed is None:
             problems.add(
                 f"carbon.destinations[{i}]",
-                f'{dest!r} is not "host:port" or "host:port:instance"; write e.g. "127.0.0.1:2004" (port 1-65535)',
+                f'{dest!r} is not "host:port", "host:port:instance" or "host:port=instance";'
+                ' write e.g. "127.0.0.1:2004" (port 1-65535)',
             )
             continue
         destinations.append(parsed)
-    ring_nodes = [(host, instance) for host, _, instance in destinations]
-    if len(set(ring_nodes)) != len(ring_nodes):
-        problems.add(
-            "carbon.destinations",
-            "two destinations share a host and instance, so carbon's consistent-hash ring cannot tell them apart;"
-            ' name each, e.g. "127.0.0.1:2004:a" and "127.0.0.1:2104:b"',
-        )
     replication = car.get("replication", CarbonConf.replication)
-    if not 1 <= replication <= max(1, len(destinations)):
-        problems.add("carbon.replication", f"{replication} must be from 1 to the number of destinations")
+    hashing = car.get("hashing", CarbonConf.hashing)
+    for key, problem in placement_problems(hashing, destinations, replication):
+        problems.add(key, problem)
     protocol = car.get("protocol", CarbonConf.protocol)
     if protocol not in PROTOCOLS:
         problems.add("carbon.protocol", f'unknown protocol "{protocol}"; use one of: {", ".join(PROTOCOLS)}')
@@ -265,9 +261,18 @@ def _carbon(problems: _Problems, raw: Any) -> CarbonConf:
 
 
 def parse_destination(text: object) -> tuple[str, int, str | None] | None:
-    """``"host:port"`` or ``"host:port:instance"`` (``[v6]:port``...) as carbon-relay's DESTINATIONS; None if bad."""
+    """``"host:port"`` or ``"host:port:instance"`` (``[v6]:port``...) as carbon-relay's DESTINATIONS; None if bad.
+
+    carbon-c-relay's way, ``"host:port=instance"``, is the same destination.
+    """
     if not isinstance(text, str):
         return None
+    if "=" in text:
+        where, _, named = text.partition("=")
+        parsed = parse_destination(where)
+        if parsed is None or parsed[2] is not None or not named or ":" in named:
+            return None
+        return parsed[0], parsed[1], named
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]:")
         parts = [host, *rest.split(":")] if sep else []
