@@ -500,6 +500,12 @@ class CarbonEgress:
         """Names of the destinations new data goes to."""
         return [member.destination.name for member in self._members if member.placing]
 
+    def written_name(self, index: int) -> str:
+        """Destination *index* as carbon-c-relay writes it: ``host:port=instance``, or ``host:port`` without one."""
+        member = self._members[index]
+        name = member.destination.name
+        return name if member.instance is None else f"{name}={member.instance}"
+
     def add_destination(self, text: str) -> bool:
         """Place data on one more destination (``host:port[:instance]`` or ``host:port=instance``); False if it is."""
         parsed = parse_destination(text)

@@ -82,7 +82,7 @@ def test_shows_the_placement_of_each_hashing(tmp_path: Path, hashing: str, shown
     placement = make_placement(
         hashing, [(("127.0.0.1", 2004, "a"), 0), (("127.0.0.1", 2104, "b"), 1), (("10.0.0.2", 2004, None), 2)], 2
     )
-    names = ["127.0.0.1:2004", "127.0.0.1:2104", "10.0.0.2:2004"]
+    names = ["127.0.0.1:2004=a", "127.0.0.1:2104=b", "10.0.0.2:2004"]  # as carbon-c-relay writes them
     expected = ", ".join(names[i] for i in placement.place("plain.metric"))
     assert line == f"    destination    {expected}  ({placement.where('plain.metric')}, replication 2)"
     assert shown in line

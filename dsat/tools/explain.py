@@ -82,11 +82,11 @@ def explain_lines(rules: RuleSet, lines: Iterable[str], egress: Any = None) -> I
 def placement_line(egress: Any, path: str) -> str:
     """The destination(s) that hold *path*, then how the topology's hashing found them.
 
-    ``127.0.0.1:2004, 127.0.0.1:2104  (fnv1a_ch position 34049, replication 2)``: the
+    ``127.0.0.1:2004=a, 127.0.0.1:2104=b  (fnv1a_ch position 34049, replication 2)``: the
     position (a jump_fnv1a_ch bucket) is what ``carbon-c-relay -t -d`` prints as ``hash_pos``.
     """
     placement = egress.placement
-    names = ", ".join(egress.destinations[i].name for i in egress.place(path))
+    names = ", ".join(egress.written_name(i) for i in egress.place(path))
     if placement.only is not None:
         return f"{names}  (the only destination)"
     replication = f", replication {placement.replication}" if placement.replication > 1 else ""
