@@ -79,8 +79,16 @@ def test_routes_by_type_hosts_and_every_destination_are_drawn(tmp_path: Path, do
     doc = parsed(graph.to_dot(topology.load(path)))
     drawn = edges(doc)
     assert ("orchester", "keep", "type counter / pub → sub") in drawn
-    assert ("orchester", "carbon-cache 127.0.0.1:2004:a", "type *, counter / plaintext, replication 2") in drawn
-    assert ("orchester", "carbon-cache 127.0.0.1:2104:b", "type *, counter / plaintext, replication 2") in drawn
+    assert (
+        "orchester",
+        "carbon-cache 127.0.0.1:2004:a",
+        "type *, counter / plaintext, carbon_ch, replication 2",
+    ) in drawn
+    assert (
+        "orchester",
+        "carbon-cache 127.0.0.1:2104:b",
+        "type *, counter / plaintext, carbon_ch, replication 2",
+    ) in drawn
     clusters = {obj["label"] for obj in doc["objects"] if "nodes" in obj}
     assert clusters == {"host hub", "host web01"}
     web01 = next(obj for obj in doc["objects"] if obj.get("label") == "host web01")

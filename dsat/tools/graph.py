@@ -82,7 +82,8 @@ def to_dot(topo: Any) -> str:
         for target in targets:
             by_target.setdefault(target, []).append(type_name)
     carbon = topo.carbon
-    egress_label = f"{carbon.protocol}" + (f", replication {carbon.replication}" if carbon.replication > 1 else "")
+    egress_label = carbon.protocol + (f", {carbon.hashing}" if len(carbon.destinations) > 1 else "")
+    egress_label += f", replication {carbon.replication}" if carbon.replication > 1 else ""
     for target, types in by_target.items():
         routed = "type " + ", ".join(types)
         if target == "carbon":
