@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from twisted.internet.error import ConnectionAborted
 from twisted.internet.interfaces import IAddress, IPushProducer, IReactorTime
 from twisted.internet.protocol import DatagramProtocol, Protocol, ServerFactory, connectionDone
+from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -59,6 +60,9 @@ RESERVED_DESCRIPTORS = 64
 BATCH_BYTES = 64 * 1024
 
 Sink = Callable[[list[Datapoint]], None]
+
+
+log = Logger()
 
 
 def _report(rejections: Rejections, rejected: Counter[str], peer: str) -> None:
@@ -379,7 +383,15 @@ class PlaintextFactory(LineFactory):
     def _parse_pending(self) -> None:
         self._parse_call = None
         sections, self._pending, self._pending_bytes = self._pending, [], 0
-        self.parse(sections)
+        try:
+            self.parse(sections)
+        except Exception:
+            # A fault of DSAT's own (in the parser or the sink), not of the input: logged with its traceback,
+            # the batch's lines counted (some may have reached the sink before it), the listener goes on.
+            log.failure("{owner}: a batch of ingress lines failed", owner=self.rejections.owner)
+            for peer, lines in sections:
+                count = lines.count(b"\n") or 1
+                self.rejections.reject("internal_error", f"{count} lines from {peer}, see the traceback", count)
 
     def parse(self, sections: list[tuple[str, bytes]]) -> None:
         """Parse *sections* (``[(peer, lines), ...]``, complete lines) and give their datapoints to the sink.

@@ -11,6 +11,7 @@ from typing import Any
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
 
 from dsat.counters import Rejections
 from dsat.datapoint import Datapoint
@@ -113,6 +114,30 @@ def test_tcp_lines_waiting_past_the_batch_size_are_parsed_at_once() -> None:
     first.dataReceived(small)
     factory.clock.advance(0)  # type: ignore[attr-defined]
     assert [len(batch) for batch in sink.batches] == [10 + BATCH_BYTES // len(line), 10]
+
+
+def test_a_batch_the_sink_fails_on_is_counted_and_the_next_one_flows() -> None:
+    """A fault of DSAT's own while a batch is handled (here the sink raises) is logged with its traceback, the
+    batch's lines are counted as ``internal_error`` by client, and the listener parses the next batch."""
+    factory, sink, rejections = plaintext()
+    first, second = connect(factory)[0], connect(factory)[0]
+    failing = [True]
+
+    def sink_that_fails_once(points: list[Datapoint]) -> None:
+        if failing.pop() if failing else False:
+            raise RuntimeError("a bug downstream")
+        sink(points)
+
+    factory.sink = sink_that_fails_once
+    first.dataReceived(b"a 1 1700000000\nb 2 1700000000\n")
+    second.dataReceived(b"c 3 1700000000\n")
+    with capturedLogs() as events:
+        factory.clock.advance(0)  # type: ignore[attr-defined]
+    assert [e["log_failure"].type for e in events if "log_failure" in e] == [RuntimeError]
+    assert rejections == Counter({"internal_error": 3}) and sink.batches == []
+    first.dataReceived(b"d 4 1700000000\n")
+    factory.clock.advance(0)  # type: ignore[attr-defined]
+    assert sink.batches == [[("d", TS, 4.0)]]
 
 
 def test_tcp_a_line_over_the_limit_is_skipped_up_to_its_newline() -> None:
