@@ -90,23 +90,6 @@ def _random_path(rng: random.Random) -> str:
     return "".join(rng.choice(alphabet) for _ in range(rng.choice([1, 5, 30, 60, 120, 300])))
 
 
-@pytest.mark.parametrize("destinations", [2, 3, 4, 7])
-@pytest.mark.parametrize("replication", [1, 2])
-def test_placement_groups_are_the_pure_pythons(
-    monkeypatch: pytest.MonkeyPatch, destinations: int, replication: int
-) -> None:
-    """Random, non-ASCII and long paths: the same groups, in the same order, as hashing each path in Python."""
-    placement = CarbonCh({("127.0.0.1", f"c{i}"): i for i in range(destinations)}, replication)
-    rng = random.Random(destinations * 10 + replication)
-    for _ in range(30):
-        points = [(_random_path(rng), NOW + i, float(i)) for i in range(rng.randint(0, 400))]
-        fast, slow = both_ways(monkeypatch, dsat.placement, lambda points=points: placement.group(points))
-        assert fast == slow
-        assert [list(group) for group in fast.values()] == [list(group) for group in slow.values()]
-        fast, slow = both_ways(monkeypatch, dsat.placement, lambda points=points: placement.split(points))
-        assert fast == slow
-
-
 @pytest.mark.parametrize(
     "points",
     [
@@ -281,18 +264,20 @@ def test_fnv1a_and_the_jump_bucket_are_pythons_for_every_byte() -> None:
         assert _speedups().fnv1a_digest(data, buckets) == (*expected, dsat.placement.jump_bucket(h64, buckets)), data
 
 
-def _members(count: int) -> list[tuple[tuple[str, int, str | None], int]]:
-    return [(("127.0.0.1", 2004 + i, f"c{i}" if i % 2 else None), i) for i in range(count)]
+def _members(count: int, hashing: str) -> list[tuple[tuple[str, int, str | None], int]]:
+    """Destinations on one host, every other one with an instance (carbon_ch, which tells them apart by
+    instance alone, gets one on each)."""
+    return [(("127.0.0.1", 2004 + i, f"c{i}" if i % 2 or hashing == "carbon_ch" else None), i) for i in range(count)]
 
 
-@pytest.mark.parametrize("hashing", ["fnv1a_ch", "jump_fnv1a_ch"])
-@pytest.mark.parametrize("destinations", [2, 3, 7])
+@pytest.mark.parametrize("hashing", ["carbon_ch", "fnv1a_ch", "jump_fnv1a_ch"])
+@pytest.mark.parametrize("destinations", [2, 3, 4, 7])
 @pytest.mark.parametrize("replication", [1, 2])
-def test_carbon_c_relay_placement_groups_are_the_pure_pythons(
+def test_placement_groups_are_the_pure_pythons(
     monkeypatch: pytest.MonkeyPatch, hashing: str, destinations: int, replication: int
 ) -> None:
-    """Random, non-ASCII and long paths: fnv1a_ch and jump_fnv1a_ch group a batch the same way in C and Python."""
-    placement = make_placement(hashing, _members(destinations), replication)
+    """Random, non-ASCII and long paths: each hashing groups and splits a batch the same way in C and Python."""
+    placement = make_placement(hashing, _members(destinations, hashing), replication)
     rng = random.Random(destinations * 10 + replication)
     for _ in range(20):
         points = [(_random_path(rng), NOW + i, float(i)) for i in range(rng.randint(0, 300))]
@@ -313,8 +298,8 @@ def test_carbon_c_relay_placement_groups_are_the_pure_pythons(
     ],
 )
 def test_what_the_jump_and_fnv1a_groupings_do_not_handle_goes_to_python(points: Any) -> None:
-    fnv1a = make_placement("fnv1a_ch", _members(3), 1)
-    jump = make_placement("jump_fnv1a_ch", _members(3), 2)
+    fnv1a = make_placement("fnv1a_ch", _members(3, "fnv1a_ch"), 1)
+    jump = make_placement("jump_fnv1a_ch", _members(3, "jump_fnv1a_ch"), 2)
     assert isinstance(fnv1a, dsat.placement.Fnv1aCh) and isinstance(jump, dsat.placement.JumpFnv1aCh)
     assert _speedups().group_by_place(points, fnv1a.table, 1) is None
     assert _speedups().group_by_jump(points, jump.order, 2) is None
@@ -322,7 +307,7 @@ def test_what_the_jump_and_fnv1a_groupings_do_not_handle_goes_to_python(points: 
 
 def test_the_groupings_refuse_what_they_cannot_place() -> None:
     """An unknown hash kind, no bucket, or more replicas than buckets: None, for Python to place."""
-    fnv1a = make_placement("fnv1a_ch", _members(3), 1)
+    fnv1a = make_placement("fnv1a_ch", _members(3, "fnv1a_ch"), 1)
     assert isinstance(fnv1a, dsat.placement.Fnv1aCh)
     assert _speedups().group_by_place([("a", NOW, 1.0)], fnv1a.table, 2) is None
     assert _speedups().group_by_jump([("a", NOW, 1.0)], [], 1) is None
